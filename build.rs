@@ -1,0 +1,36 @@
+//! Generates `include/fhirbulk.h` from `src/ffi` with cbindgen. The header is committed; CI
+//! rebuilds and fails when the committed file differs from what this writes.
+
+use std::path::PathBuf;
+
+fn main() {
+    let dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"));
+    println!("cargo:rerun-if-changed=src/ffi");
+    println!("cargo:rerun-if-changed=cbindgen.toml");
+    let config = cbindgen::Config::from_file(dir.join("cbindgen.toml")).expect("cbindgen.toml");
+    let version = std::env::var("CARGO_PKG_VERSION").expect("cargo sets it");
+    assert!(
+        config
+            .after_includes
+            .as_deref()
+            .unwrap_or("")
+            .contains(&format!("FHIRBULK_VERSION \"{version}\"")),
+        "cbindgen.toml's FHIRBULK_VERSION must equal the crate version {version}"
+    );
+    let bindings = match cbindgen::Builder::new()
+        .with_config(config)
+        .with_src(dir.join("src/ffi/mod.rs"))
+        .generate()
+    {
+        Ok(b) => b,
+        Err(e) => panic!("cbindgen failed: {e}"),
+    };
+    let path = dir.join("include/fhirbulk.h");
+    let mut out = Vec::new();
+    bindings.write(&mut out);
+    // Write only on change, so an unchanged header keeps its mtime.
+    if std::fs::read(&path).ok().as_deref() != Some(&out[..]) {
+        std::fs::create_dir_all(dir.join("include")).expect("create include/");
+        std::fs::write(&path, out).expect("write include/fhirbulk.h");
+    }
+}

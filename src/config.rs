@@ -1,0 +1,435 @@
+//! The export configuration: one JSON document (or a [`Config`] built in Rust). Unknown keys are
+//! errors; every check names the key and the value that was wrong.
+
+use crate::error::{Error, Result};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Which `$export` operation to kick off.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// `[base]/$export`
+    #[default]
+    System,
+    /// `[base]/Patient/$export`
+    Patient,
+    /// `[base]/Group/[id]/$export`
+    Group,
+}
+
+/// How the kick-off request is sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// GET with query parameters, POST when `patients` is given.
+    #[default]
+    Auto,
+    Get,
+    Post,
+}
+
+/// How requests are authorized.
+#[derive(Clone, Default, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Auth {
+    /// No `Authorization` header.
+    #[default]
+    None,
+    /// A static bearer token.
+    Bearer {
+        /// The token itself.
+        token: String,
+    },
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Auth::None => f.write_str("None"),
+            // Never print secrets.
+            Auth::Bearer { .. } => f.write_str("Bearer(***)"),
+        }
+    }
+}
+
+fn d_true() -> bool {
+    true
+}
+fn d_concurrency() -> usize {
+    4
+}
+fn d_buffer_chunks() -> usize {
+    16
+}
+fn d_chunk_bytes() -> usize {
+    64 * 1024
+}
+fn d_max_line_bytes() -> usize {
+    64 * 1024 * 1024
+}
+fn d_connect_timeout_ms() -> u64 {
+    10_000
+}
+fn d_request_timeout_ms() -> u64 {
+    60_000
+}
+fn d_read_timeout_ms() -> u64 {
+    120_000
+}
+fn d_poll_min_ms() -> u64 {
+    1_000
+}
+fn d_poll_max_ms() -> u64 {
+    600_000
+}
+fn d_poll_backoff_max_ms() -> u64 {
+    30_000
+}
+fn d_poll_retries() -> u32 {
+    5
+}
+
+/// Everything an export needs. Build it from JSON with [`Config::from_json`] or in Rust with
+/// [`Config::new`] and field updates, then call [`Config::validate`] (done by `Export::start`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The FHIR base URL (service root), e.g. `https://ehr.example.org/r4/tenant`.
+    pub base_url: String,
+    /// `system`, `patient` or `group`.
+    #[serde(default)]
+    pub level: Level,
+    /// The Group id, required when `level` is `group`.
+    #[serde(default)]
+    pub group_id: Option<String>,
+
+    /// `_outputFormat` (e.g. `application/fhir+ndjson`).
+    #[serde(default)]
+    pub output_format: Option<String>,
+    /// `_since`: FHIR instant.
+    #[serde(default)]
+    pub since: Option<String>,
+    /// `_until` (v3): FHIR instant.
+    #[serde(default)]
+    pub until: Option<String>,
+    /// `_type`: resource types, sent comma-joined.
+    #[serde(default)]
+    pub types: Vec<String>,
+    /// `_elements`.
+    #[serde(default)]
+    pub elements: Vec<String>,
+    /// `_typeFilter`: FHIR search queries such as `Observation?status=final`.
+    #[serde(default)]
+    pub type_filters: Vec<String>,
+    /// `includeAssociatedData` values.
+    #[serde(default)]
+    pub include_associated_data: Vec<String>,
+    /// `organizeOutputBy` (v3), e.g. `Patient`.
+    #[serde(default)]
+    pub organize_output_by: Option<String>,
+    /// `allowPartialManifests` (v3).
+    #[serde(default)]
+    pub allow_partial_manifests: bool,
+    /// `patient`: Patient references (`Patient/123` or `123`); forces POST.
+    #[serde(default)]
+    pub patients: Vec<String>,
+    /// `auto` (GET unless `patients`), `get` or `post`.
+    #[serde(default)]
+    pub method: Method,
+    /// Send `Prefer: handling=lenient`.
+    #[serde(default)]
+    pub lenient: bool,
+    /// Ask for v3 `separate-export-status` (job status in `X-Export-Status`).
+    #[serde(default)]
+    pub separate_export_status: bool,
+    /// Extra headers sent on every request to the FHIR server.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Authorization.
+    #[serde(default)]
+    pub auth: Auth,
+
+    /// Files downloaded at once.
+    #[serde(default = "d_concurrency")]
+    pub concurrency: usize,
+    /// Chunks of records buffered between the downloaders and the consumer.
+    #[serde(default = "d_buffer_chunks")]
+    pub buffer_chunks: usize,
+    /// Target size of one chunk of lines handed to the consumer.
+    #[serde(default = "d_chunk_bytes")]
+    pub chunk_bytes: usize,
+    /// A line longer than this fails the export.
+    #[serde(default = "d_max_line_bytes")]
+    pub max_line_bytes: usize,
+    /// TCP/TLS connect timeout.
+    #[serde(default = "d_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Timeout of kick-off, status and DELETE requests.
+    #[serde(default = "d_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// A file download that receives nothing for this long fails.
+    #[serde(default = "d_read_timeout_ms")]
+    pub read_timeout_ms: u64,
+    /// Shortest wait between status polls (also the first backoff step).
+    #[serde(default = "d_poll_min_ms")]
+    pub poll_min_ms: u64,
+    /// Longest wait between polls; a larger `Retry-After` is clamped to this.
+    #[serde(default = "d_poll_max_ms")]
+    pub poll_max_ms: u64,
+    /// Cap of the exponential backoff used when the server sends no `Retry-After`.
+    #[serde(default = "d_poll_backoff_max_ms")]
+    pub poll_backoff_max_ms: u64,
+    /// Consecutive transient poll failures (OperationOutcome from the transient branch, 429,
+    /// network errors) tolerated before the export fails.
+    #[serde(default = "d_poll_retries")]
+    pub poll_retries: u32,
+    /// DELETE the server's job when the export is cancelled (or freed unfinished).
+    #[serde(default = "d_true")]
+    pub delete_on_cancel: bool,
+    /// DELETE the server's job after a completed export, so it can free the files.
+    #[serde(default)]
+    pub delete_on_complete: bool,
+}
+
+impl Config {
+    /// A config with defaults for everything but the base URL.
+    pub fn new(base_url: impl Into<String>) -> Config {
+        let mut c: Config = serde_json::from_value(serde_json::json!({ "base_url": "x" }))
+            .expect("defaults deserialize");
+        c.base_url = base_url.into();
+        c
+    }
+
+    /// Parse and validate a JSON config document.
+    pub fn from_json(json: &str) -> Result<Config> {
+        let c: Config = serde_json::from_str(json).map_err(|e| {
+            let msg = e.to_string();
+            // serde says "unknown field `x`, expected one of ..." / "missing field `base_url`".
+            Error::config(format!("invalid config: {msg}"))
+        })?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Check values that JSON types alone cannot.
+    pub fn validate(&self) -> Result<()> {
+        let base = url::Url::parse(&self.base_url).map_err(|e| {
+            Error::config(format!(
+                "invalid config: base_url {:?} is not a URL: {e}",
+                self.base_url
+            ))
+        })?;
+        if base.scheme() != "http" && base.scheme() != "https" {
+            return Err(Error::config(format!(
+                "invalid config: base_url must be http or https, got scheme {:?}",
+                base.scheme()
+            )));
+        }
+        if base.query().is_some() {
+            return Err(Error::config(
+                "invalid config: base_url must not have a query string",
+            ));
+        }
+        match (self.level, &self.group_id) {
+            (Level::Group, None) => {
+                return Err(Error::config(
+                    "invalid config: level \"group\" needs group_id",
+                ))
+            }
+            (Level::Group, Some(g)) if g.is_empty() || g.contains(['/', '?', '#']) => {
+                return Err(Error::config(format!(
+                    "invalid config: group_id {g:?} is not a valid id"
+                )))
+            }
+            (Level::System | Level::Patient, Some(_)) => {
+                return Err(Error::config(
+                    "invalid config: group_id is only allowed with level \"group\"",
+                ))
+            }
+            _ => {}
+        }
+        if !self.patients.is_empty() {
+            if self.level == Level::System {
+                return Err(Error::config(
+                    "invalid config: patients needs level \"patient\" or \"group\"",
+                ));
+            }
+            if self.method == Method::Get {
+                return Err(Error::config(
+                    "invalid config: patients is sent in a POST body; method \"get\" cannot carry it",
+                ));
+            }
+        }
+        for (key, list) in [
+            ("types", &self.types),
+            ("elements", &self.elements),
+            ("type_filters", &self.type_filters),
+            ("include_associated_data", &self.include_associated_data),
+            ("patients", &self.patients),
+        ] {
+            if let Some(bad) = list.iter().find(|v| v.trim().is_empty()) {
+                return Err(Error::config(format!(
+                    "invalid config: {key} has an empty value {bad:?}"
+                )));
+            }
+        }
+        if let Some(t) = self.types.iter().find(|t| !is_resource_type_name(t)) {
+            return Err(Error::config(format!(
+                "invalid config: types has {t:?}, which is not a FHIR resource type name"
+            )));
+        }
+        for f in &self.type_filters {
+            let ty = f.split('?').next().unwrap_or("");
+            if !f.contains('?') || !is_resource_type_name(ty) {
+                return Err(Error::config(format!(
+                    "invalid config: type_filters entry {f:?} must look like \"Type?param=value\""
+                )));
+            }
+        }
+        for (key, v) in [("since", &self.since), ("until", &self.until)] {
+            if let Some(v) = v {
+                if !looks_like_instant(v) {
+                    return Err(Error::config(format!(
+                        "invalid config: {key} {v:?} is not a FHIR instant such as 2024-01-31T00:00:00Z"
+                    )));
+                }
+            }
+        }
+        for (key, v, lo, hi) in [
+            ("concurrency", self.concurrency, 1, 64),
+            ("buffer_chunks", self.buffer_chunks, 1, 4096),
+            ("chunk_bytes", self.chunk_bytes, 1024, 64 << 20),
+            ("max_line_bytes", self.max_line_bytes, 1024, 1 << 31),
+        ] {
+            if v < lo || v > hi {
+                return Err(Error::config(format!(
+                    "invalid config: {key} must be between {lo} and {hi}, got {v}"
+                )));
+            }
+        }
+        for (key, v) in [
+            ("connect_timeout_ms", self.connect_timeout_ms),
+            ("request_timeout_ms", self.request_timeout_ms),
+            ("read_timeout_ms", self.read_timeout_ms),
+            ("poll_max_ms", self.poll_max_ms),
+            ("poll_backoff_max_ms", self.poll_backoff_max_ms),
+        ] {
+            if v == 0 {
+                return Err(Error::config(format!(
+                    "invalid config: {key} must be above 0"
+                )));
+            }
+        }
+        if self.poll_min_ms > self.poll_max_ms {
+            return Err(Error::config(format!(
+                "invalid config: poll_min_ms ({}) is above poll_max_ms ({})",
+                self.poll_min_ms, self.poll_max_ms
+            )));
+        }
+        for (name, value) in &self.headers {
+            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err()
+                || reqwest::header::HeaderValue::from_str(value).is_err()
+            {
+                return Err(Error::config(format!(
+                    "invalid config: headers has an invalid header {name:?}"
+                )));
+            }
+            if name.eq_ignore_ascii_case("authorization") {
+                return Err(Error::config(
+                    "invalid config: put credentials in \"auth\", not in headers.Authorization",
+                ));
+            }
+        }
+        if let Auth::Bearer { token } = &self.auth {
+            if token.is_empty() || reqwest::header::HeaderValue::from_str(token).is_err() {
+                return Err(Error::config(
+                    "invalid config: auth.token is empty or has characters a header cannot carry",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+}
+
+fn is_resource_type_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_uppercase())
+        && chars.all(|c| c.is_ascii_alphanumeric())
+}
+
+/// `YYYY-MM-DD`, optionally followed by `Thh:mm:ss[.fff](Z|±hh:mm)`.
+fn looks_like_instant(s: &str) -> bool {
+    let b = s.as_bytes();
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|x| x.iter().all(u8::is_ascii_digit));
+    if b.len() < 10
+        || !digits(0..4)
+        || b[4] != b'-'
+        || !digits(5..7)
+        || b[7] != b'-'
+        || !digits(8..10)
+    {
+        return false;
+    }
+    if b.len() == 10 {
+        return true;
+    }
+    if b[10] != b'T'
+        || b.len() < 20
+        || !digits(11..13)
+        || b[13] != b':'
+        || !digits(14..16)
+        || b[16] != b':'
+        || !digits(17..19)
+    {
+        return false;
+    }
+    let mut i = 19;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        if i == start {
+            return false;
+        }
+    }
+    match &b[i..] {
+        [b'Z'] => true,
+        [b'+' | b'-', h1, h2, b':', m1, m2] => [h1, h2, m1, m2].iter().all(|c| c.is_ascii_digit()),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::from_json(r#"{"base_url":"http://x/fhir","concurency":2}"#).unwrap_err();
+        assert!(e.message.contains("concurency"), "{}", e.message);
+    }
+
+    #[test]
+    fn instants() {
+        assert!(looks_like_instant("2024-01-31"));
+        assert!(looks_like_instant("2024-01-31T10:00:00Z"));
+        assert!(looks_like_instant("2024-01-31T10:00:00.123+02:00"));
+        assert!(!looks_like_instant("yesterday"));
+        assert!(!looks_like_instant("2024-01-31T10:00"));
+    }
+
+    #[test]
+    fn group_needs_id() {
+        let e = Config::from_json(r#"{"base_url":"http://x/fhir","level":"group"}"#).unwrap_err();
+        assert!(e.message.contains("group_id"));
+    }
+}

@@ -1,0 +1,1208 @@
+//! The export engine: kick-off, status polling, manifest paging, concurrent downloads, and the
+//! record stream a consumer pulls from.
+//!
+//! Threads: one coordinator (kick-off, polling, manifests) and `concurrency` downloaders. The
+//! downloaders send [`Chunk`]s of complete lines over a bounded channel (backpressure: memory is
+//! `buffer_chunks` chunks however large the export); the consumer hands out records one by one
+//! or in batches and sends emptied buffers back for reuse.
+
+use crate::config::{Auth, Config, Level, Method};
+use crate::error::{from_reqwest, is_transient_issue_code, Error, ErrorCode, Result};
+use crate::manifest::{merge_into, Kind, Manifest};
+use crate::ndjson::{Chunk, LineMeta, TypeName};
+use crossbeam_channel::{bounded, select, unbounded, Receiver, RecvTimeoutError, Select, Sender};
+use parking_lot::Mutex;
+use reqwest::blocking::{Client, RequestBuilder, Response};
+use reqwest::header::{HeaderMap, ACCEPT, CONTENT_TYPE, RETRY_AFTER};
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::io::Read;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Where an export is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum State {
+    KickingOff = 0,
+    /// The server is preparing the files (status polls answer 202).
+    Waiting = 1,
+    Downloading = 2,
+    Done = 3,
+    Failed = 4,
+    Cancelled = 5,
+}
+
+impl State {
+    fn from_u32(v: u32) -> State {
+        match v {
+            0 => State::KickingOff,
+            1 => State::Waiting,
+            2 => State::Downloading,
+            3 => State::Done,
+            4 => State::Failed,
+            _ => State::Cancelled,
+        }
+    }
+    pub fn is_terminal(self) -> bool {
+        matches!(self, State::Done | State::Failed | State::Cancelled)
+    }
+}
+
+/// A snapshot of an export's progress.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    pub state: State,
+    /// The error code once `state` is `Failed`.
+    pub error: Option<ErrorCode>,
+    pub http_status: Option<u16>,
+    /// The server's last `X-Progress` text.
+    pub server_progress: Option<String>,
+    pub files_total: u32,
+    pub files_done: u32,
+    /// Bytes of NDJSON received (after decompression).
+    pub bytes_downloaded: u64,
+    pub records_delivered: u64,
+    /// Status requests made.
+    pub polls: u32,
+}
+
+/// A file listed by the manifest; `index` is what records carry as `file_index`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileInfo {
+    pub index: u32,
+    pub kind: Kind,
+    pub resource_type: Option<String>,
+    pub url: String,
+    pub count: Option<u64>,
+}
+
+/// One record: an NDJSON line, borrowed until the next call on the export.
+#[derive(Clone, Copy, Debug)]
+pub struct Record<'a> {
+    /// The JSON text, without the newline.
+    pub data: &'a [u8],
+    pub kind: Kind,
+    pub resource_type: &'a str,
+    pub file_index: u32,
+    /// 1-based line number in the file.
+    pub line: u64,
+}
+
+/// Records from one file, borrowed until the next call on the export.
+pub struct Batch<'a> {
+    chunk: &'a Chunk,
+    lines: &'a [LineMeta],
+}
+
+impl<'a> Batch<'a> {
+    pub fn len(&self) -> usize {
+        self.lines.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+    /// All records of the batch, each followed by `\n`.
+    pub fn data(&self) -> &'a [u8] {
+        match (self.lines.first(), self.lines.last()) {
+            (Some(a), Some(b)) => &self.chunk.data[a.start..b.end + 1],
+            _ => &[],
+        }
+    }
+    pub fn get(&self, i: usize) -> Option<Record<'a>> {
+        self.lines.get(i).map(|m| record(self.chunk, m))
+    }
+    pub fn iter(&self) -> impl Iterator<Item = Record<'a>> + 'a {
+        let chunk = self.chunk;
+        self.lines.iter().map(move |m| record(chunk, m))
+    }
+    pub(crate) fn parts(&self) -> (&'a Chunk, &'a [LineMeta]) {
+        (self.chunk, self.lines)
+    }
+}
+
+fn record<'a>(chunk: &'a Chunk, m: &LineMeta) -> Record<'a> {
+    Record {
+        data: &chunk.data[m.start..m.end],
+        kind: chunk.kind,
+        resource_type: chunk.types[m.ty as usize].as_str(),
+        file_index: chunk.file_index,
+        line: m.line,
+    }
+}
+
+/// What a pull returned when it did not fail.
+#[derive(Debug)]
+pub enum Next<T> {
+    Item(T),
+    /// The export completed and every record was delivered.
+    End,
+    /// Nothing arrived within the timeout.
+    Timeout,
+    /// The export was cancelled.
+    Cancelled,
+}
+
+struct Info {
+    server_progress: Option<String>,
+    polls: u32,
+    status_url: Option<String>,
+    manifest: Option<Value>,
+    files: Vec<FileInfo>,
+}
+
+pub(crate) struct Shared {
+    config: Config,
+    client: Client,
+    base_origin: url::Origin,
+    state: AtomicU32,
+    cancelled: AtomicBool,
+    stopping: AtomicBool,
+    cancel_tx: Mutex<Option<Sender<()>>>,
+    stop_tx: Mutex<Option<Sender<()>>>,
+    stop_rx: Receiver<()>,
+    error: Mutex<Option<Error>>,
+    info: Mutex<Info>,
+    bytes: AtomicU64,
+    records: AtomicU64,
+    files_done: AtomicU32,
+    recycle_tx: Sender<(Vec<u8>, Vec<LineMeta>)>,
+    recycle_rx: Receiver<(Vec<u8>, Vec<LineMeta>)>,
+}
+
+/// A cheap, thread-safe handle on a running export: progress, cancel, manifest.
+#[derive(Clone)]
+pub struct Controller(Arc<Shared>);
+
+impl Controller {
+    pub fn progress(&self) -> Progress {
+        self.0.progress()
+    }
+    /// Cancel: stop downloads, DELETE the server job (unless `delete_on_cancel` is false) and
+    /// wake a consumer blocked in a pull. No effect on an export that already ended.
+    pub fn cancel(&self) {
+        self.0.cancel()
+    }
+    /// The manifest as received (pages and partial manifests merged), once there is one.
+    pub fn manifest(&self) -> Option<Value> {
+        self.0.info.lock().manifest.clone()
+    }
+    /// The files known so far.
+    pub fn files(&self) -> Vec<FileInfo> {
+        self.0.info.lock().files.clone()
+    }
+    /// The error that failed the export.
+    pub fn error(&self) -> Option<Error> {
+        self.0.error.lock().clone()
+    }
+    /// The status URL (`Content-Location` of the kick-off), once known.
+    pub fn status_url(&self) -> Option<String> {
+        self.0.info.lock().status_url.clone()
+    }
+}
+
+/// A running export. Pull records with [`Export::next_record`] or [`Export::next_batch`]
+/// from one thread; use [`Export::controller`] for progress and cancel from others. Dropping an
+/// unfinished export cancels it.
+pub struct Export {
+    sh: Arc<Shared>,
+    rx: Receiver<Chunk>,
+    cancel_rx: Receiver<()>,
+    current: Option<Chunk>,
+    pos: usize,
+    coordinator: Option<JoinHandle<()>>,
+    done_rx: Receiver<()>,
+}
+
+impl Export {
+    /// Validate the config and start the export in the background.
+    pub fn start(config: Config) -> Result<Export> {
+        config.validate()?;
+        let client = Client::builder()
+            .connect_timeout(config.connect_timeout())
+            .timeout(Duration::from_millis(config.read_timeout_ms))
+            .pool_max_idle_per_host(config.concurrency + 1)
+            .user_agent(concat!("fhirbulk/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| {
+                Error::new(
+                    ErrorCode::Internal,
+                    format!("cannot build HTTP client: {e}"),
+                )
+            })?;
+        let base_origin = url::Url::parse(&config.base_url)
+            .map_err(|e| Error::config(format!("invalid config: base_url: {e}")))?
+            .origin();
+        let (tx, rx) = bounded::<Chunk>(config.buffer_chunks);
+        let (cancel_tx, cancel_rx) = bounded::<()>(0);
+        let (stop_tx, stop_rx) = bounded::<()>(0);
+        let (recycle_tx, recycle_rx) = bounded(config.buffer_chunks + config.concurrency + 2);
+        let (done_tx, done_rx) = bounded::<()>(1);
+        let sh = Arc::new(Shared {
+            config,
+            client,
+            base_origin,
+            state: AtomicU32::new(State::KickingOff as u32),
+            cancelled: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            cancel_tx: Mutex::new(Some(cancel_tx)),
+            stop_tx: Mutex::new(Some(stop_tx)),
+            stop_rx,
+            error: Mutex::new(None),
+            info: Mutex::new(Info {
+                server_progress: None,
+                polls: 0,
+                status_url: None,
+                manifest: None,
+                files: Vec::new(),
+            }),
+            bytes: AtomicU64::new(0),
+            records: AtomicU64::new(0),
+            files_done: AtomicU32::new(0),
+            recycle_tx,
+            recycle_rx,
+        });
+        let sh2 = sh.clone();
+        let coordinator = std::thread::Builder::new()
+            .name("fhirbulk-export".into())
+            .spawn(move || {
+                coordinate(&sh2, tx);
+                let _ = done_tx.send(());
+            })
+            .map_err(|e| Error::new(ErrorCode::Internal, format!("cannot start a thread: {e}")))?;
+        Ok(Export {
+            sh,
+            rx,
+            cancel_rx,
+            current: None,
+            pos: 0,
+            coordinator: Some(coordinator),
+            done_rx,
+        })
+    }
+
+    pub fn controller(&self) -> Controller {
+        Controller(self.sh.clone())
+    }
+    pub fn progress(&self) -> Progress {
+        self.sh.progress()
+    }
+    pub fn cancel(&self) {
+        self.sh.cancel()
+    }
+
+    /// The next record. `timeout`: `None` waits as long as it takes, `Some(ZERO)` only tries.
+    pub fn next_record(&mut self, timeout: Option<Duration>) -> Result<Next<Record<'_>>> {
+        match self.fill(timeout)? {
+            Some(n) => Ok(n.map_never()),
+            None => {
+                let chunk = self.current.as_ref().expect("fill leaves a chunk");
+                let m = chunk.lines[self.pos];
+                self.pos += 1;
+                self.sh.records.fetch_add(1, Ordering::Relaxed);
+                Ok(Next::Item(record(chunk, &m)))
+            }
+        }
+    }
+
+    /// Up to `max` records from one file (at least one when it returns `Item`).
+    pub fn next_batch(&mut self, max: usize, timeout: Option<Duration>) -> Result<Next<Batch<'_>>> {
+        if max == 0 {
+            return Err(Error::new(
+                ErrorCode::InvalidArgument,
+                "max_records must be above 0",
+            ));
+        }
+        match self.fill(timeout)? {
+            Some(n) => Ok(n.map_never()),
+            None => {
+                let chunk = self.current.as_ref().expect("fill leaves a chunk");
+                let end = (self.pos + max).min(chunk.lines.len());
+                let lines = &chunk.lines[self.pos..end];
+                self.pos = end;
+                self.sh
+                    .records
+                    .fetch_add(lines.len() as u64, Ordering::Relaxed);
+                Ok(Next::Item(Batch { chunk, lines }))
+            }
+        }
+    }
+
+    /// Make `current[pos]` a record, or say why there is none.
+    fn fill(&mut self, timeout: Option<Duration>) -> Result<Option<Next<Never>>> {
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|c| self.pos < c.lines.len())
+        {
+            return Ok(None);
+        }
+        if let Some(c) = self.current.take() {
+            // Hand the buffers back to the downloaders; drop them if the pool is full.
+            let _ = self.sh.recycle_tx.try_send((c.data, c.lines));
+        }
+        self.pos = 0;
+        loop {
+            if self.sh.cancelled.load(Ordering::Acquire) {
+                return Ok(Some(Next::Cancelled));
+            }
+            let mut sel = Select::new();
+            let i_rx = sel.recv(&self.rx);
+            let i_cancel = sel.recv(&self.cancel_rx);
+            let op = match timeout {
+                None => sel.select(),
+                Some(d) if d.is_zero() => match sel.try_select() {
+                    Ok(op) => op,
+                    Err(_) => return Ok(Some(Next::Timeout)),
+                },
+                Some(d) => match sel.select_timeout(d) {
+                    Ok(op) => op,
+                    Err(_) => return Ok(Some(Next::Timeout)),
+                },
+            };
+            if op.index() == i_cancel {
+                let _ = op.recv(&self.cancel_rx);
+                return Ok(Some(Next::Cancelled));
+            }
+            debug_assert_eq!(op.index(), i_rx);
+            match op.recv(&self.rx) {
+                Ok(chunk) if chunk.lines.is_empty() => continue,
+                Ok(chunk) => {
+                    self.current = Some(chunk);
+                    return Ok(None);
+                }
+                Err(_) => {
+                    // Every sender is gone: the coordinator has set the final state.
+                    return match self.sh.state() {
+                        State::Done => Ok(Some(Next::End)),
+                        State::Cancelled => Ok(Some(Next::Cancelled)),
+                        _ => Err(self.sh.error.lock().clone().unwrap_or_else(|| {
+                            Error::new(ErrorCode::Internal, "the export stopped without a reason")
+                        })),
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// An uninhabited type for `Next<Never>` (a `Next` without an item).
+#[derive(Debug)]
+pub enum Never {}
+
+impl Next<Never> {
+    fn map_never<T>(self) -> Next<T> {
+        match self {
+            Next::Item(n) => match n {},
+            Next::End => Next::End,
+            Next::Timeout => Next::Timeout,
+            Next::Cancelled => Next::Cancelled,
+        }
+    }
+}
+
+impl Drop for Export {
+    fn drop(&mut self) {
+        if !self.sh.state().is_terminal() {
+            self.sh.cancel();
+        }
+        if let Some(h) = self.coordinator.take() {
+            // Join when the coordinator ends promptly; a download stuck in a read that ignores
+            // the stop signal is left to end at its read timeout rather than hang the caller.
+            if self.done_rx.recv_timeout(Duration::from_secs(5)).is_ok() {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn state(&self) -> State {
+        State::from_u32(self.state.load(Ordering::Acquire))
+    }
+
+    fn set_state(&self, s: State) {
+        self.state.store(s as u32, Ordering::Release);
+    }
+
+    fn progress(&self) -> Progress {
+        let info = self.info.lock();
+        let err = self.error.lock();
+        let mut state = self.state();
+        if err.is_some() && !self.cancelled.load(Ordering::Acquire) {
+            state = State::Failed;
+        }
+        Progress {
+            state,
+            error: err.as_ref().map(|e| e.code),
+            http_status: err.as_ref().and_then(|e| e.http_status),
+            server_progress: info.server_progress.clone(),
+            files_total: info.files.len() as u32,
+            files_done: self.files_done.load(Ordering::Relaxed),
+            bytes_downloaded: self.bytes.load(Ordering::Relaxed),
+            records_delivered: self.records.load(Ordering::Relaxed),
+            polls: info.polls,
+        }
+    }
+
+    fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.stop_tx.lock().take();
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    fn cancel(&self) {
+        if self.state().is_terminal() || self.error.lock().is_some() {
+            return;
+        }
+        self.cancelled.store(true, Ordering::Release);
+        self.cancel_tx.lock().take();
+        self.stop();
+    }
+
+    /// Record the first fatal error and stop everything.
+    fn fail(&self, e: Error) {
+        {
+            let mut err = self.error.lock();
+            if err.is_none() && !self.cancelled.load(Ordering::Acquire) {
+                *err = Some(e);
+            }
+        }
+        self.stop();
+    }
+
+    /// Sleep, waking early when the export stops; false when it stopped.
+    fn sleep(&self, d: Duration) -> bool {
+        matches!(self.stop_rx.recv_timeout(d), Err(RecvTimeoutError::Timeout))
+    }
+
+    /// A request to the FHIR server (or a file host): extra headers and the token only go to
+    /// the FHIR server's origin.
+    fn request(&self, method: reqwest::Method, url: &str, send_token: bool) -> RequestBuilder {
+        let mut rb = self.client.request(method, url);
+        let same_origin = url::Url::parse(url).is_ok_and(|u| u.origin() == self.base_origin);
+        if same_origin {
+            for (k, v) in &self.config.headers {
+                rb = rb.header(k.as_str(), v.as_str());
+            }
+        }
+        if send_token && same_origin {
+            if let Auth::Bearer { token } = &self.config.auth {
+                rb = rb.bearer_auth(token);
+            }
+        }
+        rb
+    }
+
+    fn send(&self, what: &str, url: &str, rb: RequestBuilder) -> Result<Response> {
+        rb.send().map_err(|e| from_reqwest(what, url, &e))
+    }
+}
+
+const STATUS_BODY_LIMIT: u64 = 64 << 20;
+
+fn read_body(what: &str, url: &str, resp: Response, limit: u64) -> Result<Vec<u8>> {
+    let mut body = Vec::new();
+    resp.take(limit).read_to_end(&mut body).map_err(|e| {
+        Error::new(
+            ErrorCode::Network,
+            format!("{what} failed while reading the body: {e}"),
+        )
+        .with_url(url)
+    })?;
+    Ok(body)
+}
+
+fn content_type(h: &HeaderMap) -> String {
+    h.get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default()
+}
+
+/// `Retry-After` as delta-seconds or an HTTP-date.
+pub(crate) fn retry_after(h: &HeaderMap) -> Option<Duration> {
+    let v = h.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(s) = v.parse::<u64>() {
+        return Some(Duration::from_secs(s));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(
+        at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// Percent-encode everything but RFC 3986 unreserved characters.
+fn pct(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The kick-off URL for the configured level.
+pub fn kickoff_url(c: &Config) -> String {
+    let base = c.base_url.trim_end_matches('/');
+    match c.level {
+        Level::System => format!("{base}/$export"),
+        Level::Patient => format!("{base}/Patient/$export"),
+        Level::Group => format!(
+            "{base}/Group/{}/$export",
+            pct(c.group_id.as_deref().unwrap_or(""))
+        ),
+    }
+}
+
+fn patient_reference(p: &str) -> String {
+    if p.contains('/') {
+        p.to_owned()
+    } else {
+        format!("Patient/{p}")
+    }
+}
+
+/// The kick-off query string (GET). Lists go comma-joined, each value percent-encoded, so inner
+/// commas of a `_typeFilter` query arrive as `%2C` and only the separators are literal.
+pub fn kickoff_query(c: &Config) -> String {
+    let mut q: Vec<String> = Vec::new();
+    let mut one = |k: &str, v: &str| q.push(format!("{k}={}", pct(v)));
+    if let Some(f) = &c.output_format {
+        one("_outputFormat", f);
+    }
+    if let Some(s) = &c.since {
+        one("_since", s);
+    }
+    if let Some(u) = &c.until {
+        one("_until", u);
+    }
+    if let Some(o) = &c.organize_output_by {
+        one("organizeOutputBy", o);
+    }
+    if c.allow_partial_manifests {
+        one("allowPartialManifests", "true");
+    }
+    for (k, list) in [
+        ("_type", &c.types),
+        ("_elements", &c.elements),
+        ("_typeFilter", &c.type_filters),
+        ("includeAssociatedData", &c.include_associated_data),
+    ] {
+        if !list.is_empty() {
+            let joined: Vec<String> = list.iter().map(|v| pct(v)).collect();
+            q.push(format!("{k}={}", joined.join(",")));
+        }
+    }
+    q.join("&")
+}
+
+/// The kick-off `Parameters` body (POST).
+pub fn kickoff_parameters(c: &Config) -> Value {
+    let mut p: Vec<Value> = Vec::new();
+    if let Some(f) = &c.output_format {
+        p.push(json!({"name": "_outputFormat", "valueString": f}));
+    }
+    if let Some(s) = &c.since {
+        p.push(json!({"name": "_since", "valueInstant": s}));
+    }
+    if let Some(u) = &c.until {
+        p.push(json!({"name": "_until", "valueInstant": u}));
+    }
+    if !c.types.is_empty() {
+        p.push(json!({"name": "_type", "valueString": c.types.join(",")}));
+    }
+    if !c.elements.is_empty() {
+        p.push(json!({"name": "_elements", "valueString": c.elements.join(",")}));
+    }
+    for f in &c.type_filters {
+        p.push(json!({"name": "_typeFilter", "valueString": f}));
+    }
+    for v in &c.include_associated_data {
+        p.push(json!({"name": "includeAssociatedData", "valueCode": v}));
+    }
+    if let Some(o) = &c.organize_output_by {
+        p.push(json!({"name": "organizeOutputBy", "valueString": o}));
+    }
+    if c.allow_partial_manifests {
+        p.push(json!({"name": "allowPartialManifests", "valueBoolean": true}));
+    }
+    for pt in &c.patients {
+        p.push(json!({"name": "patient", "valueReference": {"reference": patient_reference(pt)}}));
+    }
+    json!({"resourceType": "Parameters", "parameter": p})
+}
+
+fn kickoff(sh: &Shared) -> Result<String> {
+    let c = &sh.config;
+    let post = c.method == Method::Post || (c.method == Method::Auto && !c.patients.is_empty());
+    let mut url = kickoff_url(c);
+    let mut prefer = String::from("respond-async");
+    if c.separate_export_status {
+        prefer.push_str(",separate-export-status");
+    }
+    if c.lenient {
+        prefer.push_str(", handling=lenient");
+    }
+    let rb = if post {
+        sh.request(reqwest::Method::POST, &url, true)
+            .header(CONTENT_TYPE, "application/fhir+json")
+            .body(kickoff_parameters(c).to_string())
+    } else {
+        let q = kickoff_query(c);
+        if !q.is_empty() {
+            url = format!("{url}?{q}");
+        }
+        sh.request(reqwest::Method::GET, &url, true)
+    };
+    let rb = rb
+        .header(ACCEPT, "application/fhir+json")
+        .header("Prefer", prefer)
+        .timeout(Duration::from_millis(c.request_timeout_ms));
+    let resp = sh.send("export kick-off", &url, rb)?;
+    let status = resp.status().as_u16();
+    if status == 202 {
+        let loc = resp
+            .headers()
+            .get("content-location")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                Error::protocol("export kick-off answered 202 without a Content-Location header")
+                    .with_url(&url)
+            })?;
+        let abs = url::Url::parse(&url)
+            .and_then(|u| u.join(&loc))
+            .map_err(|e| {
+                Error::protocol(format!(
+                    "export kick-off gave an invalid Content-Location: {e}"
+                ))
+                .with_url(&url)
+            })?;
+        return Ok(abs.to_string());
+    }
+    let body = read_body("export kick-off", &url, resp, 1 << 20)?;
+    if (200..300).contains(&status) {
+        return Err(Error::protocol(format!(
+            "export kick-off answered HTTP {status}; a bulk data server answers 202 Accepted"
+        ))
+        .with_url(&url));
+    }
+    let mut e = Error::from_response("export kick-off", status, &url, &body);
+    if status == 429 {
+        e.message.push_str(
+            " (servers answer 429 to a kick-off when an export of this client is already running: \
+             wait for it to finish or cancel it with DELETE on its status URL)",
+        );
+    }
+    Err(e)
+}
+
+/// What a status poll said.
+enum PollOutcome {
+    Done(Manifest),
+}
+
+fn poll_status(sh: &Shared, status_url: &str, dl: &mut Downloads) -> Result<PollOutcome> {
+    let c = &sh.config;
+    let min = Duration::from_millis(c.poll_min_ms);
+    let max = Duration::from_millis(c.poll_max_ms);
+    let backoff_max = Duration::from_millis(c.poll_backoff_max_ms.min(c.poll_max_ms)).max(min);
+    let mut backoff = min;
+    let mut failures = 0u32;
+    loop {
+        if sh.stopping() {
+            return Err(stopped());
+        }
+        let rb = sh
+            .request(reqwest::Method::GET, status_url, true)
+            .header(ACCEPT, "application/json")
+            .timeout(Duration::from_millis(c.request_timeout_ms));
+        sh.info.lock().polls += 1;
+        let resp = match sh.send("export status request", status_url, rb) {
+            Ok(r) => r,
+            Err(e) => {
+                failures += 1;
+                if failures > c.poll_retries {
+                    return Err(e);
+                }
+                if !sh.sleep(backoff) {
+                    return Err(stopped());
+                }
+                backoff = (backoff * 2).min(backoff_max);
+                continue;
+            }
+        };
+        let headers = resp.headers().clone();
+        let mut status = resp.status().as_u16();
+        if let Some(s) = headers
+            .get("x-export-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().get(..3))
+            .and_then(|v| v.parse::<u16>().ok())
+        {
+            status = s;
+        }
+        if let Some(p) = headers.get("x-progress").and_then(|v| v.to_str().ok()) {
+            sh.info.lock().server_progress = Some(p.chars().take(500).collect());
+        }
+        let body = read_body("export status request", status_url, resp, STATUS_BODY_LIMIT)?;
+        let ra = retry_after(&headers);
+        let wait_for = |backoff: &mut Duration| match ra {
+            Some(d) => d.clamp(min, max),
+            None => {
+                let d = *backoff;
+                *backoff = (*backoff * 2).min(backoff_max);
+                d
+            }
+        };
+        match status {
+            200 => {
+                let ct = content_type(&headers);
+                if !ct.is_empty() && !ct.contains("json") {
+                    return Err(Error::protocol(format!(
+                        "the export manifest came as Content-Type {ct:?}, not JSON"
+                    ))
+                    .with_url(status_url));
+                }
+                return Ok(PollOutcome::Done(Manifest::parse(&body, status_url)?));
+            }
+            202 => {
+                failures = 0;
+                // v3: a 202 may carry a partial manifest of the files ready so far.
+                if !body.is_empty() && body.iter().any(|b| !b.is_ascii_whitespace()) {
+                    if let Ok(v) = serde_json::from_slice::<Value>(&body) {
+                        if v.get("output").is_some() {
+                            let m = Manifest::from_value(v, status_url)?;
+                            dl.add(sh, &m)?;
+                        }
+                    }
+                }
+                sh.set_state(State::Waiting);
+                let d = wait_for(&mut backoff);
+                if !sh.sleep(d) {
+                    return Err(stopped());
+                }
+            }
+            _ => {
+                let e = Error::from_response("export status request", status, status_url, &body);
+                let transient = status == 429
+                    || (status >= 400 && e.issues.iter().any(|i| is_transient_issue_code(&i.code)));
+                if !transient {
+                    return Err(e);
+                }
+                failures += 1;
+                if failures > c.poll_retries {
+                    return Err(e);
+                }
+                let d = wait_for(&mut backoff);
+                if !sh.sleep(d) {
+                    return Err(stopped());
+                }
+            }
+        }
+    }
+}
+
+fn stopped() -> Error {
+    Error::new(ErrorCode::Internal, "stopped")
+}
+
+fn fetch_manifest_page(sh: &Shared, url: &str) -> Result<Manifest> {
+    let rb = sh
+        .request(reqwest::Method::GET, url, true)
+        .header(ACCEPT, "application/json")
+        .timeout(Duration::from_millis(sh.config.request_timeout_ms));
+    let resp = sh.send("manifest page request", url, rb)?;
+    let status = resp.status().as_u16();
+    let body = read_body("manifest page request", url, resp, STATUS_BODY_LIMIT)?;
+    if status != 200 {
+        return Err(Error::from_response(
+            "manifest page request",
+            status,
+            url,
+            &body,
+        ));
+    }
+    Manifest::parse(&body, url)
+}
+
+struct FileJob {
+    index: u32,
+    kind: Kind,
+    url: String,
+    resource_type: Option<Arc<TypeName>>,
+    send_token: bool,
+}
+
+/// The download side: a job queue and the worker threads, started with the first file.
+struct Downloads {
+    jobs_tx: Option<Sender<FileJob>>,
+    jobs_rx: Receiver<FileJob>,
+    workers: Vec<JoinHandle<()>>,
+    seen: HashSet<String>,
+    tx: Sender<Chunk>,
+    sh: Arc<Shared>,
+}
+
+impl Downloads {
+    /// Queue the files of a manifest (page) not queued before.
+    fn add(&mut self, sh: &Shared, m: &Manifest) -> Result<()> {
+        let mut new_urls = Vec::new();
+        let mut jobs = Vec::new();
+        {
+            let mut info = sh.info.lock();
+            for f in &m.files {
+                if !self.seen.insert(f.url.clone()) {
+                    continue;
+                }
+                let same_origin =
+                    url::Url::parse(&f.url).is_ok_and(|u| u.origin() == sh.base_origin);
+                let has_token = !matches!(sh.config.auth, Auth::None);
+                if m.requires_access_token && has_token && !same_origin {
+                    let host = url::Url::parse(&f.url)
+                        .ok()
+                        .and_then(|u| u.host_str().map(str::to_owned))
+                        .unwrap_or_default();
+                    return Err(Error::new(
+                        ErrorCode::Auth,
+                        format!(
+                            "the manifest requires the access token for a file on host {host:?}, \
+                             which is not the FHIR server's origin; the token is not sent there"
+                        ),
+                    )
+                    .with_url(&f.url));
+                }
+                let index = info.files.len() as u32;
+                info.files.push(FileInfo {
+                    index,
+                    kind: f.kind,
+                    resource_type: f.resource_type.clone(),
+                    url: f.url.clone(),
+                    count: f.count,
+                });
+                new_urls.push(f.url.clone());
+                jobs.push(FileJob {
+                    index,
+                    kind: f.kind,
+                    url: f.url.clone(),
+                    resource_type: f.resource_type.as_deref().map(TypeName::new),
+                    send_token: m.requires_access_token,
+                });
+            }
+            merge_into(&mut info.manifest, m, &new_urls);
+        }
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        if self.workers.is_empty() {
+            for i in 0..sh.config.concurrency {
+                let sh = self.sh.clone();
+                let jobs = self.jobs_rx.clone();
+                let tx = self.tx.clone();
+                let h = std::thread::Builder::new()
+                    .name(format!("fhirbulk-dl-{i}"))
+                    .spawn(move || worker(&sh, &jobs, &tx))
+                    .map_err(|e| {
+                        Error::new(ErrorCode::Internal, format!("cannot start a thread: {e}"))
+                    })?;
+                self.workers.push(h);
+            }
+        }
+        if let Some(q) = &self.jobs_tx {
+            for j in jobs {
+                let _ = q.send(j);
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) {
+        self.jobs_tx.take();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+fn coordinate(sh: &Arc<Shared>, tx: Sender<Chunk>) {
+    let (jobs_tx, jobs_rx) = unbounded();
+    let mut dl = Downloads {
+        jobs_tx: Some(jobs_tx),
+        jobs_rx,
+        workers: Vec::new(),
+        seen: HashSet::new(),
+        tx: tx.clone(),
+        sh: sh.clone(),
+    };
+    let result = catch_unwind(AssertUnwindSafe(|| run(sh, &mut dl))).unwrap_or_else(|_| {
+        Err(Error::new(
+            ErrorCode::Internal,
+            "internal error: a panic in the export thread",
+        ))
+    });
+    if result.is_err() {
+        sh.stop();
+    }
+    dl.finish();
+    if sh.cancelled.load(Ordering::Acquire) {
+        if sh.config.delete_on_cancel {
+            delete_job(sh);
+        }
+        sh.set_state(State::Cancelled);
+    } else if sh.error.lock().is_some() {
+        sh.set_state(State::Failed);
+    } else {
+        match result {
+            Ok(()) => {
+                if sh.config.delete_on_complete {
+                    delete_job(sh);
+                }
+                sh.set_state(State::Done);
+            }
+            Err(e) => {
+                *sh.error.lock() = Some(e);
+                sh.set_state(State::Failed);
+            }
+        }
+    }
+    // Only now may the consumer see the channel close.
+    drop(dl);
+    drop(tx);
+}
+
+fn run(sh: &Shared, dl: &mut Downloads) -> Result<()> {
+    let status_url = kickoff(sh)?;
+    sh.info.lock().status_url = Some(status_url.clone());
+    if sh.stopping() {
+        return Err(stopped());
+    }
+    sh.set_state(State::Waiting);
+    let PollOutcome::Done(manifest) = poll_status(sh, &status_url, dl)?;
+    sh.set_state(State::Downloading);
+    dl.add(sh, &manifest)?;
+    let mut next = manifest.next.clone();
+    let mut pages = 1;
+    while let Some(url) = next {
+        if sh.stopping() {
+            return Err(stopped());
+        }
+        pages += 1;
+        if pages > 100_000 {
+            return Err(
+                Error::protocol("the manifest has more than 100000 pages; giving up")
+                    .with_url(&url),
+            );
+        }
+        let page = fetch_manifest_page(sh, &url)?;
+        dl.add(sh, &page)?;
+        next = page.next.clone();
+    }
+    dl.finish();
+    if let Some(e) = sh.error.lock().clone() {
+        return Err(e);
+    }
+    if sh.stopping() {
+        return Err(stopped());
+    }
+    Ok(())
+}
+
+fn delete_job(sh: &Shared) {
+    let Some(url) = sh.info.lock().status_url.clone() else {
+        return;
+    };
+    let rb = sh
+        .request(reqwest::Method::DELETE, &url, true)
+        .timeout(Duration::from_millis(
+            sh.config.request_timeout_ms.min(10_000),
+        ));
+    let _ = rb.send();
+}
+
+fn worker(sh: &Arc<Shared>, jobs: &Receiver<FileJob>, tx: &Sender<Chunk>) {
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        while let Ok(job) = jobs.recv() {
+            if sh.stopping() {
+                return;
+            }
+            match download(sh, &job, tx) {
+                Ok(()) => {
+                    sh.files_done.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    if !sh.stopping() {
+                        sh.fail(e);
+                    }
+                    return;
+                }
+            }
+        }
+    }));
+    if r.is_err() {
+        sh.fail(Error::new(
+            ErrorCode::Internal,
+            "internal error: a panic in a download thread",
+        ));
+    }
+}
+
+fn acceptable_file_type(ct: &str) -> bool {
+    ct.is_empty()
+        || ct.contains("ndjson")
+        || matches!(
+            ct,
+            "text/plain"
+                | "application/octet-stream"
+                | "application/json"
+                | "application/fhir+json"
+        )
+}
+
+/// Download one file and send its lines to the consumer in chunks.
+fn download(sh: &Shared, job: &FileJob, tx: &Sender<Chunk>) -> Result<()> {
+    let c = &sh.config;
+    let what = "file download";
+    let rb = sh
+        .request(reqwest::Method::GET, &job.url, job.send_token)
+        .header(ACCEPT, "application/fhir+ndjson");
+    let mut resp = sh.send(what, &job.url, rb)?;
+    let status = resp.status().as_u16();
+    if status != 200 {
+        let body = read_body(what, &job.url, resp, 1 << 20)?;
+        return Err(Error::from_response(what, status, &job.url, &body));
+    }
+    let ct = content_type(resp.headers());
+    if !acceptable_file_type(&ct) {
+        return Err(Error::protocol(format!(
+            "file download got Content-Type {ct:?}; expected application/fhir+ndjson"
+        ))
+        .with_url(&job.url));
+    }
+    let target = c.chunk_bytes;
+    let mut buf = take_buffer(sh, target * 2);
+    let mut filled = 0usize;
+    let mut next_line = 1u64;
+    let mut last_emit = Instant::now();
+    let mut eof = false;
+    while !eof {
+        if sh.stopping() {
+            return Err(stopped());
+        }
+        if filled == buf.0.len() {
+            // Full without a complete line: one long line; grow up to the limit.
+            if buf.0.len() > c.max_line_bytes {
+                return Err(Error::protocol(format!(
+                    "line {next_line} of the file is longer than max_line_bytes ({})",
+                    c.max_line_bytes
+                ))
+                .with_url(&job.url));
+            }
+            let new_len = (buf.0.len() * 2).min(c.max_line_bytes + 2);
+            buf.0.resize(new_len, 0);
+        }
+        let n = loop {
+            match resp.read(&mut buf.0[filled..]) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    let code = if e.kind() == std::io::ErrorKind::TimedOut
+                        || e.to_string().contains("timed out")
+                    {
+                        ErrorCode::Timeout
+                    } else {
+                        ErrorCode::Network
+                    };
+                    return Err(Error::new(
+                        code,
+                        format!("file download broke after {} lines: {e}", next_line - 1),
+                    )
+                    .with_url(&job.url));
+                }
+            }
+        };
+        if n == 0 {
+            eof = true;
+            if filled > 0 && buf.0[filled - 1] != b'\n' {
+                // The last line had no newline: a complete line all the same.
+                if filled == buf.0.len() {
+                    buf.0.push(0);
+                }
+                buf.0[filled] = b'\n';
+                filled += 1;
+            }
+        } else {
+            sh.bytes.fetch_add(n as u64, Ordering::Relaxed);
+            filled += n;
+        }
+        let due = eof
+            || filled >= target
+            || filled == buf.0.len()
+            || last_emit.elapsed() >= Duration::from_millis(20)
+            || next_line == 1;
+        if !due {
+            continue;
+        }
+        let Some(cut) = memchr::memrchr(b'\n', &buf.0[..filled]).map(|p| p + 1) else {
+            continue;
+        };
+        // Move the partial tail into the next buffer, then index and send this one.
+        let mut next = take_buffer(sh, target * 2);
+        let tail = filled - cut;
+        if next.0.len() < tail + target {
+            next.0.resize(tail + target, 0);
+        }
+        next.0[..tail].copy_from_slice(&buf.0[cut..filled]);
+        let (data, lines) = std::mem::replace(&mut buf, next);
+        filled = tail;
+        let mut chunk = Chunk {
+            file_index: job.index,
+            kind: job.kind,
+            data,
+            len: cut,
+            lines,
+            types: Vec::with_capacity(1),
+        };
+        next_line += chunk.index_lines(next_line, job.resource_type.as_ref());
+        last_emit = Instant::now();
+        if chunk.lines.is_empty() {
+            let _ = sh.recycle_tx.try_send((chunk.data, chunk.lines));
+            continue;
+        }
+        select! {
+            send(tx, chunk) -> r => if r.is_err() { return Err(stopped()) },
+            recv(sh.stop_rx) -> _ => return Err(stopped()),
+        }
+    }
+    let _ = sh.recycle_tx.try_send(buf);
+    Ok(())
+}
+
+/// A zero-filled buffer of at least `len` bytes (reused when the consumer gave one back).
+fn take_buffer(sh: &Shared, len: usize) -> (Vec<u8>, Vec<LineMeta>) {
+    match sh.recycle_rx.try_recv() {
+        Ok((mut d, l)) => {
+            if d.len() < len {
+                d.resize(len, 0);
+            }
+            (d, l)
+        }
+        Err(_) => (vec![0u8; len], Vec::new()),
+    }
+}

@@ -1,0 +1,692 @@
+//! The C ABI: a thin layer over [`crate::export`]. The only place with `extern "C"`.
+//!
+//! Rules (also stated in the generated header):
+//! - every function returns a `FhirbulkStatus` (or a length), outputs are written only on
+//!   success, and no panic crosses the boundary (it becomes `FHIRBULK_ERR_INTERNAL`);
+//! - handles are ids looked up in a registry, never dereferenced: NULL, freed and foreign
+//!   pointers give `FHIRBULK_ERR_INVALID_HANDLE`;
+//! - `export_poll`, `export_cancel`, `export_last_error*`, `export_manifest` and
+//!   `export_files_json` may be called from any thread at any time; the consuming calls
+//!   (`export_next_record`, `export_next_batch`) from one thread at a time (a second concurrent
+//!   consumer gets `FHIRBULK_ERR_BUSY`).
+
+use crate::error::{Error, ErrorCode};
+use crate::export::{Controller, Export, Next};
+use crate::Config;
+use libc::c_char;
+use once_cell::sync::Lazy;
+use parking_lot::Mutex;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::CStr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Status of every call. Values below 100 are outcomes, 100 and above are errors; the numbers
+/// never change meaning.
+pub type FhirbulkStatus = i32;
+
+/// ABI version of this header and library; bindings check that both agree.
+pub const FHIRBULK_ABI_VERSION: u32 = 1;
+
+/// Success.
+pub const FHIRBULK_OK: FhirbulkStatus = 0;
+/// A record (or a non-empty batch) was returned.
+pub const FHIRBULK_RECORD: FhirbulkStatus = 1;
+/// The export completed and every record was delivered.
+pub const FHIRBULK_END: FhirbulkStatus = 2;
+/// Nothing arrived within `timeout_ms`.
+pub const FHIRBULK_TIMEOUT: FhirbulkStatus = 3;
+/// The export was cancelled.
+pub const FHIRBULK_CANCELLED: FhirbulkStatus = 4;
+
+/// A NULL pointer or an out-of-range argument.
+pub const FHIRBULK_ERR_INVALID_ARGUMENT: FhirbulkStatus = 100;
+/// A NULL, freed or foreign handle.
+pub const FHIRBULK_ERR_INVALID_HANDLE: FhirbulkStatus = 101;
+/// Two threads consumed one handle at the same time.
+pub const FHIRBULK_ERR_BUSY: FhirbulkStatus = 102;
+/// The config is not valid (the message names the key).
+pub const FHIRBULK_ERR_CONFIG: FhirbulkStatus = 103;
+/// A bug in fhirbulk (a caught panic).
+pub const FHIRBULK_ERR_INTERNAL: FhirbulkStatus = 104;
+/// Connection refused or reset, DNS, TLS, a broken transfer.
+pub const FHIRBULK_ERR_NETWORK: FhirbulkStatus = 200;
+/// A request or a read timed out.
+pub const FHIRBULK_ERR_TIMEOUT: FhirbulkStatus = 201;
+/// The server broke the protocol (malformed manifest, wrong content type, overlong line).
+pub const FHIRBULK_ERR_PROTOCOL: FhirbulkStatus = 202;
+/// Authorization failed.
+pub const FHIRBULK_ERR_AUTH: FhirbulkStatus = 203;
+/// HTTP 400.
+pub const FHIRBULK_ERR_BAD_REQUEST: FhirbulkStatus = 300;
+/// HTTP 401.
+pub const FHIRBULK_ERR_UNAUTHORIZED: FhirbulkStatus = 301;
+/// HTTP 403.
+pub const FHIRBULK_ERR_FORBIDDEN: FhirbulkStatus = 302;
+/// HTTP 404 or 410.
+pub const FHIRBULK_ERR_NOT_FOUND: FhirbulkStatus = 303;
+/// HTTP 406.
+pub const FHIRBULK_ERR_NOT_ACCEPTABLE: FhirbulkStatus = 304;
+/// HTTP 415.
+pub const FHIRBULK_ERR_UNSUPPORTED_MEDIA_TYPE: FhirbulkStatus = 305;
+/// HTTP 422.
+pub const FHIRBULK_ERR_UNPROCESSABLE: FhirbulkStatus = 306;
+/// HTTP 429 (after the retries ran out).
+pub const FHIRBULK_ERR_THROTTLED: FhirbulkStatus = 307;
+/// HTTP 5xx.
+pub const FHIRBULK_ERR_SERVER: FhirbulkStatus = 308;
+/// Any other HTTP status.
+pub const FHIRBULK_ERR_HTTP: FhirbulkStatus = 309;
+
+/// Record from a manifest `output` file.
+pub const FHIRBULK_KIND_OUTPUT: u32 = 0;
+/// Record from a manifest `error` file (an OperationOutcome).
+pub const FHIRBULK_KIND_ERROR: u32 = 1;
+/// Record from a manifest `deleted` file (a Bundle of deletions).
+pub const FHIRBULK_KIND_DELETED: u32 = 2;
+
+/// Sending the kick-off request.
+pub const FHIRBULK_STATE_KICKING_OFF: u32 = 0;
+/// The server is preparing the files (polling).
+pub const FHIRBULK_STATE_WAITING: u32 = 1;
+/// Files are downloading.
+pub const FHIRBULK_STATE_DOWNLOADING: u32 = 2;
+/// Every file downloaded (records may still wait to be pulled).
+pub const FHIRBULK_STATE_DONE: u32 = 3;
+/// Failed; `error` says why.
+pub const FHIRBULK_STATE_FAILED: u32 = 4;
+/// Cancelled.
+pub const FHIRBULK_STATE_CANCELLED: u32 = 5;
+
+/// An export. Opaque: the pointer value is an id, never dereferenced.
+pub struct FhirbulkExport {
+    _private: [u8; 0],
+}
+
+/// One record, borrowed: valid until the next call on the same handle.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FhirbulkRecord {
+    /// The NDJSON line (a JSON object), without the newline; NOT NUL-terminated.
+    pub data: *const u8,
+    pub len: usize,
+    /// The resource type (the manifest's, or the line's own `resourceType` when the file has
+    /// none), NUL-terminated.
+    pub resource_type: *const c_char,
+    pub resource_type_len: usize,
+    /// `FHIRBULK_KIND_*`.
+    pub kind: u32,
+    /// Index into `export_files_json`.
+    pub file_index: u32,
+    /// 1-based line number in that file.
+    pub line: u64,
+}
+
+/// Records from one file, borrowed: valid until the next call on the same handle.
+#[repr(C)]
+pub struct FhirbulkBatch {
+    pub records: *const FhirbulkRecord,
+    pub count: usize,
+    /// The same records as one buffer, each followed by `\n`.
+    pub data: *const u8,
+    pub data_len: usize,
+}
+
+/// A progress snapshot.
+#[repr(C)]
+pub struct FhirbulkProgress {
+    /// `FHIRBULK_STATE_*`.
+    pub state: u32,
+    /// The error code once `state` is `FHIRBULK_STATE_FAILED`, else 0.
+    pub error: FhirbulkStatus,
+    /// HTTP status of the failed response, else 0.
+    pub http_status: u32,
+    pub files_total: u32,
+    pub files_done: u32,
+    /// NDJSON bytes received (after decompression).
+    pub bytes_downloaded: u64,
+    pub records_delivered: u64,
+    /// Status requests made.
+    pub polls: u32,
+    /// The server's last `X-Progress` text, NUL-terminated, truncated to fit.
+    pub server_progress: [c_char; 128],
+}
+
+struct Consumer {
+    export: Export,
+    batch: BatchViews,
+}
+
+/// The record views of the last batch handed out.
+struct BatchViews(Vec<FhirbulkRecord>);
+
+// SAFETY: the raw pointers point into the chunk owned by the same `Consumer` (or to static
+// type names); they are only written and read under the consumer's mutex, and the caller reads
+// them only until its next call on the handle, which also needs that mutex.
+unsafe impl Send for BatchViews {}
+
+struct Handle {
+    ctl: Controller,
+    consumer: Mutex<Option<Consumer>>,
+}
+
+static REGISTRY: Lazy<Mutex<HashMap<usize, Arc<Handle>>>> =
+    Lazy::new(|| Mutex::new(HashMap::new()));
+/// Handle ids: never reused, so a stale pointer can never name a newer export.
+static NEXT_ID: AtomicUsize = AtomicUsize::new(0x00f1_b000);
+
+thread_local! {
+    static LAST_ERROR: RefCell<Option<Error>> = const { RefCell::new(None) };
+}
+
+fn set_last_error(e: Error) {
+    LAST_ERROR.with(|l| *l.borrow_mut() = Some(e));
+}
+
+fn invalid_handle() -> Error {
+    Error::new(
+        ErrorCode::InvalidHandle,
+        "invalid handle: NULL, already freed, or not returned by export_start",
+    )
+}
+
+fn invalid_argument(what: &str) -> Error {
+    Error::new(
+        ErrorCode::InvalidArgument,
+        format!("invalid argument: {what}"),
+    )
+}
+
+fn lookup(h: *const FhirbulkExport) -> Result<Arc<Handle>, Error> {
+    REGISTRY
+        .lock()
+        .get(&(h as usize))
+        .cloned()
+        .ok_or_else(invalid_handle)
+}
+
+/// Run a call body: catch panics, turn errors into a status and this thread's last error.
+fn boundary(f: impl FnOnce() -> Result<FhirbulkStatus, Error>) -> FhirbulkStatus {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            let code = e.code as i32;
+            set_last_error(e);
+            code
+        }
+        Err(_) => {
+            set_last_error(Error::new(
+                ErrorCode::Internal,
+                "internal error: a panic was caught",
+            ));
+            FHIRBULK_ERR_INTERNAL
+        }
+    }
+}
+
+fn timeout(ms: i32) -> Option<Duration> {
+    if ms < 0 {
+        None
+    } else {
+        Some(Duration::from_millis(ms as u64))
+    }
+}
+
+fn next_status<T>(n: &Next<T>) -> FhirbulkStatus {
+    match n {
+        Next::Item(_) => FHIRBULK_RECORD,
+        Next::End => FHIRBULK_END,
+        Next::Timeout => FHIRBULK_TIMEOUT,
+        Next::Cancelled => FHIRBULK_CANCELLED,
+    }
+}
+
+fn with_consumer<R>(
+    h: *mut FhirbulkExport,
+    f: impl FnOnce(&mut Consumer) -> Result<R, Error>,
+) -> Result<R, Error> {
+    let handle = lookup(h)?;
+    let mut guard = handle.consumer.try_lock().ok_or_else(|| {
+        Error::new(
+            ErrorCode::Busy,
+            "busy: another thread is consuming this export",
+        )
+    })?;
+    let consumer = guard.as_mut().ok_or_else(invalid_handle)?;
+    f(consumer)
+}
+
+/// Copy `s` into `buf` like snprintf: at most `buf_len - 1` bytes (cut at a character boundary)
+/// and a NUL; returns the full length of `s`.
+///
+/// # Safety
+/// `buf` is NULL or valid for `buf_len` bytes of writes.
+unsafe fn copy_out(s: &str, buf: *mut c_char, buf_len: usize) -> usize {
+    if !buf.is_null() && buf_len > 0 {
+        let mut n = s.len().min(buf_len - 1);
+        while !s.is_char_boundary(n) {
+            n -= 1;
+        }
+        // SAFETY: the caller guarantees `buf` holds `buf_len` bytes; we write `n + 1 <= buf_len`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(s.as_ptr(), buf.cast::<u8>(), n);
+            *buf.add(n) = 0;
+        }
+    }
+    s.len()
+}
+
+/// Start an export described by a JSON config (NUL-terminated UTF-8). On success writes a new
+/// handle to `*out_handle` and returns `FHIRBULK_OK`; the work runs on background threads. On
+/// failure (`FHIRBULK_ERR_CONFIG` naming the bad key or value, ...) `*out_handle` is untouched
+/// and `export_last_error(NULL, ...)` tells why.
+///
+/// # Safety
+/// `config_json` is NULL or a NUL-terminated string; `out_handle` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn export_start(
+    config_json: *const c_char,
+    out_handle: *mut *mut FhirbulkExport,
+) -> FhirbulkStatus {
+    boundary(|| {
+        if config_json.is_null() {
+            return Err(invalid_argument("config_json is NULL"));
+        }
+        if out_handle.is_null() {
+            return Err(invalid_argument("out_handle is NULL"));
+        }
+        // SAFETY: non-NULL and NUL-terminated per the contract above.
+        let text = unsafe { CStr::from_ptr(config_json) }
+            .to_str()
+            .map_err(|_| Error::config("invalid config: not UTF-8"))?;
+        let config = Config::from_json(text)?;
+        let export = Export::start(config)?;
+        let handle = Arc::new(Handle {
+            ctl: export.controller(),
+            consumer: Mutex::new(Some(Consumer {
+                export,
+                batch: BatchViews(Vec::new()),
+            })),
+        });
+        let id = NEXT_ID.fetch_add(16, Ordering::Relaxed);
+        REGISTRY.lock().insert(id, handle);
+        // SAFETY: `out_handle` is non-NULL and writable per the contract.
+        unsafe { *out_handle = id as *mut FhirbulkExport };
+        Ok(FHIRBULK_OK)
+    })
+}
+
+/// Write a progress snapshot to `*out`. Never blocks; any thread.
+///
+/// # Safety
+/// `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn export_poll(
+    h: *const FhirbulkExport,
+    out: *mut FhirbulkProgress,
+) -> FhirbulkStatus {
+    boundary(|| {
+        let handle = lookup(h)?;
+        if out.is_null() {
+            return Err(invalid_argument("out is NULL"));
+        }
+        let p = handle.ctl.progress();
+        let mut text = [0 as c_char; 128];
+        if let Some(s) = &p.server_progress {
+            // SAFETY: `text` is a local array of 128 bytes.
+            unsafe { copy_out(s, text.as_mut_ptr(), text.len()) };
+        }
+        let snapshot = FhirbulkProgress {
+            state: p.state as u32,
+            error: p.error.map_or(0, |c| c as i32),
+            http_status: p.http_status.map_or(0, u32::from),
+            files_total: p.files_total,
+            files_done: p.files_done,
+            bytes_downloaded: p.bytes_downloaded,
+            records_delivered: p.records_delivered,
+            polls: p.polls,
+            server_progress: text,
+        };
+        // SAFETY: `out` is non-NULL and writable per the contract.
+        unsafe { out.write(snapshot) };
+        Ok(FHIRBULK_OK)
+    })
+}
+
+/// Pull the next record. `timeout_ms`: -1 waits as long as it takes, 0 only tries. Returns
+/// `FHIRBULK_RECORD` (and fills `*out`), `FHIRBULK_END`, `FHIRBULK_TIMEOUT`, `FHIRBULK_CANCELLED`
+/// or the export's error. The record stays valid until the next call on this handle.
+///
+/// # Safety
+/// `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn export_next_record(
+    h: *mut FhirbulkExport,
+    timeout_ms: i32,
+    out: *mut FhirbulkRecord,
+) -> FhirbulkStatus {
+    boundary(|| {
+        if out.is_null() {
+            lookup(h)?;
+            return Err(invalid_argument("out is NULL"));
+        }
+        with_consumer(h, |c| {
+            let next = c.export.next_record(timeout(timeout_ms))?;
+            let status = next_status(&next);
+            if let Next::Item(r) = next {
+                // Record type names are slices of a `TypeName`, which keeps a NUL right after
+                // the name, so this pointer is a valid C string.
+                let ty = r.resource_type.as_ptr().cast();
+                let rec = FhirbulkRecord {
+                    data: r.data.as_ptr(),
+                    len: r.data.len(),
+                    resource_type: ty,
+                    resource_type_len: r.resource_type.len(),
+                    kind: r.kind as u32,
+                    file_index: r.file_index,
+                    line: r.line,
+                };
+                // SAFETY: `out` is non-NULL and writable per the contract.
+                unsafe { out.write(rec) };
+            }
+            Ok(status)
+        })
+    })
+}
+
+/// Pull up to `max_records` records of one file at once (the fast path for bindings). Returns
+/// `FHIRBULK_RECORD` with `out->count >= 1`, or the same outcomes as `export_next_record`.
+/// The batch stays valid until the next call on this handle.
+///
+/// # Safety
+/// `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn export_next_batch(
+    h: *mut FhirbulkExport,
+    max_records: usize,
+    timeout_ms: i32,
+    out: *mut FhirbulkBatch,
+) -> FhirbulkStatus {
+    boundary(|| {
+        if out.is_null() {
+            lookup(h)?;
+            return Err(invalid_argument("out is NULL"));
+        }
+        if max_records == 0 {
+            lookup(h)?;
+            return Err(invalid_argument("max_records is 0"));
+        }
+        with_consumer(h, |c| {
+            let Consumer {
+                export,
+                batch: BatchViews(batch),
+            } = c;
+            let next = export.next_batch(max_records, timeout(timeout_ms))?;
+            let status = next_status(&next);
+            if let Next::Item(b) = next {
+                let (chunk, lines) = b.parts();
+                batch.clear();
+                batch.extend(lines.iter().map(|m| {
+                    let ty = &chunk.types[m.ty as usize];
+                    FhirbulkRecord {
+                        // SAFETY: `m.start <= chunk.data.len()` (indexed by `index_lines`).
+                        data: unsafe { chunk.data.as_ptr().add(m.start) },
+                        len: m.end - m.start,
+                        resource_type: ty.as_c_ptr(),
+                        resource_type_len: ty.as_str().len(),
+                        kind: chunk.kind as u32,
+                        file_index: chunk.file_index,
+                        line: m.line,
+                    }
+                }));
+                let data = b.data();
+                let out_batch = FhirbulkBatch {
+                    records: batch.as_ptr(),
+                    count: batch.len(),
+                    data: data.as_ptr(),
+                    data_len: data.len(),
+                };
+                // SAFETY: `out` is non-NULL and writable per the contract.
+                unsafe { out.write(out_batch) };
+            }
+            Ok(status)
+        })
+    })
+}
+
+/// Cancel the export: stop downloads, DELETE the server's job, and wake a consumer blocked in a
+/// pull (it returns `FHIRBULK_CANCELLED`). Any thread; no effect on an export that ended.
+#[no_mangle]
+pub extern "C" fn export_cancel(h: *const FhirbulkExport) -> FhirbulkStatus {
+    boundary(|| {
+        lookup(h)?.ctl.cancel();
+        Ok(FHIRBULK_OK)
+    })
+}
+
+/// Free the handle: cancels an unfinished export, waits for a blocked consumer to return, and
+/// joins the threads. NULL gives `FHIRBULK_OK`; a freed or foreign handle
+/// `FHIRBULK_ERR_INVALID_HANDLE`. Order at shutdown: cancel, stop consuming, free.
+#[no_mangle]
+pub extern "C" fn export_free(h: *mut FhirbulkExport) -> FhirbulkStatus {
+    boundary(|| {
+        if h.is_null() {
+            return Ok(FHIRBULK_OK);
+        }
+        let handle = REGISTRY
+            .lock()
+            .remove(&(h as usize))
+            .ok_or_else(invalid_handle)?;
+        if !handle.ctl.progress().state.is_terminal() {
+            handle.ctl.cancel();
+        }
+        let consumer = handle.consumer.lock().take();
+        drop(consumer);
+        Ok(FHIRBULK_OK)
+    })
+}
+
+fn last_error_for(h: *const FhirbulkExport) -> Option<Error> {
+    if !h.is_null() {
+        if let Ok(handle) = lookup(h) {
+            if let Some(e) = handle.ctl.error() {
+                return Some(e);
+            }
+        }
+    }
+    LAST_ERROR.with(|l| l.borrow().clone())
+}
+
+/// The last error's message, copied into `buf` with snprintf semantics (returns the full length;
+/// writes at most `buf_len` bytes including the NUL; `buf` may be NULL to ask for the length).
+/// With a valid handle whose export failed: that failure. Otherwise (and with `h` NULL): the
+/// last error returned to this thread. Empty when there was none.
+///
+/// # Safety
+/// `buf` is NULL or valid for `buf_len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn export_last_error(
+    h: *const FhirbulkExport,
+    buf: *mut c_char,
+    buf_len: usize,
+) -> usize {
+    let msg = catch_unwind(|| last_error_for(h).map(|e| e.to_string()).unwrap_or_default())
+        .unwrap_or_default();
+    // SAFETY: forwarded caller contract on `buf`.
+    unsafe { copy_out(&msg, buf, buf_len) }
+}
+
+/// Like `export_last_error`, as JSON: `{"code":303,"name":"not_found","http_status":404,
+/// "url":"...","message":"...","issues":[{"severity":"error","code":"not-found",
+/// "diagnostics":"..."}]}`. Empty when there was no error.
+///
+/// # Safety
+/// `buf` is NULL or valid for `buf_len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn export_last_error_json(
+    h: *const FhirbulkExport,
+    buf: *mut c_char,
+    buf_len: usize,
+) -> usize {
+    let msg = catch_unwind(|| last_error_for(h).map(|e| e.to_json()).unwrap_or_default())
+        .unwrap_or_default();
+    // SAFETY: forwarded caller contract on `buf`.
+    unsafe { copy_out(&msg, buf, buf_len) }
+}
+
+/// The manifest as JSON (pages and partial manifests merged; `transactionTime` is what the next
+/// incremental export passes as `since`), snprintf semantics; 0 before there is one.
+///
+/// # Safety
+/// `buf` is NULL or valid for `buf_len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn export_manifest(
+    h: *const FhirbulkExport,
+    buf: *mut c_char,
+    buf_len: usize,
+) -> usize {
+    let text = catch_unwind(|| {
+        lookup(h)
+            .ok()
+            .and_then(|hd| hd.ctl.manifest())
+            .map(|m| m.to_string())
+            .unwrap_or_default()
+    })
+    .unwrap_or_default();
+    // SAFETY: forwarded caller contract on `buf`.
+    unsafe { copy_out(&text, buf, buf_len) }
+}
+
+/// The files known so far as JSON, in `file_index` order:
+/// `[{"index":0,"kind":"output","type":"Patient","url":"...","count":12}, ...]`.
+///
+/// # Safety
+/// `buf` is NULL or valid for `buf_len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn export_files_json(
+    h: *const FhirbulkExport,
+    buf: *mut c_char,
+    buf_len: usize,
+) -> usize {
+    let text = catch_unwind(|| {
+        let Ok(hd) = lookup(h) else {
+            return String::new();
+        };
+        let files: Vec<serde_json::Value> = hd
+            .ctl
+            .files()
+            .into_iter()
+            .map(|f| {
+                serde_json::json!({
+                    "index": f.index, "kind": f.kind.name(), "type": f.resource_type,
+                    "url": f.url, "count": f.count,
+                })
+            })
+            .collect();
+        serde_json::Value::Array(files).to_string()
+    })
+    .unwrap_or_default();
+    // SAFETY: forwarded caller contract on `buf`.
+    unsafe { copy_out(&text, buf, buf_len) }
+}
+
+/// The library version, e.g. "0.1.0" (static string).
+#[no_mangle]
+pub extern "C" fn fhirbulk_version() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+}
+
+/// The ABI version; equals `FHIRBULK_ABI_VERSION` of the header the library was built with.
+#[no_mangle]
+pub extern "C" fn fhirbulk_abi_version() -> u32 {
+    FHIRBULK_ABI_VERSION
+}
+
+/// A short stable name for a status ("record", "not_found", ...); "unknown" for other values.
+/// Static string.
+#[no_mangle]
+pub extern "C" fn fhirbulk_status_name(s: FhirbulkStatus) -> *const c_char {
+    let name: &'static str = match s {
+        FHIRBULK_OK => "ok\0",
+        FHIRBULK_RECORD => "record\0",
+        FHIRBULK_END => "end\0",
+        FHIRBULK_TIMEOUT => "timeout\0",
+        FHIRBULK_CANCELLED => "cancelled\0",
+        FHIRBULK_ERR_INVALID_ARGUMENT => "invalid_argument\0",
+        FHIRBULK_ERR_INVALID_HANDLE => "invalid_handle\0",
+        FHIRBULK_ERR_BUSY => "busy\0",
+        FHIRBULK_ERR_CONFIG => "config\0",
+        FHIRBULK_ERR_INTERNAL => "internal\0",
+        FHIRBULK_ERR_NETWORK => "network\0",
+        FHIRBULK_ERR_TIMEOUT => "timeout_error\0",
+        FHIRBULK_ERR_PROTOCOL => "protocol\0",
+        FHIRBULK_ERR_AUTH => "auth\0",
+        FHIRBULK_ERR_BAD_REQUEST => "bad_request\0",
+        FHIRBULK_ERR_UNAUTHORIZED => "unauthorized\0",
+        FHIRBULK_ERR_FORBIDDEN => "forbidden\0",
+        FHIRBULK_ERR_NOT_FOUND => "not_found\0",
+        FHIRBULK_ERR_NOT_ACCEPTABLE => "not_acceptable\0",
+        FHIRBULK_ERR_UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type\0",
+        FHIRBULK_ERR_UNPROCESSABLE => "unprocessable\0",
+        FHIRBULK_ERR_THROTTLED => "throttled\0",
+        FHIRBULK_ERR_SERVER => "server\0",
+        FHIRBULK_ERR_HTTP => "http\0",
+        _ => "unknown\0",
+    };
+    name.as_ptr().cast()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::State;
+
+    #[test]
+    fn constants_match_the_core() {
+        for code in [
+            ErrorCode::InvalidArgument,
+            ErrorCode::InvalidHandle,
+            ErrorCode::Busy,
+            ErrorCode::Config,
+            ErrorCode::Internal,
+            ErrorCode::Network,
+            ErrorCode::Timeout,
+            ErrorCode::Protocol,
+            ErrorCode::Auth,
+            ErrorCode::BadRequest,
+            ErrorCode::Unauthorized,
+            ErrorCode::Forbidden,
+            ErrorCode::NotFound,
+            ErrorCode::NotAcceptable,
+            ErrorCode::UnsupportedMediaType,
+            ErrorCode::Unprocessable,
+            ErrorCode::Throttled,
+            ErrorCode::Server,
+            ErrorCode::Http,
+        ] {
+            // SAFETY: fhirbulk_status_name returns static NUL-terminated strings.
+            let name = unsafe { CStr::from_ptr(fhirbulk_status_name(code as i32)) };
+            assert_eq!(name.to_str().unwrap(), code.name(), "{code:?}");
+        }
+        assert_eq!(FHIRBULK_ERR_HTTP, ErrorCode::Http as i32);
+        assert_eq!(
+            FHIRBULK_ERR_INVALID_ARGUMENT,
+            ErrorCode::InvalidArgument as i32
+        );
+        for (c, s) in [
+            (FHIRBULK_STATE_KICKING_OFF, State::KickingOff),
+            (FHIRBULK_STATE_WAITING, State::Waiting),
+            (FHIRBULK_STATE_DOWNLOADING, State::Downloading),
+            (FHIRBULK_STATE_DONE, State::Done),
+            (FHIRBULK_STATE_FAILED, State::Failed),
+            (FHIRBULK_STATE_CANCELLED, State::Cancelled),
+        ] {
+            assert_eq!(c, s as u32);
+        }
+        assert_eq!(FHIRBULK_KIND_ERROR, crate::Kind::Error as u32);
+        assert_eq!(FHIRBULK_KIND_DELETED, crate::Kind::Deleted as u32);
+    }
+}

@@ -1,0 +1,30 @@
+//! fhirbulk: an embeddable FHIR Bulk Data Access (`$export`) client.
+//!
+//! The Rust API: build a [`Config`], [`Export::start`] it, then pull records with
+//! [`Export::next_record`] or [`Export::next_batch`] while [`Export::controller`] gives progress
+//! and cancel to other threads. The C ABI in [`ffi`] is a thin layer over the same engine.
+//!
+//! ```no_run
+//! use fhirbulk::{Config, Export, Next};
+//! let mut cfg = Config::new("http://127.0.0.1:8080/fhir");
+//! cfg.types = vec!["Patient".into()];
+//! let mut export = Export::start(cfg)?;
+//! while let Next::Item(rec) = export.next_record(None)? {
+//!     println!("{} line {}: {} bytes", rec.resource_type, rec.line, rec.data.len());
+//! }
+//! # Ok::<(), fhirbulk::Error>(())
+//! ```
+
+pub mod config;
+pub mod error;
+pub mod export;
+pub mod ffi;
+pub mod manifest;
+pub mod ndjson;
+#[cfg(feature = "sandbox")]
+pub mod sandbox;
+
+pub use config::{Auth, Config, Level, Method};
+pub use error::{Error, ErrorCode, Issue};
+pub use export::{Batch, Controller, Export, FileInfo, Next, Progress, Record, State};
+pub use manifest::Kind;

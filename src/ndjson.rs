@@ -1,0 +1,196 @@
+//! Splitting a byte stream into NDJSON lines, chunk by chunk, without holding whole files.
+//!
+//! A downloader reads into a [`Chunk`] buffer; when enough bytes have arrived, the complete lines
+//! are indexed ([`Chunk::index_lines`]), the trailing partial line is moved to the next buffer,
+//! and the chunk goes to the consumer as one message.
+
+use crate::manifest::Kind;
+use memchr::memchr;
+use std::sync::Arc;
+
+/// A resource type name kept with a trailing NUL so the C ABI can lend it as a C string.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TypeName(Box<str>);
+
+impl TypeName {
+    pub fn new(name: &str) -> Arc<TypeName> {
+        let mut s = String::with_capacity(name.len() + 1);
+        // A NUL inside the name would truncate the C string: drop it.
+        s.extend(name.chars().filter(|&c| c != '\0'));
+        s.push('\0');
+        Arc::new(TypeName(s.into_boxed_str()))
+    }
+    /// The name without the NUL.
+    pub fn as_str(&self) -> &str {
+        &self.0[..self.0.len() - 1]
+    }
+    /// The name as a NUL-terminated C string.
+    pub fn as_c_ptr(&self) -> *const libc::c_char {
+        self.0.as_ptr().cast()
+    }
+}
+
+/// Where one record sits in its chunk.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LineMeta {
+    pub start: usize,
+    pub end: usize,
+    /// 1-based line number in the file.
+    pub line: u64,
+    /// Index into [`Chunk::types`].
+    pub ty: u32,
+}
+
+/// A run of complete NDJSON lines from one file. `data[..len]` holds the lines, each followed by
+/// `\n`, with blank lines and `\r` removed.
+#[derive(Debug)]
+pub struct Chunk {
+    pub file_index: u32,
+    pub kind: Kind,
+    pub data: Vec<u8>,
+    pub len: usize,
+    pub lines: Vec<LineMeta>,
+    pub types: Vec<Arc<TypeName>>,
+}
+
+impl Chunk {
+    /// Index the lines of `data[..len]` (which ends with `\n`), numbering them from
+    /// `first_line`; returns the number of physical lines seen (blank ones included).
+    /// `file_type` is the manifest's type of the file; without one (v3 files organized by a
+    /// resource), each line's own `resourceType` is used.
+    pub fn index_lines(&mut self, first_line: u64, file_type: Option<&Arc<TypeName>>) -> u64 {
+        self.lines.clear();
+        self.types.clear();
+        if let Some(t) = file_type {
+            self.types.push(t.clone());
+        }
+        let data = &mut self.data[..self.len];
+        let mut physical = 0u64;
+        let mut start = 0usize;
+        let mut write = 0usize; // compaction cursor, only moves when a blank line or CR was seen
+        let mut compacting = false;
+        // Compaction only writes below `start`, so searching on from `start` stays correct.
+        while let Some(off) = memchr(b'\n', &data[start..]) {
+            let nl = start + off;
+            physical += 1;
+            let mut end = nl;
+            if end > start && data[end - 1] == b'\r' {
+                end -= 1;
+                compacting = true;
+            }
+            let blank = data[start..end].iter().all(|b| b.is_ascii_whitespace());
+            if blank {
+                compacting = true;
+            } else {
+                let (s, e) = if compacting {
+                    let n = end - start;
+                    data.copy_within(start..end, write);
+                    data[write + n] = b'\n';
+                    (write, write + n)
+                } else {
+                    (start, end)
+                };
+                write = e + 1;
+                let ty = match file_type {
+                    Some(_) => 0,
+                    None => intern(&mut self.types, resource_type_of(&data[s..e])),
+                };
+                self.lines.push(LineMeta {
+                    start: s,
+                    end: e,
+                    line: first_line + physical - 1,
+                    ty,
+                });
+            }
+            start = nl + 1;
+        }
+        self.len = write;
+        physical
+    }
+}
+
+fn intern(types: &mut Vec<Arc<TypeName>>, name: &[u8]) -> u32 {
+    if let Some(i) = types.iter().position(|t| t.as_str().as_bytes() == name) {
+        return i as u32;
+    }
+    types.push(TypeName::new(&String::from_utf8_lossy(name)));
+    (types.len() - 1) as u32
+}
+
+/// The value of the first `"resourceType"` member of a JSON line, or empty when there is none.
+pub fn resource_type_of(line: &[u8]) -> &[u8] {
+    const KEY: &[u8] = b"\"resourceType\"";
+    let Some(at) = memchr::memmem::find(line, KEY) else {
+        return b"";
+    };
+    let mut i = at + KEY.len();
+    let skip_ws = |i: &mut usize| {
+        while line.get(*i).is_some_and(|b| b.is_ascii_whitespace()) {
+            *i += 1;
+        }
+    };
+    skip_ws(&mut i);
+    if line.get(i) != Some(&b':') {
+        return b"";
+    }
+    i += 1;
+    skip_ws(&mut i);
+    if line.get(i) != Some(&b'"') {
+        return b"";
+    }
+    let s = i + 1;
+    match memchr::memchr(b'"', &line[s..]) {
+        Some(n) => &line[s..s + n],
+        None => b"",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(data: &[u8]) -> Chunk {
+        Chunk {
+            file_index: 0,
+            kind: Kind::Output,
+            data: data.to_vec(),
+            len: data.len(),
+            lines: Vec::new(),
+            types: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn splits_and_compacts() {
+        let mut c = chunk(b"{\"a\":1}\r\n\n  \n{\"b\":2}\n{\"c\":3}\n");
+        let t = TypeName::new("Patient");
+        let n = c.index_lines(10, Some(&t));
+        assert_eq!(n, 5);
+        assert_eq!(&c.data[..c.len], b"{\"a\":1}\n{\"b\":2}\n{\"c\":3}\n");
+        let lines: Vec<_> = c
+            .lines
+            .iter()
+            .map(|m| (&c.data[m.start..m.end], m.line))
+            .collect();
+        assert_eq!(
+            lines,
+            vec![
+                (&b"{\"a\":1}"[..], 10),
+                (&b"{\"b\":2}"[..], 13),
+                (&b"{\"c\":3}"[..], 14)
+            ]
+        );
+    }
+
+    #[test]
+    fn mixed_types() {
+        let mut c = chunk(b"{\"resourceType\" : \"Parameters\"}\n{\"resourceType\":\"Patient\",\"id\":\"1\"}\n{\"id\":2}\n");
+        c.index_lines(1, None);
+        let names: Vec<_> = c
+            .lines
+            .iter()
+            .map(|m| c.types[m.ty as usize].as_str())
+            .collect();
+        assert_eq!(names, vec!["Parameters", "Patient", ""]);
+    }
+}
