@@ -98,6 +98,15 @@ pub struct Batch<'a> {
     lines: &'a [LineMeta],
 }
 
+impl std::fmt::Debug for Batch<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch")
+            .field("file_index", &self.chunk.file_index)
+            .field("records", &self.lines.len())
+            .finish()
+    }
+}
+
 impl<'a> Batch<'a> {
     pub fn len(&self) -> usize {
         self.lines.len()

@@ -186,7 +186,7 @@ pub fn merge_into(combined: &mut Option<Value>, page: &Manifest, new_urls: &[Str
         };
         for entry in list {
             let Some(f) = files.next() else { return };
-            if new_urls.iter().any(|u| *u == f.url) {
+            if new_urls.contains(&f.url) {
                 let mut entry = entry.clone();
                 if let Some(e) = entry.as_object_mut() {
                     e.insert("url".into(), Value::String(f.url.clone()));

@@ -1,0 +1,215 @@
+//! A local FHIR Bulk Data Access (`$export`) server with deterministic synthetic
+//! data, used by the test suites and demos. Binds 127.0.0.1 only.
+//!
+//! Paths: `/fhir/...` (normal behaviour) and `/x/<scenario>/fhir/...` where
+//! `<scenario>` is a `;`-separated list of `key` / `key=value` switches:
+//! `polls=N`, `retry_after=S|none|date`, `progress=TEXT|none`, `kickoff=CODE`,
+//! `poll=CODE`, `transient=N`, `throttle=N`, `gzip`, `length`, `errors`,
+//! `deleted=N`, `partial`, `page=N`, `slow=MS`, `status_ct=TYPE`, `bad_manifest`,
+//! `file_ct=TYPE` (unknown keys answer 400). Status URLs are `{prefix}/jobs/{id}`,
+//! manifest pages `{prefix}/jobs/{id}/manifest/{n}`, files
+//! `{prefix}/files/{id}/{n}.ndjson`. Admin endpoints (not logged):
+//! `GET|DELETE /_sandbox/requests`, `GET /_sandbox/truth`.
+
+mod data;
+mod params;
+mod plan;
+mod scenario;
+mod server;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use server::Shared;
+
+/// Sandbox configuration.
+#[derive(Clone, Debug)]
+pub struct SandboxOptions {
+    /// TCP port on 127.0.0.1; 0 picks an ephemeral port.
+    pub port: u16,
+    /// Number of synthetic patients (`p0..p{N-1}`).
+    pub patients: usize,
+    /// Maximum resources per output file.
+    pub records_per_file: usize,
+    /// When set, kick-off, status, manifest pages and files require
+    /// `Authorization: Bearer <token>`.
+    pub bearer_token: Option<String>,
+    /// Worker threads answering requests.
+    pub threads: usize,
+}
+
+impl Default for SandboxOptions {
+    fn default() -> Self {
+        SandboxOptions {
+            port: 0,
+            patients: 50,
+            records_per_file: 1000,
+            bearer_token: None,
+            threads: 8,
+        }
+    }
+}
+
+/// One request received by the sandbox (admin `/_sandbox/*` requests are not logged).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LoggedRequest {
+    pub method: String,
+    /// Percent-decoded path without the query.
+    pub path: String,
+    /// Percent-decoded query pairs in order (repeated keys kept).
+    pub query: Vec<(String, String)>,
+    /// The query string exactly as received (without '?').
+    pub raw_query: String,
+    /// Lowercased names; the Authorization value is replaced by "Bearer ***".
+    pub headers: Vec<(String, String)>,
+    /// None when no token is required for this request.
+    pub auth_ok: Option<bool>,
+    pub body: String,
+    /// Milliseconds since the sandbox started.
+    pub at_ms: u64,
+}
+
+/// Selects records for [`Sandbox::truth`]; same semantics as kick-off parameters.
+#[derive(Default, Clone, Debug)]
+pub struct TruthQuery {
+    /// "system" (default when empty), "patient" or "group".
+    pub level: String,
+    pub group: Option<String>,
+    pub types: Vec<String>,
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub type_filters: Vec<String>,
+    /// References such as "Patient/p3".
+    pub patients: Vec<String>,
+}
+
+/// A running sandbox server; stops on [`Sandbox::stop`] or drop.
+pub struct Sandbox {
+    shared: Arc<Shared>,
+    server: Arc<tiny_http::Server>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Sandbox {
+    /// Binds 127.0.0.1:`opts.port` and starts the worker threads.
+    pub fn start(opts: SandboxOptions) -> io::Result<Sandbox> {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", opts.port))?;
+        set_nodelay(&listener);
+        let server = tiny_http::Server::from_listener(listener, None).map_err(|e| match e
+            .downcast::<io::Error>()
+        {
+            Ok(ioe) => *ioe,
+            Err(other) => io::Error::other(other.to_string()),
+        })?;
+        let port = server
+            .server_addr()
+            .to_ip()
+            .map(|a| a.port())
+            .ok_or_else(|| io::Error::other("sandbox: no IP listen address"))?;
+        let server = Arc::new(server);
+        let shared = Arc::new(Shared::new(&opts, port));
+        let mut sandbox = Sandbox {
+            shared,
+            server,
+            workers: Vec::new(),
+        };
+        for n in 0..opts.threads.max(1) {
+            let server = Arc::clone(&sandbox.server);
+            let shared = Arc::clone(&sandbox.shared);
+            let handle = std::thread::Builder::new()
+                .name(format!("fhirbulk-sandbox-{n}"))
+                .spawn(move || worker(&server, &shared))?;
+            sandbox.workers.push(handle);
+        }
+        Ok(sandbox)
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn root_url(&self) -> String {
+        self.shared.root.clone()
+    }
+
+    /// `http://127.0.0.1:PORT/fhir`
+    pub fn base_url(&self) -> String {
+        format!("{}/fhir", self.shared.root)
+    }
+
+    /// `http://127.0.0.1:PORT/x/<scenario>/fhir`
+    pub fn scenario_url(&self, scenario: &str) -> String {
+        format!("{}/x/{}/fhir", self.shared.root, scenario)
+    }
+
+    /// Every logged request, in the order received.
+    pub fn requests(&self) -> Vec<LoggedRequest> {
+        self.shared.log.lock().clone()
+    }
+
+    pub fn clear_requests(&self) {
+        self.shared.log.lock().clear();
+    }
+
+    /// Expected record count per resource type (requested types, or all types
+    /// exportable at the level; zero counts included). Empty on invalid queries.
+    pub fn truth(&self, q: &TruthQuery) -> BTreeMap<String, u64> {
+        server::truth(&self.shared, q).unwrap_or_default()
+    }
+
+    /// Stops accepting requests and joins the worker threads.
+    pub fn stop(self) {
+        drop(self);
+    }
+
+    fn shutdown(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Accepted sockets inherit TCP_NODELAY from the listener on Linux; without it,
+/// keep-alive responses stall ~40 ms on Nagle + delayed ACK.
+#[cfg(unix)]
+fn set_nodelay(listener: &std::net::TcpListener) {
+    use std::os::fd::AsRawFd;
+    let one: libc::c_int = 1;
+    // SAFETY: valid socket fd and a pointer to a c_int of the given size.
+    unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+#[cfg(not(unix))]
+fn set_nodelay(_listener: &std::net::TcpListener) {}
+
+fn worker(server: &tiny_http::Server, shared: &Arc<Shared>) {
+    let stop: &AtomicBool = &shared.stop;
+    while !stop.load(Ordering::SeqCst) {
+        match server.recv_timeout(Duration::from_millis(50)) {
+            Ok(Some(req)) => {
+                // A panic drops the request, which answers 500; keep serving.
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    server::handle(shared, req)
+                }));
+            }
+            Ok(None) => {}
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}

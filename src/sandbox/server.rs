@@ -1,0 +1,1041 @@
+//! Request routing and the Bulk Data protocol handlers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{self, Cursor, Read};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use flate2::read::GzEncoder;
+use flate2::Compression;
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use tiny_http::{Header, Request, Response, ResponseBox, StatusCode};
+
+use super::data::{self, TYPES};
+use super::params::{parse_export, ApiError, Level, Selection};
+use super::plan::{self, DeletedSource, LinesReader, Part, PartSource, Skip, Slow, VecSource};
+use super::scenario::{RetryAfter, Scenario};
+use super::{LoggedRequest, SandboxOptions, TruthQuery};
+
+const MAX_BODY: u64 = 4 << 20;
+const FHIR_JSON: &str = "application/fhir+json";
+
+pub(crate) struct Shared {
+    pub root: String,
+    patients: usize,
+    rpf: usize,
+    token: Option<String>,
+    started: Instant,
+    pub log: Mutex<Vec<LoggedRequest>>,
+    jobs: Mutex<HashMap<u64, Arc<Job>>>,
+    next_job: AtomicU64,
+    pub stop: Arc<AtomicBool>,
+}
+
+impl Shared {
+    pub fn new(opts: &SandboxOptions, port: u16) -> Self {
+        Shared {
+            root: format!("http://127.0.0.1:{port}"),
+            patients: opts.patients,
+            rpf: opts.records_per_file.max(1),
+            token: opts.bearer_token.clone(),
+            started: Instant::now(),
+            log: Mutex::new(Vec::new()),
+            jobs: Mutex::new(HashMap::new()),
+            next_job: AtomicU64::new(1),
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn job(&self, id: u64) -> Option<Arc<Job>> {
+        self.jobs.lock().get(&id).cloned()
+    }
+}
+
+enum FileKind {
+    Output(Part),
+    Error(Arc<Vec<String>>),
+    Deleted(u64),
+}
+
+struct FileEntry {
+    kind: FileKind,
+    count: u64,
+}
+
+struct Job {
+    id: u64,
+    prefix: String,
+    scen: Scenario,
+    request_url: String,
+    transaction_time: String,
+    separate: bool,
+    partial: bool,
+    organized: bool,
+    sel: Arc<Selection>,
+    files: Vec<FileEntry>,
+    polls: AtomicU64,
+}
+
+impl Job {
+    /// Status polls answered before the job completes.
+    fn polls_before_done(&self) -> u64 {
+        self.scen
+            .transient
+            .saturating_add(self.scen.throttle)
+            .saturating_add(self.scen.polls)
+    }
+    fn done(&self) -> bool {
+        self.polls.load(Ordering::SeqCst) > self.polls_before_done() && self.scen.poll.is_none()
+    }
+}
+
+/// A small fully-buffered reply.
+struct Reply {
+    status: u16,
+    headers: Vec<(&'static str, String)>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn new(status: u16) -> Self {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+    fn body(mut self, content_type: &str, body: impl Into<Vec<u8>>) -> Self {
+        self.headers
+            .push(("Content-Type", content_type.to_string()));
+        self.body = body.into();
+        self
+    }
+    fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+    fn into_response(self) -> ResponseBox {
+        let len = self.body.len();
+        let mut resp = Response::new(
+            StatusCode(self.status),
+            Vec::new(),
+            Cursor::new(self.body),
+            Some(len),
+            None,
+        )
+        .with_chunked_threshold(usize::MAX);
+        for (k, v) in self.headers {
+            if let Ok(h) = Header::from_bytes(k.as_bytes(), v.as_bytes()) {
+                resp.add_header(h);
+            }
+        }
+        resp.boxed()
+    }
+}
+
+fn oo_json(severity: &str, code: &str, msg: &str) -> String {
+    json!({"resourceType": "OperationOutcome", "issue": [{"severity": severity, "code": code, "diagnostics": msg}]})
+        .to_string()
+}
+
+fn oo(status: u16, code: &str, msg: &str) -> Reply {
+    Reply::new(status).body(FHIR_JSON, oo_json("error", code, msg))
+}
+
+impl From<ApiError> for Reply {
+    fn from(e: ApiError) -> Self {
+        oo(e.status, e.code, &e.msg)
+    }
+}
+
+fn default_code(status: u16) -> &'static str {
+    match status {
+        400 => "invalid",
+        401 => "login",
+        403 => "forbidden",
+        404 => "not-found",
+        406 | 415 | 422 => "not-supported",
+        429 => "throttled",
+        503 => "transient",
+        _ => "exception",
+    }
+}
+
+fn pct_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let hex = |c: Option<&u8>| c.and_then(|c| (*c as char).to_digit(16)).map(|d| d as u8);
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            if let (Some(h), Some(l)) = (hex(b.get(i + 1)), hex(b.get(i + 2))) {
+                out.push(h * 16 + l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn now_instant() -> String {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    data::instant(ms)
+}
+
+enum Route {
+    Metadata,
+    Kickoff(Level),
+    Status(u64),
+    Page(u64, usize),
+    File(u64, usize),
+    AdminRequests,
+    AdminTruth,
+    Unknown,
+}
+
+/// Splits `/x/<scenario>` off a raw path: (raw prefix, raw scenario, raw rest).
+/// The scenario ends at the first `/fhir/`, `/fhir`(end), `/jobs/` or `/files/`,
+/// so values may contain unescaped '/'.
+fn split_prefix(raw_path: &str) -> (String, Option<String>, &str) {
+    let Some(after) = raw_path.strip_prefix("/x/") else {
+        return (String::new(), None, raw_path);
+    };
+    let mut end: Option<usize> = None;
+    for m in ["/fhir/", "/jobs/", "/files/"] {
+        if let Some(p) = after.find(m) {
+            end = Some(end.map_or(p, |e| e.min(p)));
+        }
+    }
+    if after.ends_with("/fhir") {
+        let p = after.len() - "/fhir".len();
+        end = Some(end.map_or(p, |e| e.min(p)));
+    }
+    match end {
+        Some(e) => (
+            format!("/x/{}", &after[..e]),
+            Some(after[..e].to_string()),
+            &after[e..],
+        ),
+        None => (String::new(), None, raw_path),
+    }
+}
+
+fn parse_route(rest: &str, prefixed: bool) -> Route {
+    let decoded = pct_decode(rest);
+    let mut segs: Vec<&str> = decoded.split('/').skip(1).collect();
+    if segs.last() == Some(&"") {
+        segs.pop();
+    }
+    match segs.as_slice() {
+        ["fhir", "metadata"] => Route::Metadata,
+        ["fhir", "$export"] => Route::Kickoff(Level::System),
+        ["fhir", "Patient", "$export"] => Route::Kickoff(Level::Patient),
+        ["fhir", "Group", id, "$export"] => Route::Kickoff(Level::Group((*id).to_string())),
+        ["jobs", id] => id.parse().map_or(Route::Unknown, Route::Status),
+        ["jobs", id, "manifest", page] => match (id.parse(), page.parse()) {
+            (Ok(id), Ok(page)) => Route::Page(id, page),
+            _ => Route::Unknown,
+        },
+        ["files", id, name] => {
+            match (
+                id.parse(),
+                name.strip_suffix(".ndjson").and_then(|n| n.parse().ok()),
+            ) {
+                (Ok(id), Some(n)) => Route::File(id, n),
+                _ => Route::Unknown,
+            }
+        }
+        ["_sandbox", "requests"] if !prefixed => Route::AdminRequests,
+        ["_sandbox", "truth"] if !prefixed => Route::AdminTruth,
+        _ => Route::Unknown,
+    }
+}
+
+/// Per-request data.
+struct Ctx {
+    method: String,
+    raw_url: String,
+    headers: Vec<(String, String)>,
+    query: Vec<(String, String)>,
+    body: String,
+    prefix: String,
+    scen: Scenario,
+}
+
+impl Ctx {
+    /// All values of a header, comma-joined.
+    fn header(&self, name: &str) -> Option<String> {
+        let vals: Vec<&str> = self
+            .headers
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect();
+        (!vals.is_empty()).then(|| vals.join(", "))
+    }
+}
+
+fn media_type(v: &str) -> String {
+    v.split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
+pub(crate) fn handle(sh: &Shared, mut req: Request) {
+    let raw_url = req.url().to_string();
+    let method = req.method().as_str().to_ascii_uppercase();
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|h| {
+            (
+                h.field.to_string().to_ascii_lowercase(),
+                h.value.to_string(),
+            )
+        })
+        .collect();
+    let mut body = Vec::new();
+    if matches!(method.as_str(), "POST" | "PUT" | "PATCH")
+        || req.body_length().is_some_and(|n| n > 0)
+    {
+        let _ = req.as_reader().take(MAX_BODY).read_to_end(&mut body);
+    }
+    let body = String::from_utf8_lossy(&body).into_owned();
+    let (raw_path, raw_query) = raw_url.split_once('?').unwrap_or((raw_url.as_str(), ""));
+    let query: Vec<(String, String)> = url::form_urlencoded::parse(raw_query.as_bytes())
+        .into_owned()
+        .collect();
+    let (prefix, scen_raw, rest) = split_prefix(raw_path);
+    let route = parse_route(rest, scen_raw.is_some());
+
+    let protected = matches!(
+        route,
+        Route::Kickoff(_) | Route::Status(_) | Route::Page(..) | Route::File(..)
+    );
+    // With a token configured every request is checked (and logged as such);
+    // only the protected endpoints reject.
+    let auth_ok = sh.token.as_ref().map(|token| {
+        headers
+            .iter()
+            .filter(|(k, _)| k == "authorization")
+            .any(|(_, v)| {
+                v.split_once(' ').is_some_and(|(scheme, t)| {
+                    scheme.eq_ignore_ascii_case("bearer") && t.trim() == token
+                })
+            })
+    });
+    if !matches!(route, Route::AdminRequests | Route::AdminTruth) {
+        let logged = LoggedRequest {
+            method: method.clone(),
+            path: pct_decode(raw_path),
+            query: query.clone(),
+            raw_query: raw_query.to_string(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| {
+                    let v = if k == "authorization" {
+                        "Bearer ***".to_string()
+                    } else {
+                        v.clone()
+                    };
+                    (k.clone(), v)
+                })
+                .collect(),
+            auth_ok,
+            body: body.clone(),
+            at_ms: sh.started.elapsed().as_millis() as u64,
+        };
+        sh.log.lock().push(logged);
+    }
+
+    let scen = match scen_raw.as_deref().map(|s| Scenario::parse(&pct_decode(s))) {
+        None => Scenario::default(),
+        Some(Ok(s)) => s,
+        Some(Err(msg)) => {
+            let _ = req.respond(oo(400, "invalid", &msg).into_response());
+            return;
+        }
+    };
+    let ctx = Ctx {
+        method,
+        raw_url,
+        headers,
+        query,
+        body,
+        prefix,
+        scen,
+    };
+    let resp = if protected && auth_ok == Some(false) {
+        oo(401, "login", "a valid bearer token is required")
+            .header("WWW-Authenticate", "Bearer")
+            .into_response()
+    } else {
+        dispatch(sh, &ctx, route)
+    };
+    let _ = req.respond(resp);
+}
+
+fn dispatch(sh: &Shared, ctx: &Ctx, route: Route) -> ResponseBox {
+    let m = ctx.method.as_str();
+    let not_allowed = || {
+        oo(
+            405,
+            "not-supported",
+            &format!("method {m} not allowed here"),
+        )
+    };
+    let reply = match route {
+        Route::Metadata if m == "GET" || m == "HEAD" => metadata(sh, ctx),
+        Route::Kickoff(level) if m == "GET" || m == "POST" => kickoff(sh, ctx, level),
+        Route::Status(id) if m == "GET" => status(sh, id),
+        Route::Status(id) if m == "DELETE" => match sh.jobs.lock().remove(&id) {
+            Some(_) => Reply::new(202),
+            None => oo(404, "not-found", &format!("unknown export job {id}")),
+        },
+        Route::Page(id, page) if m == "GET" => manifest_page(sh, id, page),
+        Route::File(id, n) if m == "GET" || m == "HEAD" => return file(sh, ctx, id, n),
+        Route::AdminRequests if m == "GET" => match serde_json::to_string(&*sh.log.lock()) {
+            Ok(s) => Reply::new(200).body("application/json", s),
+            Err(e) => oo(500, "exception", &e.to_string()),
+        },
+        Route::AdminRequests if m == "DELETE" => {
+            sh.log.lock().clear();
+            Reply::new(204)
+        }
+        Route::AdminTruth if m == "GET" => admin_truth(sh, ctx),
+        Route::Unknown => oo(
+            404,
+            "not-found",
+            &format!("no such endpoint: {}", ctx.raw_url),
+        ),
+        _ => not_allowed(),
+    };
+    reply.into_response()
+}
+
+fn metadata(sh: &Shared, ctx: &Ctx) -> Reply {
+    let base = format!("{}{}/fhir", sh.root, ctx.prefix);
+    let mut cs = json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2024-01-01",
+        "kind": "instance",
+        "instantiates": ["http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"],
+        "software": {"name": "fhirbulk-sandbox", "version": env!("CARGO_PKG_VERSION")},
+        "implementation": {"description": "fhirbulk sandbox Bulk Data server", "url": base},
+        "fhirVersion": "4.0.1",
+        "format": ["json"],
+        "rest": [{
+            "mode": "server",
+            "resource": [
+                {"type": "Patient", "operation": [{"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"}]},
+                {"type": "Group", "operation": [{"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"}]}
+            ],
+            "operation": [{"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"}]
+        }]
+    });
+    if sh.token.is_some() {
+        cs["rest"][0]["security"] = json!({"service": [{"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+            "code": "SMART-on-FHIR"}]}]});
+    }
+    Reply::new(200).body(FHIR_JSON, cs.to_string())
+}
+
+/// Flattens a FHIR Parameters body to (name, value) pairs.
+fn parameters_pairs(body: &str) -> Result<Vec<(String, String)>, ApiError> {
+    let bad = |m: String| ApiError::new(400, "invalid", m);
+    if body.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let v: Value =
+        serde_json::from_str(body).map_err(|e| bad(format!("malformed Parameters body: {e}")))?;
+    if v.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
+        return Err(bad("the body must be a FHIR Parameters resource".into()));
+    }
+    let params = match v.get("parameter") {
+        None => return Ok(Vec::new()),
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err(bad("Parameters.parameter must be an array".into())),
+    };
+    let mut out = Vec::new();
+    for p in params {
+        let name = p
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("a parameter has no name".into()))?;
+        let value = p.as_object().and_then(|o| {
+            o.iter()
+                .find(|(k, _)| k.starts_with("value"))
+                .map(|(_, v)| v)
+        });
+        let s = match value {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Bool(b)) => b.to_string(),
+            Some(Value::Number(n)) => n.to_string(),
+            Some(Value::Object(o)) => o
+                .get("reference")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad(format!("parameter '{name}' has an unsupported value")))?
+                .to_string(),
+            _ => return Err(bad(format!("parameter '{name}' has no usable value[x]"))),
+        };
+        out.push((name.to_string(), s));
+    }
+    Ok(out)
+}
+
+fn kickoff(sh: &Shared, ctx: &Ctx, level: Level) -> Reply {
+    if let Some(code) = ctx.scen.kickoff {
+        return if code == 429 {
+            oo(
+                429,
+                "throttled",
+                "an export is already running for this client",
+            )
+            .header("Retry-After", "1")
+        } else {
+            oo(code, default_code(code), &format!("sandbox forced {code}"))
+        };
+    }
+    if let Some(accept) = ctx.header("accept") {
+        if !accept.split(',').any(|m| media_type(m) == FHIR_JSON) {
+            return oo(
+                406,
+                "not-supported",
+                &format!("Accept must be {FHIR_JSON}, got '{accept}'"),
+            );
+        }
+    }
+    let prefer = ctx
+        .header("prefer")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let prefs: Vec<String> = prefer
+        .split([',', ';'])
+        .map(|p| p.chars().filter(|c| !c.is_whitespace()).collect())
+        .collect();
+    if !prefs.iter().any(|p| p == "respond-async") {
+        return oo(
+            400,
+            "invalid",
+            "the Prefer header must contain respond-async",
+        );
+    }
+    let lenient = prefs.iter().any(|p| p == "handling=lenient");
+    let separate = prefs.iter().any(|p| p == "separate-export-status");
+    let mut pairs = ctx.query.clone();
+    let is_post = ctx.method == "POST";
+    if is_post {
+        let ct = ctx
+            .header("content-type")
+            .map(|c| media_type(&c))
+            .unwrap_or_default();
+        if ct != FHIR_JSON && ct != "application/json" {
+            return oo(
+                415,
+                "not-supported",
+                &format!("POST Content-Type must be {FHIR_JSON}"),
+            );
+        }
+        match parameters_pairs(&ctx.body) {
+            Ok(p) => pairs.extend(p),
+            Err(e) => return e.into(),
+        }
+    }
+    let req = match parse_export(&level, &pairs, is_post, lenient, sh.patients) {
+        Ok(r) => r,
+        Err(e) => return e.into(),
+    };
+
+    let sel = Arc::new(req.sel);
+    let mut files: Vec<FileEntry> = plan::build_parts(&sel, req.organize, sh.rpf)
+        .into_iter()
+        .map(|p| FileEntry {
+            count: p.count,
+            kind: FileKind::Output(p),
+        })
+        .collect();
+    let mut errors: Vec<String> = req
+        .ignored
+        .iter()
+        .map(|m| oo_json("information", "informational", m))
+        .collect();
+    if ctx.scen.errors {
+        for n in 1..=2 {
+            errors.push(oo_json(
+                "error",
+                "processing",
+                &format!("sandbox simulated error {n} of 2 while exporting Observation/obs-{n}-0"),
+            ));
+        }
+    }
+    if !errors.is_empty() {
+        files.push(FileEntry {
+            count: errors.len() as u64,
+            kind: FileKind::Error(Arc::new(errors)),
+        });
+    }
+    if ctx.scen.deleted > 0 && sel.since.is_some() {
+        files.push(FileEntry {
+            count: ctx.scen.deleted,
+            kind: FileKind::Deleted(ctx.scen.deleted),
+        });
+    }
+    let id = sh.next_job.fetch_add(1, Ordering::SeqCst);
+    let job = Job {
+        id,
+        prefix: ctx.prefix.clone(),
+        scen: ctx.scen.clone(),
+        request_url: format!("{}{}", sh.root, ctx.raw_url),
+        transaction_time: now_instant(),
+        separate,
+        partial: req.allow_partial && ctx.scen.partial,
+        organized: req.organize,
+        sel,
+        files,
+        polls: AtomicU64::new(0),
+    };
+    let location = format!("{}{}/jobs/{}", sh.root, job.prefix, id);
+    sh.jobs.lock().insert(id, Arc::new(job));
+    Reply::new(202).header("Content-Location", location)
+}
+
+fn file_url(sh: &Shared, job: &Job, n: usize) -> String {
+    format!("{}{}/files/{}/{}.ndjson", sh.root, job.prefix, job.id, n)
+}
+
+/// Manifest listing files `range` (0-based indices), with an optional next page.
+fn manifest(
+    sh: &Shared,
+    job: &Job,
+    range: std::ops::Range<usize>,
+    next_page: Option<usize>,
+) -> String {
+    let (mut output, mut error, mut deleted) = (Vec::new(), Vec::new(), Vec::new());
+    for n in range {
+        let Some(f) = job.files.get(n) else { break };
+        let url = file_url(sh, job, n + 1);
+        match &f.kind {
+            FileKind::Output(p) => {
+                let mut e = json!({"url": url, "count": f.count});
+                if job.organized {
+                    if p.continues {
+                        e["continuesInFile"] = json!(file_url(sh, job, n + 2));
+                    }
+                } else if let plan::Mode::Type(t) = p.mode {
+                    e["type"] = json!(TYPES[t]);
+                }
+                output.push(e);
+            }
+            FileKind::Error(_) => {
+                error.push(json!({"type": "OperationOutcome", "url": url, "count": f.count}))
+            }
+            FileKind::Deleted(_) => {
+                deleted.push(json!({"type": "Bundle", "url": url, "count": f.count}))
+            }
+        }
+    }
+    let mut m = json!({
+        "transactionTime": job.transaction_time,
+        "request": job.request_url,
+        "requiresAccessToken": sh.token.is_some(),
+        "output": output,
+        "error": error,
+        "deleted": deleted,
+    });
+    if job.organized {
+        m["outputOrganizedBy"] = json!("Patient");
+    }
+    if let Some(p) = next_page {
+        m["link"] = json!([{"relation": "next", "url": format!("{}{}/jobs/{}/manifest/{}", sh.root, job.prefix, job.id, p)}]);
+    }
+    m.to_string()
+}
+
+fn manifest_ct(job: &Job) -> String {
+    job.scen
+        .status_ct
+        .clone()
+        .unwrap_or_else(|| "application/json".into())
+}
+
+/// Page `page` (1-based) of the final manifest, or None when out of range.
+fn paged_manifest(sh: &Shared, job: &Job, page: usize) -> Option<String> {
+    let total = job.files.len();
+    let size = job.scen.page.unwrap_or(usize::MAX).max(1);
+    let pages = total.div_ceil(size).max(1);
+    if page == 0 || page > pages {
+        return None;
+    }
+    let start = (page - 1).saturating_mul(size);
+    let end = start.saturating_add(size).min(total);
+    Some(manifest(
+        sh,
+        job,
+        start..end,
+        (page < pages).then_some(page + 1),
+    ))
+}
+
+fn status(sh: &Shared, id: u64) -> Reply {
+    let Some(job) = sh.job(id) else {
+        return oo(
+            404,
+            "not-found",
+            &format!("unknown or deleted export job {id}"),
+        );
+    };
+    let k = job.polls.fetch_add(1, Ordering::SeqCst).saturating_add(1);
+    let sc = &job.scen;
+    let transient_end = sc.transient;
+    let throttle_end = transient_end.saturating_add(sc.throttle);
+    let mut reply = if k <= transient_end {
+        oo(500, "transient", "sandbox transient failure; please retry")
+    } else if k <= throttle_end {
+        oo(429, "throttled", "too many status requests; slow down").header("Retry-After", "1")
+    } else if k <= job.polls_before_done() {
+        working(sh, &job, k - throttle_end)
+    } else if let Some(code) = sc.poll {
+        oo(
+            code,
+            "exception",
+            &format!("sandbox forced job failure ({code})"),
+        )
+    } else if sc.bad_manifest {
+        Reply::new(200).body(&manifest_ct(&job), "{not json")
+    } else {
+        let body = paged_manifest(sh, &job, 1).unwrap_or_default();
+        Reply::new(200).body(&manifest_ct(&job), body)
+    };
+    if job.separate {
+        reply
+            .headers
+            .push(("X-Export-Status", reply.status.to_string()));
+        reply.status = 200;
+    }
+    reply
+}
+
+/// The `w`-th (1-based) "in progress" answer.
+fn working(sh: &Shared, job: &Job, w: u64) -> Reply {
+    let polls = job.scen.polls.saturating_add(1);
+    let pct = (u128::from(w) * 100 / u128::from(polls)) as u64;
+    let mut reply = Reply::new(202);
+    match &job.scen.progress {
+        None => reply = reply.header("X-Progress", format!("Processing: {pct}%")),
+        Some(t) if t.is_empty() => {}
+        Some(t) => reply = reply.header("X-Progress", t.clone()),
+    }
+    match job.scen.retry_after {
+        RetryAfter::Secs(s) => reply = reply.header("Retry-After", s.to_string()),
+        RetryAfter::Omit => {}
+        RetryAfter::Date => {
+            let at = SystemTime::now() + Duration::from_secs(2);
+            reply = reply.header("Retry-After", httpdate::fmt_http_date(at));
+        }
+    }
+    if job.partial {
+        let ready = (job.files.len() as u128 * u128::from(w) / u128::from(polls)) as usize;
+        reply = reply.body(&manifest_ct(job), manifest(sh, job, 0..ready, None));
+    }
+    reply
+}
+
+fn manifest_page(sh: &Shared, id: u64, page: usize) -> Reply {
+    let Some(job) = sh.job(id) else {
+        return oo(
+            404,
+            "not-found",
+            &format!("unknown or deleted export job {id}"),
+        );
+    };
+    if !job.done() {
+        return oo(
+            404,
+            "not-found",
+            "the manifest is not available (job not complete)",
+        );
+    }
+    match paged_manifest(sh, &job, page) {
+        Some(body) => Reply::new(200).body(&manifest_ct(&job), body),
+        None => oo(404, "not-found", &format!("no manifest page {page}")),
+    }
+}
+
+type BoxRead = Box<dyn Read + Send>;
+
+fn file_reader(sh: &Shared, job: &Job, f: &FileEntry) -> BoxRead {
+    let stop = Arc::clone(&sh.stop);
+    match &f.kind {
+        FileKind::Output(p) => Box::new(LinesReader::new(
+            PartSource::new(Arc::clone(&job.sel), p),
+            stop,
+        )),
+        FileKind::Error(lines) => {
+            Box::new(LinesReader::new(VecSource::new(Arc::clone(lines)), stop))
+        }
+        FileKind::Deleted(n) => Box::new(LinesReader::new(DeletedSource::new(*n), stop)),
+    }
+}
+
+/// `Range: bytes=a-b | a- | -n` (single range) → (first, last) inclusive, given total length.
+enum RangeReq {
+    None,
+    Ok(u64, u64),
+    Unsatisfiable,
+}
+
+fn parse_range(h: Option<String>, total: impl Fn() -> u64) -> RangeReq {
+    let Some(h) = h else { return RangeReq::None };
+    let Some(spec) = h.trim().strip_prefix("bytes=") else {
+        return RangeReq::None;
+    };
+    if spec.contains(',') {
+        return RangeReq::None;
+    }
+    let Some((a, b)) = spec.split_once('-') else {
+        return RangeReq::None;
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let total = total();
+    let (first, last) = match (a.parse::<u64>().ok(), b.parse::<u64>().ok()) {
+        (Some(f), None) if b.is_empty() => (f, total.saturating_sub(1)),
+        (Some(f), Some(l)) if l >= f => (f, l.min(total.saturating_sub(1))),
+        (None, Some(n)) if a.is_empty() && n > 0 => {
+            (total.saturating_sub(n), total.saturating_sub(1))
+        }
+        _ => return RangeReq::None,
+    };
+    if total == 0 || first >= total {
+        RangeReq::Unsatisfiable
+    } else {
+        RangeReq::Ok(first, last)
+    }
+}
+
+fn count_bytes(mut r: impl Read) -> u64 {
+    io::copy(&mut r, &mut io::sink()).unwrap_or(0)
+}
+
+fn file(sh: &Shared, ctx: &Ctx, id: u64, n: usize) -> ResponseBox {
+    let Some(job) = sh.job(id) else {
+        return oo(
+            404,
+            "not-found",
+            &format!("unknown or deleted export job {id}"),
+        )
+        .into_response();
+    };
+    let Some(f) = n.checked_sub(1).and_then(|i| job.files.get(i)) else {
+        return oo(404, "not-found", &format!("no file {n} in job {id}")).into_response();
+    };
+    let sc = &job.scen;
+    let ct = sc
+        .file_ct
+        .clone()
+        .unwrap_or_else(|| "application/fhir+ndjson".into());
+    let gzip = sc.gzip
+        && ctx
+            .header("accept-encoding")
+            .is_some_and(|a| a.to_ascii_lowercase().contains("gzip"));
+    let mut headers = vec![("Content-Type", ct)];
+    let (status, body, len): (u16, BoxRead, Option<u64>) = if gzip {
+        headers.push(("Content-Encoding", "gzip".into()));
+        headers.push(("Vary", "Accept-Encoding".into()));
+        let len = sc.length.then(|| {
+            count_bytes(GzEncoder::new(
+                file_reader(sh, &job, f),
+                Compression::fast(),
+            ))
+        });
+        let body: BoxRead = Box::new(GzEncoder::new(
+            file_reader(sh, &job, f),
+            Compression::fast(),
+        ));
+        (200, body, len)
+    } else {
+        headers.push(("Accept-Ranges", "bytes".into()));
+        let total = std::cell::OnceCell::new();
+        let total_len = || *total.get_or_init(|| count_bytes(file_reader(sh, &job, f)));
+        match parse_range(ctx.header("range"), total_len) {
+            RangeReq::Unsatisfiable => {
+                return Reply::new(416)
+                    .header("Content-Range", format!("bytes */{}", total_len()))
+                    .into_response();
+            }
+            RangeReq::Ok(first, last) => {
+                headers.push((
+                    "Content-Range",
+                    format!("bytes {first}-{last}/{}", total_len()),
+                ));
+                let body: BoxRead =
+                    Box::new(Skip::new(file_reader(sh, &job, f), first).take(last - first + 1));
+                (206, body, Some(last - first + 1))
+            }
+            RangeReq::None => {
+                let len = sc.length.then(total_len);
+                (200, file_reader(sh, &job, f), len)
+            }
+        }
+    };
+    let body: BoxRead = if sc.slow_ms > 0 {
+        Box::new(Slow::new(body, sc.slow_ms, Arc::clone(&sh.stop)))
+    } else {
+        body
+    };
+    let len = len.and_then(|l| usize::try_from(l).ok());
+    let mut resp = Response::new(StatusCode(status), Vec::new(), body, len, None);
+    if len.is_some() {
+        resp = resp.with_chunked_threshold(usize::MAX);
+    }
+    for (k, v) in headers {
+        if let Ok(h) = Header::from_bytes(k.as_bytes(), v.as_bytes()) {
+            resp.add_header(h);
+        }
+    }
+    resp
+}
+
+fn admin_truth(sh: &Shared, ctx: &Ctx) -> Reply {
+    let mut q = TruthQuery::default();
+    for (k, v) in &ctx.query {
+        let list = || {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+        };
+        match k.as_str() {
+            "level" => q.level = v.clone(),
+            "group" => q.group = Some(v.clone()),
+            "_type" => q.types.extend(list()),
+            "_since" => q.since = Some(v.clone()),
+            "_until" => q.until = Some(v.clone()),
+            "_typeFilter" => q.type_filters.push(v.clone()),
+            "patient" => q.patients.extend(list()),
+            other => {
+                return oo(
+                    400,
+                    "invalid",
+                    &format!("unknown truth parameter '{other}'"),
+                )
+            }
+        }
+    }
+    match truth(sh, &q) {
+        Ok(m) => match serde_json::to_string(&m) {
+            Ok(s) => Reply::new(200).body("application/json", s),
+            Err(e) => oo(500, "exception", &e.to_string()),
+        },
+        Err(e) => e.into(),
+    }
+}
+
+/// Expected counts per type for a query (lenient about unsupported types).
+pub(crate) fn truth(sh: &Shared, q: &TruthQuery) -> Result<BTreeMap<String, u64>, ApiError> {
+    let level = match q.level.as_str() {
+        "" | "system" => Level::System,
+        "patient" => Level::Patient,
+        "group" => Level::Group(q.group.clone().unwrap_or_default()),
+        other => {
+            return Err(ApiError::new(
+                400,
+                "invalid",
+                format!("unknown level '{other}'"),
+            ))
+        }
+    };
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    if !q.types.is_empty() {
+        pairs.push(("_type".into(), q.types.join(",")));
+    }
+    if let Some(s) = &q.since {
+        pairs.push(("_since".into(), s.clone()));
+    }
+    if let Some(u) = &q.until {
+        pairs.push(("_until".into(), u.clone()));
+    }
+    for f in &q.type_filters {
+        pairs.push(("_typeFilter".into(), f.clone()));
+    }
+    for p in &q.patients {
+        pairs.push(("patient".into(), p.clone()));
+    }
+    let req = parse_export(&level, &pairs, true, true, sh.patients)?;
+    Ok(req
+        .sel
+        .requested
+        .iter()
+        .map(|&t| (TYPES[t].to_string(), plan::count_type(&req.sel, t)))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes() {
+        let (p, s, r) = split_prefix("/x/polls=0;status_ct=application/fhir+json/fhir/$export");
+        assert_eq!(p, "/x/polls=0;status_ct=application/fhir+json");
+        assert_eq!(
+            s.as_deref(),
+            Some("polls=0;status_ct=application/fhir+json")
+        );
+        assert_eq!(r, "/fhir/$export");
+        let (p, s, r) = split_prefix("/x/gzip/files/3/1.ndjson");
+        assert_eq!(
+            (p.as_str(), s.as_deref(), r),
+            ("/x/gzip", Some("gzip"), "/files/3/1.ndjson")
+        );
+        let (_, s, r) = split_prefix("/fhir/metadata");
+        assert_eq!((s, r), (None, "/fhir/metadata"));
+        assert!(matches!(
+            parse_route("/fhir/%24export", false),
+            Route::Kickoff(Level::System)
+        ));
+        assert!(matches!(
+            parse_route("/files/2/3.ndjson", false),
+            Route::File(2, 3)
+        ));
+        assert!(matches!(
+            parse_route("/_sandbox/truth", true),
+            Route::Unknown
+        ));
+    }
+
+    #[test]
+    fn ranges() {
+        assert!(matches!(
+            parse_range(Some("bytes=10-".into()), || 100),
+            RangeReq::Ok(10, 99)
+        ));
+        assert!(matches!(
+            parse_range(Some("bytes=10-19".into()), || 100),
+            RangeReq::Ok(10, 19)
+        ));
+        assert!(matches!(
+            parse_range(Some("bytes=-5".into()), || 100),
+            RangeReq::Ok(95, 99)
+        ));
+        assert!(matches!(
+            parse_range(Some("bytes=100-".into()), || 100),
+            RangeReq::Unsatisfiable
+        ));
+        assert!(matches!(
+            parse_range(Some("items=1-".into()), || 100),
+            RangeReq::None
+        ));
+    }
+}

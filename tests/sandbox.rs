@@ -1,0 +1,757 @@
+//! The sandbox Bulk Data server, exercised over real HTTP with reqwest.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{BufRead, BufReader, Read};
+
+use fhirbulk::sandbox::{Sandbox, SandboxOptions, TruthQuery};
+use reqwest::blocking::{Client, RequestBuilder, Response};
+use serde_json::{json, Value};
+
+const FHIR: &str = "application/fhir+json";
+
+/// reqwest is built without its `json` feature.
+trait JsonBody {
+    fn json<T: serde::de::DeserializeOwned>(self) -> Result<T, String>;
+}
+
+impl JsonBody for Response {
+    fn json<T: serde::de::DeserializeOwned>(self) -> Result<T, String> {
+        let bytes = self.bytes().map_err(|e| e.to_string())?;
+        serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+    }
+}
+
+fn sandbox(patients: usize, per_file: usize) -> Sandbox {
+    Sandbox::start(SandboxOptions {
+        patients,
+        records_per_file: per_file,
+        threads: 4,
+        ..SandboxOptions::default()
+    })
+    .expect("sandbox starts")
+}
+
+fn client() -> Client {
+    Client::builder().no_gzip().build().expect("client")
+}
+
+fn bulk(rb: RequestBuilder) -> RequestBuilder {
+    rb.header("Accept", FHIR).header("Prefer", "respond-async")
+}
+
+fn kickoff(c: &Client, url: &str) -> Response {
+    bulk(c.get(url)).send().expect("kick-off")
+}
+
+fn post_kickoff(c: &Client, url: &str, params: Value) -> Response {
+    bulk(c.post(url))
+        .header("Content-Type", FHIR)
+        .body(json!({"resourceType": "Parameters", "parameter": params}).to_string())
+        .send()
+        .expect("kick-off")
+}
+
+fn location(r: &Response) -> String {
+    assert_eq!(r.status().as_u16(), 202, "kick-off accepted");
+    r.headers()["content-location"]
+        .to_str()
+        .expect("ascii")
+        .to_string()
+}
+
+fn header(r: &Response, name: &str) -> Option<String> {
+    r.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(String::from)
+}
+
+/// Polls until the final manifest (no waiting: tests use few polls).
+fn manifest(c: &Client, status_url: &str) -> Value {
+    for _ in 0..20 {
+        let r = c.get(status_url).send().expect("poll");
+        match r.status().as_u16() {
+            202 => continue,
+            200 => return r.json().expect("manifest json"),
+            s => panic!("unexpected status {s}: {}", r.text().unwrap_or_default()),
+        }
+    }
+    panic!("job never completed");
+}
+
+fn lines(c: &Client, url: &str) -> Vec<Value> {
+    let r = c.get(url).send().expect("download");
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(
+        header(&r, "content-type").as_deref(),
+        Some("application/fhir+ndjson")
+    );
+    let body = r.text().expect("body");
+    assert!(body.is_empty() || body.ends_with('\n'));
+    body.lines()
+        .map(|l| serde_json::from_str(l).expect("line is JSON"))
+        .collect()
+}
+
+fn outcome(r: Response) -> (u16, String) {
+    let status = r.status().as_u16();
+    assert_eq!(
+        header(&r, "content-type").as_deref(),
+        Some(FHIR),
+        "OperationOutcome content type"
+    );
+    let v: Value = r.json().expect("OperationOutcome json");
+    assert_eq!(v["resourceType"], "OperationOutcome");
+    (
+        status,
+        v["issue"][0]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    )
+}
+
+/// Downloads every output file; checks per-file counts; returns counts per type.
+fn download_all(c: &Client, m: &Value, per_file: u64) -> BTreeMap<String, u64> {
+    let mut per_type = BTreeMap::new();
+    for o in m["output"].as_array().expect("output") {
+        let recs = lines(c, o["url"].as_str().expect("url"));
+        assert_eq!(recs.len() as u64, o["count"].as_u64().expect("count"));
+        assert!(recs.len() as u64 <= per_file);
+        for r in recs {
+            assert_eq!(r["resourceType"], o["type"]);
+            *per_type
+                .entry(o["type"].as_str().unwrap_or_default().to_string())
+                .or_insert(0) += 1;
+        }
+    }
+    per_type
+}
+
+fn strs(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn group_export_matches_truth() {
+    let sb = sandbox(23, 7);
+    let c = client();
+    let types = ["Patient", "Observation", "Condition"];
+    let url = format!(
+        "{}/Group/g1/$export?_type={}",
+        sb.scenario_url("polls=0"),
+        types.join(",")
+    );
+    let m = manifest(&c, &location(&kickoff(&c, &url)));
+    assert_eq!(m["request"], url);
+    assert_eq!(m["requiresAccessToken"], false);
+    assert!(m["transactionTime"].as_str().is_some());
+    let got = download_all(&c, &m, 7);
+    let truth = sb.truth(&TruthQuery {
+        level: "group".into(),
+        group: Some("g1".into()),
+        types: strs(&types),
+        ..TruthQuery::default()
+    });
+    assert_eq!(got, truth);
+    assert_eq!(truth["Patient"], 23);
+
+    // Files are chunked by default.
+    let first = m["output"][0]["url"].as_str().expect("url");
+    let r = c.get(first).send().expect("download");
+    assert!(r.content_length().is_none() || header(&r, "transfer-encoding").is_some());
+
+    // POST with patient, _since and _typeFilter; g2 holds even patients only.
+    let since = "2024-04-01T00:00:00+00:00";
+    let r = post_kickoff(
+        &c,
+        &format!("{}/Group/g2/$export", sb.scenario_url("polls=0")),
+        json!([
+            {"name": "_type", "valueString": "Observation,Patient"},
+            {"name": "_since", "valueInstant": since},
+            {"name": "_typeFilter", "valueString": "Observation?status=final"},
+            {"name": "patient", "valueReference": {"reference": "Patient/p1"}},
+            {"name": "patient", "valueReference": {"reference": "Patient/p2"}},
+            {"name": "patient", "valueReference": {"reference": "Patient/p4"}},
+        ]),
+    );
+    let m = manifest(&c, &location(&r));
+    let got = download_all(&c, &m, 7);
+    let q = TruthQuery {
+        level: "group".into(),
+        group: Some("g2".into()),
+        types: strs(&["Patient", "Observation"]),
+        since: Some(since.into()),
+        type_filters: strs(&["Observation?status=final"]),
+        patients: strs(&["Patient/p1", "Patient/p2", "Patient/p4"]),
+        ..TruthQuery::default()
+    };
+    let truth = sb.truth(&q);
+    let nonzero: BTreeMap<_, _> = truth.clone().into_iter().filter(|(_, n)| *n > 0).collect();
+    assert_eq!(got, nonzero);
+    assert!(truth["Patient"] <= 2, "only p2 and p4 are in g2");
+    for o in m["output"].as_array().expect("output") {
+        for r in lines(&c, o["url"].as_str().expect("url")) {
+            assert!(r["meta"]["lastUpdated"].as_str().expect("lastUpdated") > "2024-04-01");
+            if r["resourceType"] == "Observation" {
+                assert_eq!(r["status"], "final");
+                assert!(["Patient/p2", "Patient/p4"]
+                    .contains(&r["subject"]["reference"].as_str().unwrap_or("")));
+            }
+        }
+    }
+
+    // The HTTP truth endpoint agrees.
+    let t: BTreeMap<String, u64> = c
+        .get(format!(
+            "{}/_sandbox/truth?level=group&group=g2&_type=Patient,Observation&_since={}&_typeFilter={}&patient=Patient/p1,Patient/p2,Patient/p4",
+            sb.root_url(),
+            "2024-04-01T00:00:00%2B00:00",
+            "Observation%3Fstatus%3Dfinal"
+        ))
+        .send()
+        .expect("truth")
+        .json()
+        .expect("json");
+    assert_eq!(t, truth);
+
+    // Comma-joined filters; an escaped inner comma means "any of" (FHIR search OR).
+    let url = format!(
+        "{}/Patient/$export?_type=Patient,Observation&_typeFilter={},{}",
+        sb.scenario_url("polls=0"),
+        "Observation%3Fstatus%3Dfinal%2Camended",
+        "Patient%3Fgender%3Dfemale"
+    );
+    let m = manifest(&c, &location(&kickoff(&c, &url)));
+    let got = download_all(&c, &m, 7);
+    let truth = sb.truth(&TruthQuery {
+        level: "patient".into(),
+        types: strs(&["Patient", "Observation"]),
+        type_filters: strs(&["Observation?status=final,amended", "Patient?gender=female"]),
+        ..TruthQuery::default()
+    });
+    assert_eq!(got, truth);
+    let all = sb.truth(&TruthQuery {
+        level: "patient".into(),
+        ..TruthQuery::default()
+    });
+    assert_eq!(truth["Observation"], all["Observation"]);
+    assert!(truth["Patient"] < all["Patient"] && truth["Patient"] > 0);
+
+    // System level includes the non-patient types.
+    let sys = sb.truth(&TruthQuery::default());
+    assert_eq!(sys["Organization"], 3);
+    assert_eq!(sys["Practitioner"], 5);
+    assert_eq!(sys.len(), 7);
+}
+
+#[test]
+fn kickoff_errors() {
+    let sb = sandbox(5, 100);
+    let c = client();
+    let base = sb.base_url();
+    let g1 = format!("{base}/Group/g1/$export");
+
+    assert_eq!(
+        outcome(kickoff(&c, &format!("{base}/Group/nope/$export"))),
+        (404, "not-found".into())
+    );
+    let r = c
+        .get(&g1)
+        .header("Accept", "text/html")
+        .header("Prefer", "respond-async")
+        .send();
+    assert_eq!(outcome(r.expect("send")), (406, "not-supported".into()));
+    let r = c.get(&g1).header("Accept", FHIR).send();
+    assert_eq!(outcome(r.expect("send")).0, 400);
+    assert_eq!(
+        outcome(kickoff(&c, &format!("{g1}?_type=Patient,Spaceship"))),
+        (422, "not-supported".into())
+    );
+    assert_eq!(outcome(kickoff(&c, &format!("{g1}?_bogus=1"))).0, 400);
+    assert_eq!(
+        outcome(kickoff(&c, &format!("{g1}?_since=yesterday"))).0,
+        400
+    );
+    assert_eq!(
+        outcome(kickoff(&c, &format!("{g1}?_outputFormat=text/csv"))).0,
+        400
+    );
+    assert_eq!(
+        outcome(kickoff(&c, &format!("{g1}?patient=Patient/p1"))).0,
+        400
+    );
+    assert_eq!(
+        outcome(kickoff(
+            &c,
+            &format!("{g1}?_type=Patient&_typeFilter=Observation%3Fstatus%3Dfinal")
+        ))
+        .0,
+        400
+    );
+    assert_eq!(
+        outcome(kickoff(&c, &format!("{g1}?organizeOutputBy=Encounter"))).0,
+        400
+    );
+    let r = bulk(c.post(&g1))
+        .header("Content-Type", "text/plain")
+        .body("x")
+        .send();
+    assert_eq!(outcome(r.expect("send")).0, 415);
+    let r = bulk(c.post(&g1))
+        .header("Content-Type", FHIR)
+        .body("{not json")
+        .send();
+    assert_eq!(outcome(r.expect("send")).0, 400);
+    let r = post_kickoff(
+        &c,
+        &g1,
+        json!([{"name": "patient", "valueReference": {"reference": "Patient/p99"}}]),
+    );
+    assert_eq!(outcome(r), (400, "not-found".into()));
+    let r = kickoff(
+        &c,
+        &format!("{}/Group/g1/$export", sb.scenario_url("nonsense=1")),
+    );
+    assert_eq!(outcome(r).0, 400);
+
+    // Forced kick-off failures.
+    let r = kickoff(
+        &c,
+        &format!("{}/Group/g1/$export", sb.scenario_url("kickoff=429")),
+    );
+    assert_eq!(header(&r, "retry-after").as_deref(), Some("1"));
+    assert_eq!(outcome(r), (429, "throttled".into()));
+    let r = kickoff(&c, &format!("{}/$export", sb.scenario_url("kickoff=503")));
+    assert_eq!(outcome(r).0, 503);
+
+    // Lenient handling: ignored things are reported in an error file.
+    let r = bulk(c.get(format!(
+        "{}/Group/g1/$export?_type=Patient,Spaceship&_bogus=1",
+        sb.scenario_url("polls=0")
+    )))
+    .header("Prefer", "respond-async, handling=lenient")
+    .send()
+    .expect("send");
+    let m = manifest(&c, &location(&r));
+    assert_eq!(m["output"].as_array().map(Vec::len), Some(1));
+    assert_eq!(m["output"][0]["type"], "Patient");
+    assert_eq!(m["error"][0]["type"], "OperationOutcome");
+    let infos = lines(&c, m["error"][0]["url"].as_str().expect("url"));
+    assert_eq!(infos.len(), 2);
+    assert!(infos
+        .iter()
+        .all(|i| i["issue"][0]["severity"] == "information"));
+
+    // Metadata.
+    let cs: Value = c
+        .get(format!("{base}/metadata"))
+        .send()
+        .expect("metadata")
+        .json()
+        .expect("json");
+    assert_eq!(cs["resourceType"], "CapabilityStatement");
+    assert_eq!(cs["fhirVersion"], "4.0.1");
+}
+
+#[test]
+fn status_polling_failures_and_delete() {
+    let sb = sandbox(4, 100);
+    let c = client();
+    let loc = location(&kickoff(&c, &format!("{}/Patient/$export", sb.base_url())));
+    let r = c.get(&loc).send().expect("poll");
+    assert_eq!(r.status().as_u16(), 202);
+    assert_eq!(header(&r, "x-progress").as_deref(), Some("Processing: 50%"));
+    assert_eq!(header(&r, "retry-after").as_deref(), Some("1"));
+    let r = c.get(&loc).send().expect("poll");
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(
+        header(&r, "content-type").as_deref(),
+        Some("application/json")
+    );
+    let m: Value = r.json().expect("manifest");
+    let file = m["output"][0]["url"].as_str().expect("url").to_string();
+    assert_eq!(
+        c.delete(&loc).send().expect("delete").status().as_u16(),
+        202
+    );
+    assert_eq!(
+        outcome(c.get(&loc).send().expect("poll")),
+        (404, "not-found".into())
+    );
+    assert_eq!(c.get(&file).send().expect("file").status().as_u16(), 404);
+    assert_eq!(
+        c.delete(&loc).send().expect("delete").status().as_u16(),
+        404
+    );
+
+    // transient, then throttled, then done.
+    let loc = location(&kickoff(
+        &c,
+        &format!(
+            "{}/$export",
+            sb.scenario_url("polls=0;transient=1;throttle=1")
+        ),
+    ));
+    assert_eq!(
+        outcome(c.get(&loc).send().expect("poll")),
+        (500, "transient".into())
+    );
+    let r = c.get(&loc).send().expect("poll");
+    assert_eq!(header(&r, "retry-after").as_deref(), Some("1"));
+    assert_eq!(outcome(r).0, 429);
+    assert_eq!(c.get(&loc).send().expect("poll").status().as_u16(), 200);
+
+    // A failing job, with separate-export-status.
+    let r = c
+        .get(format!(
+            "{}/$export",
+            sb.scenario_url("polls=1;poll=500;retry_after=none")
+        ))
+        .header("Accept", FHIR)
+        .header("Prefer", "respond-async, separate-export-status")
+        .send()
+        .expect("kick-off");
+    let loc = location(&r);
+    let r = c.get(&loc).send().expect("poll");
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(header(&r, "x-export-status").as_deref(), Some("202"));
+    assert!(header(&r, "retry-after").is_none());
+    let r = c.get(&loc).send().expect("poll");
+    assert_eq!(header(&r, "x-export-status").as_deref(), Some("500"));
+    assert_eq!(outcome(r), (200, "exception".into()));
+
+    // Protocol-error scenarios.
+    let loc = location(&kickoff(
+        &c,
+        &format!("{}/$export", sb.scenario_url("polls=0;bad_manifest")),
+    ));
+    assert_eq!(
+        c.get(&loc).send().expect("poll").text().expect("body"),
+        "{not json"
+    );
+    let loc = location(&kickoff(
+        &c,
+        &format!("{}/$export", sb.scenario_url("polls=0;status_ct=text/html")),
+    ));
+    let r = c.get(&loc).send().expect("poll");
+    assert_eq!(header(&r, "content-type").as_deref(), Some("text/html"));
+}
+
+#[test]
+fn partial_and_paged_manifests() {
+    let sb = sandbox(20, 4);
+    let c = client();
+    let url = format!(
+        "{}/Group/g1/$export?_type=Patient,Observation&allowPartialManifests=true",
+        sb.scenario_url("partial;page=3;polls=1")
+    );
+    let loc = location(&kickoff(&c, &url));
+    let r = c.get(&loc).send().expect("poll");
+    assert_eq!(r.status().as_u16(), 202);
+    let partial: Value = r.json().expect("partial manifest");
+    let early = partial["output"].as_array().expect("output").len();
+
+    let r = c.get(&loc).send().expect("poll");
+    assert_eq!(r.status().as_u16(), 200);
+    let mut page: Value = r.json().expect("manifest");
+    let mut urls = Vec::new();
+    let mut pages = 1;
+    loop {
+        let out = page["output"].as_array().expect("output");
+        assert!(out.len() <= 3);
+        urls.extend(
+            out.iter()
+                .map(|o| o["url"].as_str().unwrap_or_default().to_string()),
+        );
+        let Some(next) = page["link"][0]["url"].as_str().map(String::from) else {
+            break;
+        };
+        assert_eq!(page["link"][0]["relation"], "next");
+        page = c
+            .get(&next)
+            .send()
+            .expect("page")
+            .json()
+            .expect("page json");
+        pages += 1;
+    }
+    let total = urls.len();
+    assert_eq!(urls.iter().collect::<HashSet<_>>().len(), total);
+    // 20 patients / 4 per file = 5 Patient files; 80 Observations = 20 files.
+    assert_eq!(total, 25);
+    assert_eq!(pages, 9);
+    assert_eq!(early, total / 2);
+}
+
+#[test]
+fn organized_by_patient() {
+    let sb = sandbox(6, 5);
+    let c = client();
+    let url = format!(
+        "{}/Group/g1/$export?_type=Patient,Observation,Condition&organizeOutputBy=Patient",
+        sb.scenario_url("polls=0")
+    );
+    let m = manifest(&c, &location(&kickoff(&c, &url)));
+    assert_eq!(m["outputOrganizedBy"], "Patient");
+    let outputs = m["output"].as_array().expect("output").clone();
+    let mut per_type: BTreeMap<String, u64> = BTreeMap::new();
+    let mut prev_last: Option<Value> = None;
+    for (n, o) in outputs.iter().enumerate() {
+        assert!(o.get("type").is_none());
+        let recs = lines(&c, o["url"].as_str().expect("url"));
+        assert_eq!(
+            recs[0]["resourceType"], "Parameters",
+            "file starts with a header"
+        );
+        if let Some(prev) = prev_last.take() {
+            // A continued block repeats its header.
+            assert_eq!(recs[0], prev);
+        }
+        let mut current = None;
+        let mut resources = 0;
+        for r in &recs {
+            if r["resourceType"] == "Parameters" {
+                assert_eq!(r["parameter"][0]["name"], "header");
+                current = r["parameter"][0]["valueReference"]["reference"]
+                    .as_str()
+                    .map(String::from);
+                continue;
+            }
+            resources += 1;
+            *per_type
+                .entry(r["resourceType"].as_str().unwrap_or_default().into())
+                .or_insert(0) += 1;
+            let owner = if r["resourceType"] == "Patient" {
+                format!("Patient/{}", r["id"].as_str().unwrap_or_default())
+            } else {
+                r["subject"]["reference"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            assert_eq!(Some(owner), current);
+        }
+        assert_eq!(resources, o["count"].as_u64().expect("count"));
+        assert!(resources <= 5);
+        if let Some(next) = o.get("continuesInFile") {
+            assert_eq!(next, &outputs[n + 1]["url"]);
+            prev_last = recs
+                .iter()
+                .rev()
+                .find(|r| r["resourceType"] == "Parameters")
+                .cloned();
+        }
+    }
+    assert!(outputs.iter().any(|o| o.get("continuesInFile").is_some()));
+    let truth = sb.truth(&TruthQuery {
+        level: "group".into(),
+        group: Some("g1".into()),
+        types: strs(&["Patient", "Observation", "Condition"]),
+        ..TruthQuery::default()
+    });
+    assert_eq!(per_type, truth);
+}
+
+#[test]
+fn gzip_length_range_and_elements() {
+    let sb = sandbox(10, 1000);
+    let c = client();
+    let loc = location(&kickoff(
+        &c,
+        &format!("{}/$export?_type=Patient", sb.scenario_url("polls=0;gzip")),
+    ));
+    let m = manifest(&c, &loc);
+    let url = m["output"][0]["url"].as_str().expect("url").to_string();
+    let r = c
+        .get(&url)
+        .header("Accept-Encoding", "gzip")
+        .send()
+        .expect("download");
+    assert_eq!(header(&r, "content-encoding").as_deref(), Some("gzip"));
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(r)
+        .read_to_string(&mut text)
+        .expect("gunzip");
+    assert_eq!(text.lines().count(), 10);
+    assert!(text.contains("Zoë Müller") && text.contains("王芳") && text.contains("Ærøskøbing"));
+    // Without Accept-Encoding: identity, same bytes; ranges honoured.
+    let r = c.get(&url).send().expect("download");
+    assert!(header(&r, "content-encoding").is_none());
+    assert_eq!(header(&r, "accept-ranges").as_deref(), Some("bytes"));
+    let plain = r.text().expect("body");
+    assert_eq!(plain, text);
+    let r = c
+        .get(&url)
+        .header("Range", "bytes=100-")
+        .send()
+        .expect("range");
+    assert_eq!(r.status().as_u16(), 206);
+    assert_eq!(
+        header(&r, "content-range"),
+        Some(format!("bytes 100-{}/{}", plain.len() - 1, plain.len()))
+    );
+    assert_eq!(r.bytes().expect("body").as_ref(), &plain.as_bytes()[100..]);
+
+    // length: Content-Length instead of chunked.
+    let loc = location(&kickoff(
+        &c,
+        &format!(
+            "{}/$export?_type=Observation",
+            sb.scenario_url("polls=0;length")
+        ),
+    ));
+    let m = manifest(&c, &loc);
+    let r = c
+        .get(m["output"][0]["url"].as_str().expect("url"))
+        .send()
+        .expect("download");
+    let len = r.content_length().expect("content-length");
+    assert_eq!(r.bytes().expect("body").len() as u64, len);
+
+    // _elements keeps the listed elements plus id/resourceType/meta, tagged SUBSETTED.
+    let loc = location(&kickoff(
+        &c,
+        &format!(
+            "{}/$export?_type=Observation&_elements=status",
+            sb.scenario_url("polls=0")
+        ),
+    ));
+    let m = manifest(&c, &loc);
+    for r in lines(&c, m["output"][0]["url"].as_str().expect("url")) {
+        let mut keys: Vec<&String> = r.as_object().expect("object").keys().collect();
+        keys.sort();
+        assert_eq!(keys, ["id", "meta", "resourceType", "status"]);
+        assert_eq!(r["meta"]["tag"][0]["code"], "SUBSETTED");
+    }
+
+    // Error and deleted files.
+    let url = format!(
+        "{}/$export?_type=Patient&_since=2024-01-01T00:00:00Z",
+        sb.scenario_url("polls=0;errors;deleted=3")
+    );
+    let m = manifest(&c, &location(&kickoff(&c, &url)));
+    assert_eq!(m["error"][0]["type"], "OperationOutcome");
+    assert_eq!(m["deleted"][0]["type"], "Bundle");
+    let del = lines(&c, m["deleted"][0]["url"].as_str().expect("url"));
+    assert_eq!(del.len(), 3);
+    assert_eq!(del[0]["entry"][0]["request"]["method"], "DELETE");
+}
+
+#[test]
+fn bearer_token_and_request_log() {
+    let sb = Sandbox::start(SandboxOptions {
+        patients: 3,
+        bearer_token: Some("s3cret".into()),
+        threads: 2,
+        ..SandboxOptions::default()
+    })
+    .expect("sandbox");
+    let c = client();
+    let url = format!("{}/$export?_type=Patient", sb.scenario_url("polls=0"));
+    assert_eq!(outcome(kickoff(&c, &url)), (401, "login".into()));
+    let r = bulk(c.get(&url))
+        .bearer_auth("s3cret")
+        .send()
+        .expect("kick-off");
+    let loc = location(&r);
+    assert_eq!(c.get(&loc).send().expect("poll").status().as_u16(), 401);
+    let m: Value = c
+        .get(&loc)
+        .bearer_auth("s3cret")
+        .send()
+        .expect("poll")
+        .json()
+        .expect("manifest");
+    assert_eq!(m["requiresAccessToken"], true);
+    let file = m["output"][0]["url"].as_str().expect("url");
+    assert_eq!(c.get(file).send().expect("file").status().as_u16(), 401);
+    assert_eq!(
+        c.get(file)
+            .bearer_auth("s3cret")
+            .send()
+            .expect("file")
+            .status()
+            .as_u16(),
+        200
+    );
+
+    let log = sb.requests();
+    assert_eq!(log.len(), 6);
+    assert_eq!(log[0].method, "GET");
+    assert_eq!(log[0].path, "/x/polls=0/fhir/$export");
+    assert_eq!(
+        log[0].query,
+        vec![("_type".to_string(), "Patient".to_string())]
+    );
+    assert_eq!(log[0].auth_ok, Some(false));
+    assert_eq!(log[1].auth_ok, Some(true));
+    let auth = log[1]
+        .headers
+        .iter()
+        .find(|(k, _)| k == "authorization")
+        .map(|(_, v)| v.as_str());
+    assert_eq!(auth, Some("Bearer ***"));
+    let all = serde_json::to_string(&log).expect("json");
+    assert!(!all.contains("s3cret"), "no secrets in the log");
+
+    // Over HTTP (admin requests are not logged themselves).
+    let remote: Vec<Value> = c
+        .get(format!("{}/_sandbox/requests", sb.root_url()))
+        .send()
+        .expect("log")
+        .json()
+        .expect("json");
+    assert_eq!(remote.len(), 6);
+    assert_eq!(remote[1]["auth_ok"], true);
+    assert_eq!(
+        c.delete(format!("{}/_sandbox/requests", sb.root_url()))
+            .send()
+            .expect("clear")
+            .status()
+            .as_u16(),
+        204
+    );
+    assert!(sb.requests().is_empty());
+    sb.clear_requests();
+    sb.stop();
+}
+
+#[test]
+fn binary_serves_and_writes_port_file() {
+    let dir = std::env::temp_dir().join(format!("fhirbulk-sandbox-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let port_file = dir.join("port");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fhirbulk-sandbox"))
+        .args(["--patients", "2", "--port-file"])
+        .arg(&port_file)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut line = String::new();
+    let stdout = child.stdout.take().expect("stdout");
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read line");
+    let port: u16 = std::fs::read_to_string(&port_file)
+        .expect("port file")
+        .trim()
+        .parse()
+        .expect("port");
+    assert_eq!(
+        line.trim(),
+        format!("fhirbulk-sandbox listening on http://127.0.0.1:{port}/fhir")
+    );
+    let t: BTreeMap<String, u64> = client()
+        .get(format!(
+            "http://127.0.0.1:{port}/_sandbox/truth?level=patient"
+        ))
+        .send()
+        .expect("truth")
+        .json()
+        .expect("json");
+    assert_eq!(t["Patient"], 2);
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
