@@ -30,8 +30,38 @@ pub enum Method {
     Post,
 }
 
+/// Where a secret comes from: inline (`"..."`), a file (`{"file": "/path"}`) or an environment
+/// variable (`{"env": "NAME"}`), so it need not sit in the calling program or its config file.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(
+    untagged,
+    expecting = "a secret: a string, {\"file\": \"/path\"} or {\"env\": \"VARIABLE\"}"
+)]
+pub enum SecretSource {
+    Inline(String),
+    File { file: String },
+    Env { env: String },
+}
+
+impl From<&str> for SecretSource {
+    fn from(s: &str) -> SecretSource {
+        SecretSource::Inline(s.to_owned())
+    }
+}
+
+impl std::fmt::Debug for SecretSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            // Never print secrets; file names and variable names are not secret.
+            SecretSource::Inline(_) => f.write_str("***"),
+            SecretSource::File { file } => write!(f, "file {file:?}"),
+            SecretSource::Env { env } => write!(f, "env {env:?}"),
+        }
+    }
+}
+
 /// How requests are authorized.
-#[derive(Clone, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Auth {
     /// No `Authorization` header.
@@ -39,19 +69,35 @@ pub enum Auth {
     None,
     /// A static bearer token.
     Bearer {
-        /// The token itself.
-        token: String,
+        /// The token.
+        token: SecretSource,
     },
-}
-
-impl std::fmt::Debug for Auth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Auth::None => f.write_str("None"),
-            // Never print secrets.
-            Auth::Bearer { .. } => f.write_str("Bearer(***)"),
-        }
-    }
+    /// SMART Backend Services: OAuth 2.0 client credentials, authenticated with a signed JWT
+    /// (`private_key`, the SMART way) or with a client secret over HTTP Basic (`client_secret`).
+    ClientCredentials {
+        client_id: String,
+        /// PEM (PKCS#8, PKCS#1 RSA or SEC1 EC P-384) or a JWK / JWKS with the private key.
+        #[serde(default)]
+        private_key: Option<SecretSource>,
+        /// For `client_secret_basic`.
+        #[serde(default)]
+        client_secret: Option<SecretSource>,
+        /// The key id registered with the server (default: the JWK's `kid`).
+        #[serde(default)]
+        kid: Option<String>,
+        /// Optional `jku` header: the URL of the client's JWKS.
+        #[serde(default)]
+        jku: Option<String>,
+        /// `RS384` or `ES384`; default from the key.
+        #[serde(default)]
+        alg: Option<String>,
+        /// Default `system/*.read` (or the server's v2 `system/*.rs` if it lists only v2).
+        #[serde(default)]
+        scope: Option<String>,
+        /// Overrides discovery through `.well-known/smart-configuration` and `metadata`.
+        #[serde(default)]
+        token_url: Option<String>,
+    },
 }
 
 fn d_true() -> bool {
@@ -150,6 +196,16 @@ pub struct Config {
     /// Authorization.
     #[serde(default)]
     pub auth: Auth,
+    /// Origins (`https://files.example.org`) besides the FHIR server's that may receive the
+    /// access token for file downloads.
+    #[serde(default)]
+    pub token_origins: Vec<String>,
+    /// Extra CA certificates (PEM file) trusted besides the system store.
+    #[serde(default)]
+    pub ca_bundle: Option<String>,
+    /// Client certificate chain and private key (PEM file) for mutual TLS.
+    #[serde(default)]
+    pub client_cert: Option<String>,
 
     /// Files downloaded at once.
     #[serde(default = "d_concurrency")]
@@ -342,11 +398,57 @@ impl Config {
                 ));
             }
         }
-        if let Auth::Bearer { token } = &self.auth {
-            if token.is_empty() || reqwest::header::HeaderValue::from_str(token).is_err() {
-                return Err(Error::config(
-                    "invalid config: auth.token is empty or has characters a header cannot carry",
-                ));
+        match &self.auth {
+            Auth::None | Auth::Bearer { .. } => {}
+            Auth::ClientCredentials {
+                client_id,
+                private_key,
+                client_secret,
+                alg,
+                token_url,
+                ..
+            } => {
+                if client_id.trim().is_empty() {
+                    return Err(Error::config("invalid config: auth.client_id is empty"));
+                }
+                if private_key.is_some() == client_secret.is_some() {
+                    return Err(Error::config(
+                        "invalid config: auth type \"client_credentials\" needs exactly one of private_key (private_key_jwt) or client_secret (client_secret_basic)",
+                    ));
+                }
+                if let Some(a) = alg {
+                    if a != "RS384" && a != "ES384" {
+                        return Err(Error::config(format!(
+                            "invalid config: auth.alg {a:?} is not supported; SMART uses RS384 or ES384"
+                        )));
+                    }
+                }
+                if let Some(u) = token_url {
+                    if !url::Url::parse(u).is_ok_and(|u| matches!(u.scheme(), "http" | "https")) {
+                        return Err(Error::config(format!(
+                            "invalid config: auth.token_url {u:?} is not an http(s) URL"
+                        )));
+                    }
+                }
+            }
+        }
+        for o in &self.token_origins {
+            if !url::Url::parse(o).is_ok_and(|u| matches!(u.scheme(), "http" | "https")) {
+                return Err(Error::config(format!(
+                    "invalid config: token_origins entry {o:?} is not an http(s) origin"
+                )));
+            }
+        }
+        for (key, path) in [
+            ("ca_bundle", &self.ca_bundle),
+            ("client_cert", &self.client_cert),
+        ] {
+            if let Some(p) = path {
+                if !std::path::Path::new(p).is_file() {
+                    return Err(Error::config(format!(
+                        "invalid config: {key}: {p:?} is not a readable file"
+                    )));
+                }
             }
         }
         Ok(())

@@ -6,7 +6,8 @@
 //! `buffer_chunks` chunks however large the export); the consumer hands out records one by one
 //! or in batches and sends emptied buffers back for reuse.
 
-use crate::config::{Auth, Config, Level, Method};
+use crate::auth::Authorizer;
+use crate::config::{Config, Level, Method};
 use crate::error::{from_reqwest, is_transient_issue_code, Error, ErrorCode, Result};
 use crate::manifest::{merge_into, Kind, Manifest};
 use crate::ndjson::{Chunk, LineMeta, TypeName};
@@ -167,6 +168,8 @@ pub(crate) struct Shared {
     config: Config,
     client: Client,
     base_origin: url::Origin,
+    token_origins: Vec<url::Origin>,
+    auth: Authorizer,
     state: AtomicU32,
     cancelled: AtomicBool,
     stopping: AtomicBool,
@@ -230,18 +233,51 @@ impl Export {
     /// Validate the config and start the export in the background.
     pub fn start(config: Config) -> Result<Export> {
         config.validate()?;
-        let client = Client::builder()
+        let mut builder = Client::builder()
             .connect_timeout(config.connect_timeout())
             .timeout(Duration::from_millis(config.read_timeout_ms))
             .pool_max_idle_per_host(config.concurrency + 1)
-            .user_agent(concat!("fhirbulk/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| {
-                Error::new(
-                    ErrorCode::Internal,
-                    format!("cannot build HTTP client: {e}"),
-                )
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("fhirbulk/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &config.ca_bundle {
+            let pem = std::fs::read(path)
+                .map_err(|e| Error::config(format!("invalid config: ca_bundle {path:?}: {e}")))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                Error::config(format!(
+                    "invalid config: ca_bundle {path:?} is not PEM certificates: {e}"
+                ))
             })?;
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        if let Some(path) = &config.client_cert {
+            let pem = std::fs::read(path)
+                .map_err(|e| Error::config(format!("invalid config: client_cert {path:?}: {e}")))?;
+            // The error text of a failed parse could quote the key: keep it out.
+            let id = reqwest::Identity::from_pem(&pem).map_err(|_| {
+                Error::config(format!(
+                    "invalid config: client_cert {path:?} must hold a PEM certificate chain and its PKCS#8 private key"
+                ))
+            })?;
+            builder = builder.identity(id);
+        }
+        let client = builder.build().map_err(|e| {
+            Error::new(
+                ErrorCode::Internal,
+                format!("cannot build HTTP client: {e}"),
+            )
+        })?;
+        let auth = Authorizer::new(
+            &config.auth,
+            &config.base_url,
+            Duration::from_millis(config.request_timeout_ms),
+        )?;
+        let token_origins = config
+            .token_origins
+            .iter()
+            .filter_map(|o| url::Url::parse(o).ok().map(|u| u.origin()))
+            .collect();
         let base_origin = url::Url::parse(&config.base_url)
             .map_err(|e| Error::config(format!("invalid config: base_url: {e}")))?
             .origin();
@@ -254,6 +290,8 @@ impl Export {
             config,
             client,
             base_origin,
+            token_origins,
+            auth,
             state: AtomicU32::new(State::KickingOff as u32),
             cancelled: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
@@ -491,26 +529,81 @@ impl Shared {
         matches!(self.stop_rx.recv_timeout(d), Err(RecvTimeoutError::Timeout))
     }
 
-    /// A request to the FHIR server (or a file host): extra headers and the token only go to
-    /// the FHIR server's origin.
-    fn request(&self, method: reqwest::Method, url: &str, send_token: bool) -> RequestBuilder {
-        let mut rb = self.client.request(method, url);
-        let same_origin = url::Url::parse(url).is_ok_and(|u| u.origin() == self.base_origin);
-        if same_origin {
-            for (k, v) in &self.config.headers {
-                rb = rb.header(k.as_str(), v.as_str());
-            }
-        }
-        if send_token && same_origin {
-            if let Auth::Bearer { token } = &self.config.auth {
-                rb = rb.bearer_auth(token);
-            }
-        }
-        rb
+    /// May this URL receive the access token and the extra headers? The FHIR server's origin
+    /// and the origins the caller listed in `token_origins`.
+    fn trusted(&self, url: &str) -> bool {
+        url::Url::parse(url).is_ok_and(|u| {
+            let o = u.origin();
+            o == self.base_origin || self.token_origins.contains(&o)
+        })
     }
 
-    fn send(&self, what: &str, url: &str, rb: RequestBuilder) -> Result<Response> {
-        rb.send().map_err(|e| from_reqwest(what, url, &e))
+    /// Send a request: `build` makes it for a URL (method, headers, body, timeout). Adds the
+    /// extra headers and, when `use_token`, the access token — only for trusted origins. A 401
+    /// while a token was in use gets a new token and one retry. Redirects are followed here
+    /// (at most 10), so the token and extra headers never follow a redirect to another origin
+    /// (Oracle Health answers file requests with 307 to a pre-signed object-store URL).
+    fn send(
+        &self,
+        what: &str,
+        url: &str,
+        use_token: bool,
+        build: &dyn Fn(&str) -> RequestBuilder,
+    ) -> Result<Response> {
+        let mut url = url.to_owned();
+        let mut retried = false;
+        let mut redirects = 0;
+        loop {
+            let trusted = self.trusted(&url);
+            let mut rb = build(&url);
+            if trusted {
+                for (k, v) in &self.config.headers {
+                    rb = rb.header(k.as_str(), v.as_str());
+                }
+            }
+            let token = if use_token && trusted {
+                self.auth.bearer(&self.client)?
+            } else {
+                None
+            };
+            if let Some(t) = &token {
+                rb = rb.bearer_auth(t.expose());
+            }
+            let resp = rb.send().map_err(|e| from_reqwest(what, &url, &e))?;
+            let status = resp.status().as_u16();
+            if status == 401 && !retried {
+                if let Some(t) = &token {
+                    if self.auth.invalidate(t) {
+                        retried = true;
+                        continue;
+                    }
+                }
+            }
+            if matches!(status, 301 | 302 | 303 | 307 | 308) {
+                let next = resp
+                    .headers()
+                    .get(reqwest::header::LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|loc| url::Url::parse(&url).ok()?.join(loc).ok());
+                if let Some(next) = next {
+                    redirects += 1;
+                    if redirects > 10 {
+                        return Err(Error::protocol(format!("{what}: more than 10 redirects"))
+                            .with_url(&url));
+                    }
+                    if next.scheme() != "http" && next.scheme() != "https" {
+                        return Err(Error::protocol(format!(
+                            "{what}: redirect to a {:?} URL",
+                            next.scheme()
+                        ))
+                        .with_url(&url));
+                    }
+                    url = next.to_string();
+                    continue;
+                }
+            }
+            return Ok(resp);
+        }
     }
 }
 
@@ -669,22 +762,27 @@ fn kickoff(sh: &Shared) -> Result<String> {
     if c.lenient {
         prefer.push_str(", handling=lenient");
     }
-    let rb = if post {
-        sh.request(reqwest::Method::POST, &url, true)
-            .header(CONTENT_TYPE, "application/fhir+json")
-            .body(kickoff_parameters(c).to_string())
-    } else {
+    let body = post.then(|| kickoff_parameters(c).to_string());
+    if !post {
         let q = kickoff_query(c);
         if !q.is_empty() {
             url = format!("{url}?{q}");
         }
-        sh.request(reqwest::Method::GET, &url, true)
+    }
+    let build = |u: &str| {
+        let rb = match &body {
+            Some(b) => sh
+                .client
+                .post(u)
+                .header(CONTENT_TYPE, "application/fhir+json")
+                .body(b.clone()),
+            None => sh.client.get(u),
+        };
+        rb.header(ACCEPT, "application/fhir+json")
+            .header("Prefer", prefer.as_str())
+            .timeout(Duration::from_millis(c.request_timeout_ms))
     };
-    let rb = rb
-        .header(ACCEPT, "application/fhir+json")
-        .header("Prefer", prefer)
-        .timeout(Duration::from_millis(c.request_timeout_ms));
-    let resp = sh.send("export kick-off", &url, rb)?;
+    let resp = sh.send("export kick-off", &url, true, &build)?;
     let status = resp.status().as_u16();
     if status == 202 {
         let loc = resp
@@ -739,12 +837,14 @@ fn poll_status(sh: &Shared, status_url: &str, dl: &mut Downloads) -> Result<Poll
         if sh.stopping() {
             return Err(stopped());
         }
-        let rb = sh
-            .request(reqwest::Method::GET, status_url, true)
-            .header(ACCEPT, "application/json")
-            .timeout(Duration::from_millis(c.request_timeout_ms));
         sh.info.lock().polls += 1;
-        let resp = match sh.send("export status request", status_url, rb) {
+        let build = |u: &str| {
+            sh.client
+                .get(u)
+                .header(ACCEPT, "application/json")
+                .timeout(Duration::from_millis(c.request_timeout_ms))
+        };
+        let resp = match sh.send("export status request", status_url, true, &build) {
             Ok(r) => r,
             Err(e) => {
                 failures += 1;
@@ -834,11 +934,13 @@ fn stopped() -> Error {
 }
 
 fn fetch_manifest_page(sh: &Shared, url: &str) -> Result<Manifest> {
-    let rb = sh
-        .request(reqwest::Method::GET, url, true)
-        .header(ACCEPT, "application/json")
-        .timeout(Duration::from_millis(sh.config.request_timeout_ms));
-    let resp = sh.send("manifest page request", url, rb)?;
+    let build = |u: &str| {
+        sh.client
+            .get(u)
+            .header(ACCEPT, "application/json")
+            .timeout(Duration::from_millis(sh.config.request_timeout_ms))
+    };
+    let resp = sh.send("manifest page request", url, true, &build)?;
     let status = resp.status().as_u16();
     let body = read_body("manifest page request", url, resp, STATUS_BODY_LIMIT)?;
     if status != 200 {
@@ -881,10 +983,7 @@ impl Downloads {
                 if !self.seen.insert(f.url.clone()) {
                     continue;
                 }
-                let same_origin =
-                    url::Url::parse(&f.url).is_ok_and(|u| u.origin() == sh.base_origin);
-                let has_token = !matches!(sh.config.auth, Auth::None);
-                if m.requires_access_token && has_token && !same_origin {
+                if m.requires_access_token && sh.auth.enabled() && !sh.trusted(&f.url) {
                     let host = url::Url::parse(&f.url)
                         .ok()
                         .and_then(|u| u.host_str().map(str::to_owned))
@@ -893,7 +992,8 @@ impl Downloads {
                         ErrorCode::Auth,
                         format!(
                             "the manifest requires the access token for a file on host {host:?}, \
-                             which is not the FHIR server's origin; the token is not sent there"
+                             which is not the FHIR server's origin; the token is not sent there \
+                             (list the origin in token_origins if it is trusted)"
                         ),
                     )
                     .with_url(&f.url));
@@ -1037,12 +1137,12 @@ fn delete_job(sh: &Shared) {
     let Some(url) = sh.info.lock().status_url.clone() else {
         return;
     };
-    let rb = sh
-        .request(reqwest::Method::DELETE, &url, true)
-        .timeout(Duration::from_millis(
+    let build = |u: &str| {
+        sh.client.delete(u).timeout(Duration::from_millis(
             sh.config.request_timeout_ms.min(10_000),
-        ));
-    let _ = rb.send();
+        ))
+    };
+    let _ = sh.send("export DELETE", &url, true, &build);
 }
 
 fn worker(sh: &Arc<Shared>, jobs: &Receiver<FileJob>, tx: &Sender<Chunk>) {
@@ -1088,10 +1188,8 @@ fn acceptable_file_type(ct: &str) -> bool {
 fn download(sh: &Shared, job: &FileJob, tx: &Sender<Chunk>) -> Result<()> {
     let c = &sh.config;
     let what = "file download";
-    let rb = sh
-        .request(reqwest::Method::GET, &job.url, job.send_token)
-        .header(ACCEPT, "application/fhir+ndjson");
-    let mut resp = sh.send(what, &job.url, rb)?;
+    let build = |u: &str| sh.client.get(u).header(ACCEPT, "application/fhir+ndjson");
+    let mut resp = sh.send(what, &job.url, job.send_token, &build)?;
     let status = resp.status().as_u16();
     if status != 200 {
         let body = read_body(what, &job.url, resp, 1 << 20)?;

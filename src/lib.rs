@@ -15,6 +15,7 @@
 //! # Ok::<(), fhirbulk::Error>(())
 //! ```
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod export;
@@ -24,7 +25,7 @@ pub mod ndjson;
 #[cfg(feature = "sandbox")]
 pub mod sandbox;
 
-pub use config::{Auth, Config, Level, Method};
+pub use config::{Auth, Config, Level, Method, SecretSource};
 pub use error::{Error, ErrorCode, Issue};
 pub use export::{Batch, Controller, Export, FileInfo, Next, Progress, Record, State};
 pub use manifest::Kind;

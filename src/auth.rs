@@ -1,0 +1,612 @@
+//! Authorization: static bearer tokens and SMART Backend Services (OAuth 2.0 client credentials
+//! with a signed JWT client assertion, or a client secret with HTTP Basic), with discovery and a
+//! cached, refreshed access token.
+//!
+//! Secrets (keys, tokens, client secrets, assertions) live in [`Secret`], whose `Debug` prints
+//! `***`, and never enter error messages.
+
+use crate::config::{Auth, SecretSource};
+use crate::error::{from_reqwest, Error, ErrorCode, Result};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use parking_lot::Mutex;
+use reqwest::blocking::Client;
+use reqwest::header::ACCEPT;
+use serde_json::Value;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// A string that must not be printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Read a secret from where the config says it is. Errors name the config key and the file or
+/// variable, never the content.
+pub fn resolve(key: &str, src: &SecretSource) -> Result<Secret> {
+    let value = match src {
+        SecretSource::Inline(s) => s.clone(),
+        SecretSource::File { file } => std::fs::read_to_string(file).map_err(|e| {
+            Error::config(format!(
+                "invalid config: {key}: cannot read file {file:?}: {e}"
+            ))
+        })?,
+        SecretSource::Env { env } => std::env::var(env).map_err(|_| {
+            Error::config(format!(
+                "invalid config: {key}: environment variable {env:?} is not set (or not UTF-8)"
+            ))
+        })?,
+    };
+    let value = value.trim().to_owned();
+    if value.is_empty() {
+        return Err(Error::config(format!("invalid config: {key} is empty")));
+    }
+    Ok(Secret(value))
+}
+
+/// A private key ready to sign client assertions.
+struct SigningKey {
+    alg: Algorithm,
+    kid: String,
+    key: EncodingKey,
+}
+
+fn key_error(msg: impl std::fmt::Display) -> Error {
+    Error::config(format!("invalid config: auth.private_key: {msg}"))
+}
+
+/// Parse a private key given as PEM (PKCS#8, PKCS#1 RSA, SEC1 EC) or as a JWK / JWKS (JSON).
+/// RSA keys sign with RS384, P-384 keys with ES384 (the two algorithms SMART requires).
+fn parse_private_key(text: &str, kid: Option<&str>, alg: Option<&str>) -> Result<SigningKey> {
+    use p384::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+    use rsa::pkcs1::{DecodeRsaPrivateKey, EncodeRsaPrivateKey};
+    let (family, der, jwk_kid) = if text.starts_with("-----BEGIN") {
+        if let Ok(k) = rsa::RsaPrivateKey::from_pkcs8_pem(text)
+            .or_else(|_| rsa::RsaPrivateKey::from_pkcs1_pem(text))
+        {
+            let der = k.to_pkcs1_der().map_err(key_error)?;
+            ("RSA", der.as_bytes().to_vec(), None)
+        } else if let Ok(k) =
+            p384::SecretKey::from_pkcs8_pem(text).or_else(|_| p384::SecretKey::from_sec1_pem(text))
+        {
+            let der = k.to_pkcs8_der().map_err(key_error)?;
+            ("EC", der.as_bytes().to_vec(), None)
+        } else {
+            return Err(key_error(
+                "the PEM is neither an RSA private key nor an EC P-384 private key (ES384 needs P-384)",
+            ));
+        }
+    } else if text.starts_with('{') {
+        let v: Value =
+            serde_json::from_str(text).map_err(|e| key_error(format!("not valid JSON: {e}")))?;
+        let jwk = match v.get("keys").and_then(Value::as_array) {
+            Some(keys) => keys
+                .iter()
+                .filter(|k| k.get("d").is_some())
+                .find(|k| kid.is_none() || k.get("kid").and_then(Value::as_str) == kid)
+                .ok_or_else(|| match kid {
+                    Some(kid) => key_error(format!("the JWKS has no private key with kid {kid:?}")),
+                    None => key_error("the JWKS has no private key (a JWK with \"d\")"),
+                })?
+                .clone(),
+            None => v,
+        };
+        if jwk.get("d").is_none() {
+            return Err(key_error(
+                "the JWK is a public key (no \"d\"); give the private key",
+            ));
+        }
+        let jwk_kid = jwk.get("kid").and_then(Value::as_str).map(str::to_owned);
+        match jwk.get("kty").and_then(Value::as_str) {
+            Some("RSA") => {
+                let n = |k: &str| -> Result<rsa::BigUint> {
+                    let s = jwk
+                        .get(k)
+                        .and_then(Value::as_str)
+                        .ok_or_else(|| key_error(format!("the RSA JWK lacks \"{k}\"")))?;
+                    let b = b64url(s).ok_or_else(|| {
+                        key_error(format!("the RSA JWK's \"{k}\" is not base64url"))
+                    })?;
+                    Ok(rsa::BigUint::from_bytes_be(&b))
+                };
+                let k = rsa::RsaPrivateKey::from_components(
+                    n("n")?,
+                    n("e")?,
+                    n("d")?,
+                    vec![n("p")?, n("q")?],
+                )
+                .map_err(|e| key_error(format!("the RSA JWK is not a valid key: {e}")))?;
+                let der = k.to_pkcs1_der().map_err(key_error)?;
+                ("RSA", der.as_bytes().to_vec(), jwk_kid)
+            }
+            Some("EC") => {
+                if jwk.get("crv").and_then(Value::as_str) != Some("P-384") {
+                    return Err(key_error("the EC JWK must use curve P-384 (ES384)"));
+                }
+                // The elliptic-curve JWK parser accepts only the key members.
+                let bare: serde_json::Map<String, Value> = jwk
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter(|(k, _)| matches!(k.as_str(), "kty" | "crv" | "x" | "y" | "d"))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                let k = p384::SecretKey::from_jwk_str(&Value::Object(bare).to_string())
+                    .map_err(|_| key_error("the EC JWK is not a valid P-384 private key"))?;
+                let der = k.to_pkcs8_der().map_err(key_error)?;
+                ("EC", der.as_bytes().to_vec(), jwk_kid)
+            }
+            other => {
+                return Err(key_error(format!(
+                    "unsupported JWK kty {other:?}; use RSA or EC P-384"
+                )))
+            }
+        }
+    } else {
+        return Err(key_error("expected a PEM private key or a JWK/JWKS (JSON)"));
+    };
+    let (default_alg, key) = match family {
+        "RSA" => (Algorithm::RS384, EncodingKey::from_rsa_der(&der)),
+        _ => (Algorithm::ES384, EncodingKey::from_ec_der(&der)),
+    };
+    let alg = match alg {
+        None => default_alg,
+        Some("RS384") if default_alg == Algorithm::RS384 => Algorithm::RS384,
+        Some("ES384") if default_alg == Algorithm::ES384 => Algorithm::ES384,
+        Some(a) => {
+            return Err(Error::config(format!(
+                "invalid config: auth.alg {a:?} does not fit the {family} key (RSA keys sign RS384, EC P-384 keys ES384)"
+            )))
+        }
+    };
+    let kid = kid.map(str::to_owned).or(jwk_kid).ok_or_else(|| {
+        Error::config("invalid config: auth.kid is required (the key id registered with the server) unless the JWK has a \"kid\"")
+    })?;
+    Ok(SigningKey { alg, kid, key })
+}
+
+fn b64url(s: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s.trim_end_matches('='))
+        .ok()
+}
+
+enum Method {
+    None,
+    Static(Secret),
+    Jwt {
+        client_id: String,
+        key: SigningKey,
+        jku: Option<String>,
+    },
+    Basic {
+        client_id: String,
+        secret: Secret,
+    },
+}
+
+struct Token {
+    value: Secret,
+    refresh_at: Instant,
+}
+
+/// Gives the access token for requests, getting and refreshing it as needed.
+pub struct Authorizer {
+    method: Method,
+    base_url: String,
+    token_url: Option<String>,
+    scope: Option<String>,
+    token: Mutex<Option<Token>>,
+    timeout: Duration,
+    /// Token requests made (for progress and tests).
+    pub(crate) token_requests: std::sync::atomic::AtomicU32,
+}
+
+impl std::fmt::Debug for Authorizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Authorizer(***)")
+    }
+}
+
+impl Authorizer {
+    /// Build from the config, reading secrets and parsing keys now so errors come at start.
+    pub fn new(auth: &Auth, base_url: &str, timeout: Duration) -> Result<Authorizer> {
+        let (method, token_url, scope) = match auth {
+            Auth::None => (Method::None, None, None),
+            Auth::Bearer { token } => (Method::Static(resolve("auth.token", token)?), None, None),
+            Auth::ClientCredentials {
+                client_id,
+                private_key,
+                client_secret,
+                kid,
+                jku,
+                alg,
+                scope,
+                token_url,
+            } => {
+                let method = match (private_key, client_secret) {
+                    (Some(pk), None) => {
+                        let text = resolve("auth.private_key", pk)?;
+                        Method::Jwt {
+                            client_id: client_id.clone(),
+                            key: parse_private_key(text.expose(), kid.as_deref(), alg.as_deref())?,
+                            jku: jku.clone(),
+                        }
+                    }
+                    (None, Some(cs)) => Method::Basic {
+                        client_id: client_id.clone(),
+                        secret: resolve("auth.client_secret", cs)?,
+                    },
+                    _ => {
+                        return Err(Error::config(
+                            "invalid config: auth type \"client_credentials\" needs exactly one of private_key (private_key_jwt) or client_secret (client_secret_basic)",
+                        ))
+                    }
+                };
+                (method, token_url.clone(), scope.clone())
+            }
+        };
+        Ok(Authorizer {
+            method,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            token_url,
+            scope,
+            token: Mutex::new(None),
+            timeout,
+            token_requests: Default::default(),
+        })
+    }
+
+    /// Whether requests carry a token at all.
+    pub fn enabled(&self) -> bool {
+        !matches!(self.method, Method::None)
+    }
+
+    /// The token to send now, getting or refreshing it first when needed.
+    pub fn bearer(&self, client: &Client) -> Result<Option<Secret>> {
+        match &self.method {
+            Method::None => Ok(None),
+            Method::Static(t) => Ok(Some(t.clone())),
+            _ => {
+                let mut slot = self.token.lock();
+                if let Some(t) = slot.as_ref() {
+                    if Instant::now() < t.refresh_at {
+                        return Ok(Some(t.value.clone()));
+                    }
+                }
+                let t = self.fetch_token(client)?;
+                let v = t.value.clone();
+                *slot = Some(t);
+                Ok(Some(v))
+            }
+        }
+    }
+
+    /// The server rejected `used` (401): forget it so the next `bearer` gets a new one.
+    /// Returns whether a retry with a new token makes sense.
+    pub fn invalidate(&self, used: &Secret) -> bool {
+        match &self.method {
+            Method::Jwt { .. } | Method::Basic { .. } => {
+                let mut slot = self.token.lock();
+                if slot.as_ref().is_some_and(|t| &t.value == used) {
+                    *slot = None;
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn discover(&self, client: &Client) -> Result<(String, Vec<String>)> {
+        if let Some(u) = &self.token_url {
+            return Ok((u.clone(), Vec::new()));
+        }
+        let wk = format!("{}/.well-known/smart-configuration", self.base_url);
+        let mut problems = Vec::new();
+        match client
+            .get(&wk)
+            .header(ACCEPT, "application/json")
+            .timeout(self.timeout)
+            .send()
+        {
+            Ok(r) if r.status().is_success() => {
+                let v: Value = r
+                    .bytes()
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .unwrap_or(Value::Null);
+                if let Some(t) = v.get("token_endpoint").and_then(Value::as_str) {
+                    let scopes = v
+                        .get("scopes_supported")
+                        .and_then(Value::as_array)
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(Value::as_str)
+                                .map(str::to_owned)
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    return Ok((t.to_owned(), scopes));
+                }
+                problems.push(format!("{wk} has no token_endpoint"));
+            }
+            Ok(r) => problems.push(format!("{wk} answered HTTP {}", r.status().as_u16())),
+            Err(e) => problems.push(from_reqwest("SMART discovery", &wk, &e).message),
+        }
+        let md = format!("{}/metadata", self.base_url);
+        match client
+            .get(&md)
+            .header(ACCEPT, "application/fhir+json")
+            .timeout(self.timeout)
+            .send()
+        {
+            Ok(r) if r.status().is_success() => {
+                let v: Value = r
+                    .bytes()
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .unwrap_or(Value::Null);
+                if let Some(t) = token_from_capability_statement(&v) {
+                    return Ok((t, Vec::new()));
+                }
+                problems.push(format!("{md} has no OAuth token URL in rest.security"));
+            }
+            Ok(r) => problems.push(format!("{md} answered HTTP {}", r.status().as_u16())),
+            Err(e) => problems.push(from_reqwest("metadata request", &md, &e).message),
+        }
+        Err(Error::new(
+            ErrorCode::Auth,
+            format!(
+                "cannot find the token endpoint: {}; set auth.token_url",
+                problems.join("; ")
+            ),
+        ))
+    }
+
+    fn fetch_token(&self, client: &Client) -> Result<Token> {
+        let (token_url, scopes_supported) = self.discover(client)?;
+        let scope = self
+            .scope
+            .clone()
+            .unwrap_or_else(|| default_scope(&scopes_supported));
+        let mut form: Vec<(&str, String)> = vec![
+            ("grant_type", "client_credentials".into()),
+            ("scope", scope),
+        ];
+        let mut rb = client
+            .post(&token_url)
+            .header(ACCEPT, "application/json")
+            .timeout(self.timeout);
+        match &self.method {
+            Method::Jwt {
+                client_id,
+                key,
+                jku,
+            } => {
+                form.push((
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into(),
+                ));
+                form.push((
+                    "client_assertion",
+                    client_assertion(client_id, key, jku.as_deref(), &token_url)?,
+                ));
+            }
+            Method::Basic { client_id, secret } => {
+                rb = rb.basic_auth(form_encode(client_id), Some(form_encode(secret.expose())));
+            }
+            _ => unreachable!("only client credentials fetch tokens"),
+        }
+        self.token_requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let started = Instant::now();
+        let resp = rb
+            .form(&form)
+            .send()
+            .map_err(|e| from_reqwest("token request", &token_url, &e))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .bytes()
+            .map_err(|e| from_reqwest("token request", &token_url, &e))?;
+        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        if status != 200 {
+            let err = v.get("error").and_then(Value::as_str).unwrap_or("");
+            let desc = v
+                .get("error_description")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let mut msg = format!("token request failed: HTTP {status}");
+            if !err.is_empty() {
+                msg.push_str(&format!(": {err}"));
+            }
+            if !desc.is_empty() {
+                msg.push_str(&format!(": {desc}"));
+            }
+            let mut e = Error::new(ErrorCode::Auth, msg).with_url(&token_url);
+            e.http_status = Some(status);
+            return Err(e);
+        }
+        let token = v
+            .get("access_token")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                Error::new(ErrorCode::Auth, "token response has no access_token")
+                    .with_url(&token_url)
+            })?;
+        let lifetime =
+            Duration::from_secs(v.get("expires_in").and_then(Value::as_u64).unwrap_or(300));
+        // Refresh before it runs out: a fifth of the lifetime early, at most 30 s.
+        let margin = (lifetime / 5).min(Duration::from_secs(30));
+        Ok(Token {
+            value: Secret(token.to_owned()),
+            refresh_at: started + lifetime.saturating_sub(margin),
+        })
+    }
+}
+
+/// SMART v1 `system/*.read` unless the server lists only v2 scopes.
+fn default_scope(supported: &[String]) -> String {
+    let v1 = supported
+        .iter()
+        .any(|s| s.ends_with(".read") || s.ends_with(".write") || s.ends_with(".*"));
+    let v2 = supported
+        .iter()
+        .find(|s| s.starts_with("system/") && s.ends_with(".rs"));
+    match (v1, v2) {
+        (false, Some(s)) => s.clone(),
+        _ => "system/*.read".into(),
+    }
+}
+
+fn token_from_capability_statement(v: &Value) -> Option<String> {
+    v.get("rest")?.as_array()?.iter().find_map(|rest| {
+        rest.get("security")?
+            .get("extension")?
+            .as_array()?
+            .iter()
+            .find_map(|ext| {
+                if ext.get("url")?.as_str()?
+                    != "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+                {
+                    return None;
+                }
+                ext.get("extension")?.as_array()?.iter().find_map(|e| {
+                    (e.get("url")?.as_str()? == "token")
+                        .then(|| e.get("valueUri")?.as_str().map(str::to_owned))?
+                })
+            })
+    })
+}
+
+fn form_encode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+fn random_hex(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    // getrandom only fails when the OS has no entropy source; fall back to time + counter.
+    if getrandom::getrandom(&mut b).is_err() {
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        for (i, x) in b.iter_mut().enumerate() {
+            *x = (t >> ((i % 16) * 8)) as u8 ^ i as u8;
+        }
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The signed client assertion: `iss` = `sub` = client id, `aud` = token URL, a unique `jti`,
+/// `exp` four minutes ahead (SMART allows at most five).
+fn client_assertion(
+    client_id: &str,
+    key: &SigningKey,
+    jku: Option<&str>,
+    token_url: &str,
+) -> Result<String> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let mut header = Header::new(key.alg);
+    header.typ = Some("JWT".into());
+    header.kid = Some(key.kid.clone());
+    header.jku = jku.map(str::to_owned);
+    let claims = serde_json::json!({
+        "iss": client_id,
+        "sub": client_id,
+        "aud": token_url,
+        "exp": now + 240,
+        "jti": random_hex(16),
+    });
+    jsonwebtoken::encode(&header, &claims, &key.key).map_err(|e| {
+        Error::new(
+            ErrorCode::Auth,
+            format!("cannot sign the client assertion: {e}"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RSA_PEM: &str = include_str!("../tests/keys/rsa384-private.pem");
+    const EC_JWK: &str = include_str!("../tests/keys/es384-private.jwk.json");
+    const RSA_JWK: &str = include_str!("../tests/keys/rsa384-private.jwk.json");
+
+    #[test]
+    fn keys_choose_their_algorithm() {
+        let k = parse_private_key(RSA_PEM, Some("k1"), None).unwrap();
+        assert_eq!((k.alg, k.kid.as_str()), (Algorithm::RS384, "k1"));
+        let k = parse_private_key(EC_JWK, None, None).unwrap();
+        assert_eq!((k.alg, k.kid.as_str()), (Algorithm::ES384, "ec-test-1"));
+        let k = parse_private_key(RSA_JWK, None, Some("RS384")).unwrap();
+        assert_eq!(k.kid, "rsa-test-1");
+        let e = parse_private_key(RSA_PEM, None, None).err().unwrap();
+        assert!(e.message.contains("kid"), "{}", e.message);
+        let e = parse_private_key(RSA_PEM, Some("k"), Some("ES384"))
+            .err()
+            .unwrap();
+        assert!(e.message.contains("does not fit"), "{}", e.message);
+        let e = parse_private_key("hello", Some("k"), None).err().unwrap();
+        assert!(!e.message.contains("hello"));
+    }
+
+    #[test]
+    fn assertion_claims() {
+        let k = parse_private_key(EC_JWK, None, None).unwrap();
+        let jwt =
+            client_assertion("my-app", &k, Some("https://app/jwks"), "https://auth/token").unwrap();
+        let parts: Vec<&str> = jwt.split('.').collect();
+        assert_eq!(parts.len(), 3);
+        let header: Value = serde_json::from_slice(&b64url(parts[0]).unwrap()).unwrap();
+        let claims: Value = serde_json::from_slice(&b64url(parts[1]).unwrap()).unwrap();
+        assert_eq!(header["alg"], "ES384");
+        assert_eq!(header["kid"], "ec-test-1");
+        assert_eq!(header["jku"], "https://app/jwks");
+        assert_eq!(claims["iss"], "my-app");
+        assert_eq!(claims["sub"], "my-app");
+        assert_eq!(claims["aud"], "https://auth/token");
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let exp = claims["exp"].as_u64().unwrap();
+        assert!(exp > now && exp <= now + 300);
+        let other = client_assertion("my-app", &k, None, "https://auth/token").unwrap();
+        let c2: Value =
+            serde_json::from_slice(&b64url(other.split('.').nth(1).unwrap()).unwrap()).unwrap();
+        assert_ne!(claims["jti"], c2["jti"]);
+    }
+
+    #[test]
+    fn scope_defaults() {
+        assert_eq!(default_scope(&[]), "system/*.read");
+        assert_eq!(
+            default_scope(&["system/*.read".into(), "system/*.rs".into()]),
+            "system/*.read"
+        );
+        assert_eq!(default_scope(&["system/*.rs".into()]), "system/*.rs");
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        assert_eq!(format!("{:?}", Secret::new("sentinel")), "***");
+    }
+}
