@@ -984,14 +984,13 @@ impl Downloads {
                     continue;
                 }
                 if m.requires_access_token && sh.auth.enabled() && !sh.trusted(&f.url) {
-                    let host = url::Url::parse(&f.url)
-                        .ok()
-                        .and_then(|u| u.host_str().map(str::to_owned))
+                    let origin = url::Url::parse(&f.url)
+                        .map(|u| u.origin().ascii_serialization())
                         .unwrap_or_default();
                     return Err(Error::new(
                         ErrorCode::Auth,
                         format!(
-                            "the manifest requires the access token for a file on host {host:?}, \
+                            "the manifest requires the access token for a file on {origin}, \
                              which is not the FHIR server's origin; the token is not sent there \
                              (list the origin in token_origins if it is trusted)"
                         ),

@@ -3,7 +3,8 @@
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader, Read};
 
-use fhirbulk::sandbox::{Sandbox, SandboxOptions, TruthQuery};
+use fhirbulk::sandbox::{Sandbox, SandboxAuth, SandboxClient, SandboxOptions, TruthQuery};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::blocking::{Client, RequestBuilder, Response};
 use serde_json::{json, Value};
 
@@ -751,6 +752,628 @@ fn binary_serves_and_writes_port_file() {
         .json()
         .expect("json");
     assert_eq!(t["Patient"], 2);
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---- SMART Backend Services ----
+
+const CLIENT: &str = "bulk-client";
+const BASIC_CLIENT: &str = "basic-client";
+const BASIC_SECRET: &str = "basic-s3cret";
+const SCOPE: &str = "system/*.read";
+
+fn key_file(name: &str) -> Vec<u8> {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/keys")
+        .join(name);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn auth_sandbox() -> Sandbox {
+    let jwks: Value = serde_json::from_slice(&key_file("public.jwks.json")).expect("jwks");
+    Sandbox::start(SandboxOptions {
+        patients: 3,
+        threads: 2,
+        auth: Some(SandboxAuth {
+            clients: vec![
+                SandboxClient {
+                    client_id: CLIENT.into(),
+                    jwks: Some(jwks),
+                    secret: None,
+                },
+                SandboxClient {
+                    client_id: BASIC_CLIENT.into(),
+                    jwks: None,
+                    secret: Some(BASIC_SECRET.into()),
+                },
+            ],
+            ..SandboxAuth::default()
+        }),
+        ..SandboxOptions::default()
+    })
+    .expect("sandbox")
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+/// Valid assertion claims for `aud`, with a fresh jti.
+fn claims(aud: &str) -> Value {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    json!({"iss": CLIENT, "sub": CLIENT, "aud": aud, "exp": unix_now() + 240, "jti": format!("jti-{n}-{}", unix_now())})
+}
+
+/// Signs with the test RSA key (RS*) or the P-384 key (ES384).
+fn sign(alg: Algorithm, kid: &str, claims: &Value) -> String {
+    let key = match alg {
+        Algorithm::ES384 => EncodingKey::from_ec_pem(&key_file("es384-private.pem")),
+        _ => EncodingKey::from_rsa_pem(&key_file("rsa384-private.pem")),
+    }
+    .expect("key");
+    let mut h = Header::new(alg);
+    h.kid = Some(kid.into());
+    jsonwebtoken::encode(&h, claims, &key).expect("sign")
+}
+
+fn rs(claims: &Value) -> String {
+    sign(Algorithm::RS384, "rsa-test-1", claims)
+}
+
+fn form(pairs: &[(&str, &str)]) -> String {
+    url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
+}
+
+fn post_token(c: &Client, url: &str, body: String) -> Response {
+    c.post(url)
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .expect("token request")
+}
+
+fn jwt_request(c: &Client, url: &str, jwt: &str, scope: &str) -> Response {
+    post_token(
+        c,
+        url,
+        form(&[
+            ("grant_type", "client_credentials"),
+            ("scope", scope),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", jwt),
+        ]),
+    )
+}
+
+/// (status, error, error_description) of a token endpoint answer.
+fn oauth_err(r: Response) -> (u16, String, String) {
+    let status = r.status().as_u16();
+    let v: Value = r.json().expect("json");
+    let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+    (status, s("error"), s("error_description"))
+}
+
+/// A token from `token_url` via private_key_jwt (RS384).
+fn token(c: &Client, token_url: &str) -> String {
+    let r = jwt_request(c, token_url, &rs(&claims(token_url)), SCOPE);
+    assert_eq!(r.status().as_u16(), 200);
+    let v: Value = r.json().expect("json");
+    v["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_string()
+}
+
+#[test]
+fn smart_discovery_and_token_flow() {
+    let sb = auth_sandbox();
+    let c = client();
+
+    // Discovery, unprefixed and with a scenario prefix.
+    let conf: Value = c
+        .get(format!("{}/.well-known/smart-configuration", sb.base_url()))
+        .send()
+        .expect("conf")
+        .json()
+        .expect("json");
+    assert_eq!(conf["token_endpoint"], sb.token_url());
+    assert_eq!(sb.token_url(), format!("{}/auth/token", sb.root_url()));
+    assert_eq!(
+        conf["token_endpoint_auth_methods_supported"],
+        json!(["private_key_jwt", "client_secret_basic"])
+    );
+    assert_eq!(
+        conf["token_endpoint_auth_signing_alg_values_supported"],
+        json!(["RS384", "ES384"])
+    );
+    assert_eq!(conf["grant_types_supported"], json!(["client_credentials"]));
+    assert_eq!(
+        conf["scopes_supported"],
+        json!(["system/*.read", "system/*.rs"])
+    );
+    assert_eq!(
+        conf["capabilities"],
+        json!(["client-confidential-asymmetric"])
+    );
+    let scen_base = sb.scenario_url("polls=0");
+    let scen_token = format!("{}/x/polls=0/auth/token", sb.root_url());
+    let conf: Value = c
+        .get(format!("{scen_base}/.well-known/smart-configuration"))
+        .send()
+        .expect("conf")
+        .json()
+        .expect("json");
+    assert_eq!(conf["token_endpoint"], scen_token);
+    let r = c
+        .get(format!(
+            "{}/.well-known/smart-configuration",
+            sb.scenario_url("no_smart_config")
+        ))
+        .send()
+        .expect("conf");
+    assert_eq!(r.status().as_u16(), 404);
+    let cs: Value = c
+        .get(format!("{scen_base}/metadata"))
+        .send()
+        .expect("metadata")
+        .json()
+        .expect("json");
+    let ext = &cs["rest"][0]["security"]["extension"][0];
+    assert_eq!(
+        ext["url"],
+        "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+    );
+    assert_eq!(ext["extension"][0]["url"], "token");
+    assert_eq!(ext["extension"][0]["valueUri"], scen_token);
+
+    // RS384 via the scenario's token endpoint, then an authorized export.
+    let jwt = rs(&claims(&scen_token));
+    let r = jwt_request(&c, &scen_token, &jwt, "system/*.read system/*.rs");
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(header(&r, "cache-control").as_deref(), Some("no-store"));
+    let v: Value = r.json().expect("json");
+    assert_eq!(v["token_type"], "bearer");
+    assert_eq!(v["expires_in"], 300);
+    assert_eq!(v["scope"], "system/*.read system/*.rs");
+    let tok = v["access_token"].as_str().expect("token").to_string();
+    assert_eq!(tok.len(), 32);
+    assert!(tok.bytes().all(|b| b.is_ascii_hexdigit()));
+
+    let url = format!("{scen_base}/$export?_type=Patient");
+    assert_eq!(outcome(kickoff(&c, &url)), (401, "login".into()));
+    let r = bulk(c.get(&url))
+        .bearer_auth("not-a-token")
+        .send()
+        .expect("kick");
+    assert_eq!(header(&r, "www-authenticate").as_deref(), Some("Bearer"));
+    assert_eq!(outcome(r), (401, "login".into()));
+    let loc = location(&bulk(c.get(&url)).bearer_auth(&tok).send().expect("kick"));
+    assert_eq!(c.get(&loc).send().expect("poll").status().as_u16(), 401);
+    let m: Value = c
+        .get(&loc)
+        .bearer_auth(&tok)
+        .send()
+        .expect("poll")
+        .json()
+        .expect("manifest");
+    assert_eq!(m["requiresAccessToken"], true);
+    let file = m["output"][0]["url"].as_str().expect("url");
+    assert!(file.starts_with(&sb.root_url()));
+    assert_eq!(c.get(file).send().expect("file").status().as_u16(), 401);
+    let r = c.get(file).bearer_auth(&tok).send().expect("file");
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.text().expect("body").lines().count(), 3);
+
+    // ES384 at the unprefixed endpoint; the token works on any path.
+    let es = sign(Algorithm::ES384, "ec-test-1", &claims(&sb.token_url()));
+    let r = jwt_request(&c, &sb.token_url(), &es, SCOPE);
+    assert_eq!(r.status().as_u16(), 200);
+    let v: Value = r.json().expect("json");
+    let tok2 = v["access_token"].as_str().expect("token");
+    assert_ne!(tok2, tok);
+    let r = c.get(&loc).bearer_auth(tok2).send().expect("poll");
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(sb.tokens_issued(), 2);
+
+    // Decoded assertions, no signature; nothing secret in the log.
+    let a = sb.assertions();
+    assert_eq!(a.len(), 2);
+    assert_eq!(a[0]["header"]["alg"], "RS384");
+    assert_eq!(a[0]["header"]["kid"], "rsa-test-1");
+    assert_eq!(a[0]["claims"]["aud"], scen_token);
+    assert_eq!(a[1]["header"]["alg"], "ES384");
+    assert_eq!(a[1]["claims"]["iss"], CLIENT);
+    assert_eq!(a[1].as_object().map(|o| o.len()), Some(2));
+    let log = sb.requests();
+    let tr = log
+        .iter()
+        .find(|r| r.path.ends_with("/auth/token"))
+        .expect("token request logged");
+    assert_eq!(tr.auth_ok, None);
+    assert_eq!(tr.server, "fhir");
+    assert!(tr.body.contains("client_assertion=***"), "{}", tr.body);
+    let all = serde_json::to_string(&log).expect("json");
+    for secret in [jwt.as_str(), es.as_str(), tok.as_str(), tok2] {
+        assert!(!all.contains(secret), "secret in the log");
+    }
+    let kick = log
+        .iter()
+        .filter(|r| r.path.ends_with("$export"))
+        .map(|r| r.auth_ok)
+        .collect::<Vec<_>>();
+    assert_eq!(kick, vec![Some(false), Some(false), Some(true)]);
+}
+
+#[test]
+fn token_endpoint_rejections() {
+    let sb = auth_sandbox();
+    let c = client();
+    let url = sb.token_url();
+    let reject = |jwt: &str, needle: &str| {
+        let (status, err, desc) = oauth_err(jwt_request(&c, &url, jwt, SCOPE));
+        assert_eq!(
+            (status, err.as_str()),
+            (401, "invalid_client"),
+            "{needle}: {desc}"
+        );
+        assert!(desc.contains(needle), "want '{needle}', got '{desc}'");
+    };
+    let with = |k: &str, v: Value| {
+        let mut cl = claims(&url);
+        cl[k] = v;
+        cl
+    };
+
+    reject(&rs(&with("aud", json!(sb.base_url()))), "aud");
+    reject(&rs(&with("aud", json!([url.clone(), "other"]))), "aud");
+    reject(&rs(&with("exp", json!(unix_now() + 600))), "5 minutes");
+    reject(&rs(&with("exp", json!(unix_now() - 10))), "expired");
+    reject(&rs(&with("iss", json!("nobody"))), "sub");
+    let mut unknown = with("iss", json!("nobody"));
+    unknown["sub"] = json!("nobody");
+    reject(&rs(&unknown), "unknown client");
+    let mut no_jti = claims(&url);
+    no_jti.as_object_mut().expect("object").remove("jti");
+    reject(&rs(&no_jti), "jti");
+    reject(&sign(Algorithm::RS384, "no-such-kid", &claims(&url)), "kid");
+    reject(
+        &sign(Algorithm::RS256, "rsa-test-1", &claims(&url)),
+        "alg RS256",
+    );
+    reject(
+        &sign(Algorithm::ES384, "rsa-test-1", &claims(&url)),
+        "does not fit",
+    );
+    // A valid signature over other claims.
+    let good = rs(&claims(&url));
+    let other = rs(&claims(&url));
+    let parts: Vec<&str> = good.split('.').collect();
+    let forged = format!(
+        "{}.{}.{}",
+        parts[0],
+        other.split('.').nth(1).expect("claims"),
+        parts[2]
+    );
+    reject(&forged, "signature");
+    reject("not-a-jwt", "JWS");
+    // Replay: the first use succeeds, the second fails.
+    let once = rs(&claims(&url));
+    assert_eq!(jwt_request(&c, &url, &once, SCOPE).status().as_u16(), 200);
+    reject(&once, "replay");
+
+    // Scopes and grant type.
+    let (s, e, _) = oauth_err(jwt_request(&c, &url, &rs(&claims(&url)), "user/*.read"));
+    assert_eq!((s, e.as_str()), (400, "invalid_scope"));
+    let (s, e, _) = oauth_err(jwt_request(&c, &url, &rs(&claims(&url)), ""));
+    assert_eq!((s, e.as_str()), (400, "invalid_scope"));
+    let (s, e, _) = oauth_err(post_token(
+        &c,
+        &url,
+        form(&[("grant_type", "password"), ("scope", SCOPE)]),
+    ));
+    assert_eq!((s, e.as_str()), (400, "unsupported_grant_type"));
+    let (s, e, _) = oauth_err(post_token(
+        &c,
+        &url,
+        form(&[
+            ("grant_type", "client_credentials"),
+            ("scope", SCOPE),
+            ("client_assertion_type", "urn:other"),
+            ("client_assertion", &rs(&claims(&url))),
+        ]),
+    ));
+    assert_eq!((s, e.as_str()), (401, "invalid_client"));
+    let body = form(&[("grant_type", "client_credentials"), ("scope", SCOPE)]);
+    let (s, e, _) = oauth_err(post_token(&c, &url, body.clone()));
+    assert_eq!((s, e.as_str()), (401, "invalid_client"));
+
+    // client_secret_basic.
+    let r = c
+        .post(&url)
+        .basic_auth(BASIC_CLIENT, Some("wrong"))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(body.clone())
+        .send()
+        .expect("token");
+    assert!(header(&r, "www-authenticate").is_some_and(|h| h.starts_with("Basic")));
+    assert_eq!(oauth_err(r).1, "invalid_client");
+    let r = c
+        .post(&url)
+        .basic_auth(CLIENT, Some(BASIC_SECRET))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(body.clone())
+        .send()
+        .expect("token");
+    assert_eq!(oauth_err(r).1, "invalid_client");
+    let r = c
+        .post(&url)
+        .basic_auth(BASIC_CLIENT, Some(BASIC_SECRET))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(body.clone())
+        .send()
+        .expect("token");
+    assert_eq!(r.status().as_u16(), 200);
+    let v: Value = r.json().expect("json");
+    assert_eq!(v["scope"], SCOPE);
+    assert_eq!(sb.tokens_issued(), 2);
+
+    // Forced errors.
+    let forced = |scen: &str| {
+        let u = format!("{}/x/{scen}/auth/token", sb.root_url());
+        oauth_err(jwt_request(&c, &u, &rs(&claims(&u)), SCOPE))
+    };
+    let (s, e, d) = forced("token_error=invalid_grant");
+    assert_eq!(
+        (s, e.as_str(), d.as_str()),
+        (400, "invalid_grant", "sandbox forced invalid_grant")
+    );
+    assert_eq!(forced("token_error=invalid_client").0, 401);
+
+    // Secrets never logged; wrong methods and unconfigured servers.
+    let all = serde_json::to_string(&sb.requests()).expect("json");
+    assert!(!all.contains(BASIC_SECRET) && !all.contains(&good) && !all.contains("Basic YmFza"));
+    assert!(all.contains("Basic ***"));
+    assert_eq!(c.get(&url).send().expect("get").status().as_u16(), 405);
+    let plain = sandbox(2, 10);
+    assert_eq!(
+        post_token(&c, &plain.token_url(), body).status().as_u16(),
+        404
+    );
+    let r = c
+        .get(format!(
+            "{}/.well-known/smart-configuration",
+            plain.base_url()
+        ))
+        .send()
+        .expect("conf");
+    assert_eq!(r.status().as_u16(), 404);
+    assert!(plain.assertions().is_empty());
+    assert_eq!(plain.tokens_issued(), 0);
+}
+
+#[test]
+fn expired_tokens() {
+    let sb = auth_sandbox();
+    let c = client();
+    let url = format!("{}/$export?_type=Patient", sb.scenario_url("polls=0"));
+    for scen in ["token_ttl=0", "revoke_after=0"] {
+        let turl = format!("{}/x/{scen}/auth/token", sb.root_url());
+        let r = jwt_request(&c, &turl, &rs(&claims(&turl)), SCOPE);
+        let v: Value = r.json().expect("json");
+        let want_ttl = if scen == "token_ttl=0" { 0 } else { 300 };
+        assert_eq!(v["expires_in"], want_ttl);
+        let tok = v["access_token"].as_str().expect("token");
+        let r = bulk(c.get(&url)).bearer_auth(tok).send().expect("kick");
+        assert_eq!(header(&r, "www-authenticate").as_deref(), Some("Bearer"));
+        assert_eq!(outcome(r), (401, "expired".into()), "{scen}");
+    }
+    // A fresh token works again (the client's 401 → new token → retry path).
+    let tok = token(&c, &sb.token_url());
+    let r = bulk(c.get(&url)).bearer_auth(&tok).send().expect("kick");
+    assert_eq!(r.status().as_u16(), 202);
+}
+
+#[test]
+fn object_store_and_file_scenarios() {
+    let sb = auth_sandbox();
+    let c = client();
+    let no_redirects = Client::builder()
+        .no_gzip()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let tok = token(&c, &sb.token_url());
+    assert!(sb.store_url().starts_with("http://127.0.0.1:"));
+    assert_ne!(sb.store_url(), sb.root_url());
+    let export = |scen: &str| -> Value {
+        let url = format!("{}/$export?_type=Patient", sb.scenario_url(scen));
+        let loc = location(&bulk(c.get(&url)).bearer_auth(&tok).send().expect("kick"));
+        c.get(&loc)
+            .bearer_auth(&tok)
+            .send()
+            .expect("poll")
+            .json()
+            .expect("manifest")
+    };
+
+    // redirect_files: the FHIR server checks the token, then 307 to the store.
+    let m = export("polls=0;redirect_files");
+    assert_eq!(m["requiresAccessToken"], true);
+    let file = m["output"][0]["url"].as_str().expect("url");
+    assert!(file.starts_with(&sb.root_url()));
+    assert_eq!(
+        no_redirects
+            .get(file)
+            .send()
+            .expect("file")
+            .status()
+            .as_u16(),
+        401
+    );
+    let r = no_redirects
+        .get(file)
+        .bearer_auth(&tok)
+        .send()
+        .expect("file");
+    assert_eq!(r.status().as_u16(), 307);
+    let to = header(&r, "location").expect("Location");
+    let path = file.strip_prefix(&sb.root_url()).expect("path");
+    assert!(
+        to.starts_with(&format!("{}{path}?sig=", sb.store_url())),
+        "{to}"
+    );
+    assert_eq!(lines(&c, &to).len(), 3);
+    let r = c.get(&to).bearer_auth(&tok).send().expect("leak");
+    assert_eq!(outcome(r), (400, "security".into()));
+    let store: Vec<_> = sb
+        .requests()
+        .into_iter()
+        .filter(|r| r.server == "store")
+        .collect();
+    assert_eq!(store.len(), 2);
+    assert_eq!(store[0].auth_ok, None);
+    assert!(store[0].headers.iter().all(|(k, _)| k != "authorization"));
+    assert!(store[1]
+        .headers
+        .contains(&("authorization".into(), "Bearer ***".into())));
+
+    // files_elsewhere: manifest URLs on the store, still requiresAccessToken.
+    let m = export("polls=0;files_elsewhere;gzip");
+    assert_eq!(m["requiresAccessToken"], true);
+    let file = m["output"][0]["url"].as_str().expect("url");
+    assert!(file.starts_with(&format!(
+        "{}/x/polls=0;files_elsewhere;gzip/files/",
+        sb.store_url()
+    )));
+    assert_eq!(lines(&c, file).len(), 3);
+    let r = c
+        .get(file)
+        .header("Accept-Encoding", "gzip")
+        .send()
+        .expect("gzip");
+    assert_eq!(header(&r, "content-encoding").as_deref(), Some("gzip"));
+    assert_eq!(
+        outcome(c.get(file).bearer_auth(&tok).send().expect("leak")).0,
+        400
+    );
+
+    // capability_urls: no token needed, and any Authorization is refused.
+    let m = export("polls=0;capability_urls");
+    assert_eq!(m["requiresAccessToken"], false);
+    let file = m["output"][0]["url"].as_str().expect("url");
+    assert!(file.starts_with(&sb.root_url()));
+    sb.clear_requests();
+    assert_eq!(lines(&c, file).len(), 3);
+    let r = c.get(file).bearer_auth(&tok).send().expect("leak");
+    let status = r.status().as_u16();
+    let v: Value = r.json().expect("json");
+    assert_eq!(status, 400);
+    assert_eq!(
+        v["issue"][0]["diagnostics"],
+        "access token must not be sent to capability URLs"
+    );
+    let log = sb.requests();
+    assert_eq!(log.len(), 2);
+    assert!(log
+        .iter()
+        .all(|r| r.auth_ok.is_none() && r.server == "fhir"));
+
+    // The store serves only files.
+    let r = c
+        .get(format!("{}/fhir/metadata", sb.store_url()))
+        .send()
+        .expect("store");
+    assert_eq!(r.status().as_u16(), 404);
+    let r = c
+        .post(format!("{}{path}", sb.store_url()))
+        .send()
+        .expect("store");
+    assert_eq!(r.status().as_u16(), 405);
+    let r = c
+        .get(format!("{}/x/bogus/files/1/1.ndjson", sb.store_url()))
+        .send()
+        .expect("store");
+    assert_eq!(r.status().as_u16(), 400);
+}
+
+#[test]
+fn binary_registers_clients() {
+    let dir = std::env::temp_dir().join(format!("fhirbulk-sandbox-auth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let port_file = dir.join("port");
+    let jwks = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/keys/public.jwks.json");
+    let bin = env!("CARGO_BIN_EXE_fhirbulk-sandbox");
+    let bad = std::process::Command::new(bin)
+        .args(["--jwks", "x.json"])
+        .output()
+        .expect("run");
+    assert_eq!(bad.status.code(), Some(2));
+    let private =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/keys/rsa384-private.jwk.json");
+    let bad = std::process::Command::new(bin)
+        .args(["--client-id", "a", "--jwks"])
+        .arg(&private)
+        .output()
+        .expect("run");
+    assert_eq!(bad.status.code(), Some(2));
+
+    let mut child = std::process::Command::new(bin)
+        .args([
+            "--patients",
+            "2",
+            "--token-ttl",
+            "60",
+            "--client-id",
+            CLIENT,
+            "--jwks",
+        ])
+        .arg(&jwks)
+        .args([
+            "--client-id",
+            BASIC_CLIENT,
+            "--client-secret",
+            BASIC_SECRET,
+            "--port-file",
+        ])
+        .arg(&port_file)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut line = String::new();
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    out.read_line(&mut line).expect("read line");
+    let port: u16 = std::fs::read_to_string(&port_file)
+        .expect("port file")
+        .trim()
+        .parse()
+        .expect("port");
+    let token_url = format!("http://127.0.0.1:{port}/auth/token");
+    line.clear();
+    out.read_line(&mut line).expect("read line");
+    assert_eq!(line.trim(), format!("token endpoint {token_url}"));
+    let c = client();
+    let r = jwt_request(&c, &token_url, &rs(&claims(&token_url)), SCOPE);
+    assert_eq!(r.status().as_u16(), 200);
+    let v: Value = r.json().expect("json");
+    assert_eq!(v["expires_in"], 60);
+    let r = c
+        .post(&token_url)
+        .basic_auth(BASIC_CLIENT, Some(BASIC_SECRET))
+        .form(&[("grant_type", "client_credentials"), ("scope", SCOPE)])
+        .send()
+        .expect("token");
+    assert_eq!(r.status().as_u16(), 200);
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);

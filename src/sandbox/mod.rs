@@ -6,11 +6,21 @@
 //! `polls=N`, `retry_after=S|none|date`, `progress=TEXT|none`, `kickoff=CODE`,
 //! `poll=CODE`, `transient=N`, `throttle=N`, `gzip`, `length`, `errors`,
 //! `deleted=N`, `partial`, `page=N`, `slow=MS`, `status_ct=TYPE`, `bad_manifest`,
-//! `file_ct=TYPE` (unknown keys answer 400). Status URLs are `{prefix}/jobs/{id}`,
+//! `file_ct=TYPE`, and for authorization `token_ttl=S`, `revoke_after=S`,
+//! `no_smart_config`, `token_error=CODE`, `files_elsewhere`, `redirect_files`,
+//! `capability_urls` (unknown keys answer 400). Status URLs are `{prefix}/jobs/{id}`,
 //! manifest pages `{prefix}/jobs/{id}/manifest/{n}`, files
 //! `{prefix}/files/{id}/{n}.ndjson`. Admin endpoints (not logged):
 //! `GET|DELETE /_sandbox/requests`, `GET /_sandbox/truth`.
+//!
+//! With [`SandboxOptions::auth`] set, the server is also a SMART Backend Services
+//! authorization server: `{base}/.well-known/smart-configuration`, the token
+//! endpoint `{prefix}/auth/token`, and access tokens required on the Bulk Data
+//! endpoints. A second listener, the "object store" ([`Sandbox::store_url`]),
+//! serves `{prefix}/files/...` without authorization and rejects any request
+//! carrying an `Authorization` header.
 
+mod auth;
 mod data;
 mod params;
 mod plan;
@@ -24,6 +34,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+pub use auth::{SandboxAuth, SandboxClient};
 use server::Shared;
 
 /// Sandbox configuration.
@@ -38,8 +49,10 @@ pub struct SandboxOptions {
     /// When set, kick-off, status, manifest pages and files require
     /// `Authorization: Bearer <token>`.
     pub bearer_token: Option<String>,
-    /// Worker threads answering requests.
+    /// Worker threads answering requests (per listener).
     pub threads: usize,
+    /// SMART Backend Services authorization; None: no token endpoint.
+    pub auth: Option<SandboxAuth>,
 }
 
 impl Default for SandboxOptions {
@@ -50,6 +63,7 @@ impl Default for SandboxOptions {
             records_per_file: 1000,
             bearer_token: None,
             threads: 8,
+            auth: None,
         }
     }
 }
@@ -57,6 +71,8 @@ impl Default for SandboxOptions {
 /// One request received by the sandbox (admin `/_sandbox/*` requests are not logged).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct LoggedRequest {
+    /// "fhir" (the FHIR server) or "store" (the object store).
+    pub server: String,
     pub method: String,
     /// Percent-decoded path without the query.
     pub path: String,
@@ -64,10 +80,14 @@ pub struct LoggedRequest {
     pub query: Vec<(String, String)>,
     /// The query string exactly as received (without '?').
     pub raw_query: String,
-    /// Lowercased names; the Authorization value is replaced by "Bearer ***".
+    /// Lowercased names; Authorization values keep only the scheme
+    /// ("Bearer ***", "Basic ***").
     pub headers: Vec<(String, String)>,
-    /// None when no token is required for this request.
+    /// Whether a valid access token was presented. None when no authorization
+    /// is configured, on the token endpoint, capability URLs and the object
+    /// store, and on endpoints that need no token when none was sent.
     pub auth_ok: Option<bool>,
+    /// The body; `client_assertion` / `client_secret` form values become "***".
     pub body: String,
     /// Milliseconds since the sandbox started.
     pub at_ms: u64,
@@ -90,40 +110,61 @@ pub struct TruthQuery {
 /// A running sandbox server; stops on [`Sandbox::stop`] or drop.
 pub struct Sandbox {
     shared: Arc<Shared>,
-    server: Arc<tiny_http::Server>,
     workers: Vec<JoinHandle<()>>,
 }
 
-impl Sandbox {
-    /// Binds 127.0.0.1:`opts.port` and starts the worker threads.
-    pub fn start(opts: SandboxOptions) -> io::Result<Sandbox> {
-        let listener = std::net::TcpListener::bind(("127.0.0.1", opts.port))?;
-        set_nodelay(&listener);
-        let server = tiny_http::Server::from_listener(listener, None).map_err(|e| match e
-            .downcast::<io::Error>()
-        {
+type Handler = fn(&Shared, tiny_http::Request);
+
+/// Binds 127.0.0.1:`port` → (server, bound port).
+fn listen(port: u16) -> io::Result<(Arc<tiny_http::Server>, u16)> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
+    set_nodelay(&listener);
+    let server = tiny_http::Server::from_listener(listener, None).map_err(|e| {
+        match e.downcast::<io::Error>() {
             Ok(ioe) => *ioe,
             Err(other) => io::Error::other(other.to_string()),
-        })?;
-        let port = server
-            .server_addr()
-            .to_ip()
-            .map(|a| a.port())
-            .ok_or_else(|| io::Error::other("sandbox: no IP listen address"))?;
-        let server = Arc::new(server);
-        let shared = Arc::new(Shared::new(&opts, port));
+        }
+    })?;
+    let port = server
+        .server_addr()
+        .to_ip()
+        .map(|a| a.port())
+        .ok_or_else(|| io::Error::other("sandbox: no IP listen address"))?;
+    Ok((Arc::new(server), port))
+}
+
+impl Sandbox {
+    /// Binds 127.0.0.1:`opts.port` (and an ephemeral port for the object store)
+    /// and starts the worker threads.
+    pub fn start(opts: SandboxOptions) -> io::Result<Sandbox> {
+        let (server, port) = listen(opts.port)?;
+        let (store, store_port) = listen(0)?;
+        let shared = Arc::new(Shared::new(&opts, port, store_port));
         let mut sandbox = Sandbox {
             shared,
-            server,
             workers: Vec::new(),
         };
-        for n in 0..opts.threads.max(1) {
-            let server = Arc::clone(&sandbox.server);
-            let shared = Arc::clone(&sandbox.shared);
-            let handle = std::thread::Builder::new()
-                .name(format!("fhirbulk-sandbox-{n}"))
-                .spawn(move || worker(&server, &shared))?;
-            sandbox.workers.push(handle);
+        let threads = opts.threads.max(1);
+        let pools: [(&Arc<tiny_http::Server>, Handler, &str, usize); 2] = [
+            (&server, server::handle, "fhirbulk-sandbox", threads),
+            // The store only serves files; fewer threads suffice.
+            (
+                &store,
+                server::handle_store,
+                "fhirbulk-store",
+                threads.min(4),
+            ),
+        ];
+        for (srv, handler, name, count) in pools {
+            for n in 0..count {
+                let srv = Arc::clone(srv);
+                let shared = Arc::clone(&sandbox.shared);
+                // On error `sandbox` drops here, which stops the started workers.
+                let handle = std::thread::Builder::new()
+                    .name(format!("{name}-{n}"))
+                    .spawn(move || worker(&srv, &shared, handler))?;
+                sandbox.workers.push(handle);
+            }
         }
         Ok(sandbox)
     }
@@ -143,7 +184,35 @@ impl Sandbox {
         format!("{}/x/{}/fhir", self.shared.root, scenario)
     }
 
-    /// Every logged request, in the order received.
+    /// `http://127.0.0.1:PORT/auth/token` (the unprefixed token endpoint).
+    pub fn token_url(&self) -> String {
+        format!("{}/auth/token", self.shared.root)
+    }
+
+    /// `http://127.0.0.1:PORT2`: the object store (second listener).
+    pub fn store_url(&self) -> String {
+        self.shared.store_root.clone()
+    }
+
+    /// Every client assertion the token endpoint received, in order, decoded
+    /// without verification as `{"header": {..}, "claims": {..}}` (no signature).
+    pub fn assertions(&self) -> Vec<serde_json::Value> {
+        self.shared
+            .auth
+            .as_ref()
+            .map(|a| a.assertions.lock().clone())
+            .unwrap_or_default()
+    }
+
+    /// Access tokens issued so far.
+    pub fn tokens_issued(&self) -> usize {
+        self.shared
+            .auth
+            .as_ref()
+            .map_or(0, |a| a.issued.load(Ordering::SeqCst))
+    }
+
+    /// Every logged request (both listeners), in the order received.
     pub fn requests(&self) -> Vec<LoggedRequest> {
         self.shared.log.lock().clone()
     }
@@ -198,15 +267,14 @@ fn set_nodelay(listener: &std::net::TcpListener) {
 #[cfg(not(unix))]
 fn set_nodelay(_listener: &std::net::TcpListener) {}
 
-fn worker(server: &tiny_http::Server, shared: &Arc<Shared>) {
+fn worker(server: &tiny_http::Server, shared: &Arc<Shared>, handler: Handler) {
     let stop: &AtomicBool = &shared.stop;
     while !stop.load(Ordering::SeqCst) {
         match server.recv_timeout(Duration::from_millis(50)) {
             Ok(Some(req)) => {
                 // A panic drops the request, which answers 500; keep serving.
-                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    server::handle(shared, req)
-                }));
+                let _ =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(shared, req)));
             }
             Ok(None) => {}
             Err(_) => std::thread::sleep(Duration::from_millis(10)),

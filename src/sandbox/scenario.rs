@@ -28,6 +28,20 @@ pub struct Scenario {
     pub status_ct: Option<String>,
     pub bad_manifest: bool,
     pub file_ct: Option<String>,
+    /// `expires_in` of tokens issued via this scenario's token endpoint.
+    pub token_ttl: Option<u64>,
+    /// Tokens issued via this scenario stop working this many seconds after issue.
+    pub revoke_after: Option<u64>,
+    /// `.well-known/smart-configuration` answers 404.
+    pub no_smart_config: bool,
+    /// The token endpoint answers this OAuth error code.
+    pub token_error: Option<String>,
+    /// Manifest file URLs point at the object store.
+    pub files_elsewhere: bool,
+    /// File requests answer 307 to a signed object-store URL.
+    pub redirect_files: bool,
+    /// Files need no token (`requiresAccessToken: false`) and reject any Authorization.
+    pub capability_urls: bool,
 }
 
 impl Default for Scenario {
@@ -50,6 +64,13 @@ impl Default for Scenario {
             status_ct: None,
             bad_manifest: false,
             file_ct: None,
+            token_ttl: None,
+            revoke_after: None,
+            no_smart_config: false,
+            token_error: None,
+            files_elsewhere: false,
+            redirect_files: false,
+            capability_urls: false,
         }
     }
 }
@@ -121,6 +142,19 @@ impl Scenario {
                 "status_ct" => s.status_ct = Some(text(k, v)?),
                 "bad_manifest" => s.bad_manifest = flag(k, v)?,
                 "file_ct" => s.file_ct = Some(text(k, v)?),
+                "token_ttl" => s.token_ttl = Some(num(k, v)?),
+                "revoke_after" => s.revoke_after = Some(num(k, v)?),
+                "no_smart_config" => s.no_smart_config = flag(k, v)?,
+                "token_error" => {
+                    let c = text(k, v)?;
+                    if !c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+                        return Err("scenario key 'token_error' needs an OAuth error code".into());
+                    }
+                    s.token_error = Some(c);
+                }
+                "files_elsewhere" => s.files_elsewhere = flag(k, v)?,
+                "redirect_files" => s.redirect_files = flag(k, v)?,
+                "capability_urls" => s.capability_urls = flag(k, v)?,
                 _ => return Err(format!("unknown scenario key '{k}'")),
             }
         }
@@ -148,5 +182,11 @@ mod tests {
         assert!(Scenario::parse("polls=x").is_err());
         assert!(Scenario::parse("kickoff=200").is_err());
         assert!(Scenario::parse("").is_ok());
+        let s = Scenario::parse("token_ttl=1;revoke_after=0;no_smart_config;token_error=invalid_grant;files_elsewhere;redirect_files;capability_urls")
+            .expect("valid");
+        assert_eq!((s.token_ttl, s.revoke_after), (Some(1), Some(0)));
+        assert_eq!(s.token_error.as_deref(), Some("invalid_grant"));
+        assert!(s.no_smart_config && s.files_elsewhere && s.redirect_files && s.capability_urls);
+        assert!(Scenario::parse("token_error=Bad<x>").is_err());
     }
 }

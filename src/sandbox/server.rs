@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 use serde_json::{json, Value};
 use tiny_http::{Header, Request, Response, ResponseBox, StatusCode};
 
+use super::auth::{self, AuthState, Bearer, TokenRequest};
 use super::data::{self, TYPES};
 use super::params::{parse_export, ApiError, Level, Selection};
 use super::plan::{self, DeletedSource, LinesReader, Part, PartSource, Skip, Slow, VecSource};
@@ -23,6 +24,9 @@ const FHIR_JSON: &str = "application/fhir+json";
 
 pub(crate) struct Shared {
     pub root: String,
+    /// Root URL of the object store listener.
+    pub store_root: String,
+    pub auth: Option<AuthState>,
     patients: usize,
     rpf: usize,
     token: Option<String>,
@@ -34,9 +38,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub fn new(opts: &SandboxOptions, port: u16) -> Self {
+    pub fn new(opts: &SandboxOptions, port: u16, store_port: u16) -> Self {
         Shared {
             root: format!("http://127.0.0.1:{port}"),
+            store_root: format!("http://127.0.0.1:{store_port}"),
+            auth: opts.auth.clone().map(AuthState::new),
             patients: opts.patients,
             rpf: opts.records_per_file.max(1),
             token: opts.bearer_token.clone(),
@@ -50,6 +56,45 @@ impl Shared {
 
     fn job(&self, id: u64) -> Option<Arc<Job>> {
         self.jobs.lock().get(&id).cloned()
+    }
+
+    /// Checks the bearer tokens presented (static token or issued ones); None
+    /// when no authorization is configured.
+    fn check_bearer(&self, headers: &[(String, String)]) -> Option<Bearer> {
+        if self.token.is_none() && self.auth.is_none() {
+            return None;
+        }
+        let mut best = Bearer::Invalid;
+        for (_, v) in headers.iter().filter(|(k, _)| k == "authorization") {
+            let Some(t) = v
+                .trim()
+                .split_once(' ')
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, t)| t.trim())
+            else {
+                continue;
+            };
+            let b = if self.token.as_deref() == Some(t) {
+                Bearer::Valid
+            } else {
+                self.auth.as_ref().map_or(Bearer::Invalid, |a| a.bearer(t))
+            };
+            match b {
+                Bearer::Valid => return Some(Bearer::Valid),
+                Bearer::Expired => best = Bearer::Expired,
+                Bearer::Invalid => {}
+            }
+        }
+        Some(best)
+    }
+
+    /// Whether protected endpoints need a token at all.
+    fn auth_configured(&self) -> bool {
+        self.token.is_some() || self.auth.is_some()
+    }
+
+    fn token_url(&self, prefix: &str) -> String {
+        format!("{}{}/auth/token", self.root, prefix)
     }
 }
 
@@ -192,6 +237,8 @@ fn now_instant() -> String {
 
 enum Route {
     Metadata,
+    SmartConfig,
+    Token,
     Kickoff(Level),
     Status(u64),
     Page(u64, usize),
@@ -202,14 +249,14 @@ enum Route {
 }
 
 /// Splits `/x/<scenario>` off a raw path: (raw prefix, raw scenario, raw rest).
-/// The scenario ends at the first `/fhir/`, `/fhir`(end), `/jobs/` or `/files/`,
+/// The scenario ends at the first `/fhir/`, `/fhir`(end), `/jobs/`, `/files/` or `/auth/`,
 /// so values may contain unescaped '/'.
 fn split_prefix(raw_path: &str) -> (String, Option<String>, &str) {
     let Some(after) = raw_path.strip_prefix("/x/") else {
         return (String::new(), None, raw_path);
     };
     let mut end: Option<usize> = None;
-    for m in ["/fhir/", "/jobs/", "/files/"] {
+    for m in ["/fhir/", "/jobs/", "/files/", "/auth/"] {
         if let Some(p) = after.find(m) {
             end = Some(end.map_or(p, |e| e.min(p)));
         }
@@ -236,6 +283,8 @@ fn parse_route(rest: &str, prefixed: bool) -> Route {
     }
     match segs.as_slice() {
         ["fhir", "metadata"] => Route::Metadata,
+        ["fhir", ".well-known", "smart-configuration"] => Route::SmartConfig,
+        ["auth", "token"] => Route::Token,
         ["fhir", "$export"] => Route::Kickoff(Level::System),
         ["fhir", "Patient", "$export"] => Route::Kickoff(Level::Patient),
         ["fhir", "Group", id, "$export"] => Route::Kickoff(Level::Group((*id).to_string())),
@@ -291,7 +340,15 @@ fn media_type(v: &str) -> String {
         .to_ascii_lowercase()
 }
 
-pub(crate) fn handle(sh: &Shared, mut req: Request) {
+/// What every handler reads from a request.
+struct Incoming {
+    method: String,
+    raw_url: String,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+fn read_request(req: &mut Request) -> Incoming {
     let raw_url = req.url().to_string();
     let method = req.method().as_str().to_ascii_uppercase();
     let headers: Vec<(String, String)> = req
@@ -310,77 +367,202 @@ pub(crate) fn handle(sh: &Shared, mut req: Request) {
     {
         let _ = req.as_reader().take(MAX_BODY).read_to_end(&mut body);
     }
-    let body = String::from_utf8_lossy(&body).into_owned();
-    let (raw_path, raw_query) = raw_url.split_once('?').unwrap_or((raw_url.as_str(), ""));
+    Incoming {
+        method,
+        raw_url,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// Appends a request to the log with secrets redacted.
+fn log_request(sh: &Shared, server: &str, inc: &Incoming, auth_ok: Option<bool>, form_body: bool) {
+    let (raw_path, raw_query) = inc
+        .raw_url
+        .split_once('?')
+        .unwrap_or((inc.raw_url.as_str(), ""));
     let query: Vec<(String, String)> = url::form_urlencoded::parse(raw_query.as_bytes())
         .into_owned()
         .collect();
+    let secret_query = query.iter().any(|(k, _)| auth::is_secret_field(k));
+    let logged = LoggedRequest {
+        server: server.to_string(),
+        method: inc.method.clone(),
+        path: pct_decode(raw_path),
+        query: query
+            .into_iter()
+            .map(|(k, v)| {
+                let v = if auth::is_secret_field(&k) {
+                    "***".to_string()
+                } else {
+                    v
+                };
+                (k, v)
+            })
+            .collect(),
+        raw_query: if secret_query {
+            auth::redact_form(raw_query)
+        } else {
+            raw_query.to_string()
+        },
+        headers: inc
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                let v = if k == "authorization" {
+                    auth::redact_authorization(v)
+                } else {
+                    v.clone()
+                };
+                (k.clone(), v)
+            })
+            .collect(),
+        auth_ok,
+        body: if form_body {
+            auth::redact_form(&inc.body)
+        } else {
+            inc.body.clone()
+        },
+        at_ms: sh.started.elapsed().as_millis() as u64,
+    };
+    sh.log.lock().push(logged);
+}
+
+fn has_authorization(headers: &[(String, String)]) -> bool {
+    headers.iter().any(|(k, _)| k == "authorization")
+}
+
+/// Parses the query, prefix, route and scenario of a request (Err: a bad
+/// scenario, with the message).
+fn prepare(inc: &Incoming) -> (Route, Result<Ctx, String>) {
+    let (raw_path, raw_query) = inc
+        .raw_url
+        .split_once('?')
+        .unwrap_or((inc.raw_url.as_str(), ""));
     let (prefix, scen_raw, rest) = split_prefix(raw_path);
     let route = parse_route(rest, scen_raw.is_some());
-
-    let protected = matches!(
-        route,
-        Route::Kickoff(_) | Route::Status(_) | Route::Page(..) | Route::File(..)
-    );
-    // With a token configured every request is checked (and logged as such);
-    // only the protected endpoints reject.
-    let auth_ok = sh.token.as_ref().map(|token| {
-        headers
-            .iter()
-            .filter(|(k, _)| k == "authorization")
-            .any(|(_, v)| {
-                v.split_once(' ').is_some_and(|(scheme, t)| {
-                    scheme.eq_ignore_ascii_case("bearer") && t.trim() == token
-                })
-            })
-    });
-    if !matches!(route, Route::AdminRequests | Route::AdminTruth) {
-        let logged = LoggedRequest {
-            method: method.clone(),
-            path: pct_decode(raw_path),
-            query: query.clone(),
-            raw_query: raw_query.to_string(),
-            headers: headers
-                .iter()
-                .map(|(k, v)| {
-                    let v = if k == "authorization" {
-                        "Bearer ***".to_string()
-                    } else {
-                        v.clone()
-                    };
-                    (k.clone(), v)
-                })
-                .collect(),
-            auth_ok,
-            body: body.clone(),
-            at_ms: sh.started.elapsed().as_millis() as u64,
-        };
-        sh.log.lock().push(logged);
-    }
-
     let scen = match scen_raw.as_deref().map(|s| Scenario::parse(&pct_decode(s))) {
         None => Scenario::default(),
         Some(Ok(s)) => s,
-        Some(Err(msg)) => {
+        Some(Err(msg)) => return (route, Err(msg)),
+    };
+    let ctx = Ctx {
+        method: inc.method.clone(),
+        raw_url: inc.raw_url.clone(),
+        headers: inc.headers.clone(),
+        query: url::form_urlencoded::parse(raw_query.as_bytes())
+            .into_owned()
+            .collect(),
+        body: inc.body.clone(),
+        prefix,
+        scen,
+    };
+    (route, Ok(ctx))
+}
+
+/// The FHIR server listener.
+pub(crate) fn handle(sh: &Shared, mut req: Request) {
+    let inc = read_request(&mut req);
+    let (route, ctx) = prepare(&inc);
+    // A job's files follow the scenario the job was started with.
+    let file_scen = match route {
+        Route::File(id, _) => sh
+            .job(id)
+            .map(|j| j.scen.clone())
+            .or_else(|| ctx.as_ref().ok().map(|c| c.scen.clone())),
+        _ => None,
+    };
+    let capability = file_scen.as_ref().is_some_and(|s| s.capability_urls);
+    let redirect = file_scen.as_ref().is_some_and(|s| s.redirect_files);
+    let protected = match route {
+        Route::Kickoff(_) | Route::Status(_) | Route::Page(..) => true,
+        Route::File(..) => !capability,
+        _ => false,
+    };
+    // With authorization configured, protected endpoints are logged with the
+    // check's result; other endpoints only when a token was presented (never
+    // the token endpoint or capability URLs). Only protected endpoints reject.
+    let bearer = sh.check_bearer(&inc.headers);
+    let presented = has_authorization(&inc.headers);
+    let auth_ok = match route {
+        Route::Token => None,
+        Route::File(..) if capability => None,
+        _ if protected || presented => bearer.map(|b| b == Bearer::Valid),
+        _ => None,
+    };
+    if !matches!(route, Route::AdminRequests | Route::AdminTruth) {
+        let form_body = matches!(route, Route::Token);
+        log_request(sh, "fhir", &inc, auth_ok, form_body);
+    }
+    let ctx = match ctx {
+        Ok(c) => c,
+        Err(msg) => {
             let _ = req.respond(oo(400, "invalid", &msg).into_response());
             return;
         }
     };
-    let ctx = Ctx {
-        method,
-        raw_url,
-        headers,
-        query,
-        body,
-        prefix,
-        scen,
+    let resp = match (bearer, route) {
+        (Some(Bearer::Invalid), _) if protected => {
+            oo(401, "login", "a valid bearer token is required")
+                .header("WWW-Authenticate", "Bearer")
+                .into_response()
+        }
+        (Some(Bearer::Expired), _) if protected => {
+            oo(401, "expired", "the access token has expired")
+                .header("WWW-Authenticate", "Bearer")
+                .into_response()
+        }
+        (_, Route::File(..)) if capability && presented => oo(
+            400,
+            "security",
+            "access token must not be sent to capability URLs",
+        )
+        .into_response(),
+        (_, Route::File(id, _))
+            if redirect
+                && matches!(ctx.method.as_str(), "GET" | "HEAD")
+                && sh.job(id).is_some() =>
+        {
+            let path = ctx.raw_url.split('?').next().unwrap_or_default();
+            let to = format!("{}{}?sig={}", sh.store_root, path, auth::random_hex());
+            Reply::new(307).header("Location", to).into_response()
+        }
+        (_, route) => dispatch(sh, &ctx, route),
     };
-    let resp = if protected && auth_ok == Some(false) {
-        oo(401, "login", "a valid bearer token is required")
-            .header("WWW-Authenticate", "Bearer")
-            .into_response()
-    } else {
-        dispatch(sh, &ctx, route)
+    let _ = req.respond(resp);
+}
+
+/// The object store listener: files only, no authorization, and any
+/// `Authorization` header is refused.
+pub(crate) fn handle_store(sh: &Shared, mut req: Request) {
+    let inc = read_request(&mut req);
+    let (route, ctx) = prepare(&inc);
+    log_request(sh, "store", &inc, None, false);
+    let resp = match ctx {
+        _ if has_authorization(&inc.headers) => oo(
+            400,
+            "security",
+            "Authorization header must not reach the object store",
+        )
+        .into_response(),
+        Err(msg) => oo(400, "invalid", &msg).into_response(),
+        Ok(ctx) => match route {
+            Route::File(id, n) if matches!(ctx.method.as_str(), "GET" | "HEAD") => {
+                file(sh, &ctx, id, n)
+            }
+            Route::File(..) => oo(
+                405,
+                "not-supported",
+                &format!("method {} not allowed here", ctx.method),
+            )
+            .into_response(),
+            _ => oo(
+                404,
+                "not-found",
+                &format!("the object store has no {}", ctx.raw_url),
+            )
+            .into_response(),
+        },
     };
     let _ = req.respond(resp);
 }
@@ -396,6 +578,11 @@ fn dispatch(sh: &Shared, ctx: &Ctx, route: Route) -> ResponseBox {
     };
     let reply = match route {
         Route::Metadata if m == "GET" || m == "HEAD" => metadata(sh, ctx),
+        Route::SmartConfig if m == "GET" || m == "HEAD" => smart_config(sh, ctx),
+        Route::Token if sh.auth.is_none() => {
+            oo(404, "not-found", "no authorization server is configured")
+        }
+        Route::Token if m == "POST" => token(sh, ctx),
         Route::Kickoff(level) if m == "GET" || m == "POST" => kickoff(sh, ctx, level),
         Route::Status(id) if m == "GET" => status(sh, id),
         Route::Status(id) if m == "DELETE" => match sh.jobs.lock().remove(&id) {
@@ -444,12 +631,52 @@ fn metadata(sh: &Shared, ctx: &Ctx) -> Reply {
             "operation": [{"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"}]
         }]
     });
-    if sh.token.is_some() {
+    if sh.auth_configured() {
         cs["rest"][0]["security"] = json!({"service": [{"coding": [{
             "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
             "code": "SMART-on-FHIR"}]}]});
     }
+    if sh.auth.is_some() {
+        cs["rest"][0]["security"]["extension"] = auth::oauth_uris(&sh.token_url(&ctx.prefix));
+    }
     Reply::new(200).body(FHIR_JSON, cs.to_string())
+}
+
+fn smart_config(sh: &Shared, ctx: &Ctx) -> Reply {
+    match &sh.auth {
+        Some(a) if !ctx.scen.no_smart_config => {
+            let doc = auth::smart_configuration(a.cfg(), &sh.token_url(&ctx.prefix));
+            Reply::new(200).body("application/json", doc.to_string())
+        }
+        _ => oo(404, "not-found", "no SMART configuration here"),
+    }
+}
+
+/// `POST {prefix}/auth/token`.
+fn token(sh: &Shared, ctx: &Ctx) -> Reply {
+    let Some(a) = &sh.auth else {
+        return oo(404, "not-found", "no authorization server is configured");
+    };
+    let r = a.token(&TokenRequest {
+        token_url: sh.token_url(&ctx.prefix),
+        scen: &ctx.scen,
+        content_type: ctx.header("content-type"),
+        authorization: ctx
+            .headers
+            .iter()
+            .filter(|(k, _)| k == "authorization")
+            .map(|(_, v)| v.as_str())
+            .collect(),
+        body: &ctx.body,
+    });
+    let mut reply = Reply::new(r.status)
+        .body("application/json", r.body.to_string())
+        .header("Cache-Control", "no-store")
+        .header("Pragma", "no-cache");
+    if r.basic_challenge {
+        reply = reply.header("WWW-Authenticate", "Basic realm=\"fhirbulk-sandbox\"");
+    }
+    reply
 }
 
 /// Flattens a FHIR Parameters body to (name, value) pairs.
@@ -612,7 +839,12 @@ fn kickoff(sh: &Shared, ctx: &Ctx, level: Level) -> Reply {
 }
 
 fn file_url(sh: &Shared, job: &Job, n: usize) -> String {
-    format!("{}{}/files/{}/{}.ndjson", sh.root, job.prefix, job.id, n)
+    let root = if job.scen.files_elsewhere {
+        &sh.store_root
+    } else {
+        &sh.root
+    };
+    format!("{}{}/files/{}/{}.ndjson", root, job.prefix, job.id, n)
 }
 
 /// Manifest listing files `range` (0-based indices), with an optional next page.
@@ -649,7 +881,7 @@ fn manifest(
     let mut m = json!({
         "transactionTime": job.transaction_time,
         "request": job.request_url,
-        "requiresAccessToken": sh.token.is_some(),
+        "requiresAccessToken": sh.auth_configured() && !job.scen.capability_urls,
         "output": output,
         "error": error,
         "deleted": deleted,
