@@ -131,6 +131,14 @@ typedef struct FhirbulkProgress {
    */
   uint32_t polls;
   /**
+   * Attempts repeated after retryable failures (429, 5xx, broken transfers, ...).
+   */
+  uint32_t retries;
+  /**
+   * Invalid NDJSON lines skipped and reported as error records (`on_invalid_line: skip`).
+   */
+  uint64_t invalid_lines;
+  /**
    * The server's last `X-Progress` text, NUL-terminated, truncated to fit.
    */
   char server_progress[128];
@@ -383,6 +391,18 @@ size_t export_last_error_json(const struct FhirbulkExport *h, char *buf, size_t 
  * `buf` is NULL or valid for `buf_len` bytes.
  */
 size_t export_manifest(const struct FhirbulkExport *h, char *buf, size_t buf_len);
+
+/**
+ * A checkpoint as JSON, snprintf semantics: what the caller has received so far (status URL,
+ * manifest, lines delivered per file). Store it; pass it later as the config's `"resume"` (in
+ * this process or another) to continue the export without a new kick-off and without
+ * receiving a record twice. Take it on the consuming thread between pulls to be exact: it
+ * counts the records handed out up to that moment. 0 before the kick-off has answered.
+ *
+ * # Safety
+ * `buf` is NULL or valid for `buf_len` bytes.
+ */
+size_t export_checkpoint(const struct FhirbulkExport *h, char *buf, size_t buf_len);
 
 /**
  * The files known so far as JSON, in `file_index` order:

@@ -60,6 +60,17 @@ impl std::fmt::Debug for SecretSource {
     }
 }
 
+/// What to do with an invalid NDJSON line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InvalidLinePolicy {
+    /// Fail the export with a protocol error naming the file and line.
+    #[default]
+    Fail,
+    /// Skip the line and deliver an error record (OperationOutcome) in its place.
+    Skip,
+}
+
 /// How requests are authorized.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -133,8 +144,17 @@ fn d_poll_max_ms() -> u64 {
 fn d_poll_backoff_max_ms() -> u64 {
     30_000
 }
-fn d_poll_retries() -> u32 {
-    5
+fn d_retry_max_attempts() -> u32 {
+    6
+}
+fn d_retry_max_wait_ms() -> u64 {
+    600_000
+}
+fn d_retry_backoff_min_ms() -> u64 {
+    500
+}
+fn d_retry_backoff_max_ms() -> u64 {
+    30_000
 }
 
 /// Everything an export needs. Build it from JSON with [`Config::from_json`] or in Rust with
@@ -237,10 +257,32 @@ pub struct Config {
     /// Cap of the exponential backoff used when the server sends no `Retry-After`.
     #[serde(default = "d_poll_backoff_max_ms")]
     pub poll_backoff_max_ms: u64,
-    /// Consecutive transient poll failures (OperationOutcome from the transient branch, 429,
-    /// network errors) tolerated before the export fails.
-    #[serde(default = "d_poll_retries")]
-    pub poll_retries: u32,
+    /// Attempts per request (the first included) when it meets a retryable failure: 429, 503,
+    /// other 5xx (unless its OperationOutcome names a non-transient issue), an OperationOutcome
+    /// from the transient branch, a connection error, a timeout, a broken transfer.
+    #[serde(default = "d_retry_max_attempts")]
+    pub retry_max_attempts: u32,
+    /// Total time one request may spend waiting between its attempts.
+    #[serde(default = "d_retry_max_wait_ms")]
+    pub retry_max_wait_ms: u64,
+    /// First backoff step when the server sends no `Retry-After` (doubles, with jitter).
+    #[serde(default = "d_retry_backoff_min_ms")]
+    pub retry_backoff_min_ms: u64,
+    /// Cap of the backoff between attempts.
+    #[serde(default = "d_retry_backoff_max_ms")]
+    pub retry_backoff_max_ms: u64,
+    /// What to do with an NDJSON line that is not a JSON object (or too long, or a truncated last
+    /// line): `fail` the export, or `skip` it and deliver an error record (an OperationOutcome
+    /// naming the file and line) in its place.
+    #[serde(default)]
+    pub on_invalid_line: InvalidLinePolicy,
+    /// Parse every line fully (in the download threads) instead of the cheap shape check.
+    #[serde(default)]
+    pub validate_json: bool,
+    /// A checkpoint (from `export_checkpoint`) to continue from: no new kick-off, and records
+    /// delivered before the checkpoint are not delivered again.
+    #[serde(default)]
+    pub resume: Option<serde_json::Value>,
     /// DELETE the server's job when the export is cancelled (or freed unfinished).
     #[serde(default = "d_true")]
     pub delete_on_cancel: bool,
@@ -377,6 +419,20 @@ impl Config {
                     "invalid config: {key} must be above 0"
                 )));
             }
+        }
+        if self.retry_max_attempts == 0 {
+            return Err(Error::config(
+                "invalid config: retry_max_attempts must be at least 1",
+            ));
+        }
+        if self.retry_backoff_min_ms > self.retry_backoff_max_ms {
+            return Err(Error::config(format!(
+                "invalid config: retry_backoff_min_ms ({}) is above retry_backoff_max_ms ({})",
+                self.retry_backoff_min_ms, self.retry_backoff_max_ms
+            )));
+        }
+        if let Some(r) = &self.resume {
+            crate::checkpoint::Checkpoint::from_value(r)?;
         }
         if self.poll_min_ms > self.poll_max_ms {
             return Err(Error::config(format!(

@@ -7,11 +7,13 @@
 //! or in batches and sends emptied buffers back for reuse.
 
 use crate::auth::Authorizer;
+use crate::checkpoint::{Checkpoint, CheckpointFile, CHECKPOINT_VERSION};
 use crate::config::{Config, Level, Method};
+use crate::download::{download, FileJob};
 use crate::error::{from_reqwest, is_transient_issue_code, Error, ErrorCode, Result};
-use crate::manifest::{merge_into, Kind, Manifest};
+use crate::manifest::{merge_into, Kind, Manifest, ManifestFile};
 use crate::ndjson::{Chunk, LineMeta, TypeName};
-use crossbeam_channel::{bounded, select, unbounded, Receiver, RecvTimeoutError, Select, Sender};
+use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Select, Sender};
 use parking_lot::Mutex;
 use reqwest::blocking::{Client, RequestBuilder, Response};
 use reqwest::header::{HeaderMap, ACCEPT, CONTENT_TYPE, RETRY_AFTER};
@@ -69,6 +71,10 @@ pub struct Progress {
     pub records_delivered: u64,
     /// Status requests made.
     pub polls: u32,
+    /// Attempts repeated after retryable failures (429, 5xx, broken transfers, ...).
+    pub retries: u32,
+    /// Invalid lines skipped and reported as error records (policy `skip`).
+    pub invalid_lines: u64,
 }
 
 /// A file listed by the manifest; `index` is what records carry as `file_index`.
@@ -79,6 +85,8 @@ pub struct FileInfo {
     pub resource_type: Option<String>,
     pub url: String,
     pub count: Option<u64>,
+    /// Index within its manifest list (`output`, `error` or `deleted`), across pages.
+    pub position: usize,
 }
 
 /// One record: an NDJSON line, borrowed until the next call on the export.
@@ -161,12 +169,30 @@ struct Info {
     polls: u32,
     status_url: Option<String>,
     manifest: Option<Value>,
+    /// URLs already merged into `manifest`.
+    merged: HashSet<String>,
+    requires_access_token: bool,
+    /// The final manifest arrived; `next_page` is the page still to fetch, if any.
+    manifest_complete: bool,
+    next_page: Option<String>,
     files: Vec<FileInfo>,
+    /// Per file, what the caller has received (parallel to `files`).
+    delivered: Vec<Arc<FileProgress>>,
+    /// Files seen per kind, for `FileInfo::position`.
+    kind_counts: [usize; 3],
+}
+
+/// What the caller has received of one file.
+pub(crate) struct FileProgress {
+    /// Physical line number of the last line delivered.
+    line: AtomicU64,
+    /// Every line was delivered.
+    complete: AtomicBool,
 }
 
 pub(crate) struct Shared {
-    config: Config,
-    client: Client,
+    pub(crate) config: Config,
+    pub(crate) client: Client,
     base_origin: url::Origin,
     token_origins: Vec<url::Origin>,
     auth: Authorizer,
@@ -175,14 +201,20 @@ pub(crate) struct Shared {
     stopping: AtomicBool,
     cancel_tx: Mutex<Option<Sender<()>>>,
     stop_tx: Mutex<Option<Sender<()>>>,
-    stop_rx: Receiver<()>,
+    pub(crate) stop_rx: Receiver<()>,
     error: Mutex<Option<Error>>,
     info: Mutex<Info>,
-    bytes: AtomicU64,
+    /// The last manifest fetched again for expired file URLs, and when.
+    refresh: Mutex<Option<(Instant, Vec<ManifestFile>)>>,
+    pub(crate) bytes: AtomicU64,
     records: AtomicU64,
     files_done: AtomicU32,
-    recycle_tx: Sender<(Vec<u8>, Vec<LineMeta>)>,
-    recycle_rx: Receiver<(Vec<u8>, Vec<LineMeta>)>,
+    /// Attempts repeated after retryable failures.
+    pub(crate) retries: AtomicU32,
+    /// Invalid lines skipped (policy `skip`).
+    pub(crate) invalid_lines: AtomicU64,
+    pub(crate) recycle_tx: Sender<(Vec<u8>, Vec<LineMeta>)>,
+    pub(crate) recycle_rx: Receiver<(Vec<u8>, Vec<LineMeta>)>,
 }
 
 /// A cheap, thread-safe handle on a running export: progress, cancel, manifest.
@@ -214,6 +246,41 @@ impl Controller {
     pub fn status_url(&self) -> Option<String> {
         self.0.info.lock().status_url.clone()
     }
+    /// A checkpoint of what the caller has received so far: pass it as the config's `resume`
+    /// (in this process or another) to continue without a new kick-off and without receiving a
+    /// record twice. `None` before the kick-off has answered.
+    pub fn checkpoint(&self) -> Option<Checkpoint> {
+        let info = self.0.info.lock();
+        let status_url = info.status_url.clone()?;
+        let files = info
+            .files
+            .iter()
+            .zip(&info.delivered)
+            .map(|(f, p)| CheckpointFile {
+                url: f.url.clone(),
+                kind: f.kind.name().into(),
+                resource_type: f.resource_type.clone(),
+                count: f.count,
+                lines_delivered: p.line.load(Ordering::Acquire),
+                complete: p.complete.load(Ordering::Acquire),
+            })
+            .collect();
+        Some(Checkpoint {
+            fhirbulk_checkpoint: CHECKPOINT_VERSION,
+            base_url: self.0.config.base_url.clone(),
+            status_url: Some(status_url),
+            transaction_time: info
+                .manifest
+                .as_ref()
+                .and_then(|m| m.get("transactionTime"))
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            manifest: info.manifest.clone(),
+            manifest_complete: info.manifest_complete,
+            next_page: info.next_page.clone(),
+            files,
+        })
+    }
 }
 
 /// A running export. Pull records with [`Export::next_record`] or [`Export::next_batch`]
@@ -225,6 +292,8 @@ pub struct Export {
     cancel_rx: Receiver<()>,
     current: Option<Chunk>,
     pos: usize,
+    /// Delivery progress of the current chunk's file.
+    progress: Option<Arc<FileProgress>>,
     coordinator: Option<JoinHandle<()>>,
     done_rx: Receiver<()>,
 }
@@ -304,8 +373,17 @@ impl Export {
                 polls: 0,
                 status_url: None,
                 manifest: None,
+                merged: HashSet::new(),
+                requires_access_token: false,
+                manifest_complete: false,
+                next_page: None,
                 files: Vec::new(),
+                delivered: Vec::new(),
+                kind_counts: [0; 3],
             }),
+            refresh: Mutex::new(None),
+            retries: AtomicU32::new(0),
+            invalid_lines: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             records: AtomicU64::new(0),
             files_done: AtomicU32::new(0),
@@ -326,6 +404,7 @@ impl Export {
             cancel_rx,
             current: None,
             pos: 0,
+            progress: None,
             coordinator: Some(coordinator),
             done_rx,
         })
@@ -350,6 +429,8 @@ impl Export {
                 let m = chunk.lines[self.pos];
                 self.pos += 1;
                 self.sh.records.fetch_add(1, Ordering::Relaxed);
+                self.mark_delivered(m.line);
+                let chunk = self.current.as_ref().expect("fill leaves a chunk");
                 Ok(Next::Item(record(chunk, &m)))
             }
         }
@@ -367,14 +448,36 @@ impl Export {
             Some(n) => Ok(n.map_never()),
             None => {
                 let chunk = self.current.as_ref().expect("fill leaves a chunk");
-                let end = (self.pos + max).min(chunk.lines.len());
-                let lines = &chunk.lines[self.pos..end];
+                let start = self.pos;
+                let end = (start + max).min(chunk.lines.len());
+                let last_line = chunk.lines[end - 1].line;
                 self.pos = end;
                 self.sh
                     .records
-                    .fetch_add(lines.len() as u64, Ordering::Relaxed);
-                Ok(Next::Item(Batch { chunk, lines }))
+                    .fetch_add((end - start) as u64, Ordering::Relaxed);
+                self.mark_delivered(last_line);
+                let chunk = self.current.as_ref().expect("fill leaves a chunk");
+                Ok(Next::Item(Batch {
+                    chunk,
+                    lines: &chunk.lines[start..end],
+                }))
             }
+        }
+    }
+
+    /// Record for checkpoints that the caller now has `line` of the current chunk's file (and
+    /// the whole file when the last line of its last chunk went out).
+    fn mark_delivered(&self, line: u64) {
+        let (Some(chunk), Some(p)) = (&self.current, &self.progress) else {
+            return;
+        };
+        if chunk.synthetic {
+            // Error records for skipped lines follow the lines after them: no progress here.
+            return;
+        }
+        p.line.store(line, Ordering::Release);
+        if chunk.last && self.pos == chunk.lines.len() {
+            p.complete.store(true, Ordering::Release);
         }
     }
 
@@ -416,8 +519,25 @@ impl Export {
             }
             debug_assert_eq!(op.index(), i_rx);
             match op.recv(&self.rx) {
-                Ok(chunk) if chunk.lines.is_empty() => continue,
                 Ok(chunk) => {
+                    let progress = self
+                        .sh
+                        .info
+                        .lock()
+                        .delivered
+                        .get(chunk.file_index as usize)
+                        .cloned();
+                    if chunk.lines.is_empty() {
+                        // An empty last chunk: the file ended after lines already delivered.
+                        if chunk.last {
+                            if let Some(p) = &progress {
+                                p.complete.store(true, Ordering::Release);
+                            }
+                        }
+                        let _ = self.sh.recycle_tx.try_send((chunk.data, chunk.lines));
+                        continue;
+                    }
+                    self.progress = progress;
                     self.current = Some(chunk);
                     return Ok(None);
                 }
@@ -492,6 +612,8 @@ impl Shared {
             bytes_downloaded: self.bytes.load(Ordering::Relaxed),
             records_delivered: self.records.load(Ordering::Relaxed),
             polls: info.polls,
+            retries: self.retries.load(Ordering::Relaxed),
+            invalid_lines: self.invalid_lines.load(Ordering::Relaxed),
         }
     }
 
@@ -500,7 +622,7 @@ impl Shared {
         self.stop_tx.lock().take();
     }
 
-    fn stopping(&self) -> bool {
+    pub(crate) fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
     }
 
@@ -604,6 +726,154 @@ impl Shared {
             }
             return Ok(resp);
         }
+    }
+
+    /// `send` under the retry policy: transport errors and retryable statuses (see
+    /// [`is_retryable`]) are tried again after `Retry-After` or an exponential backoff with
+    /// jitter, within `retry_max_attempts` and `retry_max_wait_ms`. Statuses `accept` takes
+    /// come back as responses; any other final status is an error carrying the server's
+    /// OperationOutcome.
+    pub(crate) fn send_retrying(
+        &self,
+        what: &str,
+        url: &str,
+        use_token: bool,
+        build: &dyn Fn(&str) -> RequestBuilder,
+        accept: &dyn Fn(u16) -> bool,
+    ) -> Result<Response> {
+        let mut retry = Retry::new(&self.config);
+        loop {
+            if self.stopping() {
+                return Err(stopped());
+            }
+            let (err, after) = match self.send(what, url, use_token, build) {
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    if accept(status) {
+                        return Ok(resp);
+                    }
+                    let headers = resp.headers().clone();
+                    let body = read_body(what, url, resp, 1 << 20).unwrap_or_default();
+                    let e = Error::from_response(what, status, url, &body);
+                    if !is_retryable(status, &e.issues) {
+                        return Err(e);
+                    }
+                    (e, retry_after(&headers))
+                }
+                Err(e) if matches!(e.code, ErrorCode::Network | ErrorCode::Timeout) => (e, None),
+                Err(e) => return Err(e),
+            };
+            self.wait_retry(&mut retry, err, after)?;
+        }
+    }
+
+    /// Wait before another attempt, or give up with `err` when the budget is spent.
+    pub(crate) fn wait_retry(
+        &self,
+        retry: &mut Retry,
+        err: Error,
+        after: Option<Duration>,
+    ) -> Result<()> {
+        let Some(wait) = retry.next_wait(after) else {
+            return Err(err);
+        };
+        self.retries.fetch_add(1, Ordering::Relaxed);
+        if !self.sleep(wait) {
+            return Err(stopped());
+        }
+        Ok(())
+    }
+
+    /// A file URL answered 404/410: fetch the manifest again from the status URL (servers hand
+    /// out fresh links) and return the new URL of the same file (same list, same position).
+    /// When the job itself is gone, the error names the files not yet delivered.
+    pub(crate) fn refresh_file_url(&self, index: u32, cause: Error) -> Result<String> {
+        let mut cache = self.refresh.lock();
+        let (kind, position, status_url) = {
+            let info = self.info.lock();
+            let f = &info.files[index as usize];
+            (f.kind, f.position, info.status_url.clone())
+        };
+        let Some(status_url) = status_url else {
+            return Err(cause);
+        };
+        let fresh = match cache.as_ref() {
+            Some((at, files)) if at.elapsed() < Duration::from_secs(5) => files.clone(),
+            _ => {
+                let files = self.fetch_all_files(&status_url).map_err(|e| {
+                    if e.code == ErrorCode::NotFound {
+                        self.job_gone(&status_url, e)
+                    } else {
+                        e
+                    }
+                })?;
+                *cache = Some((Instant::now(), files.clone()));
+                files
+            }
+        };
+        let Some(f) = fresh.iter().filter(|f| f.kind == kind).nth(position) else {
+            let mut e = cause;
+            e.message
+                .push_str(" (and the manifest fetched again no longer lists this file)");
+            return Err(e);
+        };
+        self.info.lock().files[index as usize].url = f.url.clone();
+        Ok(f.url.clone())
+    }
+
+    fn fetch_all_files(&self, status_url: &str) -> Result<Vec<ManifestFile>> {
+        let build = |u: &str| {
+            self.client
+                .get(u)
+                .header(ACCEPT, "application/json")
+                .timeout(Duration::from_millis(self.config.request_timeout_ms))
+        };
+        let resp =
+            self.send_retrying("manifest request", status_url, true, &build, &|s| s == 200)?;
+        let body = read_body("manifest request", status_url, resp, STATUS_BODY_LIMIT)?;
+        let mut m = Manifest::parse(&body, status_url)?;
+        let mut files = std::mem::take(&mut m.files);
+        let mut next = m.next;
+        while let Some(url) = next {
+            let page = fetch_manifest_page(self, &url)?;
+            files.extend(page.files);
+            next = page.next;
+        }
+        Ok(files)
+    }
+
+    fn job_gone(&self, status_url: &str, e: Error) -> Error {
+        let info = self.info.lock();
+        let missing: Vec<String> = info
+            .files
+            .iter()
+            .zip(&info.delivered)
+            .filter(|(_, p)| !p.complete.load(Ordering::Acquire))
+            .map(|(f, _)| crate::error::redact_url(&f.url))
+            .collect();
+        let shown = missing
+            .iter()
+            .take(10)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        let more = if missing.len() > 10 {
+            format!(" and {} more", missing.len() - 10)
+        } else {
+            String::new()
+        };
+        let mut err = Error::new(
+            ErrorCode::NotFound,
+            format!(
+                "the export job is gone (its status URL answers {}): {} file(s) were not delivered completely: {shown}{more}",
+                e.http_status.unwrap_or(404),
+                missing.len()
+            ),
+        )
+        .with_url(status_url);
+        err.http_status = e.http_status;
+        err.issues = e.issues;
+        err
     }
 }
 
@@ -822,42 +1092,28 @@ fn kickoff(sh: &Shared) -> Result<String> {
 }
 
 /// What a status poll said.
-enum PollOutcome {
-    Done(Manifest),
-}
-
-fn poll_status(sh: &Shared, status_url: &str, dl: &mut Downloads) -> Result<PollOutcome> {
+fn poll_status(sh: &Shared, status_url: &str, dl: &mut Downloads) -> Result<Manifest> {
     let c = &sh.config;
     let min = Duration::from_millis(c.poll_min_ms);
     let max = Duration::from_millis(c.poll_max_ms);
     let backoff_max = Duration::from_millis(c.poll_backoff_max_ms.min(c.poll_max_ms)).max(min);
     let mut backoff = min;
-    let mut failures = 0u32;
+    // For job failures reported with X-Export-Status on a 200 (v3 separate-export-status).
+    let mut retry = Retry::new(c);
     loop {
         if sh.stopping() {
             return Err(stopped());
         }
-        sh.info.lock().polls += 1;
         let build = |u: &str| {
+            // Called for every attempt: count status requests as sent.
+            sh.info.lock().polls += 1;
             sh.client
                 .get(u)
                 .header(ACCEPT, "application/json")
                 .timeout(Duration::from_millis(c.request_timeout_ms))
         };
-        let resp = match sh.send("export status request", status_url, true, &build) {
-            Ok(r) => r,
-            Err(e) => {
-                failures += 1;
-                if failures > c.poll_retries {
-                    return Err(e);
-                }
-                if !sh.sleep(backoff) {
-                    return Err(stopped());
-                }
-                backoff = (backoff * 2).min(backoff_max);
-                continue;
-            }
-        };
+        let accept = |s: u16| s == 200 || s == 202;
+        let resp = sh.send_retrying("export status request", status_url, true, &build, &accept)?;
         let headers = resp.headers().clone();
         let mut status = resp.status().as_u16();
         if let Some(s) = headers
@@ -872,15 +1128,6 @@ fn poll_status(sh: &Shared, status_url: &str, dl: &mut Downloads) -> Result<Poll
             sh.info.lock().server_progress = Some(p.chars().take(500).collect());
         }
         let body = read_body("export status request", status_url, resp, STATUS_BODY_LIMIT)?;
-        let ra = retry_after(&headers);
-        let wait_for = |backoff: &mut Duration| match ra {
-            Some(d) => d.clamp(min, max),
-            None => {
-                let d = *backoff;
-                *backoff = (*backoff * 2).min(backoff_max);
-                d
-            }
-        };
         match status {
             200 => {
                 let ct = content_type(&headers);
@@ -890,12 +1137,11 @@ fn poll_status(sh: &Shared, status_url: &str, dl: &mut Downloads) -> Result<Poll
                     ))
                     .with_url(status_url));
                 }
-                return Ok(PollOutcome::Done(Manifest::parse(&body, status_url)?));
+                return Manifest::parse(&body, status_url);
             }
             202 => {
-                failures = 0;
                 // v3: a 202 may carry a partial manifest of the files ready so far.
-                if !body.is_empty() && body.iter().any(|b| !b.is_ascii_whitespace()) {
+                if body.iter().any(|b| !b.is_ascii_whitespace()) {
                     if let Ok(v) = serde_json::from_slice::<Value>(&body) {
                         if v.get("output").is_some() {
                             let m = Manifest::from_value(v, status_url)?;
@@ -904,32 +1150,104 @@ fn poll_status(sh: &Shared, status_url: &str, dl: &mut Downloads) -> Result<Poll
                     }
                 }
                 sh.set_state(State::Waiting);
-                let d = wait_for(&mut backoff);
+                let d = match retry_after(&headers) {
+                    Some(d) => d.clamp(min, max),
+                    None => {
+                        let d = backoff;
+                        backoff = (backoff * 2).min(backoff_max);
+                        d
+                    }
+                };
                 if !sh.sleep(d) {
                     return Err(stopped());
                 }
             }
             _ => {
                 let e = Error::from_response("export status request", status, status_url, &body);
-                let transient = status == 429
-                    || (status >= 400 && e.issues.iter().any(|i| is_transient_issue_code(&i.code)));
-                if !transient {
+                if !is_retryable(status, &e.issues) {
                     return Err(e);
                 }
-                failures += 1;
-                if failures > c.poll_retries {
-                    return Err(e);
-                }
-                let d = wait_for(&mut backoff);
-                if !sh.sleep(d) {
-                    return Err(stopped());
-                }
+                sh.wait_retry(&mut retry, e, retry_after(&headers))?;
             }
         }
     }
 }
 
-fn stopped() -> Error {
+/// Whether a failed response is worth another attempt: 429, 503, an OperationOutcome issue
+/// from the transient branch, or a 5xx that names no issue at all.
+pub(crate) fn is_retryable(status: u16, issues: &[crate::error::Issue]) -> bool {
+    status == 429
+        || status == 503
+        || issues.iter().any(|i| is_transient_issue_code(&i.code))
+        || (status >= 500 && issues.is_empty())
+}
+
+/// The retry budget of one request: attempts, total wait, and the backoff step.
+pub(crate) struct Retry {
+    attempts: u32,
+    waited: Duration,
+    backoff: Duration,
+    max_attempts: u32,
+    max_wait: Duration,
+    backoff_max: Duration,
+    retry_after_max: Duration,
+}
+
+impl Retry {
+    pub(crate) fn new(c: &Config) -> Retry {
+        Retry {
+            attempts: 1,
+            waited: Duration::ZERO,
+            backoff: Duration::from_millis(c.retry_backoff_min_ms),
+            max_attempts: c.retry_max_attempts,
+            max_wait: Duration::from_millis(c.retry_max_wait_ms),
+            backoff_max: Duration::from_millis(c.retry_backoff_max_ms),
+            retry_after_max: Duration::from_millis(c.poll_max_ms),
+        }
+    }
+
+    /// How long to wait before the next attempt; `None` when the budget is spent.
+    fn next_wait(&mut self, retry_after: Option<Duration>) -> Option<Duration> {
+        if self.attempts >= self.max_attempts {
+            return None;
+        }
+        let wait = match retry_after {
+            Some(d) => d.min(self.retry_after_max),
+            None => {
+                // Full backoff step with up to half of it taken off at random (jitter), so
+                // many clients do not retry in lockstep.
+                let d = self.backoff.mul_f64(1.0 - jitter() * 0.5);
+                self.backoff = (self.backoff * 2).min(self.backoff_max);
+                d
+            }
+        };
+        if self.waited + wait > self.max_wait {
+            return None;
+        }
+        self.attempts += 1;
+        self.waited += wait;
+        Some(wait)
+    }
+}
+
+/// A number in [0, 1) from a fast, non-cryptographic generator.
+fn jitter() -> f64 {
+    static STATE: AtomicU64 = AtomicU64::new(0);
+    let mut x = STATE.load(Ordering::Relaxed);
+    if x == 0 {
+        x = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0x9e37_79b9_7f4a_7c15, |d| d.as_nanos() as u64)
+            | 1;
+    }
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    STATE.store(x, Ordering::Relaxed);
+    (x >> 11) as f64 / (1u64 << 53) as f64
+}
+
+pub(crate) fn stopped() -> Error {
     Error::new(ErrorCode::Internal, "stopped")
 }
 
@@ -940,26 +1258,9 @@ fn fetch_manifest_page(sh: &Shared, url: &str) -> Result<Manifest> {
             .header(ACCEPT, "application/json")
             .timeout(Duration::from_millis(sh.config.request_timeout_ms))
     };
-    let resp = sh.send("manifest page request", url, true, &build)?;
-    let status = resp.status().as_u16();
+    let resp = sh.send_retrying("manifest page request", url, true, &build, &|s| s == 200)?;
     let body = read_body("manifest page request", url, resp, STATUS_BODY_LIMIT)?;
-    if status != 200 {
-        return Err(Error::from_response(
-            "manifest page request",
-            status,
-            url,
-            &body,
-        ));
-    }
     Manifest::parse(&body, url)
-}
-
-struct FileJob {
-    index: u32,
-    kind: Kind,
-    url: String,
-    resource_type: Option<Arc<TypeName>>,
-    send_token: bool,
 }
 
 /// The download side: a job queue and the worker threads, started with the first file.
@@ -975,15 +1276,64 @@ struct Downloads {
 impl Downloads {
     /// Queue the files of a manifest (page) not queued before.
     fn add(&mut self, sh: &Shared, m: &Manifest) -> Result<()> {
-        let mut new_urls = Vec::new();
+        let files = m.files.iter().map(|f| (f.clone(), 0, false));
+        self.register(sh, files, m.requires_access_token)?;
+        let mut info = sh.info.lock();
+        let new_urls: Vec<String> = m
+            .files
+            .iter()
+            .filter(|f| !info.merged.contains(&f.url))
+            .map(|f| f.url.clone())
+            .collect();
+        info.merged.extend(new_urls.iter().cloned());
+        merge_into(&mut info.manifest, m, &new_urls);
+        Ok(())
+    }
+
+    /// Continue from a checkpoint: its files keep their indexes; complete ones are not fetched
+    /// again, the others skip the lines the caller already has.
+    fn restore(&mut self, sh: &Shared, cp: &Checkpoint) -> Result<()> {
+        let requires_token = cp
+            .manifest
+            .as_ref()
+            .and_then(|m| m.get("requiresAccessToken"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let files = cp.files.iter().map(|f| {
+            (
+                ManifestFile {
+                    kind: f.kind(),
+                    resource_type: f.resource_type.clone(),
+                    url: f.url.clone(),
+                    count: f.count,
+                    continues_in_file: None,
+                },
+                f.lines_delivered,
+                f.complete,
+            )
+        });
+        self.register(sh, files, requires_token)?;
+        let mut info = sh.info.lock();
+        info.manifest = cp.manifest.clone();
+        info.merged = cp.files.iter().map(|f| f.url.clone()).collect();
+        Ok(())
+    }
+
+    fn register(
+        &mut self,
+        sh: &Shared,
+        files: impl Iterator<Item = (ManifestFile, u64, bool)>,
+        requires_token: bool,
+    ) -> Result<()> {
         let mut jobs = Vec::new();
         {
             let mut info = sh.info.lock();
-            for f in &m.files {
+            info.requires_access_token |= requires_token;
+            for (f, skip_lines, complete) in files {
                 if !self.seen.insert(f.url.clone()) {
                     continue;
                 }
-                if m.requires_access_token && sh.auth.enabled() && !sh.trusted(&f.url) {
+                if requires_token && sh.auth.enabled() && !sh.trusted(&f.url) {
                     let origin = url::Url::parse(&f.url)
                         .map(|u| u.origin().ascii_serialization())
                         .unwrap_or_default();
@@ -998,23 +1348,33 @@ impl Downloads {
                     .with_url(&f.url));
                 }
                 let index = info.files.len() as u32;
+                let position = info.kind_counts[f.kind as usize];
+                info.kind_counts[f.kind as usize] += 1;
                 info.files.push(FileInfo {
                     index,
                     kind: f.kind,
                     resource_type: f.resource_type.clone(),
                     url: f.url.clone(),
                     count: f.count,
+                    position,
                 });
-                new_urls.push(f.url.clone());
+                info.delivered.push(Arc::new(FileProgress {
+                    line: AtomicU64::new(skip_lines),
+                    complete: AtomicBool::new(complete),
+                }));
+                if complete {
+                    sh.files_done.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 jobs.push(FileJob {
                     index,
                     kind: f.kind,
                     url: f.url.clone(),
                     resource_type: f.resource_type.as_deref().map(TypeName::new),
-                    send_token: m.requires_access_token,
+                    send_token: requires_token,
+                    skip_lines,
                 });
             }
-            merge_into(&mut info.manifest, m, &new_urls);
         }
         if jobs.is_empty() {
             return Ok(());
@@ -1096,16 +1456,47 @@ fn coordinate(sh: &Arc<Shared>, tx: Sender<Chunk>) {
 }
 
 fn run(sh: &Shared, dl: &mut Downloads) -> Result<()> {
-    let status_url = kickoff(sh)?;
+    let resume = match &sh.config.resume {
+        Some(v) => Some(Checkpoint::from_value(v)?),
+        None => None,
+    };
+    if let Some(cp) = &resume {
+        if cp.base_url.trim_end_matches('/') != sh.config.base_url.trim_end_matches('/') {
+            return Err(Error::config(format!(
+                "invalid config: resume is a checkpoint of an export from {}, not from base_url",
+                crate::error::redact_url(&cp.base_url)
+            )));
+        }
+    }
+    let status_url = match resume.as_ref().and_then(|c| c.status_url.clone()) {
+        Some(u) => u,
+        None => kickoff(sh)?,
+    };
     sh.info.lock().status_url = Some(status_url.clone());
     if sh.stopping() {
         return Err(stopped());
     }
-    sh.set_state(State::Waiting);
-    let PollOutcome::Done(manifest) = poll_status(sh, &status_url, dl)?;
+    let mut next = None;
+    let mut polled = false;
+    if let Some(cp) = &resume {
+        dl.restore(sh, cp)?;
+        if cp.manifest_complete {
+            next = cp.next_page.clone();
+            polled = true;
+        }
+    }
+    if !polled {
+        sh.set_state(State::Waiting);
+        let manifest = poll_status(sh, &status_url, dl)?;
+        dl.add(sh, &manifest)?;
+        next = manifest.next.clone();
+    }
     sh.set_state(State::Downloading);
-    dl.add(sh, &manifest)?;
-    let mut next = manifest.next.clone();
+    {
+        let mut info = sh.info.lock();
+        info.manifest_complete = true;
+        info.next_page = next.clone();
+    }
     let mut pages = 1;
     while let Some(url) = next {
         if sh.stopping() {
@@ -1121,6 +1512,7 @@ fn run(sh: &Shared, dl: &mut Downloads) -> Result<()> {
         let page = fetch_manifest_page(sh, &url)?;
         dl.add(sh, &page)?;
         next = page.next.clone();
+        sh.info.lock().next_page = next.clone();
     }
     dl.finish();
     if let Some(e) = sh.error.lock().clone() {
@@ -1168,147 +1560,5 @@ fn worker(sh: &Arc<Shared>, jobs: &Receiver<FileJob>, tx: &Sender<Chunk>) {
             ErrorCode::Internal,
             "internal error: a panic in a download thread",
         ));
-    }
-}
-
-fn acceptable_file_type(ct: &str) -> bool {
-    ct.is_empty()
-        || ct.contains("ndjson")
-        || matches!(
-            ct,
-            "text/plain"
-                | "application/octet-stream"
-                | "application/json"
-                | "application/fhir+json"
-        )
-}
-
-/// Download one file and send its lines to the consumer in chunks.
-fn download(sh: &Shared, job: &FileJob, tx: &Sender<Chunk>) -> Result<()> {
-    let c = &sh.config;
-    let what = "file download";
-    let build = |u: &str| sh.client.get(u).header(ACCEPT, "application/fhir+ndjson");
-    let mut resp = sh.send(what, &job.url, job.send_token, &build)?;
-    let status = resp.status().as_u16();
-    if status != 200 {
-        let body = read_body(what, &job.url, resp, 1 << 20)?;
-        return Err(Error::from_response(what, status, &job.url, &body));
-    }
-    let ct = content_type(resp.headers());
-    if !acceptable_file_type(&ct) {
-        return Err(Error::protocol(format!(
-            "file download got Content-Type {ct:?}; expected application/fhir+ndjson"
-        ))
-        .with_url(&job.url));
-    }
-    let target = c.chunk_bytes;
-    let mut buf = take_buffer(sh, target * 2);
-    let mut filled = 0usize;
-    let mut next_line = 1u64;
-    let mut last_emit = Instant::now();
-    let mut eof = false;
-    while !eof {
-        if sh.stopping() {
-            return Err(stopped());
-        }
-        if filled == buf.0.len() {
-            // Full without a complete line: one long line; grow up to the limit.
-            if buf.0.len() > c.max_line_bytes {
-                return Err(Error::protocol(format!(
-                    "line {next_line} of the file is longer than max_line_bytes ({})",
-                    c.max_line_bytes
-                ))
-                .with_url(&job.url));
-            }
-            let new_len = (buf.0.len() * 2).min(c.max_line_bytes + 2);
-            buf.0.resize(new_len, 0);
-        }
-        let n = loop {
-            match resp.read(&mut buf.0[filled..]) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    let code = if e.kind() == std::io::ErrorKind::TimedOut
-                        || e.to_string().contains("timed out")
-                    {
-                        ErrorCode::Timeout
-                    } else {
-                        ErrorCode::Network
-                    };
-                    return Err(Error::new(
-                        code,
-                        format!("file download broke after {} lines: {e}", next_line - 1),
-                    )
-                    .with_url(&job.url));
-                }
-            }
-        };
-        if n == 0 {
-            eof = true;
-            if filled > 0 && buf.0[filled - 1] != b'\n' {
-                // The last line had no newline: a complete line all the same.
-                if filled == buf.0.len() {
-                    buf.0.push(0);
-                }
-                buf.0[filled] = b'\n';
-                filled += 1;
-            }
-        } else {
-            sh.bytes.fetch_add(n as u64, Ordering::Relaxed);
-            filled += n;
-        }
-        let due = eof
-            || filled >= target
-            || filled == buf.0.len()
-            || last_emit.elapsed() >= Duration::from_millis(20)
-            || next_line == 1;
-        if !due {
-            continue;
-        }
-        let Some(cut) = memchr::memrchr(b'\n', &buf.0[..filled]).map(|p| p + 1) else {
-            continue;
-        };
-        // Move the partial tail into the next buffer, then index and send this one.
-        let mut next = take_buffer(sh, target * 2);
-        let tail = filled - cut;
-        if next.0.len() < tail + target {
-            next.0.resize(tail + target, 0);
-        }
-        next.0[..tail].copy_from_slice(&buf.0[cut..filled]);
-        let (data, lines) = std::mem::replace(&mut buf, next);
-        filled = tail;
-        let mut chunk = Chunk {
-            file_index: job.index,
-            kind: job.kind,
-            data,
-            len: cut,
-            lines,
-            types: Vec::with_capacity(1),
-        };
-        next_line += chunk.index_lines(next_line, job.resource_type.as_ref());
-        last_emit = Instant::now();
-        if chunk.lines.is_empty() {
-            let _ = sh.recycle_tx.try_send((chunk.data, chunk.lines));
-            continue;
-        }
-        select! {
-            send(tx, chunk) -> r => if r.is_err() { return Err(stopped()) },
-            recv(sh.stop_rx) -> _ => return Err(stopped()),
-        }
-    }
-    let _ = sh.recycle_tx.try_send(buf);
-    Ok(())
-}
-
-/// A zero-filled buffer of at least `len` bytes (reused when the consumer gave one back).
-fn take_buffer(sh: &Shared, len: usize) -> (Vec<u8>, Vec<LineMeta>) {
-    match sh.recycle_rx.try_recv() {
-        Ok((mut d, l)) => {
-            if d.len() < len {
-                d.resize(len, 0);
-            }
-            (d, l)
-        }
-        Err(_) => (vec![0u8; len], Vec::new()),
     }
 }

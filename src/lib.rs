@@ -16,7 +16,9 @@
 //! ```
 
 pub mod auth;
+pub mod checkpoint;
 pub mod config;
+mod download;
 pub mod error;
 pub mod export;
 pub mod ffi;

@@ -51,14 +51,56 @@ pub struct Chunk {
     pub len: usize,
     pub lines: Vec<LineMeta>,
     pub types: Vec<Arc<TypeName>>,
+    /// The file's last chunk.
+    pub last: bool,
+    /// Error records made by fhirbulk (for skipped invalid lines), not read from the file.
+    pub synthetic: bool,
+}
+
+/// A line that is not valid NDJSON.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Invalid {
+    pub line: u64,
+    pub reason: String,
+}
+
+/// Why a line is not a JSON object, cheaply: it must start with `{` and end with `}`
+/// (leading and trailing spaces aside); with `full`, it must also parse.
+pub fn check_line(line: &[u8], full: bool) -> Option<String> {
+    let first = line.iter().position(|b| !b.is_ascii_whitespace())?;
+    let last = line.iter().rposition(|b| !b.is_ascii_whitespace())?;
+    if line[first] != b'{' {
+        return Some(format!(
+            "it does not start with '{{' (starts with {:?})",
+            line[first] as char
+        ));
+    }
+    if line[last] != b'}' {
+        return Some("it does not end with '}' (cut short?)".into());
+    }
+    if full {
+        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(line) {
+            return Some(format!("it is not valid JSON: {e}"));
+        }
+    }
+    None
 }
 
 impl Chunk {
     /// Index the lines of `data[..len]` (which ends with `\n`), numbering them from
     /// `first_line`; returns the number of physical lines seen (blank ones included).
     /// `file_type` is the manifest's type of the file; without one (v3 files organized by a
-    /// resource), each line's own `resourceType` is used.
-    pub fn index_lines(&mut self, first_line: u64, file_type: Option<&Arc<TypeName>>) -> u64 {
+    /// resource), each line's own `resourceType` is used. Lines numbered up to `skip_through`
+    /// were delivered before and are left out; so are lines that fail [`check_line`], which
+    /// are listed in `invalid`.
+    pub fn index_lines(
+        &mut self,
+        first_line: u64,
+        file_type: Option<&Arc<TypeName>>,
+        skip_through: u64,
+        validate: bool,
+        invalid: &mut Vec<Invalid>,
+    ) -> u64 {
         self.lines.clear();
         self.types.clear();
         if let Some(t) = file_type {
@@ -78,8 +120,21 @@ impl Chunk {
                 end -= 1;
                 compacting = true;
             }
+            let number = first_line + physical - 1;
             let blank = data[start..end].iter().all(|b| b.is_ascii_whitespace());
-            if blank {
+            let skip = blank || number <= skip_through || {
+                match check_line(&data[start..end], validate) {
+                    None => false,
+                    Some(reason) => {
+                        invalid.push(Invalid {
+                            line: number,
+                            reason,
+                        });
+                        true
+                    }
+                }
+            };
+            if skip {
                 compacting = true;
             } else {
                 let (s, e) = if compacting {
@@ -98,7 +153,7 @@ impl Chunk {
                 self.lines.push(LineMeta {
                     start: s,
                     end: e,
-                    line: first_line + physical - 1,
+                    line: number,
                     ty,
                 });
             }
@@ -157,6 +212,8 @@ mod tests {
             len: data.len(),
             lines: Vec::new(),
             types: Vec::new(),
+            last: false,
+            synthetic: false,
         }
     }
 
@@ -164,7 +221,7 @@ mod tests {
     fn splits_and_compacts() {
         let mut c = chunk(b"{\"a\":1}\r\n\n  \n{\"b\":2}\n{\"c\":3}\n");
         let t = TypeName::new("Patient");
-        let n = c.index_lines(10, Some(&t));
+        let n = c.index_lines(10, Some(&t), 0, false, &mut Vec::new());
         assert_eq!(n, 5);
         assert_eq!(&c.data[..c.len], b"{\"a\":1}\n{\"b\":2}\n{\"c\":3}\n");
         let lines: Vec<_> = c
@@ -185,12 +242,31 @@ mod tests {
     #[test]
     fn mixed_types() {
         let mut c = chunk(b"{\"resourceType\" : \"Parameters\"}\n{\"resourceType\":\"Patient\",\"id\":\"1\"}\n{\"id\":2}\n");
-        c.index_lines(1, None);
+        c.index_lines(1, None, 0, false, &mut Vec::new());
         let names: Vec<_> = c
             .lines
             .iter()
             .map(|m| c.types[m.ty as usize].as_str())
             .collect();
         assert_eq!(names, vec!["Parameters", "Patient", ""]);
+    }
+
+    #[test]
+    fn skips_delivered_and_reports_invalid_lines() {
+        let mut c = chunk(b"{\"a\":1}\n{\"b\":2}\nnot json\n{\"c\":\n{\"d\":4}\n{\"e\":5 }\n");
+        let t = TypeName::new("Basic");
+        let mut bad = Vec::new();
+        let n = c.index_lines(1, Some(&t), 1, false, &mut bad);
+        assert_eq!(n, 6);
+        let kept: Vec<u64> = c.lines.iter().map(|m| m.line).collect();
+        assert_eq!(kept, vec![2, 5, 6]);
+        assert_eq!(bad.iter().map(|b| b.line).collect::<Vec<_>>(), vec![3, 4]);
+        assert_eq!(&c.data[..c.len], b"{\"b\":2}\n{\"d\":4}\n{\"e\":5 }\n");
+        // Full validation catches what the shape check cannot.
+        let mut c = chunk(b"{\"a\":}\n");
+        let mut bad = Vec::new();
+        c.index_lines(1, Some(&t), 0, true, &mut bad);
+        assert!(c.lines.is_empty());
+        assert!(bad[0].reason.contains("not valid JSON"), "{:?}", bad);
     }
 }

@@ -70,6 +70,8 @@ fn config(base: String, auth: Auth) -> Config {
     c.types = vec!["Patient".into(), "Observation".into()];
     c.poll_min_ms = 10;
     c.poll_max_ms = 100;
+    c.retry_backoff_min_ms = 10;
+    c.retry_backoff_max_ms = 100;
     c.auth = auth;
     c
 }

@@ -20,6 +20,8 @@ fn config(base: String) -> Config {
     c.poll_min_ms = 10;
     c.poll_max_ms = 200;
     c.poll_backoff_max_ms = 100;
+    c.retry_backoff_min_ms = 10;
+    c.retry_backoff_max_ms = 100;
     c
 }
 
@@ -402,10 +404,14 @@ fn job_failures_and_transient_poll_errors() {
         let (t, export) = run(group(sb.scenario_url(scenario), "g1", &["Patient"])).unwrap();
         assert_eq!(t.per_type["Patient"], 4, "{scenario}");
         assert!(export.progress().polls >= 3, "{scenario}");
+        assert!(
+            export.progress().retries >= 2,
+            "{scenario}: retries are counted"
+        );
     }
     // ... but only as often as configured.
     let mut c = group(sb.scenario_url("transient=10"), "g1", &["Patient"]);
-    c.poll_retries = 2;
+    c.retry_max_attempts = 3;
     let e = run(c).err().unwrap();
     assert_eq!(e.code, ErrorCode::Server);
     assert!(e.issues.iter().any(|i| i.code == "transient"));

@@ -151,6 +151,10 @@ pub struct FhirbulkProgress {
     pub records_delivered: u64,
     /// Status requests made.
     pub polls: u32,
+    /// Attempts repeated after retryable failures (429, 5xx, broken transfers, ...).
+    pub retries: u32,
+    /// Invalid NDJSON lines skipped and reported as error records (`on_invalid_line: skip`).
+    pub invalid_lines: u64,
     /// The server's last `X-Progress` text, NUL-terminated, truncated to fit.
     pub server_progress: [c_char; 128],
 }
@@ -348,6 +352,8 @@ pub unsafe extern "C" fn export_poll(
             bytes_downloaded: p.bytes_downloaded,
             records_delivered: p.records_delivered,
             polls: p.polls,
+            retries: p.retries,
+            invalid_lines: p.invalid_lines,
             server_progress: text,
         };
         // SAFETY: `out` is non-NULL and writable per the contract.
@@ -553,6 +559,32 @@ pub unsafe extern "C" fn export_manifest(
             .ok()
             .and_then(|hd| hd.ctl.manifest())
             .map(|m| m.to_string())
+            .unwrap_or_default()
+    })
+    .unwrap_or_default();
+    // SAFETY: forwarded caller contract on `buf`.
+    unsafe { copy_out(&text, buf, buf_len) }
+}
+
+/// A checkpoint as JSON, snprintf semantics: what the caller has received so far (status URL,
+/// manifest, lines delivered per file). Store it; pass it later as the config's `"resume"` (in
+/// this process or another) to continue the export without a new kick-off and without
+/// receiving a record twice. Take it on the consuming thread between pulls to be exact: it
+/// counts the records handed out up to that moment. 0 before the kick-off has answered.
+///
+/// # Safety
+/// `buf` is NULL or valid for `buf_len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn export_checkpoint(
+    h: *const FhirbulkExport,
+    buf: *mut c_char,
+    buf_len: usize,
+) -> usize {
+    let text = catch_unwind(|| {
+        lookup(h)
+            .ok()
+            .and_then(|hd| hd.ctl.checkpoint())
+            .and_then(|c| serde_json::to_string(&c).ok())
             .unwrap_or_default()
     })
     .unwrap_or_default();
