@@ -302,10 +302,17 @@ impl Config {
 
     /// Parse and validate a JSON config document.
     pub fn from_json(json: &str) -> Result<Config> {
-        let c: Config = serde_json::from_str(json).map_err(|e| {
-            let msg = e.to_string();
-            // serde says "unknown field `x`, expected one of ..." / "missing field `base_url`".
-            Error::config(format!("invalid config: {msg}"))
+        let mut de = serde_json::Deserializer::from_str(json);
+        let c: Config = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            // The path names the key ("level", "auth.type", "types[0]"); serde's text says
+            // what was wrong ("unknown variant `planet`, expected one of ...").
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path.is_empty() || path == "." {
+                Error::config(format!("invalid config: {inner}"))
+            } else {
+                Error::config(format!("invalid config: {path}: {inner}"))
+            }
         })?;
         c.validate()?;
         Ok(c)
@@ -574,6 +581,35 @@ mod tests {
     fn unknown_key_is_named() {
         let e = Config::from_json(r#"{"base_url":"http://x/fhir","concurency":2}"#).unwrap_err();
         assert!(e.message.contains("concurency"), "{}", e.message);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (json, needle) in [
+            (
+                r#"{"base_url":"http://x/f","level":"planet"}"#,
+                "level: unknown variant `planet`",
+            ),
+            (
+                r#"{"base_url":"http://x/f","concurrency":"4"}"#,
+                "concurrency: invalid type",
+            ),
+            (
+                r#"{"base_url":"http://x/f","types":"Patient"}"#,
+                "types: invalid type",
+            ),
+            (
+                r#"{"base_url":"http://x/f","poll_min_ms":-5}"#,
+                "poll_min_ms",
+            ),
+            (
+                r#"{"base_url":"http://x/f","auth":{"type":"magic"}}"#,
+                "auth",
+            ),
+        ] {
+            let e = Config::from_json(json).unwrap_err();
+            assert!(e.message.contains(needle), "{json}: {}", e.message);
+        }
     }
 
     #[test]

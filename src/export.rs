@@ -599,7 +599,10 @@ impl Shared {
         let info = self.info.lock();
         let err = self.error.lock();
         let mut state = self.state();
-        if err.is_some() && !self.cancelled.load(Ordering::Acquire) {
+        // Report the outcome as soon as it is decided, not when the threads have wound down.
+        if self.cancelled.load(Ordering::Acquire) {
+            state = State::Cancelled;
+        } else if err.is_some() {
             state = State::Failed;
         }
         Progress {
