@@ -101,7 +101,7 @@ run "header compiles as C++17" "$OUT/header-cxx.log" \
 CFLAGS=(-std=c11 -Wall -Wextra -Werror -Iinclude -g)
 SAN=(-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all)
 LDFLAGS=(-L"$LIBDIR" -lfhirbulk -lpthread -Wl,-rpath,"$LIBDIR")
-TESTS=(test_misuse test_errors test_full_export test_cancel)
+TESTS=(test_misuse test_errors test_full_export test_cancel test_threads)
 
 echo "== compile"
 for t in "${TESTS[@]}"; do
@@ -126,6 +126,7 @@ args_for() {
         test_errors) echo "$SMALL" ;;
         test_full_export) printf '%s\n%s\n%s\n' "$SMALL" "$TRUTH_TYPES" "$TYPES" ;;
         test_cancel) printf '%s\n%s\n%s\n' "$SMALL" "$BIG" "$TRUTH_ALL" ;;
+        test_threads) echo "$SMALL" ;;
     esac
 }
 
