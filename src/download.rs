@@ -166,6 +166,7 @@ fn attempt(
     // Skipping the rest of an overlong line (policy skip).
     let mut discarding = false;
     let mut invalid: Vec<Invalid> = Vec::new();
+    let mut sent_last = false;
     while !eof {
         if sh.stopping() {
             return Err(Failure::Fatal(stopped()));
@@ -293,13 +294,39 @@ fn attempt(
         if chunk.lines.is_empty() && !chunk.last {
             let _ = sh.recycle_tx.try_send((chunk.data, chunk.lines));
         } else {
+            sent_last = chunk.last;
             send(sh, tx, chunk)?;
         }
         if !invalid.is_empty() {
             send_invalid(sh, job, url, tx, &mut invalid)?;
         }
     }
-    let _ = sh.recycle_tx.try_send(buf);
+    if !invalid.is_empty() {
+        // An overlong last line still being discarded at the end of the file.
+        send_invalid(sh, job, url, tx, &mut invalid)?;
+    }
+    if !sent_last {
+        // The data went out before the end was known: tell the consumer the file is complete
+        // (for checkpoints) with an empty last chunk.
+        let (data, mut lines) = buf;
+        lines.clear();
+        send(
+            sh,
+            tx,
+            Chunk {
+                file_index: job.index,
+                kind: job.kind,
+                data,
+                len: 0,
+                lines,
+                types: Vec::new(),
+                last: true,
+                synthetic: false,
+            },
+        )?;
+    } else {
+        let _ = sh.recycle_tx.try_send(buf);
+    }
     Ok(())
 }
 

@@ -134,6 +134,13 @@ fn group_export_delivers_every_record_exactly_once() {
     let manifest = export.controller().manifest().unwrap();
     assert_eq!(manifest["output"].as_array().unwrap().len(), files.len());
     assert!(manifest["transactionTime"].is_string());
+    // The checkpoint of a finished export: every file complete, every line counted.
+    let cp = export.controller().checkpoint().unwrap();
+    assert!(cp.manifest_complete);
+    assert_eq!(cp.files.len(), files.len());
+    assert!(cp.files.iter().all(|f| f.complete), "{:?}", cp.files);
+    let lines: u64 = cp.files.iter().map(|f| f.lines_delivered).sum();
+    assert_eq!(lines, tally.total, "one line per record in these files");
 }
 
 #[test]
