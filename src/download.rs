@@ -5,11 +5,11 @@
 
 use crate::config::InvalidLinePolicy;
 use crate::error::{redact_url, Error, ErrorCode, Result};
-use crate::export::{stopped, Retry, Shared};
+use crate::export::{content_type, stopped, Retry, Shared};
 use crate::manifest::Kind;
 use crate::ndjson::{Chunk, Invalid, LineMeta, TypeName};
 use crossbeam_channel::{select, Sender};
-use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, RANGE};
+use reqwest::header::{ACCEPT, CONTENT_LENGTH, RANGE};
 use std::io::Read;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -116,17 +116,7 @@ fn attempt(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("bytes"))
         && h.contains_key(CONTENT_LENGTH);
-    let ct = h
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .unwrap_or_default();
+    let ct = content_type(h);
     if !acceptable_file_type(&ct) {
         return Err(Failure::Fatal(
             Error::protocol(format!(

@@ -894,7 +894,8 @@ fn read_body(what: &str, url: &str, resp: Response, limit: u64) -> Result<Vec<u8
     Ok(body)
 }
 
-fn content_type(h: &HeaderMap) -> String {
+/// The media type of a response, lower-cased, without parameters.
+pub(crate) fn content_type(h: &HeaderMap) -> String {
     h.get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(|v| {
