@@ -20,7 +20,7 @@ DEMO_TYPES ?= Patient,Encounter,Observation,Condition,MedicationRequest
 DEMO_SCENARIO ?= polls=3
 DEMO_DIR := target/demo
 
-.PHONY: all build demo test test-rust test-c fmt-check clippy cargo-test header-check
+.PHONY: all build demo test test-rust test-c test-java fmt-check clippy cargo-test header-check
 
 all: build
 
@@ -52,6 +52,7 @@ demo:
 
 # The one test command (README, .ci/run).
 test: test-rust test-c
+test: test-java
 
 test-rust: fmt-check clippy cargo-test header-check
 
@@ -83,3 +84,7 @@ header-check: build
 
 test-c:
 	bash tests/c/run.sh
+
+# The Java binding: JUnit against the sandbox, the jar loading its bundled library in a clean JVM.
+test-java:
+	bash bindings/java/run-tests.sh --rebuild

@@ -1,0 +1,560 @@
+package org.fhirbulk;
+
+import com.sun.jna.Memory;
+import com.sun.jna.Pointer;
+import java.lang.ref.Cleaner;
+import java.lang.ref.Reference;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.charset.StandardCharsets;
+import java.time.Instant;
+import java.time.OffsetDateTime;
+import java.util.Iterator;
+import java.util.NoSuchElementException;
+import java.util.Optional;
+import java.util.Spliterator;
+import java.util.Spliterators;
+import java.util.concurrent.atomic.AtomicBoolean;
+import java.util.concurrent.atomic.AtomicInteger;
+import java.util.concurrent.locks.ReentrantLock;
+import java.util.stream.Stream;
+import java.util.stream.StreamSupport;
+
+/**
+ * A running export ({@link ExportBuilder#start()}): iterate it for the records, close it when
+ * done.
+ *
+ * <pre>{@code
+ * try (Export export = FhirBulk.export(url).group("g1").start()) {
+ *     for (Record r : export) {          // or export.stream()
+ *         store(r.resourceType(), r.json());
+ *     }
+ *     String manifest = export.manifest();
+ * }
+ * }</pre>
+ *
+ * <p><b>Consuming.</b> {@link #iterator()} (and {@link #stream()}, which uses it) can be taken
+ * once: an export is a one-pass stream, like {@link java.nio.file.DirectoryStream}. One thread at
+ * a time consumes it. Records arrive in batches of up to 4096 lines of one file (one native call
+ * per batch); a record stays valid until the iteration moves on (see {@link Record}). The
+ * iteration ends normally when every record was delivered; it throws a {@link FhirBulkException}
+ * subclass when the export failed, {@link CancelledException} when it was cancelled or closed,
+ * or when the waiting thread was interrupted (the interrupt flag is set again). While nothing
+ * arrives, it waits in 200 ms slices, so interrupts and cancellation are seen promptly.
+ *
+ * <p><b>Any thread</b> may call {@link #progress()}, {@link #manifest()}, {@link #checkpoint()},
+ * {@link #files()}, {@link #cancel()} and {@link #close()} at any time.
+ *
+ * <p><b>Closing.</b> {@link #close()} is idempotent and thread-safe: it cancels an unfinished
+ * export (the server job is deleted), wakes a consumer blocked waiting for records (it throws
+ * {@link CancelledException}), and frees the native state. When another thread is still in the
+ * middle of a batch's records, the native memory is kept until that consumer's next step (which
+ * then frees it and throws {@link CancelledException}), so its {@link Record#buffer()} views stay
+ * readable; if that thread never steps on, the memory goes when the export becomes unreachable.
+ * An export that is never closed is freed by a {@link Cleaner} once unreachable (and a warning is
+ * logged) — close it.
+ *
+ * <p>Logging goes to {@link System.Logger} {@code "org.fhirbulk"} (DEBUG: start, end, failure;
+ * WARNING: an export left to the Cleaner). Logs name the base URL without its query, the level
+ * and the types — never secrets or record content.
+ */
+public final class Export implements AutoCloseable, Iterable<Record> {
+    static final System.Logger LOG = System.getLogger("org.fhirbulk");
+
+    /** Records asked for per native call. */
+    static final int BATCH_MAX = 4096;
+    /** Longest single native wait; between slices interrupts and close are checked. */
+    static final int WAIT_SLICE_MS = 200;
+
+    private static final AtomicInteger CLEANER_THREADS = new AtomicInteger();
+    private static final Cleaner CLEANER = Cleaner.create(r -> {
+        Thread t = new Thread(r, "fhirbulk-cleaner-" + CLEANER_THREADS.incrementAndGet());
+        t.setDaemon(true);
+        return t;
+    });
+
+    /** Exports freed by the Cleaner because nobody closed them (for tests and diagnostics). */
+    static final AtomicInteger FREED_BY_CLEANER = new AtomicInteger();
+
+    private final State st;
+    private final Cleaner.Cleanable cleanable;
+    private final AtomicBoolean iteratorTaken = new AtomicBoolean();
+
+    Export(long handle, String description) {
+        this.st = new State(handle, description);
+        this.cleanable = CLEANER.register(this, st);
+        LOG.log(System.Logger.Level.DEBUG, "fhirbulk: export started: {0}", description);
+    }
+
+    // ---- native state (shared with the Cleaner; must not reference the Export) -------------
+
+    /** The handle and everything native; the Cleaner's action. */
+    static final class State implements Runnable {
+        final long handle;
+        final String description;
+        /** Guards the native consuming calls, the current batch's memory and the free. */
+        final ReentrantLock lock = new ReentrantLock();
+        /** struct FhirbulkBatch, written by export_next_batch. */
+        final Memory batchOut = new Memory(LibFhirBulk.BATCH_SIZE);
+        final long batchOutAddr = Pointer.nativeValue(batchOut);
+        final ByteBuffer batchView = batchOut.getByteBuffer(0, LibFhirBulk.BATCH_SIZE)
+                .order(ByteOrder.nativeOrder());
+        final AtomicBoolean closeRequested = new AtomicBoolean();
+        volatile boolean closed;
+        volatile boolean freed;
+        /** Under lock. */
+        Batch current;
+        /** Under lock: the thread of the last pull. */
+        Thread consumer;
+        /** Under lock: reusable heap copy of a batch's data. */
+        byte[] heap = new byte[0];
+        /** Under lock: the last resource type seen in this batch (its native pointer and string). */
+        long lastTypeAddr;
+        String lastType = "";
+
+        State(long handle, String description) {
+            this.handle = handle;
+            this.description = description;
+        }
+
+        /** The Cleaner (an Export nobody closed), or close() through Cleanable.clean(). */
+        @Override
+        public void run() {
+            lock.lock();
+            try {
+                if (!freed) {
+                    if (closed) {
+                        // close() was deferred to a consumer that never stepped on.
+                        LOG.log(System.Logger.Level.DEBUG, "fhirbulk: freeing a closed export ({0})", description);
+                    } else {
+                        FREED_BY_CLEANER.incrementAndGet();
+                        LOG.log(System.Logger.Level.WARNING,
+                                "fhirbulk: an Export was not closed; the Cleaner frees it ({0})", description);
+                    }
+                    freeLocked();
+                }
+            } finally {
+                lock.unlock();
+            }
+        }
+
+        void freeLocked() {
+            if (freed) {
+                return;
+            }
+            closed = true;
+            freed = true;
+            invalidateLocked();
+            int rc = LibFhirBulk.export_free(handle);
+            if (rc != LibFhirBulk.OK) {
+                LOG.log(System.Logger.Level.DEBUG, "fhirbulk: export_free gave {0}", rc);
+            }
+        }
+
+        void invalidateLocked() {
+            Batch b = current;
+            if (b != null) {
+                b.valid = false;
+                current = null;
+            }
+        }
+
+        /** Resource type names are short and few: read once per batch (per distinct pointer). */
+        String typeAt(long addr, long len) {
+            if (addr == lastTypeAddr && addr != 0) {
+                return lastType;
+            }
+            String t = addr == 0 || len <= 0 ? "" : new String(new Pointer(addr).getByteArray(0, (int) len),
+                    StandardCharsets.UTF_8);
+            if (t.equals(lastType)) {
+                t = lastType;
+            }
+            lastTypeAddr = addr;
+            lastType = t;
+            return t;
+        }
+    }
+
+    /** One batch from export_next_batch: its records and its data buffer. */
+    static final class Batch {
+        final State st;
+        final ByteBuffer data; // direct, native memory of the batch
+        Record[] records;
+        volatile boolean valid = true;
+        byte[] heap; // heap copy of data, made on the first json()/bytes()
+
+        Batch(State st, ByteBuffer data) {
+            this.st = st;
+            this.data = data;
+        }
+
+        /** The batch's data on the heap (copied once per batch, under the lock). */
+        byte[] heap() {
+            byte[] h = heap;
+            if (h != null && valid) {
+                return h;
+            }
+            st.lock.lock();
+            try {
+                if (!valid) {
+                    throw stale();
+                }
+                if (heap == null) {
+                    int n = data.capacity();
+                    if (st.heap.length < n) {
+                        st.heap = new byte[Math.max(n, Math.min(st.heap.length * 2, 64 << 20))];
+                    }
+                    data.get(0, st.heap, 0, n);
+                    heap = st.heap;
+                }
+                return heap;
+            } finally {
+                st.lock.unlock();
+            }
+        }
+
+        ByteBuffer slice(int offset, int length) {
+            if (!valid) {
+                throw stale();
+            }
+            return data.slice(offset, length).asReadOnlyBuffer();
+        }
+
+        static IllegalStateException stale() {
+            return new IllegalStateException("fhirbulk: this Record is no longer valid: the iteration moved on "
+                    + "(or the export was closed); copy what you keep with json() or bytes() while it is current");
+        }
+    }
+
+    // ---- consuming --------------------------------------------------------------------------
+
+    /**
+     * The records. Can be called once (the export is a one-pass stream).
+     *
+     * @throws IllegalStateException on a second call
+     */
+    @Override
+    public Iterator<Record> iterator() {
+        if (!iteratorTaken.compareAndSet(false, true)) {
+            throw new IllegalStateException("fhirbulk: an Export can be iterated once");
+        }
+        return new Iter();
+    }
+
+    /** The records as a sequential stream; closing the stream closes the export. Once, like
+     *  {@link #iterator()}. */
+    public Stream<Record> stream() {
+        Spliterator<Record> sp = Spliterators.spliteratorUnknownSize(iterator(),
+                Spliterator.ORDERED | Spliterator.NONNULL);
+        return StreamSupport.stream(sp, false).onClose(this::close);
+    }
+
+    private final class Iter implements Iterator<Record> {
+        private Record[] records = new Record[0];
+        private int next;
+        private boolean end;
+
+        @Override
+        public boolean hasNext() {
+            if (next < records.length) {
+                if (st.closed) {
+                    pull(); // frees and throws CancelledException
+                }
+                return true;
+            }
+            if (end) {
+                return false;
+            }
+            records = new Record[0];
+            next = 0;
+            Batch b = pull();
+            if (b == null) {
+                end = true;
+                return false;
+            }
+            records = b.records;
+            return true;
+        }
+
+        @Override
+        public Record next() {
+            if (!hasNext()) {
+                throw new NoSuchElementException();
+            }
+            return records[next++];
+        }
+    }
+
+    /** Pulls the next batch: null at the end; throws on failure, cancel, close, interrupt. */
+    private Batch pull() {
+        State s = st;
+        try {
+            while (true) {
+                if (Thread.interrupted()) {
+                    Thread.currentThread().interrupt();
+                    throw new CancelledException("fhirbulk: interrupted while waiting for records "
+                            + "(the export goes on until it is closed)");
+                }
+                int status;
+                s.lock.lock();
+                try {
+                    s.invalidateLocked();
+                    if (s.closed) {
+                        s.freeLocked();
+                        throw new CancelledException("fhirbulk: export closed");
+                    }
+                    s.consumer = Thread.currentThread();
+                    status = LibFhirBulk.export_next_batch(s.handle, BATCH_MAX, WAIT_SLICE_MS, s.batchOutAddr);
+                    if (status == LibFhirBulk.RECORD) {
+                        Batch b = readBatch(s);
+                        s.current = b;
+                        return b;
+                    }
+                    if (status != LibFhirBulk.TIMEOUT && status != LibFhirBulk.END
+                            && status != LibFhirBulk.CANCELLED) {
+                        // Read the detail on this thread, under the lock (the handle lives).
+                        String detail = LibFhirBulk.text(LibFhirBulk::export_last_error_json, s.handle);
+                        FhirBulkException e = FhirBulkException.fromDetail(status, detail);
+                        LOG.log(System.Logger.Level.DEBUG, "fhirbulk: export failed ({0}): {1}",
+                                s.description, e.getMessage());
+                        throw e;
+                    }
+                } finally {
+                    s.lock.unlock();
+                }
+                if (status == LibFhirBulk.END) {
+                    if (LOG.isLoggable(System.Logger.Level.DEBUG)) {
+                        Progress p = progressOrNull();
+                        LOG.log(System.Logger.Level.DEBUG, "fhirbulk: export complete ({0}): {1} records, {2} files",
+                                s.description, p == null ? "?" : p.records(), p == null ? "?" : p.filesTotal());
+                    }
+                    return null;
+                }
+                if (status == LibFhirBulk.CANCELLED) {
+                    throw new CancelledException(s.closed ? "fhirbulk: export closed" : "fhirbulk: export cancelled");
+                }
+                // TIMEOUT: next slice.
+            }
+        } finally {
+            Reference.reachabilityFence(this);
+        }
+    }
+
+    /** Reads the FhirbulkBatch just written: one Record per line (no native access later). */
+    private static Batch readBatch(State s) {
+        ByteBuffer v = s.batchView;
+        long recordsAddr = v.getLong(LibFhirBulk.BATCH_RECORDS);
+        int count = (int) v.getLong(LibFhirBulk.BATCH_COUNT);
+        long dataAddr = v.getLong(LibFhirBulk.BATCH_DATA);
+        long dataLen = v.getLong(LibFhirBulk.BATCH_DATA_LEN);
+        if (dataLen > Integer.MAX_VALUE) {
+            throw new IllegalStateException("fhirbulk: batch larger than 2 GiB");
+        }
+        ByteBuffer data = dataLen == 0 ? ByteBuffer.allocateDirect(0)
+                : new Pointer(dataAddr).getByteBuffer(0, dataLen);
+        ByteBuffer recs = new Pointer(recordsAddr).getByteBuffer(0, (long) count * LibFhirBulk.RECORD_SIZE)
+                .order(ByteOrder.nativeOrder());
+        Batch b = new Batch(s, data);
+        // Type name pointers are stable within a batch only (chunks are reused).
+        s.lastTypeAddr = 0;
+        Record[] out = new Record[count];
+        for (int i = 0, at = 0; i < count; i++, at += LibFhirBulk.RECORD_SIZE) {
+            long addr = recs.getLong(at + LibFhirBulk.RECORD_DATA);
+            int len = (int) recs.getLong(at + LibFhirBulk.RECORD_LEN);
+            String type = s.typeAt(recs.getLong(at + LibFhirBulk.RECORD_TYPE),
+                    recs.getLong(at + LibFhirBulk.RECORD_TYPE_LEN));
+            out[i] = new Record(b, (int) (addr - dataAddr), len, type,
+                    Kind.of(recs.getInt(at + LibFhirBulk.RECORD_KIND)),
+                    recs.getInt(at + LibFhirBulk.RECORD_FILE_INDEX),
+                    recs.getLong(at + LibFhirBulk.RECORD_LINE));
+        }
+        b.records = out;
+        return b;
+    }
+
+    // ---- any thread -------------------------------------------------------------------------
+
+    /**
+     * A progress snapshot; never blocks.
+     *
+     * @throws IllegalStateException after {@link #close()}
+     */
+    public Progress progress() {
+        Progress p = progressOrNull();
+        if (p == null) {
+            throw closedException();
+        }
+        return p;
+    }
+
+    private Progress progressOrNull() {
+        try {
+            if (st.freed) {
+                return null;
+            }
+            byte[] out = new byte[LibFhirBulk.PROGRESS_SIZE];
+            int rc = LibFhirBulk.export_poll(st.handle, out);
+            if (rc == LibFhirBulk.ERR_INVALID_HANDLE) {
+                return null; // freed meanwhile
+            }
+            if (rc != LibFhirBulk.OK) {
+                throw FhirBulkException.fromDetail(rc, LibFhirBulk.text(LibFhirBulk::export_last_error_json, 0L));
+            }
+            ByteBuffer b = ByteBuffer.wrap(out).order(ByteOrder.nativeOrder());
+            int n = 0;
+            while (n < LibFhirBulk.PROGRESS_SERVER_PROGRESS_LEN && out[LibFhirBulk.PROGRESS_SERVER_PROGRESS + n] != 0) {
+                n++;
+            }
+            return new Progress(
+                    Progress.State.of(b.getInt(LibFhirBulk.PROGRESS_STATE)),
+                    new String(out, LibFhirBulk.PROGRESS_SERVER_PROGRESS, n, StandardCharsets.UTF_8),
+                    b.getInt(LibFhirBulk.PROGRESS_FILES_TOTAL),
+                    b.getInt(LibFhirBulk.PROGRESS_FILES_DONE),
+                    b.getLong(LibFhirBulk.PROGRESS_BYTES),
+                    b.getLong(LibFhirBulk.PROGRESS_RECORDS),
+                    b.getInt(LibFhirBulk.PROGRESS_POLLS),
+                    b.getInt(LibFhirBulk.PROGRESS_RETRIES),
+                    b.getLong(LibFhirBulk.PROGRESS_INVALID_LINES),
+                    b.getInt(LibFhirBulk.PROGRESS_ERROR),
+                    b.getInt(LibFhirBulk.PROGRESS_HTTP_STATUS));
+        } finally {
+            Reference.reachabilityFence(this);
+        }
+    }
+
+    /**
+     * The manifest as JSON (pages and partial manifests merged), or {@code null} before the
+     * server has answered with one. Its {@code transactionTime} is the next incremental export's
+     * {@code since} ({@link #transactionTime()}).
+     *
+     * @throws IllegalStateException after {@link #close()}
+     */
+    public String manifest() {
+        return textOrNull(LibFhirBulk::export_manifest);
+    }
+
+    /** The manifest's {@code transactionTime}, once there is a manifest. */
+    public Optional<Instant> transactionTime() {
+        String m = manifest();
+        if (m == null) {
+            return Optional.empty();
+        }
+        Object t = Json.parseObject(m).get("transactionTime");
+        if (!(t instanceof String s)) {
+            return Optional.empty();
+        }
+        try {
+            return Optional.of(OffsetDateTime.parse(s).toInstant());
+        } catch (RuntimeException e) {
+            try {
+                return Optional.of(Instant.parse(s));
+            } catch (RuntimeException e2) {
+                return Optional.empty();
+            }
+        }
+    }
+
+    /**
+     * A checkpoint (JSON) of what this consumer has received, or {@code null} before the kick-off
+     * answered. Store it with the records you processed; {@link ExportBuilder#resume(String)}
+     * continues from it later without a repeated record. Take it on the consuming thread between
+     * records to be exact.
+     *
+     * @throws IllegalStateException after {@link #close()}
+     */
+    public String checkpoint() {
+        return textOrNull(LibFhirBulk::export_checkpoint);
+    }
+
+    /**
+     * The files known so far as a JSON array in {@link Record#fileIndex()} order:
+     * {@code [{"index":0,"kind":"output","type":"Patient","url":"...","count":12}, ...]}.
+     *
+     * @throws IllegalStateException after {@link #close()}
+     */
+    public String files() {
+        String s = textOrNull(LibFhirBulk::export_files_json);
+        return s == null ? "[]" : s;
+    }
+
+    private String textOrNull(LibFhirBulk.TextFn fn) {
+        try {
+            if (st.freed) {
+                throw closedException();
+            }
+            String s = LibFhirBulk.text(fn, st.handle);
+            return s.isEmpty() ? null : s;
+        } finally {
+            Reference.reachabilityFence(this);
+        }
+    }
+
+    /**
+     * Cancels the export from any thread: stops the downloads, deletes the server's job, and
+     * wakes a consumer waiting for records (it throws {@link CancelledException}). No effect on
+     * an export that ended or was closed. Still {@link #close()} it.
+     */
+    public void cancel() {
+        try {
+            if (!st.freed) {
+                LibFhirBulk.export_cancel(st.handle); // a freed handle only gives a status
+                LOG.log(System.Logger.Level.DEBUG, "fhirbulk: export cancelled ({0})", st.description);
+            }
+        } finally {
+            Reference.reachabilityFence(this);
+        }
+    }
+
+    /** Whether {@link #close()} was called. */
+    public boolean isClosed() {
+        return st.closed;
+    }
+
+    /**
+     * Cancels the export if it is unfinished and frees it. Idempotent; any thread. A consumer
+     * waiting for records (or in the middle of a batch) throws {@link CancelledException} at its
+     * next step. Records of this export are invalid afterwards.
+     */
+    @Override
+    public void close() {
+        State s = st;
+        try {
+            if (s.closeRequested.compareAndSet(false, true)) {
+                s.closed = true;
+                // Wakes a consumer blocked in export_next_batch, so the lock comes free at once.
+                LibFhirBulk.export_cancel(s.handle);
+            }
+            s.lock.lock();
+            try {
+                if (s.freed) {
+                    return;
+                }
+                Batch cur = s.current;
+                if (cur != null && cur.valid && s.consumer != null && s.consumer != Thread.currentThread()
+                        && s.consumer.isAlive()) {
+                    // Another thread is in the middle of a batch: its records' memory stays
+                    // until it steps on (then it frees and throws CancelledException).
+                    LOG.log(System.Logger.Level.DEBUG,
+                            "fhirbulk: close deferred to the consuming thread ({0})", s.description);
+                    return;
+                }
+                s.freeLocked();
+            } finally {
+                s.lock.unlock();
+            }
+            cleanable.clean(); // deregisters; State.run() finds it freed
+            LOG.log(System.Logger.Level.DEBUG, "fhirbulk: export closed ({0})", s.description);
+        } finally {
+            Reference.reachabilityFence(this);
+        }
+    }
+
+    private static IllegalStateException closedException() {
+        return new IllegalStateException("fhirbulk: export closed");
+    }
+
+    @Override
+    public String toString() {
+        return "Export[" + st.description + (st.closed ? ", closed" : "") + "]";
+    }
+}
