@@ -20,7 +20,7 @@ DEMO_TYPES ?= Patient,Encounter,Observation,Condition,MedicationRequest
 DEMO_SCENARIO ?= polls=3
 DEMO_DIR := target/demo
 
-.PHONY: all build demo test test-rust test-c test-java fmt-check clippy cargo-test header-check
+.PHONY: all build demo test test-rust test-c test-java test-python fmt-check clippy cargo-test header-check
 
 all: build
 
@@ -53,6 +53,7 @@ demo:
 # The one test command (README, .ci/run).
 test: test-rust test-c
 test: test-java
+test: test-python
 
 test-rust: fmt-check clippy cargo-test header-check
 
@@ -88,3 +89,7 @@ test-c:
 # The Java binding: JUnit against the sandbox, the jar loading its bundled library in a clean JVM.
 test-java:
 	bash bindings/java/run-tests.sh --rebuild
+
+# The Python binding: pip-installed into a fresh virtualenv the way a user would, then pytest.
+test-python:
+	bash bindings/python/run-tests.sh

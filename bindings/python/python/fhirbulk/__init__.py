@@ -1,0 +1,94 @@
+"""fhirbulk: a FHIR Bulk Data ($export) client.
+
+The export engine is the bundled native library ``libfhirbulk`` (Rust, C ABI); this package
+is a thin Python layer over its C functions::
+
+    import fhirbulk
+
+    with fhirbulk.export("https://ehr.example.org/r4", group="g1",
+                         types=["Patient", "Observation"]) as job:
+        for resource in job:          # parsed dicts; job.raw() gives bytes lines
+            ...
+        print(job.progress, job.manifest["transactionTime"])
+
+Errors are raised as :class:`ExportError` subclasses (see :mod:`fhirbulk._errors` for the
+hierarchy), each with ``code``, ``name``, ``http_status``, ``url``, ``message`` and the
+server's OperationOutcome ``issues``.
+"""
+
+from __future__ import annotations
+
+from ._abi import ABI_VERSION, check_abi
+from ._errors import (
+    AuthError,
+    BadRequestError,
+    BusyError,
+    ConfigError,
+    ExportError,
+    ExportTimeoutError,
+    ForbiddenError,
+    HttpError,
+    InternalError,
+    InvalidArgumentError,
+    InvalidHandleError,
+    NetworkError,
+    NotAcceptableError,
+    NotFoundError,
+    ProtocolError,
+    ServerError,
+    ThrottledError,
+    TimeoutError,
+    UnauthorizedError,
+    UnprocessableError,
+    UnsupportedMediaTypeError,
+    UsageError,
+)
+from ._export import (
+    DEFAULT_BATCH_SIZE,
+    Export,
+    Progress,
+    Record,
+    build_config,
+    export,
+    library_version,
+    live_handles,
+    status_name,
+)
+
+__version__ = library_version()
+
+__all__ = [
+    "ABI_VERSION",
+    "AuthError",
+    "BadRequestError",
+    "BusyError",
+    "ConfigError",
+    "DEFAULT_BATCH_SIZE",
+    "Export",
+    "ExportError",
+    "ExportTimeoutError",
+    "ForbiddenError",
+    "HttpError",
+    "InternalError",
+    "InvalidArgumentError",
+    "InvalidHandleError",
+    "NetworkError",
+    "NotAcceptableError",
+    "NotFoundError",
+    "Progress",
+    "ProtocolError",
+    "Record",
+    "ServerError",
+    "ThrottledError",
+    "TimeoutError",
+    "UnauthorizedError",
+    "UnprocessableError",
+    "UnsupportedMediaTypeError",
+    "UsageError",
+    "build_config",
+    "check_abi",
+    "export",
+    "library_version",
+    "live_handles",
+    "status_name",
+]

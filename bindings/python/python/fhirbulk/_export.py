@@ -1,0 +1,778 @@
+"""The export object: a thin, idiomatic wrapper over the fhirbulk C ABI.
+
+All the work (kick-off, polling, downloads, retries, auth) happens in the native library on
+background threads.  This module only pulls records in batches of up to ``batch_size`` with
+``export_next_batch`` and splits the batch's newline-separated buffer at C speed.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as _dt
+import itertools
+import json
+import os
+import threading
+import warnings
+import weakref
+from dataclasses import dataclass
+from operator import length_hint
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Union,
+)
+
+from ._abi import ffi, lib
+from ._errors import ConfigError, ExportError, error_from_detail
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas
+
+#: Records pulled per ``export_next_batch`` call.
+DEFAULT_BATCH_SIZE = 4096
+#: A blocked pull returns to Python this often, so Ctrl-C is delivered promptly.
+WAIT_SLICE_MS = 200
+
+_OK = lib.FHIRBULK_OK
+_RECORD = lib.FHIRBULK_RECORD
+_END = lib.FHIRBULK_END
+_TIMEOUT = lib.FHIRBULK_TIMEOUT
+_CANCELLED = lib.FHIRBULK_CANCELLED
+_INVALID_HANDLE = lib.FHIRBULK_ERR_INVALID_HANDLE
+
+_STATES = {
+    lib.FHIRBULK_STATE_KICKING_OFF: "kicking_off",
+    lib.FHIRBULK_STATE_WAITING: "waiting",
+    lib.FHIRBULK_STATE_DOWNLOADING: "downloading",
+    lib.FHIRBULK_STATE_DONE: "done",
+    lib.FHIRBULK_STATE_FAILED: "failed",
+    lib.FHIRBULK_STATE_CANCELLED: "cancelled",
+}
+_KINDS = {
+    lib.FHIRBULK_KIND_OUTPUT: "output",
+    lib.FHIRBULK_KIND_ERROR: "error",
+    lib.FHIRBULK_KIND_DELETED: "deleted",
+}
+
+# Handles alive in this process (started and not yet freed); see live_handles().
+_live_lock = threading.Lock()
+_live = 0
+
+
+def live_handles() -> int:
+    """How many native export handles are alive (started and not yet freed) in this process."""
+    return _live
+
+
+def _free_handle(free: Callable[[Any], int], handle: Any) -> None:
+    # Runs once per handle: from close(), from the garbage collector, or at interpreter exit.
+    global _live
+    free(handle)
+    with _live_lock:
+        _live -= 1
+
+
+def status_name(status: int) -> str:
+    """The library's stable name of a status code ("record", "not_found", ...)."""
+    return ffi.string(lib.fhirbulk_status_name(status)).decode("ascii", "replace")
+
+
+def library_version() -> str:
+    """The version of the bundled native library."""
+    return ffi.string(lib.fhirbulk_version()).decode("ascii", "replace")
+
+
+def _copy_text(fn: Callable[[Any, Any, int], int], handle: Any) -> str:
+    """Call an snprintf-style text getter, growing the buffer until the text fits."""
+    size = 4096
+    while True:
+        buf = ffi.new("char[]", size)
+        n = fn(handle, buf, size)
+        if n < size:
+            return ffi.buffer(buf, n)[:].decode("utf-8", "replace")
+        size = n + 1  # it grew (or was larger than the first guess): ask again
+
+
+def _error(status: int, handle: Any = ffi.NULL) -> ExportError:
+    return error_from_detail(
+        status,
+        _copy_text(lib.export_last_error_json, handle),
+        _copy_text(lib.export_last_error, handle),
+        status_name(status),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Config
+
+
+def _instant(value: Union[str, _dt.datetime, _dt.date]) -> str:
+    """A FHIR instant. Naive datetimes are taken as local time; dates as midnight UTC."""
+    if isinstance(value, _dt.datetime):
+        if value.tzinfo is None:
+            value = value.astimezone()  # local time, made explicit
+        return value.isoformat()
+    if isinstance(value, _dt.date):
+        return f"{value.isoformat()}T00:00:00Z"
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """Make a config value JSON-serialisable: paths to str, datetimes to instants, tuples to lists."""
+    if isinstance(value, (_dt.datetime, _dt.date)):
+        return _instant(value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _str_list(name: str, value: Union[str, Iterable[str]]) -> List[str]:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    try:
+        return [str(v) for v in value]
+    except TypeError:
+        raise ConfigError(f"invalid config: '{name}' must be a string or a list of strings") from None
+
+
+def build_config(
+    base_url: str,
+    *,
+    group: Optional[str] = None,
+    types: Optional[Union[str, Iterable[str]]] = None,
+    since: Optional[Union[str, _dt.datetime, _dt.date]] = None,
+    auth: Optional[Union[str, Mapping[str, Any]]] = None,
+    level: Optional[str] = None,
+    patient_level: bool = False,
+    **config: Any,
+) -> Dict[str, Any]:
+    """The JSON config (a dict) that :func:`export` hands to the library.
+
+    ``level`` is inferred when not given: ``group`` given -> ``"group"``,
+    ``patient_level=True`` -> ``"patient"``, otherwise the library's default ``"system"``.
+    ``auth`` may be a string (a static bearer token) or the README's ``auth`` object.
+    ``since`` / ``until`` may be datetimes.  Other keyword arguments are config keys of the
+    README's table, passed through unchanged (``None`` values are left out), so an unknown key
+    fails with :class:`ConfigError` naming it.
+    """
+    cfg: Dict[str, Any] = {"base_url": base_url}
+    if level is None:
+        if group is not None or config.get("group_id") is not None:
+            level = "group"
+        elif patient_level:
+            level = "patient"
+    elif patient_level and level != "patient":
+        raise ConfigError(f"invalid config: patient_level=True conflicts with level={level!r}")
+    if level is not None:
+        cfg["level"] = level
+    if group is not None:
+        if config.get("group_id") not in (None, group):
+            raise ConfigError("invalid config: 'group' and 'group_id' disagree")
+        cfg["group_id"] = group
+    if types is not None:
+        cfg["types"] = _str_list("types", types)
+    if since is not None:
+        cfg["since"] = _instant(since)
+    if auth is not None:
+        cfg["auth"] = {"type": "bearer", "token": auth} if isinstance(auth, str) else dict(auth)
+    for key, value in config.items():
+        if value is not None:
+            cfg[key] = value
+    for key in ("elements", "type_filters", "include_associated_data", "patients", "token_origins"):
+        if isinstance(cfg.get(key), str):
+            cfg[key] = [cfg[key]] if key in ("type_filters",) else _str_list(key, cfg[key])
+    return _plain(cfg)
+
+
+# --------------------------------------------------------------------------------------------
+# Progress, records
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A snapshot of an export's progress (``export_poll``)."""
+
+    #: "kicking_off", "waiting" (the server prepares the files), "downloading", "done"
+    #: (every file downloaded; records may still wait to be pulled), "failed", "cancelled".
+    state: str
+    #: The server's last ``X-Progress`` text, if any.
+    server_progress: Optional[str]
+    files_total: int
+    files_done: int
+    #: NDJSON bytes received (after decompression).
+    bytes: int
+    #: Records handed out by the iteration so far.
+    records: int
+    #: Status requests made.
+    polls: int
+    #: Attempts repeated after retryable failures.
+    retries: int
+    #: Invalid lines skipped (``on_invalid_line="skip"``).
+    invalid_lines: int
+    #: The failure's status name ("not_found", ...) once ``state == "failed"``, else None.
+    error: Optional[str]
+    #: The failure's status code (0 when none).
+    error_code: int
+    #: HTTP status of the failed response, if any.
+    http_status: Optional[int]
+
+    @property
+    def finished(self) -> bool:
+        """True once the export is done, failed or cancelled."""
+        return self.state in ("done", "failed", "cancelled")
+
+
+class Record:
+    """One NDJSON line with where it came from (from :meth:`Export.records`)."""
+
+    __slots__ = ("kind", "resource_type", "file_index", "line", "raw")
+
+    def __init__(self, kind: str, resource_type: str, file_index: int, line: int, raw: bytes) -> None:
+        #: "output", "error" (an OperationOutcome from an error file) or "deleted".
+        self.kind = kind
+        #: The manifest's type for the file (or the line's own resourceType).
+        self.resource_type = resource_type
+        #: Index into :attr:`Export.files`.
+        self.file_index = file_index
+        #: 1-based line number in that file.
+        self.line = line
+        #: The JSON text, without the newline.
+        self.raw = raw
+
+    def json(self) -> Dict[str, Any]:
+        """The parsed resource."""
+        return json.loads(self.raw)
+
+    def __repr__(self) -> str:
+        return (
+            f"Record(kind={self.kind!r}, resource_type={self.resource_type!r}, "
+            f"file_index={self.file_index}, line={self.line}, raw=<{len(self.raw)} bytes>)"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Record):
+            return NotImplemented
+        return all(getattr(self, a) == getattr(other, a) for a in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing a batch
+
+# The C scanner behind json.loads' default decoder (an attribute typeshed does not list).
+_scan_once: Callable[[str, int], Any] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+def _parse_batch(data: bytes, count: int) -> Optional[List[Any]]:
+    """Parse a batch buffer (``count`` JSON texts, each followed by a newline) in one pass.
+
+    Gives exactly what ``[json.loads(line) for line in lines]`` gives, about 10-20% faster
+    (no Python-level call per record), or None whenever that is not certain (a line that does
+    not hold exactly one JSON value, invalid UTF-8, ...), so that the caller falls back to
+    ``json.loads`` line by line and its errors.
+    """
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    out: List[Any] = []
+    append = out.append
+    scan = _scan_once
+    pos, end_of_text = 0, len(text)
+    try:
+        while pos < end_of_text:
+            obj, end = scan(text, pos)
+            if text[end] != "\n":  # trailing text or whitespace on the line: let json.loads judge
+                return None
+            append(obj)
+            pos = end + 1
+    except (StopIteration, ValueError, IndexError, RecursionError):
+        return None
+    return out if len(out) == count else None
+
+
+# --------------------------------------------------------------------------------------------
+# The export
+
+
+class Export:
+    """A running bulk export: iterate it for records; use it as a context manager.
+
+    Create it with :func:`fhirbulk.export`.  Iterating gives parsed resources (dicts);
+    :meth:`raw` gives the lines as bytes, :meth:`records` :class:`Record` objects.  All three
+    read one stream: each record is handed out once, and a loop left with ``break`` can be
+    continued by a new loop.  Leaving the ``with`` block, :meth:`close`, Ctrl-C during a pull,
+    or dropping the last reference cancel an unfinished export (the library then DELETEs the
+    server's job unless ``delete_on_cancel=False``) and free the native handle.
+
+    Not thread-safe for iteration (one consuming thread at a time); :meth:`cancel`,
+    :attr:`progress`, :attr:`manifest` and :attr:`files` may be used from any thread.
+    """
+
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        progress_bar: bool = False,
+        loads: Optional[Callable[[Union[str, bytes]], Any]] = None,
+    ) -> None:
+        global _live
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError("batch_size must be a positive integer")
+        self._batch_size = batch_size
+        self._loads = loads or json.loads
+        self._closed = False
+        self._end: Optional[str] = None  # "end" | "cancelled" | "failed" once the stream ended
+        self._final: Dict[str, Any] = {}  # snapshots kept when the handle is freed
+        try:
+            text = json.dumps(_plain(dict(config)))
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"invalid config: not JSON-serialisable: {e}") from None
+        out = ffi.new("FhirbulkExport **")
+        status = lib.export_start(text.encode("utf-8"), out)
+        if status != _OK:
+            raise _error(status)
+        self._h = out[0]
+        with _live_lock:
+            _live += 1
+        # Frees the handle exactly once: close(), garbage collection, or interpreter exit.
+        self._finalizer = weakref.finalize(self, _free_handle, lib.export_free, self._h)
+        self._batch = ffi.new("FhirbulkBatch *")
+        # The pending records of the last batch: a list iterator over its records in one of
+        # three forms (_kind): "bytes" lines, "text" lines, or "obj" parsed resources.  Every
+        # loop over the export reads it, so nothing is repeated or lost between loops; the
+        # position in the batch is always count - length_hint(_it).
+        self._it: Iterator[Any] = iter(())
+        self._kind = "bytes"
+        self._gen = 0  # bumped whenever self._it is replaced
+        self._count = 0  # records in the last batch
+        self._data = b""  # the last batch's buffer (records each followed by '\n')
+        self._blines: Optional[List[bytes]] = None  # its lines as bytes, made when needed
+        self._types: Dict[int, str] = {}
+        self._consumer: Optional[int] = None  # the thread that last pulled a batch
+        self._bar: Any = None
+        if progress_bar:
+            self._bar = _make_bar()
+
+    # ---- context manager and lifetime ------------------------------------------------------
+
+    def __enter__(self) -> "Export":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Cancel the export if it is unfinished, and free the native handle. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        # An unfinished export is cancelled (the library DELETEs the server's job unless
+        # delete_on_cancel=False; export_free would do the same).  Snapshots of the progress,
+        # manifest and files stay readable after the handle is gone.
+        lib.export_cancel(self._h)  # no effect on an export that ended
+        try:
+            self._final = {
+                "progress": self._poll(),
+                "manifest": self._manifest(),
+                "files": self._files(),
+            }
+        except Exception:  # pragma: no cover - snapshots are best effort
+            pass
+        self._finalizer()  # export_free: joins the threads once the DELETE was sent
+        if self._end is None:
+            # Left before the end of the stream: "cancelled", or "closed" when every file
+            # had already been downloaded (nothing was cancelled on the server).
+            state = self._final.get("progress", _FINISHED).state
+            self._end = "cancelled" if state == "cancelled" else "closed"
+        self._it, self._count, self._data, self._blines = iter(()), 0, b"", []
+        self._close_bar()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran (or the ``with`` block was left)."""
+        return self._closed
+
+    def cancel(self) -> None:
+        """Cancel the export: stop downloads, DELETE the server's job (unless
+        ``delete_on_cancel=False``) and wake a blocked pull, which then ends the iteration.
+        Any thread; no effect once the export ended.  A loop over the export ends at its next
+        record: records already pulled but not yet handed out are dropped."""
+        if not self._closed:
+            lib.export_cancel(self._h)
+            if (
+                self._end is None
+                and self._consumer == threading.get_ident()
+                and self._poll().state == "cancelled"
+            ):
+                # Called from the iterating thread (e.g. in the loop body): drop the rest of
+                # the pulled batch.  From another thread, the loop ends after that batch.
+                collections.deque(self._it, maxlen=0)
+
+    @property
+    def cancelled(self) -> bool:
+        """True when the export was cancelled (:meth:`cancel`, Ctrl-C, leaving ``with`` early)."""
+        return self.progress.state == "cancelled"
+
+    # ---- iteration -------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Dict[str, Any]]:
+        """The resources, parsed (``json.loads``, or the ``loads`` given to :func:`export`)."""
+        if self._loads is json.loads:
+            # Each batch is parsed in one pass with json's C scanner (see _parse_batch).
+            return itertools.chain.from_iterable(self._stream("obj"))
+        return map(self._loads, itertools.chain.from_iterable(self._stream("text")))
+
+    def raw(self) -> Iterator[bytes]:
+        """The NDJSON lines as ``bytes`` (no newline): the fastest way through an export."""
+        return itertools.chain.from_iterable(self._stream("bytes"))
+
+    def records(self) -> Iterator[Record]:
+        """:class:`Record` objects: kind, resource type, file index, line number and raw bytes."""
+        return itertools.chain.from_iterable(self._stream("records"))
+
+    def _stream(self, want: str) -> Iterator[Iterator[Any]]:
+        # Yields the pending records; itertools.chain drains them at C speed and then asks
+        # for more, which is when the next batch is pulled.
+        try:
+            while True:
+                gen = self._gen
+                if want == "records":
+                    yield self._pending_records()
+                else:
+                    yield self._pending(want)
+                # Another loop over this export may have replaced the pending records meanwhile
+                # (a new batch, or the rest of one in another form): hand those out first.
+                if self._gen == gen and not self._pull("bytes" if want == "records" else want):
+                    return
+        except KeyboardInterrupt:
+            self._interrupted()
+            raise
+
+    def _byte_lines(self) -> List[bytes]:
+        """The last batch's records as bytes lines (split once, when first needed)."""
+        if self._blines is None:
+            lines = self._data.split(b"\n")
+            if lines and not lines[-1]:
+                lines.pop()  # every record is followed by '\n'
+            if len(lines) != self._count:  # never expected; use the per-record views
+                recs = self._batch.records
+                lines = [ffi.buffer(recs[i].data, recs[i].len)[:] for i in range(self._count)]
+            self._blines = lines
+        return self._blines
+
+    def _pending(self, want: str) -> Iterator[Any]:
+        """The pending records in the form ``want`` ("bytes", "text" or "obj")."""
+        kind = self._kind
+        if want == kind:
+            return self._it
+        if want == "obj":
+            return map(json.loads, self._it)  # parsed lazily; the cursor stays in self._it
+        remaining = length_hint(self._it)
+        collections.deque(self._it, maxlen=0)
+        rest: List[Any] = self._byte_lines()[self._count - remaining :] if remaining else []
+        if want == "text":
+            try:
+                rest = [b.decode("utf-8") for b in rest]
+            except UnicodeDecodeError:
+                want = "bytes"  # json.loads reports the bad line itself
+        self._it = iter(rest)
+        self._kind = want
+        self._gen += 1
+        return self._it
+
+    def _pending_records(self) -> Iterator[Record]:
+        it = self._pending("bytes")
+        count = self._count
+        recs = self._batch.records
+        types = self._types
+        for raw in it:
+            r = recs[count - length_hint(it) - 1]
+            key = int(ffi.cast("uintptr_t", r.resource_type))
+            ty = types.get(key)
+            if ty is None:
+                ty = ffi.string(r.resource_type, r.resource_type_len).decode("utf-8", "replace")
+                types[key] = ty
+            yield Record(_KINDS.get(r.kind, str(r.kind)), ty, r.file_index, r.line, raw)
+
+    def _pull(self, want: str) -> bool:
+        """Pull the next batch into the pending records; False at the end of the stream."""
+        if self._end is not None:
+            return False
+        if self._closed:
+            self._end = "cancelled"
+            return False
+        h, batch, size = self._h, self._batch, self._batch_size
+        self._consumer = threading.get_ident()
+        while True:
+            status = lib.export_next_batch(h, size, WAIT_SLICE_MS, batch)
+            if status == _RECORD:
+                break
+            if status == _TIMEOUT:
+                if self._bar is not None:
+                    self._update_bar(0)
+                continue
+            if status == _END:
+                self._end = "end"
+            elif status == _CANCELLED or (status == _INVALID_HANDLE and self._closed):
+                self._end = "cancelled"
+            else:
+                self._end = "failed"
+                self._close_bar()
+                raise _error(status, h)
+            self._close_bar()
+            return False
+        count = batch.count
+        data = ffi.buffer(batch.data, batch.data_len)[:]
+        self._count, self._data, self._blines, self._types = count, data, None, {}
+        items: Optional[List[Any]] = None
+        kind = want
+        if want == "obj":
+            items = _parse_batch(data, count)
+            if items is None:
+                kind = "text"  # parse line by line: json.loads then reports any bad line
+        if kind == "text":
+            try:
+                items = data.decode("utf-8").split("\n")
+                if items and not items[-1]:
+                    items.pop()
+                if len(items) != count:
+                    items = [b.decode("utf-8") for b in self._byte_lines()]
+            except UnicodeDecodeError:
+                kind = "bytes"
+        if kind == "bytes":
+            items = self._byte_lines()
+        self._it = iter(items or [])
+        self._kind = kind
+        self._gen += 1
+        if self._bar is not None:
+            self._update_bar(count)
+        return True
+
+    def _interrupted(self) -> None:
+        # Ctrl-C during a pull: cancel (the library DELETEs the server's job) and free now,
+        # so that the process can exit at once with the server told.
+        try:
+            self.cancel()
+            self.close()
+        except Exception:  # pragma: no cover - never mask the KeyboardInterrupt
+            pass
+
+    # ---- state -----------------------------------------------------------------------------
+
+    def _poll(self) -> Progress:
+        p = ffi.new("FhirbulkProgress *")
+        status = lib.export_poll(self._h, p)
+        if status != _OK:
+            raise _error(status)
+        text = ffi.string(p.server_progress).decode("utf-8", "replace")
+        return Progress(
+            state=_STATES.get(p.state, str(p.state)),
+            server_progress=text or None,
+            files_total=p.files_total,
+            files_done=p.files_done,
+            bytes=p.bytes_downloaded,
+            # The library counts a batch when it hands it over; count what the loop got.
+            records=max(0, p.records_delivered - length_hint(self._it)),
+            polls=p.polls,
+            retries=p.retries,
+            invalid_lines=p.invalid_lines,
+            error=status_name(p.error) if p.error else None,
+            error_code=p.error,
+            http_status=p.http_status or None,
+        )
+
+    @property
+    def progress(self) -> Progress:
+        """A :class:`Progress` snapshot (never blocks; any thread)."""
+        if self._closed:
+            return self._final.get("progress", _FINISHED)
+        return self._poll()
+
+    def _manifest(self) -> Optional[Dict[str, Any]]:
+        text = _copy_text(lib.export_manifest, self._h)
+        return json.loads(text) if text else None
+
+    @property
+    def manifest(self) -> Optional[Dict[str, Any]]:
+        """The manifest (pages merged) once the server sent it, else None.  Its
+        ``transactionTime`` is the ``since`` of the next incremental export."""
+        if self._closed:
+            return self._final.get("manifest")
+        return self._manifest()
+
+    def _files(self) -> List[Dict[str, Any]]:
+        text = _copy_text(lib.export_files_json, self._h)
+        return json.loads(text) if text else []
+
+    @property
+    def files(self) -> List[Dict[str, Any]]:
+        """The files known so far, in file-index order: dicts with index, kind, type, url, count."""
+        if self._closed:
+            return list(self._final.get("files", []))
+        return self._files()
+
+    def checkpoint(self) -> Optional[Dict[str, Any]]:
+        """What has been received so far, as a dict to store with the records you processed;
+        pass it later as ``resume=`` to continue without a new kick-off and without a repeated
+        record.  Take it between records, on the iterating thread.  None before the kick-off
+        was answered or after :meth:`close`."""
+        if self._closed:
+            return None
+        text = _copy_text(lib.export_checkpoint, self._h)
+        if not text:
+            return None
+        cp = json.loads(text)
+        self._exclude_pending(cp)
+        return cp
+
+    def _exclude_pending(self, cp: Dict[str, Any]) -> None:
+        # The library counts a batch as received when it hands it over; this binding hands its
+        # records out one by one.  Records of the last batch not yet handed out are taken back
+        # out of the checkpoint: the batch's file then counts up to the last record handed out
+        # (a batch holds lines of one file, in order), so a resume delivers the rest again.
+        pending = length_hint(self._it)
+        count = self._count
+        if not pending or pending > count or not isinstance(cp.get("files"), list):
+            return
+        recs = self._batch.records
+        handed = count - pending
+        line = recs[handed - 1].line if handed else recs[0].line - 1
+        index = recs[0].file_index
+        files = self._files()
+        if index >= len(files):
+            return
+        url = files[index].get("url")
+        for f in cp["files"]:
+            if isinstance(f, dict) and f.get("url") == url and f.get("kind") == files[index].get("kind"):
+                f["lines_delivered"] = min(int(f.get("lines_delivered", 0)), int(line))
+                f["complete"] = False
+
+    def __repr__(self) -> str:
+        if self._closed:
+            return f"<fhirbulk.Export closed ({self._end})>"
+        p = self._poll()
+        return f"<fhirbulk.Export {p.state} files {p.files_done}/{p.files_total} records {p.records}>"
+
+    # ---- extras (optional dependencies imported lazily) ---------------------------------------
+
+    def to_pandas(self, *, kinds: Sequence[str] = ("output",)) -> "Dict[str, pandas.DataFrame]":
+        """Read the rest of the export into one DataFrame per resource type
+        (``pandas.json_normalize``).  Needs pandas."""
+        from ._extras import to_pandas
+
+        return to_pandas(self, kinds=kinds)
+
+    def write_ndjson(self, directory: Union[str, "os.PathLike[str]"]) -> Dict[str, int]:
+        """Write the rest of the export to ``<directory>/<Type>.ndjson`` (error records to
+        ``<Type>.error.ndjson``, deletions to ``<Type>.deleted.ndjson``); returns records per
+        file name."""
+        from ._extras import write_ndjson
+
+        return write_ndjson(self, directory)
+
+    def write_parquet(
+        self, directory: Union[str, "os.PathLike[str]"], *, kinds: Sequence[str] = ("output",)
+    ) -> Dict[str, int]:
+        """Write the rest of the export to ``<directory>/<Type>.parquet``, one flattened table
+        per resource type (nested lists become JSON text); returns rows per file name.  Needs
+        pandas and pyarrow."""
+        from ._extras import write_parquet
+
+        return write_parquet(self, directory, kinds=kinds)
+
+    # ---- progress bar ------------------------------------------------------------------------
+
+    def _update_bar(self, n: int) -> None:
+        bar = self._bar
+        try:
+            p = self._poll()
+            bar.set_postfix_str(
+                f"{p.state} files {p.files_done}/{p.files_total}"
+                + (f" ({p.server_progress})" if p.server_progress else ""),
+                refresh=False,
+            )
+            bar.update(n)
+        except Exception:  # pragma: no cover - a progress bar must never break the export
+            pass
+
+    def _close_bar(self) -> None:
+        bar, self._bar = self._bar, None
+        if bar is not None:
+            bar.close()
+
+
+_FINISHED = Progress("cancelled", None, 0, 0, 0, 0, 0, 0, 0, None, 0, None)
+
+
+def _make_bar() -> Any:
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        warnings.warn("progress_bar=True needs tqdm (pip install tqdm); no bar shown", stacklevel=3)
+        return None
+    return tqdm(unit=" records", unit_scale=True, desc="fhirbulk export")
+
+
+def export(
+    base_url: str,
+    group: Optional[str] = None,
+    types: Optional[Union[str, Iterable[str]]] = None,
+    since: Optional[Union[str, _dt.datetime, _dt.date]] = None,
+    auth: Optional[Union[str, Mapping[str, Any]]] = None,
+    *,
+    level: Optional[str] = None,
+    patient_level: bool = False,
+    progress_bar: bool = False,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    loads: Optional[Callable[[Union[str, bytes]], Any]] = None,
+    **config: Any,
+) -> Export:
+    """Start a bulk export and return the running :class:`Export`.
+
+    >>> with fhirbulk.export("https://ehr.example.org/r4", group="g1",
+    ...                      types=["Patient", "Observation"]) as job:
+    ...     for resource in job:
+    ...         print(resource["resourceType"], resource["id"])
+
+    Arguments: ``base_url`` the FHIR base URL; ``group`` a Group id (level "group");
+    ``patient_level=True`` for ``Patient/$export``; ``types`` the ``_type`` list;
+    ``since`` a datetime or FHIR instant; ``auth`` a bearer token string or an ``auth``
+    object (see the README: SMART Backend Services).  Every other config key of the README's
+    table is accepted as a keyword argument with the same name (``until``, ``type_filters``,
+    ``concurrency``, ``delete_on_cancel``, ``resume``, ...).
+
+    Binding options: ``progress_bar=True`` shows a tqdm bar when tqdm is installed;
+    ``batch_size`` records per native call; ``loads`` the JSON parser for iteration
+    (e.g. ``orjson.loads``).
+
+    Raises :class:`ConfigError` for an invalid config; failures of the export itself
+    (HTTP errors with the server's OperationOutcome, network errors, ...) are raised by
+    the iteration as :class:`ExportError` subclasses.
+    """
+    cfg = build_config(
+        base_url,
+        group=group,
+        types=types,
+        since=since,
+        auth=auth,
+        level=level,
+        patient_level=patient_level,
+        **config,
+    )
+    return Export(cfg, batch_size=batch_size, progress_bar=progress_bar, loads=loads)

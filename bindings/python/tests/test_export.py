@@ -1,0 +1,282 @@
+"""Full exports against the sandbox over real HTTP: exact counts, raw vs parsed, records."""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import json
+
+import pytest
+
+import fhirbulk
+
+TYPES = ["Patient", "Observation"]
+
+
+def counts(resources):
+    return dict(collections.Counter(r["resourceType"] for r in resources))
+
+
+def test_group_export_exact_counts(sandbox):
+    truth = sandbox.truth(level="group", group="g1", _type=",".join(TYPES))
+    with fhirbulk.export(sandbox.url(), group="g1", types=TYPES) as job:
+        got = counts(job)
+        progress = job.progress
+        manifest = job.manifest
+        files = job.files
+    assert got == truth
+    assert sum(truth.values()) > 2 * 100  # several files per type
+    assert progress.state == "done"
+    assert progress.records == sum(truth.values())
+    assert progress.files_done == progress.files_total == len(files) > 2
+    assert progress.error is None and progress.error_code == 0 and progress.http_status is None
+    assert isinstance(manifest, dict) and "transactionTime" in manifest
+    assert sum(f["count"] for f in files) == sum(truth.values())
+    assert {f["type"] for f in files} == set(TYPES)
+    assert job.closed and not job.cancelled
+
+
+@pytest.mark.parametrize(
+    "kwargs,query",
+    [
+        (dict(), dict(level="system")),
+        (dict(patient_level=True, types="Patient,Condition"), dict(level="patient", _type="Patient,Condition")),
+        (dict(level="patient", types=["Encounter"]), dict(level="patient", _type="Encounter")),
+        (dict(group="g2"), dict(level="group", group="g2")),
+    ],
+)
+def test_levels_exact_counts(sandbox, kwargs, query):
+    with fhirbulk.export(sandbox.url(), **kwargs) as job:
+        got = collections.Counter(r.resource_type for r in job.records())
+    assert dict(got) == sandbox.truth(**query)
+
+
+def test_raw_and_parsed_give_the_same(sandbox):
+    with fhirbulk.export(sandbox.url(), group="g1", types=TYPES) as job:
+        raw = list(job.raw())
+    with fhirbulk.export(sandbox.url(), group="g1", types=TYPES) as job:
+        parsed = list(job)
+    assert all(isinstance(line, bytes) and not line.endswith(b"\n") for line in raw)
+    key = lambda r: (r["resourceType"], r["id"])  # noqa: E731 - files download concurrently
+    assert sorted((json.loads(line) for line in raw), key=key) == sorted(parsed, key=key)
+    assert len(raw) == len({key(r) for r in parsed})
+
+
+def test_records_carry_file_and_line(sandbox):
+    with fhirbulk.export(sandbox.url(), group="g1", types=TYPES) as job:
+        records = list(job.records())
+        files = job.files
+    assert records
+    by_file = collections.defaultdict(list)
+    for rec in records:
+        assert rec.kind == "output"
+        resource = rec.json()
+        assert resource["resourceType"] == rec.resource_type
+        assert files[rec.file_index]["type"] == rec.resource_type
+        by_file[rec.file_index].append(rec.line)
+    for index, lines in by_file.items():
+        assert lines == list(range(1, files[index]["count"] + 1))
+    assert "Record(kind='output'" in repr(records[0])
+
+
+def test_error_and_deleted_records(sandbox):
+    since = "2000-01-01T00:00:00Z"  # the sandbox lists deletions for incremental exports
+    with fhirbulk.export(sandbox.url("polls=0;errors;deleted=3"), group="g1", types=TYPES,
+                         since=since) as job:
+        kinds = collections.Counter((r.kind, r.resource_type) for r in job.records())
+    truth = sandbox.truth(level="group", group="g1", _type=",".join(TYPES), _since=since)
+    assert kinds[("output", "Patient")] == truth["Patient"]
+    assert any(kind == "error" for kind, _ in kinds)
+    assert kinds[("deleted", "Bundle")] == 3
+
+
+def test_break_and_continue_hands_out_every_record_once(sandbox):
+    truth = sandbox.truth(level="group", group="g1", _type=",".join(TYPES))
+    seen = []
+    with fhirbulk.export(sandbox.url(), group="g1", types=TYPES, batch_size=64) as job:
+        for i, line in enumerate(job.raw()):
+            seen.append(json.loads(line))
+            if i == 9:
+                break
+        assert job.progress.records == 10  # what the loop got, not the batch pulled
+        for i, resource in enumerate(job):
+            seen.append(resource)
+            if i == 99:
+                break
+        for i, rec in enumerate(job.records()):
+            seen.append(rec.json())
+            if i == 50:
+                break
+        seen.extend(job)  # the rest
+        assert list(job) == [] and list(job.raw()) == []
+    assert counts(seen) == truth
+    assert len({(r["resourceType"], r["id"]) for r in seen}) == len(seen)
+
+
+def test_interleaved_iterators(sandbox):
+    truth = sandbox.truth(level="group", group="g2")
+    with fhirbulk.export(sandbox.url(), group="g2", batch_size=10) as job:
+        a, b, c = iter(job), job.raw(), job.records()
+        seen = []
+        while True:
+            got = [next(a, None), next(b, None), next(c, None)]
+            if got == [None, None, None]:
+                break
+            for item in got:
+                if isinstance(item, bytes):
+                    seen.append(json.loads(item))
+                elif isinstance(item, fhirbulk.Record):
+                    seen.append(item.json())
+                elif item is not None:
+                    seen.append(item)
+    assert counts(seen) == truth
+    assert len({(r["resourceType"], r["id"]) for r in seen}) == len(seen)
+
+
+def test_config_is_built_from_keywords(sandbox):
+    since = dt.datetime(2020, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+    cfg = fhirbulk.build_config(
+        sandbox.url(), group="g1", types="Patient, Observation", since=since, auth="tok",
+        concurrency=2, type_filters="Observation?status=final", until=None,
+    )
+    assert cfg == {
+        "base_url": sandbox.url(),
+        "level": "group",
+        "group_id": "g1",
+        "types": ["Patient", "Observation"],
+        "since": "2020-01-02T03:04:05+00:00",
+        "auth": {"type": "bearer", "token": "tok"},
+        "concurrency": 2,
+        "type_filters": ["Observation?status=final"],
+    }
+    assert fhirbulk.build_config("http://x/fhir") == {"base_url": "http://x/fhir"}
+    assert fhirbulk.build_config("http://x/fhir", patient_level=True)["level"] == "patient"
+    assert fhirbulk.build_config("http://x/fhir", since=dt.date(2021, 5, 6))["since"] == "2021-05-06T00:00:00Z"
+    with pytest.raises(fhirbulk.ConfigError):
+        fhirbulk.build_config("http://x/fhir", level="system", patient_level=True)
+
+
+def test_since_datetime_reaches_the_server(sandbox):
+    since = dt.datetime(2021, 6, 1, tzinfo=dt.timezone.utc)
+    truth = sandbox.truth(level="group", group="g1", _type="Observation", _since=since.isoformat())
+    with fhirbulk.export(sandbox.url("polls=0;progress=since-test"), group="g1", types=["Observation"],
+                         since=since, concurrency=2, method="get") as job:
+        got = counts(job)
+    assert got == truth
+    kickoffs = [r for r in sandbox.requests()
+                if r["path"].startswith("/x/polls=0;progress=since-test/") and r["path"].endswith("$export")]
+    assert dict(kickoffs[-1]["query"])["_since"] == "2021-06-01T00:00:00+00:00"
+
+
+def test_progress_before_and_after(sandbox):
+    with fhirbulk.export(sandbox.url("polls=2;retry_after=0;progress=Working"), group="g2",
+                         poll_min_ms=50) as job:
+        first = job.progress
+        assert isinstance(first, fhirbulk.Progress)
+        assert first.state in ("kicking_off", "waiting", "downloading", "done")
+        assert job.manifest is None or "output" in job.manifest
+        n = sum(1 for _ in job.raw())
+        last = job.progress
+    assert last.state == "done" and last.finished and last.records == n
+    assert last.polls >= 3
+    assert job.progress == last  # kept after close
+    assert job.checkpoint() is None  # closed
+
+
+def test_custom_loads_and_small_batches(sandbox):
+    truth = sandbox.truth(level="group", group="g2", _type="Patient")
+    with fhirbulk.export(sandbox.url(), group="g2", types=["Patient"], batch_size=7,
+                         loads=lambda line: ("parsed", json.loads(line))) as job:
+        items = list(job)
+    assert len(items) == truth["Patient"]
+    assert all(tag == "parsed" and r["resourceType"] == "Patient" for tag, r in items)
+
+
+def test_checkpoint_and_resume(sandbox):
+    truth = sandbox.truth(level="group", group="g1", _type="Patient,Observation")
+    first = []
+    # delete_on_cancel=False: leaving the `with` early must not DELETE the job to be resumed
+    with fhirbulk.export(sandbox.url(), group="g1", types=TYPES, batch_size=16,
+                         delete_on_cancel=False) as job:
+        for rec in job.records():
+            first.append(rec.json())
+            if len(first) == 40:
+                break
+        cp = job.checkpoint()
+    assert cp and cp["status_url"]
+    with fhirbulk.export(sandbox.url(), resume=cp) as job:
+        rest = list(job)
+    both = first + rest
+    assert counts(both) == truth
+    assert len({(r["resourceType"], r["id"]) for r in both}) == len(both)
+
+
+def test_version_and_status_names():
+    assert fhirbulk.__version__ == fhirbulk.library_version()
+    assert fhirbulk.status_name(303) == "not_found"
+    assert fhirbulk.status_name(2) == "end"
+
+
+def test_abi_check_raises_importerror_on_mismatch():
+    fhirbulk.check_abi(1, 1)
+    with pytest.raises(ImportError, match="ABI version mismatch"):
+        fhirbulk.check_abi(2, 1)
+    with pytest.raises(ImportError):
+        fhirbulk.check_abi(1, 1, expected=2)
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        [b'{"a":1}', b'{"b":[1,2,{"c":null}]}', b'{"u":"\\u00e9\\ud83d\\ude00 \xc3\xa9"}'],
+        [b'{"a":1}, {"b":2}', b'{"c":3}'],  # two values on one line
+        [b'{"a":[{"b":1}', b'{"c":2}]}'],  # one value over two lines
+        [b'{"a":1} ', b'{"b":2}'],  # trailing whitespace
+        [b' {"a":1}', b'{"b":2}'],  # leading whitespace
+        [b'{"a":1}\r', b'{"b":2}'],
+        [b'{"a":NaN}', b'{"b":1e400}', b'{"c":12345678901234567890}'],
+        [b'{"a":1', b'{"b":2}'],  # invalid
+        [b'{"a":"\xff"}'],  # invalid UTF-8
+        [b'\xef\xbb\xbf{"a":1}'],  # BOM
+    ],
+)
+def test_batch_parser_matches_json_loads_line_by_line(lines):
+    from fhirbulk._export import _parse_batch
+
+    data = b"".join(line + b"\n" for line in lines)
+    try:
+        expected = [json.loads(line) for line in lines]
+    except ValueError:
+        expected = None
+    got = _parse_batch(data, len(lines))
+    if got is not None:  # None means: fall back to json.loads line by line
+        assert expected is not None and repr(got) == repr(expected)
+
+
+def test_line_by_line_fallback_gives_the_same(sandbox, monkeypatch):
+    import fhirbulk._export as ex
+
+    truth = sandbox.truth(level="group", group="g2")
+    monkeypatch.setattr(ex, "_parse_batch", lambda data, count: None)
+    with fhirbulk.export(sandbox.url(), group="g2", batch_size=50) as job:
+        got = list(job)
+    assert counts(got) == truth
+    assert len({(r["resourceType"], r["id"]) for r in got}) == len(got)
+
+
+def test_example_export_summary(sandbox):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    example = REPO / "examples" / "python" / "export_summary.py"
+    out = subprocess.run([sys.executable, str(example), sandbox.url(), "g1", "Patient,Observation"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    truth = sandbox.truth(level="group", group="g1", _type="Patient,Observation")
+    for ty, n in truth.items():
+        assert any(line.split()[:3] == [ty, "output", f"{n:,}"] for line in out.stdout.splitlines())
+    failed = subprocess.run([sys.executable, str(example), sandbox.url("kickoff=404;polls=0")],
+                            capture_output=True, text=True, timeout=60)
+    assert failed.returncode == 1 and "NotFoundError" in failed.stderr and "sandbox forced 404" in failed.stderr
