@@ -314,20 +314,10 @@ impl Authorizer {
         if let Some(u) = &self.token_url {
             return Ok((u.clone(), Vec::new()));
         }
-        let wk = format!("{}/.well-known/smart-configuration", self.base_url);
         let mut problems = Vec::new();
-        match client
-            .get(&wk)
-            .header(ACCEPT, "application/json")
-            .timeout(self.timeout)
-            .send()
-        {
-            Ok(r) if r.status().is_success() => {
-                let v: Value = r
-                    .bytes()
-                    .ok()
-                    .and_then(|b| serde_json::from_slice(&b).ok())
-                    .unwrap_or(Value::Null);
+        let wk = format!("{}/.well-known/smart-configuration", self.base_url);
+        match self.get_json(client, &wk, "application/json") {
+            Ok(v) => {
                 if let Some(t) = v.get("token_endpoint").and_then(Value::as_str) {
                     let scopes = v
                         .get("scopes_supported")
@@ -343,29 +333,15 @@ impl Authorizer {
                 }
                 problems.push(format!("{wk} has no token_endpoint"));
             }
-            Ok(r) => problems.push(format!("{wk} answered HTTP {}", r.status().as_u16())),
-            Err(e) => problems.push(from_reqwest("SMART discovery", &wk, &e).message),
+            Err(p) => problems.push(p),
         }
         let md = format!("{}/metadata", self.base_url);
-        match client
-            .get(&md)
-            .header(ACCEPT, "application/fhir+json")
-            .timeout(self.timeout)
-            .send()
-        {
-            Ok(r) if r.status().is_success() => {
-                let v: Value = r
-                    .bytes()
-                    .ok()
-                    .and_then(|b| serde_json::from_slice(&b).ok())
-                    .unwrap_or(Value::Null);
-                if let Some(t) = token_from_capability_statement(&v) {
-                    return Ok((t, Vec::new()));
-                }
-                problems.push(format!("{md} has no OAuth token URL in rest.security"));
-            }
-            Ok(r) => problems.push(format!("{md} answered HTTP {}", r.status().as_u16())),
-            Err(e) => problems.push(from_reqwest("metadata request", &md, &e).message),
+        match self.get_json(client, &md, "application/fhir+json") {
+            Ok(v) => match token_from_capability_statement(&v) {
+                Some(t) => return Ok((t, Vec::new())),
+                None => problems.push(format!("{md} has no OAuth token URL in rest.security")),
+            },
+            Err(p) => problems.push(p),
         }
         Err(Error::new(
             ErrorCode::Auth,
@@ -374,6 +350,28 @@ impl Authorizer {
                 problems.join("; ")
             ),
         ))
+    }
+
+    /// GET a JSON document for discovery; the error says what went wrong with it.
+    fn get_json(
+        &self,
+        client: &Client,
+        url: &str,
+        accept: &str,
+    ) -> std::result::Result<Value, String> {
+        let r = client
+            .get(url)
+            .header(ACCEPT, accept)
+            .timeout(self.timeout)
+            .send()
+            .map_err(|e| from_reqwest("discovery request", url, &e).message)?;
+        if !r.status().is_success() {
+            return Err(format!("{url} answered HTTP {}", r.status().as_u16()));
+        }
+        let body = r
+            .bytes()
+            .map_err(|e| from_reqwest("discovery request", url, &e).message)?;
+        serde_json::from_slice(&body).map_err(|_| format!("{url} did not answer JSON"))
     }
 
     fn fetch_token(&self, client: &Client) -> Result<Token> {
