@@ -570,7 +570,9 @@ pub unsafe extern "C" fn export_manifest(
 /// manifest, lines delivered per file). Store it; pass it later as the config's `"resume"` (in
 /// this process or another) to continue the export without a new kick-off and without
 /// receiving a record twice. Take it on the consuming thread between pulls to be exact: it
-/// counts the records handed out up to that moment. 0 before the kick-off has answered.
+/// counts the records handed out up to that moment — a whole batch counts once
+/// `export_next_batch` has returned it, so a caller that stops part-way through a batch must
+/// checkpoint before pulling the batch, or after finishing it. 0 before the kick-off answered.
 ///
 /// # Safety
 /// `buf` is NULL or valid for `buf_len` bytes.
