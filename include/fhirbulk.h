@@ -407,6 +407,17 @@ size_t export_manifest(const struct FhirbulkExport *h, char *buf, size_t buf_len
 size_t export_checkpoint(const struct FhirbulkExport *h, char *buf, size_t buf_len);
 
 /**
+ * Like `export_checkpoint`, as if the last `unread` records of the last batch from
+ * `export_next_batch` had not been handed out: for callers that pass a batch's records on one
+ * by one and checkpoint part-way through it (the language bindings). Call it on the consuming
+ * thread, between pulls. 0 before the kick-off has answered or on a bad handle.
+ *
+ * # Safety
+ * `buf` is NULL or valid for `buf_len` bytes.
+ */
+size_t export_checkpoint_unread(const struct FhirbulkExport *h, size_t unread, char *buf, size_t buf_len);
+
+/**
  * The files known so far as JSON, in `file_index` order:
  * `[{"index":0,"kind":"output","type":"Patient","url":"...","count":12}, ...]`.
  *

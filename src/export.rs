@@ -294,6 +294,9 @@ pub struct Export {
     pos: usize,
     /// Delivery progress of the current chunk's file.
     progress: Option<Arc<FileProgress>>,
+    /// The last batch handed out: its range in the current chunk and the file's progress
+    /// before it (for [`Export::checkpoint_unread`]).
+    last_batch: Option<(usize, usize, u64)>,
     coordinator: Option<JoinHandle<()>>,
     done_rx: Receiver<()>,
 }
@@ -405,6 +408,7 @@ impl Export {
             current: None,
             pos: 0,
             progress: None,
+            last_batch: None,
             coordinator: Some(coordinator),
             done_rx,
         })
@@ -451,6 +455,11 @@ impl Export {
                 let start = self.pos;
                 let end = (start + max).min(chunk.lines.len());
                 let last_line = chunk.lines[end - 1].line;
+                let before = self
+                    .progress
+                    .as_ref()
+                    .map_or(0, |p| p.line.load(Ordering::Acquire));
+                self.last_batch = (!chunk.synthetic).then_some((start, end, before));
                 self.pos = end;
                 self.sh
                     .records
@@ -481,8 +490,32 @@ impl Export {
         }
     }
 
+    /// A checkpoint as if the last `unread` records of the last batch had not been handed out:
+    /// for callers (bindings) that pass a batch's records on one by one and checkpoint part-way
+    /// through it. Call it on the consuming thread, before the next pull.
+    pub fn checkpoint_unread(&self, unread: usize) -> Option<Checkpoint> {
+        let mut cp = self.controller().checkpoint()?;
+        if unread == 0 {
+            return Some(cp);
+        }
+        if let (Some((start, end, before)), Some(chunk)) = (self.last_batch, &self.current) {
+            let handed = (end - start).saturating_sub(unread);
+            let line = if handed == 0 {
+                before
+            } else {
+                chunk.lines[start + handed - 1].line
+            };
+            if let Some(f) = cp.files.get_mut(chunk.file_index as usize) {
+                f.lines_delivered = line;
+                f.complete = false;
+            }
+        }
+        Some(cp)
+    }
+
     /// Make `current[pos]` a record, or say why there is none.
     fn fill(&mut self, timeout: Option<Duration>) -> Result<Option<Next<Never>>> {
+        self.last_batch = None;
         if self
             .current
             .as_ref()

@@ -258,3 +258,44 @@ fn kill_and_resume_across_processes() {
     assert_exactly_once(&sb, union);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_checkpoint_part_way_through_a_batch_counts_only_what_was_used() {
+    let sb = sandbox();
+    let mut c = config(sb.scenario_url("slow=10"));
+    c.delete_on_cancel = false;
+    c.chunk_bytes = 16 * 1024;
+    let mut first = Export::start(c.clone()).unwrap();
+    let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    // Take a few batches, use only half of the last one, checkpoint.
+    let mut cp = None;
+    for round in 0..3 {
+        let Next::Item(b) = first
+            .next_batch(1000, Some(Duration::from_secs(30)))
+            .unwrap()
+        else {
+            panic!("a batch");
+        };
+        let n = b.len();
+        let used = if round == 2 { n / 2 } else { n };
+        for r in b.iter().take(used) {
+            let v: serde_json::Value = serde_json::from_slice(r.data).unwrap();
+            seen.entry(r.resource_type.to_owned())
+                .or_default()
+                .push(v["id"].as_str().unwrap().to_owned());
+        }
+        if round == 2 {
+            assert!(n - used > 0, "a batch of one record cannot be split: {n}");
+            cp = first.checkpoint_unread(n - used);
+        }
+    }
+    first.cancel();
+    drop(first);
+    let mut c2 = c;
+    c2.resume = Some(serde_json::to_value(cp.unwrap()).unwrap());
+    let (rest, _) = run(c2).unwrap();
+    for (t, ids) in rest {
+        seen.entry(t).or_default().extend(ids);
+    }
+    assert_exactly_once(&sb, seen);
+}

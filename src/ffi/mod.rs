@@ -594,6 +594,36 @@ pub unsafe extern "C" fn export_checkpoint(
     unsafe { copy_out(&text, buf, buf_len) }
 }
 
+/// Like `export_checkpoint`, as if the last `unread` records of the last batch from
+/// `export_next_batch` had not been handed out: for callers that pass a batch's records on one
+/// by one and checkpoint part-way through it (the language bindings). Call it on the consuming
+/// thread, between pulls. 0 before the kick-off has answered or on a bad handle.
+///
+/// # Safety
+/// `buf` is NULL or valid for `buf_len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn export_checkpoint_unread(
+    h: *const FhirbulkExport,
+    unread: usize,
+    buf: *mut c_char,
+    buf_len: usize,
+) -> usize {
+    let text = catch_unwind(|| {
+        let Ok(hd) = lookup(h) else {
+            return String::new();
+        };
+        let guard = hd.consumer.lock();
+        guard
+            .as_ref()
+            .and_then(|c| c.export.checkpoint_unread(unread))
+            .and_then(|c| serde_json::to_string(&c).ok())
+            .unwrap_or_default()
+    })
+    .unwrap_or_default();
+    // SAFETY: forwarded caller contract on `buf`.
+    unsafe { copy_out(&text, buf, buf_len) }
+}
+
 /// The files known so far as JSON, in `file_index` order:
 /// `[{"index":0,"kind":"output","type":"Patient","url":"...","count":12}, ...]`.
 ///

@@ -238,8 +238,13 @@ public final class Export implements AutoCloseable, Iterable<Record> {
         if (!iteratorTaken.compareAndSet(false, true)) {
             throw new IllegalStateException("fhirbulk: an Export can be iterated once");
         }
-        return new Iter();
+        Iter it = new Iter();
+        iter = it;
+        return it;
     }
+
+    /** The iterator handed out (for checkpoints part-way through a batch). */
+    private volatile Iter iter;
 
     /** The records as a sequential stream; closing the stream closes the export. Once, like
      *  {@link #iterator()}. */
@@ -282,6 +287,11 @@ public final class Export implements AutoCloseable, Iterable<Record> {
                 throw new NoSuchElementException();
             }
             return records[next++];
+        }
+
+        /** Records of the current batch not yet returned. */
+        int unread() {
+            return records.length - next;
         }
     }
 
@@ -463,7 +473,11 @@ public final class Export implements AutoCloseable, Iterable<Record> {
      * @throws IllegalStateException after {@link #close()}
      */
     public String checkpoint() {
-        return textOrNull(LibFhirBulk::export_checkpoint);
+        // Records of the current batch not yet returned by the iterator are not "received":
+        // the checkpoint must not count them, or a resume would skip them.
+        Iter it = iter;
+        long unread = it == null ? 0 : it.unread();
+        return textOrNull((h, buf, len) -> LibFhirBulk.export_checkpoint_unread(h, unread, buf, len));
     }
 
     /**

@@ -181,6 +181,8 @@ final class LibFhirBulk {
 
     static native long export_checkpoint(long h, byte[] buf, long bufLen);
 
+    static native long export_checkpoint_unread(long h, long unread, byte[] buf, long bufLen);
+
     static native long export_files_json(long h, byte[] buf, long bufLen);
 
     static native Pointer fhirbulk_version();
