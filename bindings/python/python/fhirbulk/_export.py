@@ -634,34 +634,15 @@ class Export:
         was answered or after :meth:`close`."""
         if self._closed:
             return None
-        text = _copy_text(lib.export_checkpoint, self._h)
+        # This binding hands a batch's records out one by one: the records of the last batch
+        # not yet handed out must not count as received.
+        pending = length_hint(self._it) if self._count else 0
+        text = _copy_text(
+            lambda h, buf, n: lib.export_checkpoint_unread(h, pending, buf, n), self._h
+        )
         if not text:
             return None
-        cp = json.loads(text)
-        self._exclude_pending(cp)
-        return cp
-
-    def _exclude_pending(self, cp: Dict[str, Any]) -> None:
-        # The library counts a batch as received when it hands it over; this binding hands its
-        # records out one by one.  Records of the last batch not yet handed out are taken back
-        # out of the checkpoint: the batch's file then counts up to the last record handed out
-        # (a batch holds lines of one file, in order), so a resume delivers the rest again.
-        pending = length_hint(self._it)
-        count = self._count
-        if not pending or pending > count or not isinstance(cp.get("files"), list):
-            return
-        recs = self._batch.records
-        handed = count - pending
-        line = recs[handed - 1].line if handed else recs[0].line - 1
-        index = recs[0].file_index
-        files = self._files()
-        if index >= len(files):
-            return
-        url = files[index].get("url")
-        for f in cp["files"]:
-            if isinstance(f, dict) and f.get("url") == url and f.get("kind") == files[index].get("kind"):
-                f["lines_delivered"] = min(int(f.get("lines_delivered", 0)), int(line))
-                f["complete"] = False
+        return json.loads(text)
 
     def __repr__(self) -> str:
         if self._closed:
