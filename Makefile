@@ -4,6 +4,9 @@
 #               examples/c/export_summary.c and print the records per resource type
 #   make test   every test: rustfmt, clippy, Rust unit + integration tests, the generated
 #               header check, and the C tests (AddressSanitizer, UBSan, valgrind)
+#   make install PREFIX=/usr/local
+#               build the release library and install it for C and C++ programs (shared +
+#               static library, fhirbulk.h, fhirbulk.hpp, pkg-config and CMake files)
 #
 # More test suites hook in by adding a prerequisite line, e.g.
 #   test: test-python
@@ -20,7 +23,8 @@ DEMO_TYPES ?= Patient,Encounter,Observation,Condition,MedicationRequest
 DEMO_SCENARIO ?= polls=3
 DEMO_DIR := target/demo
 
-.PHONY: all build demo test test-rust test-c test-java test-python fmt-check clippy cargo-test header-check
+.PHONY: all build demo install test test-rust test-c test-java test-python test-packaging fmt-check \
+	clippy cargo-test header-check
 
 all: build
 
@@ -48,12 +52,22 @@ demo:
 	echo "+ $(DEMO_DIR)/export_summary $$base $(DEMO_GROUP) $(DEMO_TYPES)"; \
 	$(DEMO_DIR)/export_summary "$$base" $(DEMO_GROUP) $(DEMO_TYPES)
 
+# ---- install ------------------------------------------------------------------------------
+
+# PREFIX/lib (libfhirbulk.so.X.Y.Z + symlinks, libfhirbulk.a, pkgconfig/, cmake/fhirbulk/) and
+# PREFIX/include (fhirbulk.h, fhirbulk.hpp); DESTDIR stages for packagers.
+PREFIX ?= /usr/local
+
+install:
+	bash packaging/install.sh "$(abspath $(PREFIX))"
+
 # ---- tests ----------------------------------------------------------------------------------
 
 # The one test command (README, .ci/run).
 test: test-rust test-c
 test: test-java
 test: test-python
+test: test-packaging
 
 test-rust: fmt-check clippy cargo-test header-check
 
@@ -89,6 +103,11 @@ test-c:
 # The Java binding: JUnit against the sandbox, the jar loading its bundled library in a clean JVM.
 test-java:
 	bash bindings/java/run-tests.sh --rebuild
+
+# Installed like a user would (make install into a temporary prefix), then the pkg-config C
+# example, the CMake C++ example and the fhirbulk.hpp wrapper tests against the sandbox.
+test-packaging:
+	bash tests/packaging/run.sh
 
 # The Python binding: pip-installed into a fresh virtualenv the way a user would, then pytest.
 test-python:

@@ -7,6 +7,14 @@ fn main() {
     let dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"));
     println!("cargo:rerun-if-changed=src/ffi");
     println!("cargo:rerun-if-changed=cbindgen.toml");
+    // The shared library's soname carries the major version (libfhirbulk.so.0 for 0.x), so an
+    // installed lib/libfhirbulk.so.0.1.0 is found through its libfhirbulk.so.0 symlink
+    // (packaging/install.sh). Bindings that dlopen target/release/libfhirbulk.so by path do
+    // not care.
+    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
+        let major = std::env::var("CARGO_PKG_VERSION_MAJOR").expect("cargo sets it");
+        println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libfhirbulk.so.{major}");
+    }
     let config = cbindgen::Config::from_file(dir.join("cbindgen.toml")).expect("cbindgen.toml");
     let version = std::env::var("CARGO_PKG_VERSION").expect("cargo sets it");
     assert!(
