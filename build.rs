@@ -13,7 +13,9 @@ fn main() {
     // not care.
     if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
         let major = std::env::var("CARGO_PKG_VERSION_MAJOR").expect("cargo sets it");
-        println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libfhirbulk.so.{major}");
+        let soname = format!("libfhirbulk.so.{major}");
+        println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,{soname}");
+        soname_link(&soname);
     }
     let config = cbindgen::Config::from_file(dir.join("cbindgen.toml")).expect("cbindgen.toml");
     let version = std::env::var("CARGO_PKG_VERSION").expect("cargo sets it");
@@ -42,3 +44,27 @@ fn main() {
         std::fs::write(&path, out).expect("write include/fhirbulk.h");
     }
 }
+
+/// Programs linked in the tree (`-Ltarget/debug -lfhirbulk`: tests/c, `make demo`) record the
+/// soname and look for it beside `libfhirbulk.so` at run time: put a symlink there, in the
+/// profile directory (`OUT_DIR` is `target/[TRIPLE/]PROFILE/build/fhirbulk-HASH/out`).
+#[cfg(unix)]
+fn soname_link(soname: &str) {
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets it"));
+    let Some(profile_dir) = out.ancestors().nth(3) else {
+        return;
+    };
+    if out.ancestors().nth(2).and_then(|p| p.file_name()) != Some("build".as_ref()) {
+        return;
+    }
+    let link = profile_dir.join(soname);
+    if std::fs::read_link(&link).ok().as_deref() != Some("libfhirbulk.so".as_ref()) {
+        let _ = std::fs::remove_file(&link);
+        if let Err(e) = std::os::unix::fs::symlink("libfhirbulk.so", &link) {
+            println!("cargo:warning=could not link {}: {e}", link.display());
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn soname_link(_soname: &str) {}
