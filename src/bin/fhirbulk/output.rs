@@ -1,0 +1,483 @@
+//! The output directory: one NDJSON file per manifest file (`<Type>.<n>.ndjson[.gz]`, errors under
+//! `error/`, deleted under `deleted/`), written so that a checkpoint can name each file's length.
+//!
+//! Gzip output is written as a multi-member gzip file: every checkpoint ends a member, so the
+//! length recorded in the checkpoint is always a member boundary and truncating to it on resume
+//! leaves a valid file.
+
+use crate::util::{safe_name, CliError};
+use fhirbulk::{Batch, Controller, FileInfo, Kind};
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+/// Files kept open at once; more are closed least recently used first and reopened to append.
+const MAX_OPEN: usize = 64;
+/// Where error records for skipped invalid lines (`--on-invalid-line skip`) go.
+const SKIPPED_LINES: &str = "error/fhirbulk-skipped-lines.ndjson";
+
+/// What the checkpoint remembers of one output file.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileState {
+    /// Length on disk at the checkpoint.
+    pub bytes: u64,
+    /// Records written.
+    pub records: u64,
+    /// NDJSON bytes written (uncompressed).
+    pub ndjson_bytes: u64,
+}
+
+/// Totals carried across a resume.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Totals {
+    /// Output records per resource type.
+    pub records: BTreeMap<String, u64>,
+    pub error_records: u64,
+    pub deleted_records: u64,
+    pub ndjson_bytes: u64,
+}
+
+/// One output file at the end of an export.
+pub struct WrittenFile {
+    pub rel: String,
+    pub kind: Kind,
+    pub resource_type: Option<String>,
+    pub url: String,
+    pub state: FileState,
+}
+
+impl Slot {
+    fn written(&self) -> WrittenFile {
+        WrittenFile {
+            rel: self.rel.clone(),
+            kind: self.kind,
+            resource_type: self.resource_type.clone(),
+            url: self.url.clone(),
+            state: self.state.clone(),
+        }
+    }
+}
+
+struct Writer {
+    idle: Option<BufWriter<File>>,
+    gz: Option<GzEncoder<BufWriter<File>>>,
+    gzip: bool,
+}
+
+impl Writer {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        if self.gzip {
+            if self.gz.is_none() {
+                let f = self.idle.take().expect("an idle file");
+                self.gz = Some(GzEncoder::new(f, Compression::default()));
+            }
+            self.gz.as_mut().expect("encoder").write_all(data)
+        } else {
+            self.idle.as_mut().expect("a file").write_all(data)
+        }
+    }
+
+    /// Flush to the OS (ending the gzip member) and give the file's length.
+    fn flush(&mut self) -> std::io::Result<u64> {
+        if let Some(enc) = self.gz.take() {
+            self.idle = Some(enc.finish()?);
+        }
+        let f = self.idle.as_mut().expect("a file");
+        f.flush()?;
+        Ok(f.get_ref().metadata()?.len())
+    }
+
+    fn sync(&self) -> std::io::Result<()> {
+        match &self.idle {
+            Some(f) => f.get_ref().sync_data(),
+            None => Ok(()),
+        }
+    }
+}
+
+struct Slot {
+    rel: String,
+    kind: Kind,
+    resource_type: Option<String>,
+    url: String,
+    writer: Option<Writer>,
+    state: FileState,
+    /// Written since the last flush / sync.
+    dirty: bool,
+    unsynced: bool,
+    /// Opened in this run (a reopen appends).
+    opened: bool,
+    last_use: u64,
+}
+
+pub struct Outputs {
+    dir: PathBuf,
+    gzip: bool,
+    slots: Vec<Slot>,
+    skipped: Option<Slot>,
+    per_name: HashMap<(Kind, String), u32>,
+    /// Lengths from the checkpoint this run resumes: these files were truncated to them and are
+    /// appended to.
+    resumed: HashMap<String, FileState>,
+    open: usize,
+    clock: u64,
+    pub totals: Totals,
+}
+
+impl Outputs {
+    pub fn new(
+        dir: &Path,
+        gzip: bool,
+        resumed: HashMap<String, FileState>,
+        totals: Totals,
+    ) -> Outputs {
+        Outputs {
+            dir: dir.to_owned(),
+            gzip,
+            slots: Vec::new(),
+            skipped: None,
+            per_name: HashMap::new(),
+            resumed,
+            open: 0,
+            clock: 0,
+            totals,
+        }
+    }
+
+    fn ext(&self) -> &'static str {
+        if self.gzip {
+            "ndjson.gz"
+        } else {
+            "ndjson"
+        }
+    }
+
+    /// Learn the files listed so far (file indexes are stable and only grow).
+    pub fn sync_files(&mut self, files: &[FileInfo]) {
+        for f in files.iter().skip(self.slots.len()) {
+            let (dir, default_type) = match f.kind {
+                Kind::Output => ("", "output"),
+                Kind::Error => ("error/", "OperationOutcome"),
+                Kind::Deleted => ("deleted/", "Bundle"),
+            };
+            let ty = safe_name(f.resource_type.as_deref().unwrap_or(default_type));
+            let ext = self.ext();
+            let n = self.per_name.entry((f.kind, ty.clone())).or_insert(0);
+            *n += 1;
+            let rel = format!("{dir}{ty}.{n}.{ext}");
+            let state = self.resumed.get(&rel).cloned().unwrap_or_default();
+            self.slots.push(Slot {
+                rel,
+                kind: f.kind,
+                resource_type: f.resource_type.clone(),
+                url: f.url.clone(),
+                writer: None,
+                state,
+                dirty: false,
+                unsynced: false,
+                opened: false,
+                last_use: 0,
+            });
+        }
+    }
+
+    fn skipped_slot(&mut self) -> &mut Slot {
+        let rel = if self.gzip {
+            format!("{SKIPPED_LINES}.gz")
+        } else {
+            SKIPPED_LINES.to_owned()
+        };
+        let state = self.resumed.get(&rel).cloned().unwrap_or_default();
+        self.skipped.get_or_insert_with(|| Slot {
+            rel,
+            kind: Kind::Error,
+            resource_type: Some("OperationOutcome".into()),
+            url: String::new(),
+            writer: None,
+            state,
+            dirty: false,
+            unsynced: false,
+            opened: false,
+            last_use: 0,
+        })
+    }
+
+    /// Write a batch (all records of one file) and count it.
+    pub fn write_batch(&mut self, batch: &Batch<'_>, ctl: &Controller) -> Result<(), CliError> {
+        let Some(first) = batch.get(0) else {
+            return Ok(());
+        };
+        let index = first.file_index as usize;
+        if index >= self.slots.len() {
+            self.sync_files(&ctl.files());
+        }
+        let Some(slot_kind) = self.slots.get(index).map(|s| s.kind) else {
+            return Err(CliError::Local {
+                exit: crate::util::EXIT_OTHER,
+                message: format!("internal error: a record of unknown file {index}"),
+            });
+        };
+        let data = batch.data();
+        let mut count = 0u64;
+        for r in batch.iter() {
+            count += 1;
+            match r.kind {
+                Kind::Output => {
+                    if let Some(n) = self.totals.records.get_mut(r.resource_type) {
+                        *n += 1;
+                    } else {
+                        self.totals.records.insert(r.resource_type.to_owned(), 1);
+                    }
+                }
+                Kind::Error => self.totals.error_records += 1,
+                Kind::Deleted => self.totals.deleted_records += 1,
+            }
+        }
+        self.totals.ndjson_bytes += data.len() as u64;
+        // Error records for skipped invalid lines carry the index of the file they came from.
+        let synthetic = first.kind != slot_kind;
+        self.clock += 1;
+        let clock = self.clock;
+        let need_open = if synthetic {
+            self.skipped_slot().writer.is_none()
+        } else {
+            self.slots[index].writer.is_none()
+        };
+        if need_open {
+            if self.open >= MAX_OPEN {
+                self.evict()?;
+            }
+            let dir = self.dir.clone();
+            let gzip = self.gzip;
+            let slot = if synthetic {
+                self.skipped_slot()
+            } else {
+                &mut self.slots[index]
+            };
+            open(&dir, gzip, slot)?;
+            self.open += 1;
+        }
+        let dir = self.dir.clone();
+        let slot = if synthetic {
+            self.skipped_slot()
+        } else {
+            &mut self.slots[index]
+        };
+        slot.last_use = clock;
+        slot.writer
+            .as_mut()
+            .expect("open")
+            .write(data)
+            .map_err(|e| {
+                CliError::io(
+                    format_args!("cannot write {}", dir.join(&slot.rel).display()),
+                    &e,
+                )
+            })?;
+        slot.state.records += count;
+        slot.state.ndjson_bytes += data.len() as u64;
+        slot.dirty = true;
+        slot.unsynced = true;
+        Ok(())
+    }
+
+    fn evict(&mut self) -> Result<(), CliError> {
+        let dir = self.dir.clone();
+        let victim = self
+            .slots
+            .iter_mut()
+            .chain(self.skipped.iter_mut())
+            .filter(|s| s.writer.is_some())
+            .min_by_key(|s| s.last_use);
+        if let Some(s) = victim {
+            close(&dir, s, true)?;
+            self.open -= 1;
+        }
+        Ok(())
+    }
+
+    /// Flush every file written since the last call (ending gzip members) and fsync them, so
+    /// their lengths can go into a checkpoint.
+    pub fn flush_all(&mut self, sync: bool) -> Result<(), CliError> {
+        let dir = self.dir.clone();
+        for s in self.slots.iter_mut().chain(self.skipped.iter_mut()) {
+            if let Some(w) = s.writer.as_mut() {
+                if s.dirty {
+                    s.state.bytes = w.flush().map_err(|e| {
+                        CliError::io(
+                            format_args!("cannot write {}", dir.join(&s.rel).display()),
+                            &e,
+                        )
+                    })?;
+                    s.dirty = false;
+                }
+                if sync && s.unsynced {
+                    w.sync().map_err(|e| {
+                        CliError::io(
+                            format_args!("cannot sync {}", dir.join(&s.rel).display()),
+                            &e,
+                        )
+                    })?;
+                    s.unsynced = false;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Close a file the engine delivered completely.
+    pub fn close_file(&mut self, index: usize) -> Result<(), CliError> {
+        let dir = self.dir.clone();
+        if let Some(s) = self.slots.get_mut(index) {
+            if s.writer.is_some() {
+                close(&dir, s, true)?;
+                self.open -= 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// The per-file state for a checkpoint (call after [`Outputs::flush_all`]).
+    pub fn states(&self) -> BTreeMap<String, FileState> {
+        let mut m: BTreeMap<String, FileState> = self
+            .resumed
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for s in self.slots.iter().chain(self.skipped.iter()) {
+            if s.opened || self.resumed.contains_key(&s.rel) {
+                m.insert(s.rel.clone(), s.state.clone());
+            }
+        }
+        m
+    }
+
+    /// Close everything and create the files that got no record, so every manifest file has
+    /// its file. Returns (relative path, kind, type, url, state) per manifest file.
+    pub fn finish(&mut self) -> Result<Vec<WrittenFile>, CliError> {
+        let dir = self.dir.clone();
+        let gzip = self.gzip;
+        for s in self.slots.iter_mut().chain(self.skipped.iter_mut()) {
+            if s.writer.is_some() {
+                close(&dir, s, true)?;
+            } else if s.state.records == 0 && !dir.join(&s.rel).exists() {
+                // A file without records: create it (an empty gzip member for .gz).
+                open(&dir, gzip, s)?;
+                if gzip {
+                    if let Some(w) = s.writer.as_mut() {
+                        w.gz = Some(GzEncoder::new(
+                            w.idle.take().expect("file"),
+                            Compression::default(),
+                        ));
+                    }
+                }
+                close(&dir, s, true)?;
+            }
+        }
+        self.open = 0;
+        let mut out: Vec<WrittenFile> = self.slots.iter().map(Slot::written).collect();
+        if let Some(s) = &self.skipped {
+            out.push(s.written());
+        }
+        Ok(out)
+    }
+
+    /// Records and uncompressed bytes written of file `index` (for the event log).
+    pub fn file_state(&self, index: usize) -> Option<&FileState> {
+        self.slots.get(index).map(|s| &s.state)
+    }
+}
+
+fn open(dir: &Path, gzip: bool, s: &mut Slot) -> Result<(), CliError> {
+    let path = dir.join(&s.rel);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| CliError::io(format_args!("cannot create {}", parent.display()), &e))?;
+    }
+    // Reopened in this run, or truncated to its checkpointed length at start: append.
+    // Otherwise the file is new in this export: start it empty.
+    let append = s.opened || s.state.bytes > 0 || s.state.records > 0;
+    let f = if append {
+        OpenOptions::new().append(true).create(true).open(&path)
+    } else {
+        File::create(&path)
+    }
+    .map_err(|e| CliError::io(format_args!("cannot open {}", path.display()), &e))?;
+    s.writer = Some(Writer {
+        idle: Some(BufWriter::with_capacity(256 * 1024, f)),
+        gz: None,
+        gzip,
+    });
+    s.opened = true;
+    Ok(())
+}
+
+fn close(dir: &Path, s: &mut Slot, sync: bool) -> Result<(), CliError> {
+    if let Some(mut w) = s.writer.take() {
+        let path = dir.join(&s.rel);
+        s.state.bytes = w
+            .flush()
+            .map_err(|e| CliError::io(format_args!("cannot write {}", path.display()), &e))?;
+        if sync {
+            w.sync()
+                .map_err(|e| CliError::io(format_args!("cannot sync {}", path.display()), &e))?;
+        }
+        s.dirty = false;
+        s.unsynced = false;
+    }
+    Ok(())
+}
+
+/// On resume: cut every file back to its checkpointed length, so no line written after the
+/// checkpoint is there twice. A file shorter than recorded was changed by someone else.
+pub fn truncate_to_checkpoint(
+    dir: &Path,
+    files: &BTreeMap<String, FileState>,
+) -> Result<(), CliError> {
+    for (rel, st) in files {
+        if rel.contains("..") || rel.starts_with('/') {
+            return Err(CliError::usage(format!(
+                "the checkpoint in {} names a file outside it ({rel:?}); remove the checkpoint",
+                dir.display()
+            )));
+        }
+        let path = dir.join(rel);
+        match std::fs::metadata(&path) {
+            Ok(m) if m.len() >= st.bytes => {
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| CliError::io(format_args!("cannot open {}", path.display()), &e))?;
+                f.set_len(st.bytes)
+                    .map_err(|e| CliError::io(format_args!("cannot truncate {}", path.display()), &e))?;
+                f.sync_all()
+                    .map_err(|e| CliError::io(format_args!("cannot sync {}", path.display()), &e))?;
+            }
+            Ok(m) => {
+                return Err(CliError::usage(format!(
+                    "cannot resume: {} is {} bytes, shorter than the {} bytes the checkpoint recorded \
+(was it modified?); cancel with `fhirbulk cancel --out {}` and start again",
+                    path.display(),
+                    m.len(),
+                    st.bytes,
+                    dir.display()
+                )))
+            }
+            Err(_) if st.bytes == 0 => {}
+            Err(e) => {
+                return Err(CliError::usage(format!(
+                    "cannot resume: {} ({e}) is missing; the checkpoint recorded {} bytes; cancel with \
+`fhirbulk cancel --out {}` and start again",
+                    path.display(),
+                    st.bytes,
+                    dir.display()
+                )))
+            }
+        }
+    }
+    Ok(())
+}

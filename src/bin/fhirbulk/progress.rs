@@ -1,0 +1,199 @@
+//! What the user sees while an export runs: a live indicatif display on a terminal (server
+//! progress while waiting; files, bytes, records, rate and ETA while downloading), plain log
+//! lines on stderr otherwise, nothing with `--quiet`.
+
+use crate::util::human_bytes;
+use fhirbulk::{Progress, State};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    Starting,
+    Waiting,
+    Downloading,
+}
+
+enum Mode {
+    Bar(ProgressBar),
+    Plain,
+    Quiet,
+}
+
+pub struct Display {
+    mode: Mode,
+    phase: Phase,
+    last_plain: Instant,
+    last_xprogress: Option<String>,
+    download_start: Option<(Instant, u64)>,
+}
+
+/// What the consumer has written so far (the engine's counters are per process).
+pub struct Written {
+    pub records: u64,
+    pub bytes: u64,
+    pub files_done: usize,
+    pub files_total: usize,
+    /// Sum of the manifest's `count` hints, when every file has one.
+    pub expected_records: Option<u64>,
+}
+
+fn fmt_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 3600 {
+        format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+    } else {
+        format!("{}:{:02}", s / 60, s % 60)
+    }
+}
+
+fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+impl Display {
+    pub fn new(quiet: bool) -> Display {
+        let mode = if quiet {
+            Mode::Quiet
+        } else if std::io::stderr().is_terminal() {
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(10));
+            bar.set_style(
+                ProgressStyle::with_template("{spinner:.green} {wide_msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar.set_message("kicking off the export");
+            Mode::Bar(bar)
+        } else {
+            Mode::Plain
+        };
+        Display {
+            mode,
+            phase: Phase::Starting,
+            last_plain: Instant::now(),
+            last_xprogress: None,
+            download_start: None,
+        }
+    }
+
+    /// A line of its own (above the live display on a terminal).
+    pub fn line(&self, text: &str) {
+        match &self.mode {
+            Mode::Bar(b) => b.println(format!("fhirbulk: {text}")),
+            Mode::Plain => eprintln!("fhirbulk: {text}"),
+            Mode::Quiet => {}
+        }
+    }
+
+    pub fn update(&mut self, p: &Progress, w: &Written) {
+        let phase = match p.state {
+            State::KickingOff => Phase::Starting,
+            State::Waiting => Phase::Waiting,
+            _ => Phase::Downloading,
+        };
+        let changed = phase != self.phase;
+        self.phase = phase;
+        match phase {
+            Phase::Starting => {}
+            Phase::Waiting => {
+                let xp = p
+                    .server_progress
+                    .clone()
+                    .unwrap_or_else(|| "in progress".into());
+                let text = format!("waiting for the server: {xp} ({} status requests)", p.polls);
+                match &self.mode {
+                    Mode::Bar(b) => b.set_message(text),
+                    Mode::Plain => {
+                        if changed
+                            || (self.last_xprogress.as_deref() != Some(xp.as_str())
+                                && self.last_plain.elapsed() >= Duration::from_secs(2))
+                        {
+                            eprintln!("fhirbulk: {text}");
+                            self.last_plain = Instant::now();
+                            self.last_xprogress = Some(xp);
+                        }
+                    }
+                    Mode::Quiet => {}
+                }
+            }
+            Phase::Downloading => {
+                if changed || self.download_start.is_none() {
+                    self.download_start = Some((Instant::now(), w.records));
+                    if let Mode::Bar(b) = &self.mode {
+                        b.set_style(
+                            ProgressStyle::with_template(
+                                "{spinner:.green} {elapsed_precise} {bar:20.cyan/blue} {wide_msg}",
+                            )
+                            .unwrap_or_else(|_| ProgressStyle::default_bar())
+                            .progress_chars("=> "),
+                        );
+                    }
+                }
+                let (t0, r0) = self.download_start.unwrap_or((Instant::now(), 0));
+                let secs = t0.elapsed().as_secs_f64().max(0.001);
+                let rate = (w.records.saturating_sub(r0)) as f64 / secs;
+                let eta = match w.expected_records {
+                    Some(total) if rate > 0.0 && total >= w.records => {
+                        Some(Duration::from_secs_f64((total - w.records) as f64 / rate))
+                    }
+                    _ if w.files_done > 0 && w.files_total > w.files_done => {
+                        let per_file = secs / w.files_done as f64;
+                        Some(Duration::from_secs_f64(
+                            per_file * (w.files_total - w.files_done) as f64,
+                        ))
+                    }
+                    _ => None,
+                };
+                // Most important first: a narrow terminal cuts the end.
+                let text = format!(
+                    "{} records, {} rec/s{}, files {}/{}, {}",
+                    thousands(w.records),
+                    thousands(rate as u64),
+                    eta.map(|d| format!(", ETA {}", fmt_duration(d)))
+                        .unwrap_or_default(),
+                    w.files_done,
+                    w.files_total,
+                    human_bytes(w.bytes),
+                );
+                match &self.mode {
+                    Mode::Bar(b) => {
+                        match w.expected_records {
+                            Some(total) if total > 0 => {
+                                b.set_length(total);
+                                b.set_position(w.records.min(total));
+                            }
+                            _ => {
+                                b.set_length(w.files_total.max(1) as u64);
+                                b.set_position(w.files_done as u64);
+                            }
+                        }
+                        b.set_message(text);
+                    }
+                    Mode::Plain => {
+                        if changed || self.last_plain.elapsed() >= Duration::from_secs(5) {
+                            eprintln!("fhirbulk: downloading: {text}");
+                            self.last_plain = Instant::now();
+                        }
+                    }
+                    Mode::Quiet => {}
+                }
+            }
+        }
+    }
+
+    /// Remove the live display.
+    pub fn finish(&self) {
+        if let Mode::Bar(b) = &self.mode {
+            b.finish_and_clear();
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! Exit codes, errors, timestamps and atomic file writes.
+
+use fhirbulk::{Error, ErrorCode};
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_OTHER: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_AUTH: u8 = 3;
+pub const EXIT_HTTP: u8 = 4;
+pub const EXIT_NETWORK: u8 = 5;
+pub const EXIT_PROTOCOL: u8 = 6;
+pub const EXIT_INTERRUPTED: u8 = 7;
+
+/// The exit code for an engine error class.
+pub fn exit_code(code: ErrorCode) -> u8 {
+    match code {
+        ErrorCode::Config | ErrorCode::InvalidArgument => EXIT_USAGE,
+        ErrorCode::Auth | ErrorCode::Unauthorized | ErrorCode::Forbidden => EXIT_AUTH,
+        ErrorCode::BadRequest
+        | ErrorCode::NotFound
+        | ErrorCode::NotAcceptable
+        | ErrorCode::UnsupportedMediaType
+        | ErrorCode::Unprocessable
+        | ErrorCode::Throttled
+        | ErrorCode::Server
+        | ErrorCode::Http => EXIT_HTTP,
+        ErrorCode::Network | ErrorCode::Timeout => EXIT_NETWORK,
+        ErrorCode::Protocol => EXIT_PROTOCOL,
+        ErrorCode::Internal | ErrorCode::InvalidHandle | ErrorCode::Busy => EXIT_OTHER,
+    }
+}
+
+/// A failure of the command: an engine error, or a local one with its own exit code.
+#[derive(Debug)]
+pub enum CliError {
+    Engine(Error),
+    Local { exit: u8, message: String },
+}
+
+impl CliError {
+    pub fn usage(message: impl Into<String>) -> CliError {
+        CliError::Local {
+            exit: EXIT_USAGE,
+            message: message.into(),
+        }
+    }
+    pub fn io(what: impl fmt::Display, e: &std::io::Error) -> CliError {
+        CliError::Local {
+            exit: EXIT_OTHER,
+            message: format!("{what}: {e}"),
+        }
+    }
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Engine(e) => exit_code(e.code),
+            CliError::Local { exit, .. } => *exit,
+        }
+    }
+    /// The error as the JSON object of the `--json` summary.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            CliError::Engine(e) => {
+                let mut v = serde_json::to_value(e).unwrap_or_default();
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("name".into(), e.code.name().into());
+                    o.insert("exit_code".into(), exit_code(e.code).into());
+                }
+                v
+            }
+            CliError::Local { exit, message } => serde_json::json!({
+                "name": if *exit == EXIT_USAGE { "usage" } else { "local" },
+                "message": message,
+                "exit_code": exit,
+            }),
+        }
+    }
+    /// Print to stderr: the message, the HTTP status and the server's issues.
+    pub fn report(&self) {
+        let mut err = std::io::stderr().lock();
+        match self {
+            CliError::Engine(e) => {
+                let _ = write!(err, "fhirbulk: error: {e}");
+                if let Some(s) = e.http_status {
+                    let _ = write!(err, " [HTTP {s}]");
+                }
+                let _ = writeln!(err, " ({})", e.code.name());
+                for i in &e.issues {
+                    let text = i
+                        .diagnostics
+                        .as_deref()
+                        .or(i.details.as_deref())
+                        .unwrap_or("");
+                    let _ = writeln!(err, "  server issue: {} {}: {text}", i.severity, i.code);
+                }
+            }
+            CliError::Local { message, .. } => {
+                let _ = writeln!(err, "fhirbulk: error: {message}");
+            }
+        }
+    }
+}
+
+impl From<Error> for CliError {
+    fn from(e: Error) -> CliError {
+        CliError::Engine(e)
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CliError::Engine(e) => write!(f, "{e}"),
+            CliError::Local { message, .. } => f.write_str(message),
+        }
+    }
+}
+
+/// `2024-05-01T12:00:00.123Z`
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, day) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+pub fn now() -> String {
+    rfc3339(SystemTime::now())
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// Write a file atomically: a temporary file in the same directory, fsync, rename, fsync the
+/// directory.
+pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp: PathBuf = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    sync_dir(dir);
+    Ok(())
+}
+
+/// fsync a directory so a rename in it survives a power loss (best effort).
+pub fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// 20 random hex characters (the event log's `exportId`, like the SMART client's).
+pub fn random_id() -> String {
+    let mut b = [0u8; 10];
+    if getrandom::getrandom(&mut b).is_err() {
+        let n = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        b.copy_from_slice(&n.to_le_bytes()[..10]);
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// A file or directory name for a resource type from the server: letters and digits only, so a
+/// hostile manifest cannot write outside the output directory.
+pub fn safe_name(s: &str) -> String {
+    let cleaned: String = s
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .take(64)
+        .collect();
+    if cleaned.is_empty() {
+        "output".into()
+    } else {
+        cleaned
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let t = UNIX_EPOCH + Duration::from_millis(1_709_251_199_123);
+        assert_eq!(rfc3339(t), "2024-02-29T23:59:59.123Z");
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(safe_name("../etc/passwd"), "etcpasswd");
+        assert_eq!(safe_name(""), "output");
+        assert_eq!(safe_name("Observation"), "Observation");
+    }
+}

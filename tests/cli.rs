@@ -1,0 +1,616 @@
+//! The `fhirbulk` command line against an in-process sandbox: files equal to the ground truth
+//! and to the bytes served, `--since auto`, kill -9 and resume, Ctrl-C and cancel, the event log,
+//! the progress display on a pseudo-terminal, exit codes and the `--json` summary.
+
+use fhirbulk::sandbox::{Sandbox, SandboxAuth, SandboxClient, SandboxOptions, TruthQuery};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_fhirbulk");
+const TYPES: &str = "Patient,Observation,Condition";
+
+fn sandbox(patients: usize, per_file: usize) -> Sandbox {
+    Sandbox::start(SandboxOptions {
+        patients,
+        records_per_file: per_file,
+        ..SandboxOptions::default()
+    })
+    .expect("sandbox starts")
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("fhirbulk-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// `fhirbulk export` with fast polling and retries.
+fn export_cmd(base: &str, out: &Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(["export", "--base-url", base, "--out"])
+        .arg(out)
+        .args([
+            "--poll-min-ms",
+            "10",
+            "--retry-backoff-min-ms",
+            "10",
+            "--retry-backoff-max-ms",
+            "100",
+        ])
+        .stdin(Stdio::null());
+    c
+}
+
+fn run(c: &mut Command) -> Output {
+    c.output().expect("fhirbulk runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn truth(sb: &Sandbox, group: &str, types: &str, since: Option<&str>) -> BTreeMap<String, u64> {
+    let mut t = sb.truth(&TruthQuery {
+        level: "group".into(),
+        group: Some(group.into()),
+        types: types.split(',').map(str::to_owned).collect(),
+        since: since.map(str::to_owned),
+        ..TruthQuery::default()
+    });
+    t.retain(|_, n| *n > 0);
+    t
+}
+
+/// The lines of an output file (gzip: all members).
+fn lines(path: &Path) -> Vec<Vec<u8>> {
+    let raw = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let data = if path.extension().is_some_and(|e| e == "gz") {
+        let mut d = flate2::read::MultiGzDecoder::new(&raw[..]);
+        let mut v = Vec::new();
+        d.read_to_end(&mut v).expect("valid gzip");
+        v
+    } else {
+        raw
+    };
+    assert!(
+        data.is_empty() || data.ends_with(b"\n"),
+        "{} ends mid-line",
+        path.display()
+    );
+    data.split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
+/// type -> ids of the output files in `out` (top level), asserting each id appears once.
+fn ids_by_type(out: &Path) -> BTreeMap<String, u64> {
+    let mut seen: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for e in std::fs::read_dir(out).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name == "log.ndjson" || !(name.ends_with(".ndjson") || name.ends_with(".ndjson.gz")) {
+            continue;
+        }
+        let file_type = name.split('.').next().unwrap().to_owned();
+        for l in lines(&e.path()) {
+            let v: Value = serde_json::from_slice(&l).expect("each line is JSON");
+            assert_eq!(v["resourceType"], file_type.as_str(), "{name}");
+            let id = v["id"].as_str().expect("an id").to_owned();
+            assert!(
+                seen.entry(file_type.clone())
+                    .or_default()
+                    .insert(id.clone()),
+                "{file_type}/{id} is in the output twice"
+            );
+        }
+    }
+    seen.into_iter()
+        .map(|(t, ids)| (t, ids.len() as u64))
+        .collect()
+}
+
+fn kickoffs(sb: &Sandbox) -> Vec<fhirbulk::sandbox::LoggedRequest> {
+    sb.requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with("$export"))
+        .collect()
+}
+
+fn read_log(out: &Path) -> Vec<Value> {
+    std::fs::read_to_string(out.join("log.ndjson"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("log line is JSON"))
+        .collect()
+}
+
+/// The event log: the SMART client's shape, one export id, events in order.
+fn check_log(events: &[Value], files: usize) {
+    assert!(!events.is_empty());
+    let id = events[0]["exportId"].as_str().unwrap();
+    for e in events {
+        for k in ["exportId", "timestamp", "eventId", "eventDetail"] {
+            assert!(e.get(k).is_some(), "{k} missing in {e}");
+        }
+        assert_eq!(e["exportId"], id);
+        assert!(e["eventDetail"].is_object());
+    }
+    let ids: Vec<&str> = events
+        .iter()
+        .map(|e| e["eventId"].as_str().unwrap())
+        .collect();
+    let pos = |name: &str| ids.iter().position(|x| *x == name);
+    assert_eq!(ids[0], "kickoff", "{ids:?}");
+    assert_eq!(ids.iter().filter(|x| **x == "kickoff").count(), 1);
+    let complete = pos("status_complete").expect("status_complete");
+    assert!(
+        ids[1..complete].iter().all(|x| *x == "status_progress"),
+        "{ids:?}"
+    );
+    assert_eq!(*ids.last().unwrap(), "export_complete");
+    let mut requested = BTreeSet::new();
+    let mut completed = BTreeSet::new();
+    for e in &events[complete + 1..events.len() - 1] {
+        let url = e["eventDetail"]["fileUrl"].as_str().unwrap().to_owned();
+        match e["eventId"].as_str().unwrap() {
+            "download_request" => assert!(requested.insert(url)),
+            "download_complete" => {
+                assert!(requested.contains(&url), "complete before request: {url}");
+                assert!(e["eventDetail"]["resourceCount"].is_u64());
+                assert!(completed.insert(url));
+            }
+            other => panic!("unexpected event {other}"),
+        }
+    }
+    assert_eq!(requested.len(), files);
+    assert_eq!(completed.len(), files);
+    let done = &events.last().unwrap()["eventDetail"];
+    assert_eq!(done["files"], files);
+    let parse = |e: &Value| e["timestamp"].as_str().unwrap().to_owned();
+    let stamps: Vec<String> = events.iter().map(parse).collect();
+    let mut sorted = stamps.clone();
+    sorted.sort();
+    assert_eq!(stamps, sorted, "timestamps in order");
+}
+
+#[test]
+fn full_export_matches_truth_and_served_bytes() {
+    let sb = sandbox(30, 20);
+    let base = sb.scenario_url("retry_after=0;errors");
+    let out = tempdir("full");
+    let o = run(export_cmd(&base, &out).args(["--group", "g1", "--type", TYPES, "--json"]));
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", text(&o.stderr));
+    let summary: Value = serde_json::from_slice(&o.stdout).expect("--json summary parses");
+    assert_eq!(summary["status"], "complete");
+    assert_eq!(summary["exitCode"], 0);
+    assert!(summary["error"].is_null());
+    assert!(summary["transactionTime"].is_string());
+    assert!(summary["durationSeconds"].as_f64().unwrap() > 0.0);
+    let want = truth(&sb, "g1", TYPES, None);
+    let got: BTreeMap<String, u64> = serde_json::from_value(summary["records"].clone()).unwrap();
+    assert_eq!(got, want, "summary counts");
+    assert_eq!(
+        ids_by_type(&out),
+        want,
+        "every record once, as the ground truth"
+    );
+
+    // Every file holds exactly the lines the server serves at its manifest URL.
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let files = summary["files"].as_array().unwrap();
+    let listed = ["output", "error", "deleted"]
+        .iter()
+        .map(|k| manifest[k].as_array().map_or(0, Vec::len))
+        .sum::<usize>();
+    assert_eq!(files.len(), listed);
+    assert!(
+        files.iter().any(|f| f["kind"] == "error"),
+        "errors scenario"
+    );
+    let http = reqwest::blocking::Client::new();
+    let mut per_type_n: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for f in files {
+        let path = f["path"].as_str().unwrap();
+        let kind = f["kind"].as_str().unwrap();
+        let ty = f["type"].as_str().unwrap();
+        let n = per_type_n.entry((kind.into(), ty.into())).or_default();
+        *n += 1;
+        let dir = match kind {
+            "output" => "",
+            "error" => "error/",
+            _ => "deleted/",
+        };
+        assert_eq!(path, format!("{dir}{ty}.{n}.ndjson"), "file naming");
+        let served = http
+            .get(f["url"].as_str().unwrap())
+            .send()
+            .unwrap()
+            .bytes()
+            .unwrap();
+        let served: Vec<Vec<u8>> = served
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect();
+        let written = lines(&out.join(path));
+        assert_eq!(written, served, "{path}: the bytes the server served");
+        assert_eq!(f["records"], written.len());
+    }
+    check_log(&read_log(&out), files.len());
+    assert!(!out.join(".fhirbulk-checkpoint.json").exists());
+
+    // A second export into the same directory needs --force.
+    let o = run(export_cmd(&base, &out).args(["--group", "g1", "--type", "Patient"]));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("--force"), "{}", text(&o.stderr));
+    let o =
+        run(export_cmd(&base, &out).args(["--group", "g1", "--type", "Patient", "--force", "-q"]));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(
+        !out.join("Observation.1.ndjson").exists(),
+        "old results removed"
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn since_auto_uses_the_last_transaction_time() {
+    let sb = sandbox(20, 50);
+    let base = sb.scenario_url("retry_after=0;deleted=2");
+    let dir = tempdir("since");
+    let state = dir.join("state").join("state.json");
+    let run_auto = |out: &str| {
+        let o = run(export_cmd(&base, &dir.join(out))
+            .args([
+                "-g",
+                "g2",
+                "-t",
+                "Patient,Condition",
+                "--since",
+                "auto",
+                "--json",
+                "--state-file",
+            ])
+            .arg(&state));
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+        serde_json::from_slice::<Value>(&o.stdout).unwrap()
+    };
+    let first = run_auto("one");
+    let k1 = kickoffs(&sb);
+    assert_eq!(k1.len(), 1);
+    assert!(
+        k1[0].query.iter().all(|(k, _)| k != "_since"),
+        "no _since on the first run: {:?}",
+        k1[0].query
+    );
+    let tt1 = first["transactionTime"].as_str().unwrap().to_owned();
+    let st: Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    let base_key = base.trim_end_matches('/');
+    assert_eq!(
+        st["exports"][base_key]["group/g2"]["transactionTime"],
+        tt1.as_str()
+    );
+
+    let second = run_auto("two");
+    let k2 = kickoffs(&sb);
+    assert_eq!(k2.len(), 2);
+    let since: Vec<&String> = k2[1]
+        .query
+        .iter()
+        .filter(|(k, _)| k == "_since")
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(since, vec![&tt1], "the second kick-off's _since");
+    assert_eq!(
+        ids_by_type(&dir.join("two")),
+        truth(&sb, "g2", "Patient,Condition", Some(&tt1))
+    );
+    assert!(
+        dir.join("two/deleted/Bundle.1.ndjson").exists(),
+        "deleted entries go under deleted/"
+    );
+    let st: Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    assert_eq!(
+        st["exports"][base_key]["group/g2"]["transactionTime"],
+        second["transactionTime"]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Wait until the checkpoint records some written lines.
+fn wait_for_checkpoint(out: &Path, child: &mut std::process::Child) -> Value {
+    let t0 = Instant::now();
+    loop {
+        if let Ok(b) = std::fs::read(out.join(".fhirbulk-checkpoint.json")) {
+            let cp: Value = serde_json::from_slice(&b).expect("the checkpoint is always whole");
+            let records: u64 = cp["files"]
+                .as_object()
+                .map(|m| m.values().map(|f| f["records"].as_u64().unwrap()).sum())
+                .unwrap_or(0);
+            if records > 0 {
+                return cp;
+            }
+        }
+        if let Some(s) = child.try_wait().unwrap() {
+            panic!("the export ended ({s}) before a checkpoint with records");
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "no checkpoint");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn kill_9_then_rerun_resumes_without_duplicates_or_kickoff() {
+    let sb = sandbox(30, 10);
+    let base = sb.scenario_url("retry_after=0;slow=120");
+    let out = tempdir("kill");
+    let args = [
+        "-g",
+        "g1",
+        "-t",
+        TYPES,
+        "--concurrency",
+        "1",
+        "--gzip",
+        "--checkpoint-interval-ms",
+        "50",
+        "-q",
+    ];
+    let mut child = export_cmd(&base, &out)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_checkpoint(&out, &mut child);
+    // Let it write past the checkpoint, then kill -9.
+    std::thread::sleep(Duration::from_millis(150));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(out.join(".fhirbulk-checkpoint.json").exists());
+    let before = kickoffs(&sb).len();
+    assert_eq!(before, 1);
+
+    // Another request does not take over the unfinished export.
+    let o = run(export_cmd(&base, &out).args(["-g", "g1", "-t", "Patient", "--gzip"]));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).contains("different request"),
+        "{}",
+        text(&o.stderr)
+    );
+
+    let o = run(export_cmd(&base, &out).args(args).arg("--json"));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let summary: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(summary["resumed"], true);
+    assert_eq!(kickoffs(&sb).len(), before, "no second kick-off");
+    let want = truth(&sb, "g1", TYPES, None);
+    assert_eq!(ids_by_type(&out), want, "complete files, no line twice");
+    let got: BTreeMap<String, u64> = serde_json::from_value(summary["records"].clone()).unwrap();
+    assert_eq!(got, want);
+    for f in summary["files"].as_array().unwrap() {
+        assert!(f["path"].as_str().unwrap().ends_with(".ndjson.gz"));
+    }
+    assert!(!out.join(".fhirbulk-checkpoint.json").exists());
+    let events = read_log(&out);
+    check_log(&events, summary["files"].as_array().unwrap().len());
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn ctrl_c_keeps_the_job_and_cancel_deletes_it() {
+    let sb = sandbox(20, 10);
+    let base = sb.scenario_url("retry_after=0;slow=150");
+    let out = tempdir("cancel");
+    let mut child = export_cmd(&base, &out)
+        .args([
+            "-g",
+            "g1",
+            "--concurrency",
+            "1",
+            "--checkpoint-interval-ms",
+            "50",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_checkpoint(&out, &mut child);
+    // SAFETY: sending SIGINT to our own child process.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+    }
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(7), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    assert!(err.contains("Run the same command again"), "{err}");
+    assert!(err.contains("fhirbulk cancel --out"), "{err}");
+    let deletes = |sb: &Sandbox| {
+        sb.requests()
+            .into_iter()
+            .filter(|r| r.method == "DELETE")
+            .count()
+    };
+    assert_eq!(deletes(&sb), 0, "Ctrl-C leaves the server job");
+
+    let o = run(Command::new(BIN)
+        .args(["cancel", "--json", "--out"])
+        .arg(&out));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["status"], "cancelled");
+    assert_eq!(deletes(&sb), 1, "cancel DELETEs the job");
+    assert!(!out.join(".fhirbulk-checkpoint.json").exists());
+    let o = run(Command::new(BIN).args(["cancel", "--out"]).arg(&out));
+    assert_eq!(o.status.code(), Some(2), "nothing left to cancel");
+    let _ = std::fs::remove_dir_all(&out);
+    // The sandbox's `slow` reader spins if it is stopped mid-response (its stop error is
+    // `Interrupted`, which the copy retries): let the responses to the interrupted export end
+    // first.
+    std::thread::sleep(Duration::from_millis(800));
+}
+
+#[test]
+fn progress_on_a_terminal_and_plain_lines_otherwise() {
+    let sb = sandbox(20, 10);
+    let base = sb.scenario_url("retry_after=1;slow=30");
+    let dir = tempdir("pty");
+    // Plain log lines when stderr is not a terminal.
+    let o = run(export_cmd(&base, &dir.join("plain")).args(["-g", "g2", "--concurrency", "1"]));
+    assert_eq!(o.status.code(), Some(0));
+    let err = text(&o.stderr);
+    assert!(err.contains("fhirbulk: waiting for the server"), "{err}");
+    assert!(err.contains("fhirbulk: done"), "{err}");
+    assert!(!err.contains('\u{1b}'), "no escape codes off a terminal");
+    // --quiet: nothing.
+    let o = run(export_cmd(&base, &dir.join("quiet")).args(["-g", "g2", "-q"]));
+    assert_eq!(o.status.code(), Some(0));
+    assert!(o.stderr.is_empty(), "{}", text(&o.stderr));
+
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipping the terminal check: no `script` utility");
+        return;
+    }
+    let cmd = format!(
+        "'{BIN}' export --base-url '{base}' --out '{}' -g g2 --concurrency 1 --poll-min-ms 10",
+        dir.join("tty").display()
+    );
+    let o = run(Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::null()));
+    let screen = text(&o.stdout);
+    assert!(o.status.success(), "{screen}");
+    assert!(screen.contains("waiting for the server"), "{screen}");
+    assert!(screen.contains("rec/s"), "the download display: {screen}");
+    assert!(
+        screen.contains("\u{1b}["),
+        "indicatif draws with escape codes"
+    );
+    assert!(screen.contains('\r'), "redraws in place");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn exit_codes_and_error_summaries() {
+    let sb = sandbox(10, 50);
+    let base = sb.scenario_url("retry_after=0");
+    let dir = tempdir("codes");
+
+    // HTTP 404 for an unknown group: exit 4, an error object in --json.
+    let o = run(export_cmd(&base, &dir.join("404")).args(["-g", "nosuchgroup", "--json"]));
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["status"], "failed");
+    assert_eq!(v["error"]["name"], "not_found");
+    assert_eq!(v["error"]["http_status"], 404);
+    assert_eq!(v["exitCode"], 4);
+    let log = read_log(&dir.join("404"));
+    assert_eq!(log[0]["eventId"], "kickoff");
+    assert_eq!(log[0]["eventDetail"]["errorCode"], 404);
+    // The failed kick-off left nothing to resume: a rerun starts afresh.
+    let o = run(export_cmd(&base, &dir.join("404")).args(["-g", "g1", "-q"]));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+
+    // A bad config file: exit 2, naming the key.
+    let cfg = dir.join("bad.json");
+    std::fs::write(
+        &cfg,
+        format!(r#"{{"base_url": "{base}", "concurency": 2}}"#),
+    )
+    .unwrap();
+    let o = run(Command::new(BIN)
+        .args(["export", "--out"])
+        .arg(dir.join("bad"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--json"));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).contains("concurency"),
+        "{}",
+        text(&o.stderr)
+    );
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["error"]["name"], "config");
+    // Not JSON, a bad flag value, no base URL, an unknown flag: exit 2 with a clear message.
+    std::fs::write(&cfg, "{not json").unwrap();
+    for (args, needle) in [
+        (vec!["--config", cfg.to_str().unwrap()], "not valid JSON"),
+        (vec!["--base-url", &base, "--since", "yesterday"], "since"),
+        (vec!["--base-url", "ftp://x/fhir"], "http or https"),
+        (vec![], "no FHIR base URL"),
+        (vec!["--base-url", &base, "--bogus"], "--bogus"),
+        (
+            vec!["--base-url", &base, "--type-filter", "nonsense"],
+            "type_filters",
+        ),
+    ] {
+        let o = run(Command::new(BIN)
+            .args(["export", "--out"])
+            .arg(dir.join("bad"))
+            .args(&args));
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o.stderr));
+        assert!(
+            text(&o.stderr).contains(needle),
+            "{args:?}: {}",
+            text(&o.stderr)
+        );
+    }
+    let o = run(Command::new(BIN).arg("--help"));
+    assert_eq!(o.status.code(), Some(0));
+    assert!(text(&o.stdout).contains("Exit codes"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn auth_failure_is_exit_3_and_never_prints_the_secret() {
+    let sb = Sandbox::start(SandboxOptions {
+        patients: 5,
+        auth: Some(SandboxAuth {
+            clients: vec![SandboxClient {
+                client_id: "cli-client".into(),
+                jwks: None,
+                secret: Some("right-secret-4711".into()),
+            }],
+            ..SandboxAuth::default()
+        }),
+        ..SandboxOptions::default()
+    })
+    .unwrap();
+    let base = sb.scenario_url("retry_after=0");
+    let dir = tempdir("auth");
+    let export = |secret: &str, out: &str| {
+        run(export_cmd(&base, &dir.join(out))
+            .args([
+                "-g",
+                "g1",
+                "-t",
+                "Patient",
+                "--json",
+                "--client-id",
+                "cli-client",
+            ])
+            .args(["--client-secret-env", "FHIRBULK_TEST_SECRET"])
+            .env("FHIRBULK_TEST_SECRET", secret))
+    };
+    let o = export("wrong-secret-0815", "wrong");
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+    let all = format!("{}{}", text(&o.stdout), text(&o.stderr))
+        + &std::fs::read_to_string(dir.join("wrong/log.ndjson")).unwrap_or_default();
+    assert!(!all.contains("wrong-secret-0815"), "secret leaked: {all}");
+    let o = export("right-secret-4711", "right");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let mut all = format!("{}{}", text(&o.stdout), text(&o.stderr));
+    for f in ["log.ndjson", "manifest.json"] {
+        all += &std::fs::read_to_string(dir.join("right").join(f)).unwrap();
+    }
+    assert!(!all.contains("right-secret-4711"), "secret leaked");
+    let _ = std::fs::remove_dir_all(&dir);
+}
