@@ -236,7 +236,8 @@ pub struct Config {
     /// Target size of one chunk of lines handed to the consumer.
     #[serde(default = "d_chunk_bytes")]
     pub chunk_bytes: usize,
-    /// A line longer than this fails the export.
+    /// A longer line is invalid (`on_invalid_line`); under `skip`, a line 16 times longer still
+    /// fails the export (a server sending bytes forever).
     #[serde(default = "d_max_line_bytes")]
     pub max_line_bytes: usize,
     /// TCP/TLS connect timeout.

@@ -15,6 +15,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Policy `skip` skips overlong lines, but a line longer than this many times
+/// `max_line_bytes` fails the file: it is a server sending bytes forever, not a long record.
+pub(crate) const MAX_SKIPPED_LINE_FACTOR: u64 = 16;
+
 /// A file to download.
 pub(crate) struct FileJob {
     pub index: u32,
@@ -153,8 +157,12 @@ fn attempt(
     let mut last_emit = Instant::now();
     let mut first = true;
     let mut eof = false;
-    // Skipping the rest of an overlong line (policy skip).
+    // Skipping the rest of an overlong line (policy skip), and how much of it so far: a line
+    // that has not ended after MAX_SKIPPED_LINE_FACTOR times the limit fails the file (a
+    // server sending bytes forever).
     let mut discarding = false;
+    let mut discarded: u64 = 0;
+    let give_up = (c.max_line_bytes as u64).saturating_mul(MAX_SKIPPED_LINE_FACTOR);
     let mut invalid: Vec<Invalid> = Vec::new();
     let mut sent_last = false;
     while !eof {
@@ -180,6 +188,7 @@ fn attempt(
                     });
                 }
                 discarding = true;
+                discarded = filled as u64;
                 cur.offset += filled as u64;
                 filled = 0;
             } else {
@@ -212,6 +221,17 @@ fn attempt(
                 match memchr::memchr(b'\n', &buf.0[filled..filled + n]) {
                     None => {
                         cur.offset += n as u64;
+                        discarded += n as u64;
+                        if discarded > give_up {
+                            return Err(Failure::Fatal(
+                                Error::protocol(format!(
+                                    "file download: line {} has not ended after {discarded} bytes \
+                                     ({MAX_SKIPPED_LINE_FACTOR} x max_line_bytes); giving up on the file",
+                                    cur.next_line
+                                ))
+                                .with_url(url),
+                            ));
+                        }
                         continue;
                     }
                     Some(p) => {
@@ -380,7 +400,17 @@ fn send_invalid(
 
 fn broken(url: &str, line: u64, e: &std::io::Error) -> Error {
     let inner = e.get_ref().and_then(|i| i.downcast_ref::<reqwest::Error>());
-    let decode = inner.is_some_and(|r| r.is_decode());
+    // A decompressor's error inside reqwest's (a truncated or corrupt gzip stream) is an I/O
+    // error of kind UnexpectedEof / InvalidData / InvalidInput; a dropped connection is not.
+    let mut decode = inner.is_some_and(|r| r.is_decode());
+    let mut link = inner.and_then(|r| std::error::Error::source(r));
+    while let Some(s) = link {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::{InvalidData, InvalidInput, UnexpectedEof};
+            decode |= matches!(io.kind(), UnexpectedEof | InvalidData | InvalidInput);
+        }
+        link = s.source();
+    }
     let timeout = e.kind() == std::io::ErrorKind::TimedOut || inner.is_some_and(|r| r.is_timeout());
     let mut detail = e.to_string();
     let mut src = inner.and_then(|r| std::error::Error::source(r));

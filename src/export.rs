@@ -777,6 +777,20 @@ impl Shared {
         build: &dyn Fn(&str) -> RequestBuilder,
         accept: &dyn Fn(u16) -> bool,
     ) -> Result<Response> {
+        self.send_retrying_on(what, url, use_token, build, accept, true)
+    }
+
+    /// [`Shared::send_retrying`]; with `network` false, a connection error or timeout is not
+    /// retried (a request that is not idempotent may have reached the server).
+    pub(crate) fn send_retrying_on(
+        &self,
+        what: &str,
+        url: &str,
+        use_token: bool,
+        build: &dyn Fn(&str) -> RequestBuilder,
+        accept: &dyn Fn(u16) -> bool,
+        network: bool,
+    ) -> Result<Response> {
         let mut retry = Retry::new(&self.config);
         loop {
             if self.stopping() {
@@ -796,7 +810,9 @@ impl Shared {
                     }
                     (e, retry_after(&headers))
                 }
-                Err(e) if matches!(e.code, ErrorCode::Network | ErrorCode::Timeout) => (e, None),
+                Err(e) if network && matches!(e.code, ErrorCode::Network | ErrorCode::Timeout) => {
+                    (e, None)
+                }
                 Err(e) => return Err(e),
             };
             self.wait_retry(&mut retry, err, after)?;
@@ -1089,7 +1105,24 @@ fn kickoff(sh: &Shared) -> Result<String> {
             .header("Prefer", prefer.as_str())
             .timeout(Duration::from_millis(c.request_timeout_ms))
     };
-    let resp = sh.send("export kick-off", &url, true, &build)?;
+    // A 429 or 5xx means the server refused the job: asking again is safe (with Retry-After and
+    // the retry budget). A broken connection is not retried: the job may have started.
+    let refused = |s: u16| s == 429 || s >= 500;
+    let resp = sh
+        .send_retrying_on(
+            "export kick-off",
+            &url,
+            true,
+            &build,
+            &|s| !refused(s),
+            false,
+        )
+        .map_err(|mut e| {
+            if e.http_status == Some(429) {
+                e.message.push_str(KICKOFF_429_HINT);
+            }
+            e
+        })?;
     let status = resp.status().as_u16();
     if status == 202 {
         let loc = resp
@@ -1118,15 +1151,11 @@ fn kickoff(sh: &Shared) -> Result<String> {
         ))
         .with_url(&url));
     }
-    let mut e = Error::from_response("export kick-off", status, &url, &body);
-    if status == 429 {
-        e.message.push_str(
-            " (servers answer 429 to a kick-off when an export of this client is already running: \
-             wait for it to finish or cancel it with DELETE on its status URL)",
-        );
-    }
-    Err(e)
+    Err(Error::from_response("export kick-off", status, &url, &body))
 }
+
+const KICKOFF_429_HINT: &str = " (servers answer 429 to a kick-off when an export of this client \
+     is already running: wait for it to finish or cancel it with DELETE on its status URL)";
 
 /// What a status poll said.
 fn poll_status(sh: &Shared, status_url: &str, dl: &mut Downloads) -> Result<Manifest> {

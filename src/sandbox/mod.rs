@@ -22,6 +22,7 @@
 
 mod auth;
 mod data;
+mod faults;
 mod params;
 mod plan;
 mod scenario;
@@ -225,6 +226,12 @@ impl Sandbox {
     /// exportable at the level; zero counts included). Empty on invalid queries.
     pub fn truth(&self, q: &TruthQuery) -> BTreeMap<String, u64> {
         server::truth(&self.shared, q).unwrap_or_default()
+    }
+
+    /// `Type/id` of every resource an export for the query must deliver, sorted (the
+    /// ground truth as a multiset: each id once). Empty on invalid queries.
+    pub fn truth_ids(&self, q: &TruthQuery) -> Vec<String> {
+        server::truth_ids(&self.shared, q).unwrap_or_default()
     }
 
     /// Stops accepting requests and joins the worker threads.

@@ -285,7 +285,7 @@ impl LineSource for DeletedSource {
 const CHUNK: usize = 64 * 1024;
 
 fn stopping() -> io::Error {
-    io::Error::new(io::ErrorKind::Interrupted, "sandbox stopping")
+    io::Error::new(io::ErrorKind::BrokenPipe, "sandbox stopping")
 }
 
 /// Adapts a [`LineSource`] to `Read`, rendering about 64 KiB at a time.

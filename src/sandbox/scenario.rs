@@ -42,6 +42,45 @@ pub struct Scenario {
     pub redirect_files: bool,
     /// Files need no token (`requiresAccessToken: false`) and reject any Authorization.
     pub capability_urls: bool,
+    /// Fault injection (README, "Fault injection"); "first request" is per file path.
+    pub faults: Faults,
+}
+
+/// Faults a scenario injects into an export.
+#[derive(Clone, Debug, Default)]
+pub struct Faults {
+    /// The first request of each file: send this many bytes of the body (at most all but the
+    /// last byte), then close the connection.
+    pub drop: Option<u64>,
+    /// No `Accept-Ranges`, and `Range` headers are ignored (always 200 with the whole file).
+    pub no_ranges: bool,
+    /// The first N requests of each file answer this status (429 with `Retry-After: 0`).
+    pub file_error: Option<(u16, u64)>,
+    /// The first N requests of every endpoint (kick-off, status, each file) answer 429 with
+    /// `Retry-After: 0`.
+    pub storm: u64,
+    /// The first request of each file stops sending halfway for this many milliseconds.
+    pub stall_ms: u64,
+    /// Gzip bodies cut in half (a clean end of the HTTP body, a truncated deflate stream):
+    /// `Some(false)` on the first request of each file, `Some(true)` on every request.
+    pub corrupt_gzip: Option<bool>,
+    /// After line N of each output file, an extra line that is not JSON.
+    pub bad_line: Option<u64>,
+    /// After line 1 of each output file, an extra JSON line of this many bytes.
+    pub long_line: Option<u64>,
+    /// Each output file ends with an extra line cut off before its end (no newline).
+    pub truncate_last: bool,
+    /// The manifest's output URLs use the `ftp` scheme.
+    pub foreign_scheme: bool,
+    /// File URLs carry a generation; each URL answers 410 Gone after this many requests, and a
+    /// new manifest fetch hands out new URLs.
+    pub expire_files: Option<u64>,
+    /// After this many file requests the job is deleted (status and files answer 404).
+    pub gone_after: Option<u64>,
+    /// The complete manifest has no `output` member.
+    pub no_output: bool,
+    /// Output files are one line that never ends (bytes forever, no newline).
+    pub endless: bool,
 }
 
 impl Default for Scenario {
@@ -71,6 +110,7 @@ impl Default for Scenario {
             files_elsewhere: false,
             redirect_files: false,
             capability_urls: false,
+            faults: Faults::default(),
         }
     }
 }
@@ -155,6 +195,32 @@ impl Scenario {
                 "files_elsewhere" => s.files_elsewhere = flag(k, v)?,
                 "redirect_files" => s.redirect_files = flag(k, v)?,
                 "capability_urls" => s.capability_urls = flag(k, v)?,
+                "drop" => s.faults.drop = Some(num(k, v)?),
+                "no_ranges" => s.faults.no_ranges = flag(k, v)?,
+                "file_error" => {
+                    let (c, n) = match v.and_then(|v| v.split_once(':')) {
+                        Some((c, n)) => (code(k, Some(c))?, num(k, Some(n))?),
+                        None => (code(k, v)?, 1),
+                    };
+                    s.faults.file_error = Some((c, n));
+                }
+                "storm" => s.faults.storm = num(k, v)?,
+                "stall" => s.faults.stall_ms = num(k, v)?,
+                "corrupt_gzip" => {
+                    s.faults.corrupt_gzip = match v {
+                        Some("all") => Some(true),
+                        _ => flag(k, v)?.then_some(false),
+                    };
+                    s.gzip |= s.faults.corrupt_gzip.is_some();
+                }
+                "bad_line" => s.faults.bad_line = Some(num(k, v)?),
+                "long_line" => s.faults.long_line = Some(num(k, v)?),
+                "truncate_last" => s.faults.truncate_last = flag(k, v)?,
+                "foreign_scheme" => s.faults.foreign_scheme = flag(k, v)?,
+                "expire_files" => s.faults.expire_files = Some(num(k, v)?),
+                "gone_after" => s.faults.gone_after = Some(num(k, v)?),
+                "no_output" => s.faults.no_output = flag(k, v)?,
+                "endless" => s.faults.endless = flag(k, v)?,
                 _ => return Err(format!("unknown scenario key '{k}'")),
             }
         }
@@ -188,5 +254,28 @@ mod tests {
         assert_eq!(s.token_error.as_deref(), Some("invalid_grant"));
         assert!(s.no_smart_config && s.files_elsewhere && s.redirect_files && s.capability_urls);
         assert!(Scenario::parse("token_error=Bad<x>").is_err());
+        let f = Scenario::parse("drop=100;no_ranges;file_error=503:2;storm=3;stall=500;corrupt_gzip=all;bad_line=4;long_line=9000;truncate_last;foreign_scheme;expire_files=1;gone_after=2;no_output;endless")
+            .expect("valid")
+            .faults;
+        assert_eq!(
+            (f.drop, f.file_error, f.storm, f.stall_ms),
+            (Some(100), Some((503, 2)), 3, 500)
+        );
+        assert_eq!(
+            (f.corrupt_gzip, f.bad_line, f.long_line),
+            (Some(true), Some(4), Some(9000))
+        );
+        assert_eq!((f.expire_files, f.gone_after), (Some(1), Some(2)));
+        assert!(f.no_ranges && f.truncate_last && f.foreign_scheme && f.no_output && f.endless);
+        assert_eq!(
+            Scenario::parse("file_error=429")
+                .expect("valid")
+                .faults
+                .file_error,
+            Some((429, 1))
+        );
+        assert!(Scenario::parse("corrupt_gzip").expect("valid").gzip);
+        assert!(Scenario::parse("file_error=200:1").is_err());
+        assert!(Scenario::parse("drop=x").is_err());
     }
 }

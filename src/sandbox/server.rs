@@ -14,6 +14,7 @@ use tiny_http::{Header, Request, Response, ResponseBox, StatusCode};
 
 use super::auth::{self, AuthState, Bearer, TokenRequest};
 use super::data::{self, TYPES};
+use super::faults::{self, Endless, FaultLines, Stall};
 use super::params::{parse_export, ApiError, Level, Selection};
 use super::plan::{self, DeletedSource, LinesReader, Part, PartSource, Skip, Slow, VecSource};
 use super::scenario::{RetryAfter, Scenario};
@@ -26,6 +27,10 @@ pub(crate) struct Shared {
     pub root: String,
     /// Root URL of the object store listener.
     pub store_root: String,
+    port: u16,
+    store_port: u16,
+    /// Request counts by key (fault injection: "the first N requests of ...").
+    counts: Mutex<HashMap<String, u64>>,
     pub auth: Option<AuthState>,
     patients: usize,
     rpf: usize,
@@ -42,6 +47,9 @@ impl Shared {
         Shared {
             root: format!("http://127.0.0.1:{port}"),
             store_root: format!("http://127.0.0.1:{store_port}"),
+            port,
+            store_port,
+            counts: Mutex::new(HashMap::new()),
             auth: opts.auth.clone().map(AuthState::new),
             patients: opts.patients,
             rpf: opts.records_per_file.max(1),
@@ -52,6 +60,14 @@ impl Shared {
             next_job: AtomicU64::new(1),
             stop: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Counts one more request under `key`; returns the new count (1 for the first).
+    fn count(&self, key: String) -> u64 {
+        let mut m = self.counts.lock();
+        let n = m.entry(key).or_insert(0);
+        *n += 1;
+        *n
     }
 
     fn job(&self, id: u64) -> Option<Arc<Job>> {
@@ -121,6 +137,10 @@ struct Job {
     sel: Arc<Selection>,
     files: Vec<FileEntry>,
     polls: AtomicU64,
+    /// Complete manifests served (fault `expire_files`: URLs carry it).
+    generation: AtomicU64,
+    /// File requests received (fault `gone_after`).
+    file_requests: AtomicU64,
 }
 
 impl Job {
@@ -501,23 +521,24 @@ pub(crate) fn handle(sh: &Shared, mut req: Request) {
             return;
         }
     };
-    let resp = match (bearer, route) {
+    let scen = file_scen.unwrap_or_else(|| ctx.scen.clone());
+    let resp: Out = match (bearer, route) {
         (Some(Bearer::Invalid), _) if protected => {
             oo(401, "login", "a valid bearer token is required")
                 .header("WWW-Authenticate", "Bearer")
-                .into_response()
+                .into()
         }
         (Some(Bearer::Expired), _) if protected => {
             oo(401, "expired", "the access token has expired")
                 .header("WWW-Authenticate", "Bearer")
-                .into_response()
+                .into()
         }
         (_, Route::File(..)) if capability && presented => oo(
             400,
             "security",
             "access token must not be sent to capability URLs",
         )
-        .into_response(),
+        .into(),
         (_, Route::File(id, _))
             if redirect
                 && matches!(ctx.method.as_str(), "GET" | "HEAD")
@@ -525,11 +546,14 @@ pub(crate) fn handle(sh: &Shared, mut req: Request) {
         {
             let path = ctx.raw_url.split('?').next().unwrap_or_default();
             let to = format!("{}{}?sig={}", sh.store_root, path, auth::random_hex());
-            Reply::new(307).header("Location", to).into_response()
+            Reply::new(307).header("Location", to).into()
         }
-        (_, route) => dispatch(sh, &ctx, route),
+        (_, route) => match storm(sh, &scen, &ctx, &route) {
+            Some(out) => out,
+            None => dispatch(sh, &ctx, route),
+        },
     };
-    let _ = req.respond(resp);
+    respond(req, resp, sh.port);
 }
 
 /// The object store listener: files only, no authorization, and any
@@ -538,14 +562,14 @@ pub(crate) fn handle_store(sh: &Shared, mut req: Request) {
     let inc = read_request(&mut req);
     let (route, ctx) = prepare(&inc);
     log_request(sh, "store", &inc, None, false);
-    let resp = match ctx {
+    let resp: Out = match ctx {
         _ if has_authorization(&inc.headers) => oo(
             400,
             "security",
             "Authorization header must not reach the object store",
         )
-        .into_response(),
-        Err(msg) => oo(400, "invalid", &msg).into_response(),
+        .into(),
+        Err(msg) => oo(400, "invalid", &msg).into(),
         Ok(ctx) => match route {
             Route::File(id, n) if matches!(ctx.method.as_str(), "GET" | "HEAD") => {
                 file(sh, &ctx, id, n)
@@ -555,19 +579,19 @@ pub(crate) fn handle_store(sh: &Shared, mut req: Request) {
                 "not-supported",
                 &format!("method {} not allowed here", ctx.method),
             )
-            .into_response(),
+            .into(),
             _ => oo(
                 404,
                 "not-found",
                 &format!("the object store has no {}", ctx.raw_url),
             )
-            .into_response(),
+            .into(),
         },
     };
-    let _ = req.respond(resp);
+    respond(req, resp, sh.store_port);
 }
 
-fn dispatch(sh: &Shared, ctx: &Ctx, route: Route) -> ResponseBox {
+fn dispatch(sh: &Shared, ctx: &Ctx, route: Route) -> Out {
     let m = ctx.method.as_str();
     let not_allowed = || {
         oo(
@@ -607,7 +631,7 @@ fn dispatch(sh: &Shared, ctx: &Ctx, route: Route) -> ResponseBox {
         ),
         _ => not_allowed(),
     };
-    reply.into_response()
+    reply.into()
 }
 
 fn metadata(sh: &Shared, ctx: &Ctx) -> Reply {
@@ -832,6 +856,8 @@ fn kickoff(sh: &Shared, ctx: &Ctx, level: Level) -> Reply {
         sel,
         files,
         polls: AtomicU64::new(0),
+        generation: AtomicU64::new(0),
+        file_requests: AtomicU64::new(0),
     };
     let location = format!("{}{}/jobs/{}", sh.root, job.prefix, id);
     sh.jobs.lock().insert(id, Arc::new(job));
@@ -844,7 +870,14 @@ fn file_url(sh: &Shared, job: &Job, n: usize) -> String {
     } else {
         &sh.root
     };
-    format!("{}{}/files/{}/{}.ndjson", root, job.prefix, job.id, n)
+    let mut url = format!("{}{}/files/{}/{}.ndjson", root, job.prefix, job.id, n);
+    if job.scen.faults.foreign_scheme {
+        url = url.replacen("http://", "ftp://", 1);
+    }
+    if job.scen.faults.expire_files.is_some() {
+        url.push_str(&format!("?g={}", job.generation.load(Ordering::SeqCst)));
+    }
+    url
 }
 
 /// Manifest listing files `range` (0-based indices), with an optional next page.
@@ -947,7 +980,16 @@ fn status(sh: &Shared, id: u64) -> Reply {
     } else if sc.bad_manifest {
         Reply::new(200).body(&manifest_ct(&job), "{not json")
     } else {
-        let body = paged_manifest(sh, &job, 1).unwrap_or_default();
+        job.generation.fetch_add(1, Ordering::SeqCst);
+        let mut body = paged_manifest(sh, &job, 1).unwrap_or_default();
+        if sc.faults.no_output {
+            if let Ok(mut m) = serde_json::from_str::<Value>(&body) {
+                if let Some(o) = m.as_object_mut() {
+                    o.remove("output");
+                }
+                body = m.to_string();
+            }
+        }
         Reply::new(200).body(&manifest_ct(&job), body)
     };
     if job.separate {
@@ -1009,11 +1051,17 @@ type BoxRead = Box<dyn Read + Send>;
 
 fn file_reader(sh: &Shared, job: &Job, f: &FileEntry) -> BoxRead {
     let stop = Arc::clone(&sh.stop);
+    let fl = &job.scen.faults;
     match &f.kind {
-        FileKind::Output(p) => Box::new(LinesReader::new(
-            PartSource::new(Arc::clone(&job.sel), p),
-            stop,
-        )),
+        FileKind::Output(_) if fl.endless => Box::new(Endless::new(stop)),
+        FileKind::Output(p) => {
+            let src = PartSource::new(Arc::clone(&job.sel), p);
+            if fl.bad_line.is_some() || fl.long_line.is_some() || fl.truncate_last {
+                Box::new(LinesReader::new(FaultLines::new(src, fl), stop))
+            } else {
+                Box::new(LinesReader::new(src, stop))
+            }
+        }
         FileKind::Error(lines) => {
             Box::new(LinesReader::new(VecSource::new(Arc::clone(lines)), stop))
         }
@@ -1060,19 +1108,100 @@ fn count_bytes(mut r: impl Read) -> u64 {
     io::copy(&mut r, &mut io::sink()).unwrap_or(0)
 }
 
-fn file(sh: &Shared, ctx: &Ctx, id: u64, n: usize) -> ResponseBox {
+/// What a handler answers: a response, or (fault `drop`) a response cut off mid-body.
+enum Out {
+    Resp(ResponseBox),
+    Cut {
+        status: u16,
+        headers: Vec<(&'static str, String)>,
+        body: BoxRead,
+        total: u64,
+        cut: u64,
+    },
+}
+
+impl From<ResponseBox> for Out {
+    fn from(r: ResponseBox) -> Self {
+        Out::Resp(r)
+    }
+}
+
+impl From<Reply> for Out {
+    fn from(r: Reply) -> Self {
+        Out::Resp(r.into_response())
+    }
+}
+
+fn respond(req: Request, out: Out, local_port: u16) {
+    match out {
+        Out::Resp(r) => {
+            let _ = req.respond(r);
+        }
+        Out::Cut {
+            status,
+            headers,
+            body,
+            total,
+            cut,
+        } => faults::send_cut(req, local_port, status, &headers, body, total, cut),
+    }
+}
+
+fn file(sh: &Shared, ctx: &Ctx, id: u64, n: usize) -> Out {
     let Some(job) = sh.job(id) else {
         return oo(
             404,
             "not-found",
             &format!("unknown or deleted export job {id}"),
         )
-        .into_response();
+        .into();
     };
     let Some(f) = n.checked_sub(1).and_then(|i| job.files.get(i)) else {
-        return oo(404, "not-found", &format!("no file {n} in job {id}")).into_response();
+        return oo(404, "not-found", &format!("no file {n} in job {id}")).into();
     };
     let sc = &job.scen;
+    let fl = &sc.faults;
+    let path = ctx.raw_url.split('?').next().unwrap_or_default();
+    let attempt = sh.count(format!("file {path}"));
+    if let Some(limit) = fl.gone_after {
+        if job.file_requests.fetch_add(1, Ordering::SeqCst) >= limit {
+            sh.jobs.lock().remove(&id);
+            return oo(
+                404,
+                "not-found",
+                &format!("export job {id} was deleted (sandbox fault gone_after={limit})"),
+            )
+            .into();
+        }
+    }
+    if let Some(uses) = fl.expire_files {
+        let g = ctx
+            .query
+            .iter()
+            .find(|(k, _)| k == "g")
+            .map_or("", |(_, v)| v.as_str());
+        if sh.count(format!("url {path}?g={g}")) > uses {
+            return oo(
+                410,
+                "expired",
+                &format!("the link to file {n} has expired; fetch the manifest again"),
+            )
+            .into();
+        }
+    }
+    if let Some((code, times)) = fl.file_error {
+        if attempt <= times {
+            let mut r = oo(
+                code,
+                default_code(code),
+                &format!("sandbox fault: file request {attempt} of {times} failing"),
+            );
+            if code == 429 {
+                r = r.header("Retry-After", "0");
+            }
+            return r.into();
+        }
+    }
     let ct = sc
         .file_ct
         .clone()
@@ -1081,30 +1210,41 @@ fn file(sh: &Shared, ctx: &Ctx, id: u64, n: usize) -> ResponseBox {
         && ctx
             .header("accept-encoding")
             .is_some_and(|a| a.to_ascii_lowercase().contains("gzip"));
+    let endless = fl.endless && matches!(f.kind, FileKind::Output(_));
+    let first = attempt == 1;
     let mut headers = vec![("Content-Type", ct)];
-    let (status, body, len): (u16, BoxRead, Option<u64>) = if gzip {
+    let total = std::cell::OnceCell::new();
+    let total_len = || *total.get_or_init(|| count_bytes(file_reader(sh, &job, f)));
+    let (status, body, len): (u16, BoxRead, Option<u64>) = if endless {
+        (200, file_reader(sh, &job, f), None)
+    } else if gzip {
         headers.push(("Content-Encoding", "gzip".into()));
         headers.push(("Vary", "Accept-Encoding".into()));
-        let len = sc.length.then(|| {
-            count_bytes(GzEncoder::new(
-                file_reader(sh, &job, f),
-                Compression::fast(),
-            ))
-        });
-        let body: BoxRead = Box::new(GzEncoder::new(
-            file_reader(sh, &job, f),
-            Compression::fast(),
-        ));
-        (200, body, len)
+        let gz = || GzEncoder::new(file_reader(sh, &job, f), Compression::fast());
+        let corrupt = match fl.corrupt_gzip {
+            Some(all) => all || first,
+            None => false,
+        };
+        if corrupt {
+            // Half the compressed stream, then a clean end of the HTTP body.
+            let half = count_bytes(gz()) / 2;
+            (200, Box::new(gz().take(half)), None)
+        } else {
+            let len = sc.length.then(|| count_bytes(gz()));
+            (200, Box::new(gz()), len)
+        }
     } else {
-        headers.push(("Accept-Ranges", "bytes".into()));
-        let total = std::cell::OnceCell::new();
-        let total_len = || *total.get_or_init(|| count_bytes(file_reader(sh, &job, f)));
-        match parse_range(ctx.header("range"), total_len) {
+        let range = if fl.no_ranges {
+            RangeReq::None
+        } else {
+            headers.push(("Accept-Ranges", "bytes".into()));
+            parse_range(ctx.header("range"), total_len)
+        };
+        match range {
             RangeReq::Unsatisfiable => {
                 return Reply::new(416)
                     .header("Content-Range", format!("bytes */{}", total_len()))
-                    .into_response();
+                    .into();
             }
             RangeReq::Ok(first, last) => {
                 headers.push((
@@ -1116,10 +1256,32 @@ fn file(sh: &Shared, ctx: &Ctx, id: u64, n: usize) -> ResponseBox {
                 (206, body, Some(last - first + 1))
             }
             RangeReq::None => {
-                let len = sc.length.then(total_len);
+                if let (Some(at), true) = (fl.drop, first) {
+                    let total = total_len();
+                    if total > 1 {
+                        return Out::Cut {
+                            status: 200,
+                            headers,
+                            body: file_reader(sh, &job, f),
+                            total,
+                            cut: at.min(total - 1),
+                        };
+                    }
+                }
+                let len = (sc.length || fl.drop.is_some()).then(total_len);
                 (200, file_reader(sh, &job, f), len)
             }
         }
+    };
+    let body: BoxRead = if fl.stall_ms > 0 && first {
+        let at = if gzip || endless {
+            1024
+        } else {
+            total_len() / 2
+        };
+        Box::new(Stall::new(body, at, fl.stall_ms, Arc::clone(&sh.stop)))
+    } else {
+        body
     };
     let body: BoxRead = if sc.slow_ms > 0 {
         Box::new(Slow::new(body, sc.slow_ms, Arc::clone(&sh.stop)))
@@ -1136,7 +1298,31 @@ fn file(sh: &Shared, ctx: &Ctx, id: u64, n: usize) -> ResponseBox {
             resp.add_header(h);
         }
     }
-    resp
+    Out::Resp(resp.boxed())
+}
+
+/// Fault `storm`: the first N requests of each endpoint answer 429.
+fn storm(sh: &Shared, scen: &Scenario, ctx: &Ctx, route: &Route) -> Option<Out> {
+    let n = scen.faults.storm;
+    if n == 0
+        || !matches!(
+            route,
+            Route::Kickoff(_) | Route::Status(_) | Route::File(..)
+        )
+    {
+        return None;
+    }
+    let path = ctx.raw_url.split('?').next().unwrap_or_default();
+    let k = sh.count(format!("storm {} {path}", ctx.method));
+    (k <= n).then(|| {
+        oo(
+            429,
+            "throttled",
+            &format!("sandbox fault: request {k} of a storm of {n}"),
+        )
+        .header("Retry-After", "0")
+        .into()
+    })
 }
 
 fn admin_truth(sh: &Shared, ctx: &Ctx) -> Reply {
@@ -1174,8 +1360,8 @@ fn admin_truth(sh: &Shared, ctx: &Ctx) -> Reply {
     }
 }
 
-/// Expected counts per type for a query (lenient about unsupported types).
-pub(crate) fn truth(sh: &Shared, q: &TruthQuery) -> Result<BTreeMap<String, u64>, ApiError> {
+/// The selection an export for the query makes.
+fn truth_selection(sh: &Shared, q: &TruthQuery) -> Result<Selection, ApiError> {
     let level = match q.level.as_str() {
         "" | "system" => Level::System,
         "patient" => Level::Patient,
@@ -1204,13 +1390,31 @@ pub(crate) fn truth(sh: &Shared, q: &TruthQuery) -> Result<BTreeMap<String, u64>
     for p in &q.patients {
         pairs.push(("patient".into(), p.clone()));
     }
-    let req = parse_export(&level, &pairs, true, true, sh.patients)?;
-    Ok(req
-        .sel
+    parse_export(&level, &pairs, true, true, sh.patients).map(|r| r.sel)
+}
+
+/// Expected counts per type for a query (lenient about unsupported types).
+pub(crate) fn truth(sh: &Shared, q: &TruthQuery) -> Result<BTreeMap<String, u64>, ApiError> {
+    let sel = truth_selection(sh, q)?;
+    Ok(sel
         .requested
         .iter()
-        .map(|&t| (TYPES[t].to_string(), plan::count_type(&req.sel, t)))
+        .map(|&t| (TYPES[t].to_string(), plan::count_type(&sel, t)))
         .collect())
+}
+
+/// `Type/id` of every resource an export for the query must deliver, sorted.
+pub(crate) fn truth_ids(sh: &Shared, q: &TruthQuery) -> Result<Vec<String>, ApiError> {
+    let sel = truth_selection(sh, q)?;
+    let mut ids = Vec::new();
+    for &t in &sel.types {
+        let mut c = plan::Cursor::default();
+        while let Some((k, _)) = plan::next_match(&sel, plan::Mode::Type(t), &mut c) {
+            ids.push(format!("{}/{}", TYPES[t], data::resource_id(k.t, k.i, k.j)));
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
  */
 #include "test_util.h"
 
-#define FAST "\"poll_min_ms\": 10, \"poll_max_ms\": 200"
+#define FAST "\"poll_min_ms\": 10, \"poll_max_ms\": 200, \"retry_max_attempts\": 2, \"retry_backoff_min_ms\": 10"
 
 /* Pull until the export ends; return the final status. */
 static FhirbulkStatus drain(FhirbulkExport *h) {

@@ -1,0 +1,413 @@
+//! Fault injection over real HTTP: for each fault the sandbox can inject, the records delivered
+//! are exactly the sandbox's ground truth (every id once), or the export fails with a clear
+//! error after delivering a duplicate-free subset of it.
+
+use fhirbulk::config::InvalidLinePolicy;
+use fhirbulk::sandbox::{LoggedRequest, Sandbox, SandboxOptions, TruthQuery};
+use fhirbulk::{Config, Error, ErrorCode, Export, Kind, Level, Next, Progress};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+const TYPES: [&str; 2] = ["Patient", "Observation"];
+
+/// 30 patients, 25 resources per file: seven files, each ~10-20 KB.
+fn sandbox() -> Sandbox {
+    Sandbox::start(SandboxOptions {
+        patients: 30,
+        records_per_file: 25,
+        ..SandboxOptions::default()
+    })
+    .expect("sandbox starts")
+}
+
+/// A group export of TYPES with fast polling and retries, small chunks (so a file spans many
+/// chunks and a break lands between deliveries), and invalid lines skipped.
+fn config(sb: &Sandbox, scenario: &str) -> Config {
+    let mut c = Config::new(sb.scenario_url(&format!("polls=0;{scenario}")));
+    c.level = Level::Group;
+    c.group_id = Some("g1".into());
+    c.types = TYPES.iter().map(|t| t.to_string()).collect();
+    c.poll_min_ms = 10;
+    c.poll_max_ms = 100;
+    c.retry_backoff_min_ms = 10;
+    c.retry_backoff_max_ms = 100;
+    c.chunk_bytes = 2048;
+    c.on_invalid_line = InvalidLinePolicy::Skip;
+    c
+}
+
+fn truth(sb: &Sandbox) -> Vec<String> {
+    let ids = sb.truth_ids(&TruthQuery {
+        level: "group".into(),
+        group: Some("g1".into()),
+        types: TYPES.iter().map(|t| t.to_string()).collect(),
+        ..TruthQuery::default()
+    });
+    assert!(
+        ids.len() > 100,
+        "a ground truth of some size: {}",
+        ids.len()
+    );
+    ids
+}
+
+/// What an export delivered.
+#[derive(Debug, Default)]
+struct Delivered {
+    /// `Type/id` of every output record, in delivery order (duplicates kept).
+    ids: Vec<String>,
+    /// Diagnostics of error records.
+    errors: Vec<String>,
+    progress: Option<Progress>,
+}
+
+impl Delivered {
+    fn sorted(&self) -> Vec<String> {
+        let mut v = self.ids.clone();
+        v.sort_unstable();
+        v
+    }
+
+    /// No id twice and every id in the truth.
+    fn assert_subset_of(&self, truth: &[String]) {
+        let truth: BTreeSet<&String> = truth.iter().collect();
+        let mut seen = BTreeSet::new();
+        for id in &self.ids {
+            assert!(seen.insert(id), "{id} delivered twice");
+            assert!(truth.contains(id), "{id} is not in the ground truth");
+        }
+    }
+}
+
+/// Runs an export to its end; on failure returns the error with what was delivered before it.
+fn run(cfg: Config) -> (Delivered, Option<Error>) {
+    let mut d = Delivered::default();
+    let mut export = match Export::start(cfg) {
+        Ok(e) => e,
+        Err(e) => return (d, Some(e)),
+    };
+    let err = loop {
+        match export.next_record(Some(Duration::from_secs(30))) {
+            Ok(Next::Item(r)) => {
+                let v: serde_json::Value = serde_json::from_slice(r.data).expect("record is JSON");
+                match r.kind {
+                    Kind::Output => d.ids.push(format!(
+                        "{}/{}",
+                        v["resourceType"].as_str().expect("resourceType"),
+                        v["id"].as_str().expect("id")
+                    )),
+                    Kind::Error => d.errors.push(v["issue"][0]["diagnostics"].to_string()),
+                    Kind::Deleted => panic!("no deleted records were asked for"),
+                }
+            }
+            Ok(Next::End) => break None,
+            Ok(Next::Timeout) => panic!("no record within 30 s"),
+            Ok(Next::Cancelled) => panic!("cancelled"),
+            Err(e) => break Some(e),
+        }
+    };
+    d.progress = Some(export.progress());
+    (d, err)
+}
+
+/// Runs an export that must succeed and deliver exactly the ground truth.
+fn run_exact(sb: &Sandbox, cfg: Config) -> Delivered {
+    let (d, err) = run(cfg);
+    if let Some(e) = err {
+        panic!("export failed: {e}");
+    }
+    assert_eq!(d.sorted(), truth(sb), "delivered ids differ from the truth");
+    d
+}
+
+fn file_requests(sb: &Sandbox) -> Vec<LoggedRequest> {
+    sb.requests()
+        .into_iter()
+        .filter(|r| r.path.contains("/files/"))
+        .collect()
+}
+
+fn header<'a>(r: &'a LoggedRequest, name: &str) -> Option<&'a str> {
+    r.headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn retries(d: &Delivered) -> u32 {
+    d.progress.as_ref().map_or(0, |p| p.retries)
+}
+
+#[test]
+fn dropped_connection_resumes_with_range() {
+    let sb = sandbox();
+    let d = run_exact(&sb, config(&sb, "drop=3000"));
+    let files = file_requests(&sb);
+    let paths: BTreeSet<&str> = files.iter().map(|r| r.path.as_str()).collect();
+    assert!(paths.len() >= 6, "several files: {paths:?}");
+    for p in &paths {
+        let reqs: Vec<&LoggedRequest> = files.iter().filter(|r| &r.path == p).collect();
+        assert_eq!(reqs.len(), 2, "{p}: one broken and one resumed request");
+        assert_eq!(header(reqs[0], "range"), None);
+        let range = header(reqs[1], "range").expect("the second request asks for a range");
+        let from: u64 = range
+            .strip_prefix("bytes=")
+            .and_then(|r| r.strip_suffix('-'))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{p}: range {range}"));
+        // Whole lines before the cut at byte 3000 were delivered; the resume starts at the end
+        // of the last complete line.
+        assert!(from > 0 && from <= 3000, "{p}: resumed from {from}");
+    }
+    assert!(retries(&d) >= paths.len() as u32, "retries counted");
+}
+
+#[test]
+fn dropped_connection_without_ranges_downloads_again_and_skips() {
+    let sb = sandbox();
+    run_exact(&sb, config(&sb, "drop=3000;no_ranges"));
+    let files = file_requests(&sb);
+    assert!(files.iter().all(|r| header(r, "range").is_none()));
+    let paths: BTreeSet<&str> = files.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(files.len(), 2 * paths.len(), "each file fetched twice");
+}
+
+#[test]
+fn storm_of_429_on_every_endpoint() {
+    let sb = sandbox();
+    let d = run_exact(&sb, config(&sb, "storm=3"));
+    let reqs = sb.requests();
+    let kickoffs = reqs.iter().filter(|r| r.path.ends_with("$export")).count();
+    assert_eq!(kickoffs, 4, "3 throttled kick-offs, then one accepted");
+    assert!(retries(&d) >= 3 + 3 + 3 * 6, "retries: {}", retries(&d));
+}
+
+#[test]
+fn bursts_of_server_errors_on_files() {
+    let sb = sandbox();
+    for scenario in ["file_error=500:2", "file_error=503:3", "file_error=429:2"] {
+        sb.clear_requests();
+        let d = run_exact(&sb, config(&sb, scenario));
+        let n: usize = scenario[scenario.len() - 1..].parse().expect("count");
+        let files = file_requests(&sb);
+        let paths: BTreeSet<&str> = files.iter().map(|r| r.path.as_str()).collect();
+        assert_eq!(files.len(), (n + 1) * paths.len(), "{scenario}");
+        assert!(retries(&d) as usize >= n * paths.len(), "{scenario}");
+    }
+}
+
+#[test]
+fn too_many_server_errors_fail_with_the_status() {
+    let sb = sandbox();
+    let mut c = config(&sb, "file_error=503:50");
+    c.retry_max_attempts = 3;
+    let (d, err) = run(c);
+    let e = err.expect("the export fails");
+    assert_eq!(e.http_status, Some(503), "{e}");
+    assert!(e.url.as_deref().unwrap_or("").contains("/files/"), "{e:?}");
+    assert!(d.ids.is_empty());
+}
+
+#[test]
+fn stalled_transfer_hits_the_idle_timeout_and_resumes() {
+    let sb = sandbox();
+    let mut c = config(&sb, "stall=5000;length");
+    c.read_timeout_ms = 300;
+    let d = run_exact(&sb, c);
+    let files = file_requests(&sb);
+    let resumed = files
+        .iter()
+        .filter(|r| header(r, "range").is_some())
+        .count();
+    let paths: BTreeSet<&str> = files.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(resumed, paths.len(), "each stalled file resumed with Range");
+    assert!(retries(&d) >= paths.len() as u32);
+}
+
+#[test]
+fn truncated_gzip_is_downloaded_again() {
+    let sb = sandbox();
+    run_exact(&sb, config(&sb, "corrupt_gzip"));
+    let files = file_requests(&sb);
+    assert!(files
+        .iter()
+        .all(|r| header(r, "accept-encoding").is_some_and(|a| a.contains("gzip"))));
+    let paths: BTreeSet<&str> = files.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(files.len(), 2 * paths.len(), "each file fetched twice");
+}
+
+#[test]
+fn always_truncated_gzip_fails_clearly() {
+    let sb = sandbox();
+    let mut c = config(&sb, "corrupt_gzip=all");
+    c.retry_max_attempts = 2;
+    let (d, err) = run(c);
+    let e = err.expect("the export fails");
+    assert_eq!(e.code, ErrorCode::Protocol, "{e}");
+    assert!(e.message.contains("decoded"), "{e}");
+    d.assert_subset_of(&truth(&sb));
+}
+
+#[test]
+fn line_that_is_not_json_skip_or_fail() {
+    let sb = sandbox();
+    let d = run_exact(&sb, config(&sb, "bad_line=3"));
+    let outputs = file_requests(&sb).len();
+    assert_eq!(
+        d.errors.len(),
+        outputs,
+        "one error record per file: {:?}",
+        d.errors
+    );
+    for diag in &d.errors {
+        assert!(
+            diag.contains("skipped line 4 of http://") && diag.contains("/files/"),
+            "names file and line: {diag}"
+        );
+        assert!(diag.contains("does not start with '{'"), "{diag}");
+    }
+    assert_eq!(
+        d.progress.as_ref().map(|p| p.invalid_lines),
+        Some(outputs as u64)
+    );
+
+    let mut c = config(&sb, "bad_line=3");
+    c.on_invalid_line = InvalidLinePolicy::Fail;
+    let (d, err) = run(c);
+    let e = err.expect("policy fail fails the export");
+    assert_eq!(e.code, ErrorCode::Protocol);
+    assert!(e.message.contains("line 4"), "{e}");
+    assert!(e.url.as_deref().unwrap_or("").contains("/files/"), "{e:?}");
+    d.assert_subset_of(&truth(&sb));
+}
+
+#[test]
+fn oversized_line_skip_or_fail() {
+    let sb = sandbox();
+    let mut c = config(&sb, "long_line=10000");
+    c.max_line_bytes = 4096;
+    let d = run_exact(&sb, c.clone());
+    assert_eq!(d.errors.len(), file_requests(&sb).len());
+    assert!(
+        d.errors
+            .iter()
+            .all(|e| e.contains("line 2 ") && e.contains("longer than max_line_bytes (4096)")),
+        "{:?}",
+        d.errors
+    );
+    c.on_invalid_line = InvalidLinePolicy::Fail;
+    let (d, err) = run(c);
+    let e = err.expect("fails");
+    assert!(
+        e.message.contains("line 2 is longer than max_line_bytes"),
+        "{e}"
+    );
+    d.assert_subset_of(&truth(&sb));
+}
+
+#[test]
+fn truncated_last_line_is_never_a_record() {
+    let sb = sandbox();
+    let d = run_exact(&sb, config(&sb, "truncate_last"));
+    assert_eq!(d.errors.len(), file_requests(&sb).len());
+    assert!(
+        d.errors.iter().all(|e| e.contains("cut short")),
+        "{:?}",
+        d.errors
+    );
+
+    let mut c = config(&sb, "truncate_last");
+    c.on_invalid_line = InvalidLinePolicy::Fail;
+    let (d, err) = run(c);
+    assert!(err.expect("fails").message.contains("cut short"));
+    d.assert_subset_of(&truth(&sb));
+}
+
+#[test]
+fn endless_line_ends_in_an_error_under_either_policy() {
+    let sb = sandbox();
+    for policy in [InvalidLinePolicy::Fail, InvalidLinePolicy::Skip] {
+        let mut c = config(&sb, "endless");
+        c.max_line_bytes = 4096;
+        c.on_invalid_line = policy;
+        let (d, err) = run(c);
+        let e = err.expect("an endless line fails the export");
+        assert_eq!(e.code, ErrorCode::Protocol, "{e}");
+        assert!(e.message.contains("line 1"), "{e}");
+        assert!(d.ids.is_empty());
+    }
+}
+
+#[test]
+fn manifest_with_foreign_scheme_urls_is_refused() {
+    let sb = sandbox();
+    let (d, err) = run(config(&sb, "foreign_scheme"));
+    let e = err.expect("refused");
+    assert_eq!(e.code, ErrorCode::Protocol, "{e}");
+    assert!(e.message.contains("ftp"), "{e}");
+    assert!(d.ids.is_empty());
+    assert!(file_requests(&sb).is_empty(), "nothing fetched");
+}
+
+#[test]
+fn garbage_manifests_are_refused() {
+    let sb = sandbox();
+    for (scenario, words) in [("bad_manifest", "not valid JSON"), ("no_output", "output")] {
+        let (d, err) = run(config(&sb, scenario));
+        let e = err.unwrap_or_else(|| panic!("{scenario}: refused"));
+        assert_eq!(e.code, ErrorCode::Protocol, "{scenario}: {e}");
+        assert!(e.message.contains(words), "{scenario}: {e}");
+        assert!(d.ids.is_empty());
+    }
+}
+
+#[test]
+fn expired_file_urls_are_refreshed_from_the_manifest() {
+    let sb = sandbox();
+    // Each URL works once: the first request breaks mid-file, the retry with the same URL
+    // gets 410 Gone, and the manifest fetched again gives a URL that resumes the file.
+    run_exact(&sb, config(&sb, "drop=3000;expire_files=1"));
+    let files = file_requests(&sb);
+    let generation = |r: &LoggedRequest| {
+        r.query
+            .iter()
+            .find(|(k, _)| k == "g")
+            .map(|(_, v)| v.clone())
+    };
+    assert!(files.iter().any(|r| generation(r).as_deref() == Some("1")));
+    let fresh: Vec<&LoggedRequest> = files
+        .iter()
+        .filter(|r| generation(r).is_some_and(|g| g != "1"))
+        .collect();
+    let paths: BTreeSet<&str> = files.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(
+        fresh.len(),
+        paths.len(),
+        "each file resumed once with a fresh URL"
+    );
+    assert!(fresh.iter().all(|r| header(r, "range").is_some()));
+    let status_gets = sb
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains("/jobs/") && r.method == "GET")
+        .count();
+    assert!(status_gets >= 2, "the manifest was fetched again");
+}
+
+#[test]
+fn job_gone_names_the_files_not_delivered() {
+    let sb = sandbox();
+    let mut c = config(&sb, "gone_after=2");
+    c.concurrency = 1;
+    let (d, err) = run(c);
+    let e = err.expect("fails");
+    assert_eq!(e.code, ErrorCode::NotFound, "{e}");
+    assert!(e.message.contains("not delivered completely"), "{e}");
+    let files = file_requests(&sb);
+    // Files 1 and 2 were served; the third request found the job gone.
+    let third = &files[2].path;
+    assert!(e.message.contains(third.as_str()), "names {third}: {e}");
+    assert!(!e.message.contains(files[0].path.as_str()), "{e}");
+    d.assert_subset_of(&truth(&sb));
+    assert_eq!(d.ids.len(), 30, "files 1 and 2: 25 + 5 Patients");
+}
