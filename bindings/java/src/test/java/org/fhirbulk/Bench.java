@@ -6,6 +6,7 @@ import java.io.BufferedReader;
 import java.io.IOException;
 import java.io.InputStream;
 import java.io.InputStreamReader;
+import java.io.PrintStream;
 import java.net.URI;
 import java.net.http.HttpClient;
 import java.net.http.HttpRequest;
@@ -17,7 +18,9 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.Locale;
 import java.util.Map;
+import java.util.stream.Stream;
 
 /**
  * Records per second through the binding, next to a pure-Java baseline reading the same NDJSON
@@ -31,6 +34,11 @@ import java.util.Map;
  * (a JVM of its own with a 2 GiB heap; the arguments are PATIENTS ROUNDS).
  *
  * Uses target/release/fhirbulk-sandbox when present (FHIRBULK_SANDBOX_BIN overrides).
+ *
+ * <p>With {@code --base URL --local DIR [--runs N]} (what {@code bench/java_bench.sh} runs for
+ * {@code bench/run.py}) it starts no sandbox: it compares a system-level export of URL through
+ * the binding ({@code json()} per record) with {@link #baseline} over the {@code *.ndjson} files
+ * of DIR, and prints one JSON object on stdout ({@link #compare}).
  *
  * <ol>
  *   <li>end to end: a system-level export over HTTP from the sandbox, {@code json()} per record;
@@ -66,6 +74,9 @@ public final class Bench {
     private static long sink;
 
     public static void main(String[] args) throws Exception {
+        if (args.length > 0 && args[0].startsWith("--")) {
+            System.exit(compare(args, System.out, System.err));
+        }
         int patients = args.length > 0 ? Integer.parseInt(args[0]) : 20_000;
         int rounds = args.length > 1 ? Integer.parseInt(args[1]) : 5;
         Path release = Sandbox.repoRoot().resolve("target/release/fhirbulk-sandbox");
@@ -133,6 +144,160 @@ public final class Bench {
             }
             Files.deleteIfExists(dir);
         }
+    }
+
+    // ---- bench/java_bench.sh: --base URL --local DIR [--runs N] ------------------------------
+
+    /**
+     * One timed run: records, the NDJSON bytes behind them (newlines included), wall seconds,
+     * CPU seconds of the whole process (the library's download threads, GC and JIT included) and
+     * of the iterating thread, and for the binding the seconds to the first record (kick-off and
+     * status polling; negative: not measured).
+     */
+    record Run(long records, long bytes, double seconds, double cpuSeconds, double threadCpuSeconds,
+            double firstRecordSeconds) {
+        double rate() {
+            return seconds > 0 ? records / seconds : 0;
+        }
+
+        String json() {
+            return String.format(Locale.ROOT, "{\"records\": %d, \"bytes\": %d, \"seconds\": %.6f, "
+                    + "\"records_per_s\": %.1f, \"cpu_seconds\": %.6f, \"thread_cpu_seconds\": %.6f%s}",
+                    records, bytes, seconds, rate(), cpuSeconds, threadCpuSeconds, firstRecordSeconds < 0 ? ""
+                            : String.format(Locale.ROOT, ", \"first_record_seconds\": %.6f", firstRecordSeconds));
+        }
+    }
+
+    /** CPU time of this process (all threads), in ns. */
+    static long processCpuNanos() {
+        return ((com.sun.management.OperatingSystemMXBean) java.lang.management.ManagementFactory
+                .getOperatingSystemMXBean()).getProcessCpuTime();
+    }
+
+    static long threadCpuNanos() {
+        return java.lang.management.ManagementFactory.getThreadMXBean().getCurrentThreadCpuTime();
+    }
+
+    static final String USAGE = "usage: java_bench.sh --base URL --local DIR [--runs N]";
+
+    /**
+     * The benchmark part of {@code bench/run.py}: a system-level export of {@code --base} through
+     * the binding against a pure-Java read of the {@code *.ndjson} files in {@code --local} (the
+     * same export's output), both touching every record as a String (sum of lengths). Best of
+     * {@code --runs} (default 1) each, after one untimed warm-up of each when runs &gt; 1. Prints
+     * {@code {"binding": {...}, "local": {...}, "ratio": x}} on {@code out}, progress on
+     * {@code err}.
+     *
+     * <p>Each side gives {@code records}, {@code bytes} (the NDJSON bytes behind the records,
+     * newlines included: record bytes plus one each, for the local files their sizes),
+     * {@code seconds} (wall), {@code records_per_s}, {@code cpu_seconds} (the whole process, the
+     * library's download threads included) and {@code thread_cpu_seconds} (the iterating thread);
+     * the binding also {@code first_record_seconds}. The binding's seconds run from
+     * {@code start()} to the end of the iteration, so they include the kick-off and status
+     * polling: point URL at a server that answers the first status poll with the manifest (the
+     * sandbox: {@code {root}/x/polls=0/fhir}), or the poll interval shows in them.
+     *
+     * @return the exit code: 0, 1 when the record counts differ, 2 on bad arguments
+     */
+    static int compare(String[] args, PrintStream out, PrintStream err) throws Exception {
+        String base = null;
+        Path local = null;
+        int runs = 1;
+        try {
+            for (int i = 0; i < args.length; i++) {
+                String a = args[i];
+                switch (a) {
+                    case "--base" -> base = args[++i];
+                    case "--local" -> local = Path.of(args[++i]);
+                    case "--runs" -> runs = Integer.parseInt(args[++i]);
+                    case "-h", "--help" -> {
+                        out.println(USAGE);
+                        return 0;
+                    }
+                    default -> throw new IllegalArgumentException("unknown argument: " + a);
+                }
+            }
+            if (base == null || local == null || runs < 1) {
+                throw new IllegalArgumentException("--base and --local are required; --runs >= 1");
+            }
+            if (!Files.isDirectory(local)) {
+                throw new IllegalArgumentException("--local " + local + ": not a directory");
+            }
+        } catch (RuntimeException e) {
+            err.println("java_bench: " + (e instanceof ArrayIndexOutOfBoundsException ? "missing value" : e.getMessage()));
+            err.println(USAGE);
+            return 2;
+        }
+        List<Path> files;
+        try (Stream<Path> s = Files.list(local)) {
+            files = s.filter(f -> f.getFileName().toString().endsWith(".ndjson")).sorted().toList();
+        }
+        err.printf("java_bench: fhirbulk %s (%s), Java %s, %d cores; %s vs %d local files in %s, best of %d%n",
+                FhirBulk.version(), FhirBulk.libraryLocation(), System.getProperty("java.version"),
+                Runtime.getRuntime().availableProcessors(), base, files.size(), local, runs);
+        Run bestBinding = null;
+        Run bestLocal = null;
+        for (int i = runs > 1 ? 0 : 1; i <= runs; i++) {
+            String what = i == 0 ? "warm-up" : "run " + i;
+            Run b = bindingRun(base);
+            err.printf("java_bench: %-8s binding %s%n", what, b.json());
+            Run l = localRun(files);
+            err.printf("java_bench: %-8s local   %s%n", what, l.json());
+            if (i > 0) {
+                bestBinding = bestBinding == null || b.rate() > bestBinding.rate() ? b : bestBinding;
+                bestLocal = bestLocal == null || l.rate() > bestLocal.rate() ? l : bestLocal;
+            }
+        }
+        double ratio = bestLocal.rate() > 0 ? bestBinding.rate() / bestLocal.rate() : 0;
+        out.println("{\"binding\": " + bestBinding.json() + ", \"local\": " + bestLocal.json()
+                + String.format(Locale.ROOT, ", \"ratio\": %.4f}", ratio));
+        out.flush();
+        if (bestBinding.records() != bestLocal.records()) {
+            err.printf("java_bench: record counts differ: binding %d, local %d%n", bestBinding.records(),
+                    bestLocal.records());
+            return 1;
+        }
+        return 0;
+    }
+
+    /** A system-level export through the binding, a String per record. */
+    static Run bindingRun(String base) {
+        long c0 = processCpuNanos();
+        long tc0 = threadCpuNanos();
+        long t0 = System.nanoTime();
+        long first = -1;
+        long n = 0;
+        long bytes = 0;
+        long acc = 0;
+        long end;
+        try (Export e = FhirBulk.export(base).start()) {
+            for (Record r : e) {
+                if (n++ == 0) {
+                    first = System.nanoTime();
+                }
+                bytes += r.length() + 1;
+                acc += r.json().length();
+            }
+            end = System.nanoTime();
+        }
+        long tc = threadCpuNanos() - tc0;
+        long c = processCpuNanos() - c0;
+        sink += acc;
+        return new Run(n, bytes, (end - t0) / 1e9, c / 1e9, tc / 1e9, first < 0 ? 0 : (first - t0) / 1e9);
+    }
+
+    /** The pure-Java baseline over local files, a String per line ({@link #baseline}). */
+    static Run localRun(List<Path> files) throws IOException {
+        long bytes = 0;
+        for (Path f : files) {
+            bytes += Files.size(f);
+        }
+        long c0 = processCpuNanos();
+        long tc0 = threadCpuNanos();
+        long t0 = System.nanoTime();
+        long n = baseline(files);
+        long ns = System.nanoTime() - t0;
+        return new Run(n, bytes, ns / 1e9, (processCpuNanos() - c0) / 1e9, (threadCpuNanos() - tc0) / 1e9, -1);
     }
 
     private static double base1;
