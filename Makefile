@@ -4,6 +4,7 @@
 #               examples/c/export_summary.c and print the records per resource type
 #   make test   every test: rustfmt, clippy, Rust unit + integration tests, the generated
 #               header check, and the C tests (AddressSanitizer, UBSan, valgrind)
+#   make bench  the performance benchmark (bench/run.py): curl baseline, C, Python, Java, RSS
 #   make install PREFIX=/usr/local
 #               build the release library and install it for C and C++ programs (shared +
 #               static library, fhirbulk.h, fhirbulk.hpp, pkg-config and CMake files)
@@ -23,7 +24,8 @@ DEMO_TYPES ?= Patient,Encounter,Observation,Condition,MedicationRequest
 DEMO_SCENARIO ?= polls=3
 DEMO_DIR := target/demo
 
-.PHONY: all build demo install test test-rust test-c test-java test-python test-packaging fmt-check \
+.PHONY: all build demo install bench test test-rust test-c test-java test-python test-packaging \
+	test-bench fmt-check \
 	clippy cargo-test header-check
 
 all: build
@@ -61,6 +63,12 @@ PREFIX ?= /usr/local
 install:
 	bash packaging/install.sh "$(abspath $(PREFIX))"
 
+# ---- benchmark ------------------------------------------------------------------------------
+
+# The full benchmark (README, "Performance"): ~1 GB export, RSS at 1 and 4 GB, Python, Java.
+bench:
+	python3 bench/run.py
+
 # ---- tests ----------------------------------------------------------------------------------
 
 # The one test command (README, .ci/run).
@@ -68,6 +76,7 @@ test: test-rust test-c
 test: test-java
 test: test-python
 test: test-packaging
+test: test-bench
 
 test-rust: fmt-check clippy cargo-test header-check
 
@@ -108,6 +117,11 @@ test-java:
 # example, the CMake C++ example and the fhirbulk.hpp wrapper tests against the sandbox.
 test-packaging:
 	bash tests/packaging/run.sh
+
+# The benchmark as a smoke run (seconds: tiny sizes, debug build) so that it cannot rot; the
+# Python and Java parts have smoke tests in their own suites.
+test-bench: build
+	python3 bench/run.py --smoke --skip-python --skip-java
 
 # The Python binding: pip-installed into a fresh virtualenv the way a user would, then pytest.
 test-python:

@@ -3,13 +3,15 @@
 //! ranges, else the file is fetched again and the lines already sent are skipped; an expired
 //! file URL (404/410) is refreshed from the manifest. A line is sent once, whatever happens.
 
+use crate::auth::Secret;
 use crate::config::InvalidLinePolicy;
+use crate::error::from_reqwest;
 use crate::error::{redact_url, Error, ErrorCode, Result};
-use crate::export::{content_type, stopped, Retry, Shared};
+use crate::export::{content_type, stopped, HttpResponse, Retry, Shared};
 use crate::manifest::Kind;
 use crate::ndjson::{Chunk, Invalid, LineMeta, TypeName};
 use crossbeam_channel::{select, Sender};
-use reqwest::header::{ACCEPT, CONTENT_LENGTH, RANGE};
+use reqwest::header::{HeaderMap, ACCEPT, CONTENT_LENGTH, RANGE};
 use std::io::Read;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -61,8 +63,118 @@ fn acceptable_file_type(ct: &str) -> bool {
         )
 }
 
+/// The HTTP client of one download thread: reqwest's async API driven by a runtime of this
+/// thread, so that a connection and the loop reading its body run on the same thread. With
+/// `reqwest::blocking`, every chunk of a body crosses from reqwest's runtime thread to the
+/// reading thread (two wake-ups per chunk): on chunked responses that halved throughput and
+/// tripled CPU per GB (bench/run.py).
+pub(crate) struct FileClient {
+    pub(crate) rt: tokio::runtime::Runtime,
+    pub(crate) client: reqwest::Client,
+}
+
+/// A file response of a [`FileClient`], read with `Read` (each read waits at most `timeout`
+/// for data).
+struct FileResponse<'a> {
+    rt: &'a tokio::runtime::Runtime,
+    resp: reqwest::Response,
+    timeout: Duration,
+    cur: bytes::Bytes,
+}
+
+impl Read for FileResponse<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.cur.is_empty() {
+            let next = self
+                .rt
+                .block_on(async { tokio::time::timeout(self.timeout, self.resp.chunk()).await });
+            match next {
+                Err(_) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no data within read_timeout_ms",
+                    ))
+                }
+                Ok(Err(e)) => return Err(std::io::Error::other(e)),
+                Ok(Ok(None)) => return Ok(0),
+                Ok(Ok(Some(b))) => self.cur = b,
+            }
+        }
+        let n = out.len().min(self.cur.len());
+        out[..n].copy_from_slice(&self.cur.split_to(n));
+        Ok(n)
+    }
+}
+
+impl HttpResponse for FileResponse<'_> {
+    fn status_code(&self) -> u16 {
+        self.resp.status().as_u16()
+    }
+    fn header_map(&self) -> &HeaderMap {
+        self.resp.headers()
+    }
+    fn read_limited(self, _what: &str, _url: &str, limit: u64) -> Result<Vec<u8>> {
+        let mut body = Vec::new();
+        // An error body that breaks off is used as far as it came.
+        let _ = self.take(limit).read_to_end(&mut body);
+        Ok(body)
+    }
+}
+
+/// GET a file under the request and retry policies (token, trusted origins, redirects, 401
+/// refresh, retries), from `range_from` when set.
+fn send_file<'a>(
+    sh: &Shared,
+    fc: &'a FileClient,
+    url: &str,
+    use_token: bool,
+    range_from: Option<u64>,
+) -> Result<FileResponse<'a>> {
+    let what = "file download";
+    let timeout = Duration::from_millis(sh.config.read_timeout_ms);
+    let mut one = |u: &str, token: Option<&Secret>| {
+        let mut rb = fc.client.get(u).header(ACCEPT, "application/fhir+ndjson");
+        if let Some(o) = range_from {
+            rb = rb.header(RANGE, format!("bytes={o}-"));
+        }
+        if sh.trusted(u) {
+            for (k, v) in &sh.config.headers {
+                rb = rb.header(k.as_str(), v.as_str());
+            }
+        }
+        if let Some(t) = token {
+            rb = rb.bearer_auth(t.expose());
+        }
+        match fc
+            .rt
+            .block_on(async { tokio::time::timeout(timeout, rb.send()).await })
+        {
+            Err(_) => Err(Error::new(
+                ErrorCode::Timeout,
+                format!("{what} failed: timed out waiting for the response"),
+            )
+            .with_url(u)),
+            Ok(Err(e)) => Err(from_reqwest(what, u, &e)),
+            Ok(Ok(resp)) => Ok(FileResponse {
+                rt: &fc.rt,
+                resp,
+                timeout,
+                cur: bytes::Bytes::new(),
+            }),
+        }
+    };
+    sh.retrying(what, url, &|s| s == 200 || s == 206, true, &mut || {
+        sh.send_with(what, url, use_token, &mut one)
+    })
+}
+
 /// Download one file and send its lines to the consumer in chunks.
-pub(crate) fn download(sh: &Shared, job: &FileJob, tx: &Sender<Chunk>) -> Result<()> {
+pub(crate) fn download(
+    sh: &Shared,
+    fc: &FileClient,
+    job: &FileJob,
+    tx: &Sender<Chunk>,
+) -> Result<()> {
     let mut url = job.url.clone();
     let mut cur = Cursor {
         next_line: 1,
@@ -73,7 +185,7 @@ pub(crate) fn download(sh: &Shared, job: &FileJob, tx: &Sender<Chunk>) -> Result
     let mut refreshes = 0;
     let mut ranges = false;
     loop {
-        match attempt(sh, job, &url, tx, &mut cur, &mut ranges) {
+        match attempt(sh, fc, job, &url, tx, &mut cur, &mut ranges) {
             Ok(()) => return Ok(()),
             Err(Failure::Fatal(e)) => return Err(e),
             Err(Failure::Broken(e)) => sh.wait_retry(&mut retry, e, None)?,
@@ -90,6 +202,7 @@ pub(crate) fn download(sh: &Shared, job: &FileJob, tx: &Sender<Chunk>) -> Result
 
 fn attempt(
     sh: &Shared,
+    fc: &FileClient,
     job: &FileJob,
     url: &str,
     tx: &Sender<Chunk>,
@@ -97,22 +210,13 @@ fn attempt(
     ranges: &mut bool,
 ) -> Result<(), Failure> {
     let c = &sh.config;
-    let what = "file download";
     let range_from = (*ranges && cur.offset > 0).then_some(cur.offset);
-    let build = |u: &str| {
-        let rb = sh.client.get(u).header(ACCEPT, "application/fhir+ndjson");
-        match range_from {
-            Some(o) => rb.header(RANGE, format!("bytes={o}-")),
-            None => rb,
-        }
+    let mut resp = match send_file(sh, fc, url, job.send_token, range_from) {
+        Ok(r) => r,
+        Err(e) if e.code == ErrorCode::NotFound => return Err(Failure::Expired(e)),
+        Err(e) => return Err(Failure::Fatal(e)),
     };
-    let mut resp =
-        match sh.send_retrying(what, url, job.send_token, &build, &|s| s == 200 || s == 206) {
-            Ok(r) => r,
-            Err(e) if e.code == ErrorCode::NotFound => return Err(Failure::Expired(e)),
-            Err(e) => return Err(Failure::Fatal(e)),
-        };
-    let h = resp.headers();
+    let h = resp.header_map();
     // reqwest drops Content-Length when it decompresses: with it and `Accept-Ranges: bytes`, the
     // body is identity-encoded and byte offsets can resume it.
     *ranges = h
@@ -129,7 +233,7 @@ fn attempt(
             .with_url(url),
         ));
     }
-    if resp.status().as_u16() == 206 {
+    if resp.status_code() == 206 {
         let start = h
             .get("content-range")
             .and_then(|v| v.to_str().ok())

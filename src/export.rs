@@ -6,10 +6,10 @@
 //! `buffer_chunks` chunks however large the export); the consumer hands out records one by one
 //! or in batches and sends emptied buffers back for reuse.
 
-use crate::auth::Authorizer;
+use crate::auth::{Authorizer, Secret};
 use crate::checkpoint::{Checkpoint, CheckpointFile, CHECKPOINT_VERSION};
 use crate::config::{Config, Level, Method};
-use crate::download::{download, FileJob};
+use crate::download::{download, FileClient, FileJob};
 use crate::error::{from_reqwest, is_transient_issue_code, Error, ErrorCode, Result};
 use crate::manifest::{merge_into, Kind, Manifest, ManifestFile};
 use crate::ndjson::{Chunk, LineMeta, TypeName};
@@ -193,6 +193,7 @@ pub(crate) struct FileProgress {
 pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) client: Client,
+    tls: Tls,
     base_origin: url::Origin,
     token_origins: Vec<url::Origin>,
     auth: Authorizer,
@@ -301,45 +302,73 @@ pub struct Export {
     done_rx: Receiver<()>,
 }
 
-impl Export {
-    /// Validate the config and start the export in the background.
-    pub fn start(config: Config) -> Result<Export> {
-        config.validate()?;
-        let mut builder = Client::builder()
-            .connect_timeout(config.connect_timeout())
-            .timeout(Duration::from_millis(config.read_timeout_ms))
-            .pool_max_idle_per_host(config.concurrency + 1)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("fhirbulk/", env!("CARGO_PKG_VERSION")));
+/// Extra trust roots and the client certificate, read once from the config's PEM files; every
+/// HTTP client of an export (the control client and each download thread's) uses them.
+pub(crate) struct Tls {
+    roots: Vec<reqwest::Certificate>,
+    identity: Option<reqwest::Identity>,
+}
+
+impl Tls {
+    fn load(config: &Config) -> Result<Tls> {
+        let mut roots = Vec::new();
         if let Some(path) = &config.ca_bundle {
             let pem = std::fs::read(path)
                 .map_err(|e| Error::config(format!("invalid config: ca_bundle {path:?}: {e}")))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            roots = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
                 Error::config(format!(
                     "invalid config: ca_bundle {path:?} is not PEM certificates: {e}"
                 ))
             })?;
-            for c in certs {
-                builder = builder.add_root_certificate(c);
-            }
         }
+        let mut identity = None;
         if let Some(path) = &config.client_cert {
             let pem = std::fs::read(path)
                 .map_err(|e| Error::config(format!("invalid config: client_cert {path:?}: {e}")))?;
             // The error text of a failed parse could quote the key: keep it out.
-            let id = reqwest::Identity::from_pem(&pem).map_err(|_| {
+            identity = Some(reqwest::Identity::from_pem(&pem).map_err(|_| {
                 Error::config(format!(
                     "invalid config: client_cert {path:?} must hold a PEM certificate chain and its PKCS#8 private key"
                 ))
-            })?;
-            builder = builder.identity(id);
+            })?);
         }
-        let client = builder.build().map_err(|e| {
-            Error::new(
-                ErrorCode::Internal,
-                format!("cannot build HTTP client: {e}"),
-            )
-        })?;
+        Ok(Tls { roots, identity })
+    }
+}
+
+/// The settings every HTTP client of an export shares, on a blocking or an async
+/// `ClientBuilder` (same method names, different types).
+macro_rules! configure_client {
+    ($builder:expr, $config:expr, $tls:expr) => {{
+        let mut b = $builder
+            .connect_timeout($config.connect_timeout())
+            .pool_max_idle_per_host($config.concurrency + 1)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("fhirbulk/", env!("CARGO_PKG_VERSION")));
+        for c in &$tls.roots {
+            b = b.add_root_certificate(c.clone());
+        }
+        if let Some(id) = &$tls.identity {
+            b = b.identity(id.clone());
+        }
+        b
+    }};
+}
+
+impl Export {
+    /// Validate the config and start the export in the background.
+    pub fn start(config: Config) -> Result<Export> {
+        config.validate()?;
+        let tls = Tls::load(&config)?;
+        let client = configure_client!(Client::builder(), &config, &tls)
+            .timeout(Duration::from_millis(config.read_timeout_ms))
+            .build()
+            .map_err(|e| {
+                Error::new(
+                    ErrorCode::Internal,
+                    format!("cannot build HTTP client: {e}"),
+                )
+            })?;
         let auth = Authorizer::new(
             &config.auth,
             &config.base_url,
@@ -361,6 +390,7 @@ impl Export {
         let sh = Arc::new(Shared {
             config,
             client,
+            tls,
             base_origin,
             token_origins,
             auth,
@@ -689,7 +719,7 @@ impl Shared {
 
     /// May this URL receive the access token and the extra headers? The FHIR server's origin
     /// and the origins the caller listed in `token_origins`.
-    fn trusted(&self, url: &str) -> bool {
+    pub(crate) fn trusted(&self, url: &str) -> bool {
         url::Url::parse(url).is_ok_and(|u| {
             let o = u.origin();
             o == self.base_origin || self.token_origins.contains(&o)
@@ -701,34 +731,47 @@ impl Shared {
     /// while a token was in use gets a new token and one retry. Redirects are followed here
     /// (at most 10), so the token and extra headers never follow a redirect to another origin
     /// (Oracle Health answers file requests with 307 to a pre-signed object-store URL).
-    fn send(
+    pub(crate) fn send(
         &self,
         what: &str,
         url: &str,
         use_token: bool,
         build: &dyn Fn(&str) -> RequestBuilder,
     ) -> Result<Response> {
-        let mut url = url.to_owned();
-        let mut retried = false;
-        let mut redirects = 0;
-        loop {
-            let trusted = self.trusted(&url);
-            let mut rb = build(&url);
-            if trusted {
+        self.send_with(what, url, use_token, &mut |u, token| {
+            let mut rb = build(u);
+            if self.trusted(u) {
                 for (k, v) in &self.config.headers {
                     rb = rb.header(k.as_str(), v.as_str());
                 }
             }
-            let token = if use_token && trusted {
+            if let Some(t) = token {
+                rb = rb.bearer_auth(t.expose());
+            }
+            rb.send().map_err(|e| from_reqwest(what, u, &e))
+        })
+    }
+
+    /// The policy of [`Shared::send`] over any HTTP client: `one` sends one request to a URL
+    /// (adding the extra headers for trusted origins) with the token given, if any.
+    pub(crate) fn send_with<R: HttpResponse>(
+        &self,
+        what: &str,
+        url: &str,
+        use_token: bool,
+        one: &mut dyn FnMut(&str, Option<&Secret>) -> Result<R>,
+    ) -> Result<R> {
+        let mut url = url.to_owned();
+        let mut retried = false;
+        let mut redirects = 0;
+        loop {
+            let token = if use_token && self.trusted(&url) {
                 self.auth.bearer(&self.client)?
             } else {
                 None
             };
-            if let Some(t) = &token {
-                rb = rb.bearer_auth(t.expose());
-            }
-            let resp = rb.send().map_err(|e| from_reqwest(what, &url, &e))?;
-            let status = resp.status().as_u16();
+            let resp = one(&url, token.as_ref())?;
+            let status = resp.status_code();
             if status == 401 && !retried {
                 if let Some(t) = &token {
                     if self.auth.invalidate(t) {
@@ -739,7 +782,7 @@ impl Shared {
             }
             if matches!(status, 301 | 302 | 303 | 307 | 308) {
                 let next = resp
-                    .headers()
+                    .header_map()
                     .get(reqwest::header::LOCATION)
                     .and_then(|v| v.to_str().ok())
                     .and_then(|loc| url::Url::parse(&url).ok()?.join(loc).ok());
@@ -791,19 +834,33 @@ impl Shared {
         accept: &dyn Fn(u16) -> bool,
         network: bool,
     ) -> Result<Response> {
+        self.retrying(what, url, accept, network, &mut || {
+            self.send(what, url, use_token, build)
+        })
+    }
+
+    /// The retry policy of [`Shared::send_retrying_on`] around any `send`.
+    pub(crate) fn retrying<R: HttpResponse>(
+        &self,
+        what: &str,
+        url: &str,
+        accept: &dyn Fn(u16) -> bool,
+        network: bool,
+        send: &mut dyn FnMut() -> Result<R>,
+    ) -> Result<R> {
         let mut retry = Retry::new(&self.config);
         loop {
             if self.stopping() {
                 return Err(stopped());
             }
-            let (err, after) = match self.send(what, url, use_token, build) {
+            let (err, after) = match send() {
                 Ok(resp) => {
-                    let status = resp.status().as_u16();
+                    let status = resp.status_code();
                     if accept(status) {
                         return Ok(resp);
                     }
-                    let headers = resp.headers().clone();
-                    let body = read_body(what, url, resp, 1 << 20).unwrap_or_default();
+                    let headers = resp.header_map().clone();
+                    let body = resp.read_limited(what, url, 1 << 20).unwrap_or_default();
                     let e = Error::from_response(what, status, url, &body);
                     if !is_retryable(status, &e.issues) {
                         return Err(e);
@@ -817,6 +874,23 @@ impl Shared {
             };
             self.wait_retry(&mut retry, err, after)?;
         }
+    }
+
+    /// The HTTP client of one download thread (see [`FileClient`]).
+    pub(crate) fn file_client(&self) -> Result<FileClient> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::new(ErrorCode::Internal, format!("cannot start a runtime: {e}")))?;
+        let client = configure_client!(reqwest::Client::builder(), &self.config, &self.tls)
+            .build()
+            .map_err(|e| {
+                Error::new(
+                    ErrorCode::Internal,
+                    format!("cannot build HTTP client: {e}"),
+                )
+            })?;
+        Ok(FileClient { rt, client })
     }
 
     /// Wait before another attempt, or give up with `err` when the budget is spent.
@@ -941,6 +1015,27 @@ fn read_body(what: &str, url: &str, resp: Response, limit: u64) -> Result<Vec<u8
         .with_url(url)
     })?;
     Ok(body)
+}
+
+/// What the request policy ([`Shared::send_with`], [`Shared::retrying`]) needs of a response,
+/// blocking or async.
+pub(crate) trait HttpResponse {
+    fn status_code(&self) -> u16;
+    fn header_map(&self) -> &HeaderMap;
+    /// The body, at most `limit` bytes.
+    fn read_limited(self, what: &str, url: &str, limit: u64) -> Result<Vec<u8>>;
+}
+
+impl HttpResponse for Response {
+    fn status_code(&self) -> u16 {
+        self.status().as_u16()
+    }
+    fn header_map(&self) -> &HeaderMap {
+        self.headers()
+    }
+    fn read_limited(self, what: &str, url: &str, limit: u64) -> Result<Vec<u8>> {
+        read_body(what, url, self, limit)
+    }
 }
 
 /// The media type of a response, lower-cased, without parameters.
@@ -1604,11 +1699,15 @@ fn delete_job(sh: &Shared) {
 
 fn worker(sh: &Arc<Shared>, jobs: &Receiver<FileJob>, tx: &Sender<Chunk>) {
     let r = catch_unwind(AssertUnwindSafe(|| {
+        let fc = match sh.file_client() {
+            Ok(c) => c,
+            Err(e) => return sh.fail(e),
+        };
         while let Ok(job) = jobs.recv() {
             if sh.stopping() {
                 return;
             }
-            match download(sh, &job, tx) {
+            match download(sh, &fc, &job, tx) {
                 Ok(()) => {
                     sh.files_done.fetch_add(1, Ordering::Relaxed);
                 }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use fhirbulk::sandbox::{Sandbox, SandboxAuth, SandboxClient, SandboxOptions};
 
 const USAGE: &str = "usage: fhirbulk-sandbox [--port N] [--patients N] [--records-per-file N] \
-[--bearer-token T] [--port-file PATH] [--threads N]
+[--bearer-token T] [--port-file PATH] [--threads N] [--prerender]
        [--client-id ID (--jwks PATH | --client-secret SECRET)]... [--token-ttl S]
 
 Serves a FHIR Bulk Data ($export) sandbox on 127.0.0.1 until killed.
@@ -17,6 +17,8 @@ Serves a FHIR Bulk Data ($export) sandbox on 127.0.0.1 until killed.
   --bearer-token T      require `Authorization: Bearer T` (also env FHIRBULK_SANDBOX_TOKEN)
   --port-file PATH      write the bound port number to PATH once listening
   --threads N           worker threads (default 8)
+  --prerender           keep rendered output files in memory: repeated exports with the same
+                        parameters are served from memory (benchmarks; memory grows with them)
 SMART Backend Services (token endpoint {root}/auth/token, smart-configuration):
   --client-id ID        register a client (repeatable; the options below apply to it)
   --jwks PATH           the client's public JWKS (or a single public JWK) for private_key_jwt
@@ -61,6 +63,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
             "--patients" => opts.patients = num(value()?)?,
             "--records-per-file" => opts.records_per_file = num(value()?)?.max(1),
             "--threads" => opts.threads = num(value()?)?.max(1),
+            "--prerender" => opts.prerender = true,
             "--bearer-token" => token = Some(value()?),
             "--port-file" => port_file = Some(value()?),
             "--client-id" => clients.push(SandboxClient {

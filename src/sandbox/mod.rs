@@ -54,6 +54,10 @@ pub struct SandboxOptions {
     pub threads: usize,
     /// SMART Backend Services authorization; None: no token endpoint.
     pub auth: Option<SandboxAuth>,
+    /// Keep each output file's bytes in memory once rendered, so that later downloads of the
+    /// same export (same parameters) are served from memory at wire speed (benchmarks).
+    /// Memory grows with the exports requested.
+    pub prerender: bool,
 }
 
 impl Default for SandboxOptions {
@@ -65,6 +69,7 @@ impl Default for SandboxOptions {
             bearer_token: None,
             threads: 8,
             auth: None,
+            prerender: false,
         }
     }
 }
@@ -92,6 +97,9 @@ pub struct LoggedRequest {
     pub body: String,
     /// Milliseconds since the sandbox started.
     pub at_ms: u64,
+    /// When the request was received: microseconds since the Unix epoch (to compare with
+    /// clients' clocks on the same machine).
+    pub unix_us: u64,
 }
 
 /// Selects records for [`Sandbox::truth`]; same semantics as kick-off parameters.

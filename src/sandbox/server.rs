@@ -40,6 +40,9 @@ pub(crate) struct Shared {
     jobs: Mutex<HashMap<u64, Arc<Job>>>,
     next_job: AtomicU64,
     pub stop: Arc<AtomicBool>,
+    /// `SandboxOptions::prerender`: rendered output files by (selection, part).
+    prerender: bool,
+    rendered: Mutex<HashMap<String, Arc<[u8]>>>,
 }
 
 impl Shared {
@@ -59,6 +62,8 @@ impl Shared {
             jobs: Mutex::new(HashMap::new()),
             next_job: AtomicU64::new(1),
             stop: Arc::new(AtomicBool::new(false)),
+            prerender: opts.prerender,
+            rendered: Mutex::new(HashMap::new()),
         }
     }
 
@@ -137,6 +142,8 @@ struct Job {
     sel: Arc<Selection>,
     files: Vec<FileEntry>,
     polls: AtomicU64,
+    /// Identifies the selection for the prerender cache (empty when prerender is off).
+    render_key: String,
     /// Complete manifests served (fault `expire_files`: URLs carry it).
     generation: AtomicU64,
     /// File requests received (fault `gone_after`).
@@ -444,6 +451,9 @@ fn log_request(sh: &Shared, server: &str, inc: &Incoming, auth_ok: Option<bool>,
             inc.body.clone()
         },
         at_ms: sh.started.elapsed().as_millis() as u64,
+        unix_us: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64),
     };
     sh.log.lock().push(logged);
 }
@@ -844,6 +854,13 @@ fn kickoff(sh: &Shared, ctx: &Ctx, level: Level) -> Reply {
         });
     }
     let id = sh.next_job.fetch_add(1, Ordering::SeqCst);
+    let render_key = if sh.prerender {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hash::hash(&format!("{sel:?}"), &mut h);
+        format!("{:x}", std::hash::Hasher::finish(&h))
+    } else {
+        String::new()
+    };
     let job = Job {
         id,
         prefix: ctx.prefix.clone(),
@@ -856,6 +873,7 @@ fn kickoff(sh: &Shared, ctx: &Ctx, level: Level) -> Reply {
         sel,
         files,
         polls: AtomicU64::new(0),
+        render_key,
         generation: AtomicU64::new(0),
         file_requests: AtomicU64::new(0),
     };
@@ -1058,6 +1076,8 @@ fn file_reader(sh: &Shared, job: &Job, f: &FileEntry) -> BoxRead {
             let src = PartSource::new(Arc::clone(&job.sel), p);
             if fl.bad_line.is_some() || fl.long_line.is_some() || fl.truncate_last {
                 Box::new(LinesReader::new(FaultLines::new(src, fl), stop))
+            } else if let Some(bytes) = rendered(sh, job, f) {
+                Box::new(Cursor::new(ArcBytes(bytes)))
             } else {
                 Box::new(LinesReader::new(src, stop))
             }
@@ -1066,6 +1086,44 @@ fn file_reader(sh: &Shared, job: &Job, f: &FileEntry) -> BoxRead {
             Box::new(LinesReader::new(VecSource::new(Arc::clone(lines)), stop))
         }
         FileKind::Deleted(n) => Box::new(LinesReader::new(DeletedSource::new(*n), stop)),
+    }
+}
+
+/// With `prerender`, an output file (without line faults) rendered once and kept in memory.
+fn rendered(sh: &Shared, job: &Job, f: &FileEntry) -> Option<Arc<[u8]>> {
+    let fl = &job.scen.faults;
+    let FileKind::Output(p) = &f.kind else {
+        return None;
+    };
+    if !sh.prerender
+        || fl.endless
+        || fl.bad_line.is_some()
+        || fl.long_line.is_some()
+        || fl.truncate_last
+    {
+        return None;
+    }
+    let key = format!("{} {:?} {:?} {}", job.render_key, p.mode, p.start, p.count);
+    if let Some(b) = sh.rendered.lock().get(&key) {
+        return Some(Arc::clone(b));
+    }
+    let mut v = Vec::new();
+    let src = PartSource::new(Arc::clone(&job.sel), p);
+    // Rendering from memory only fails when the sandbox stops; the response is moot then.
+    LinesReader::new(src, Arc::clone(&sh.stop))
+        .read_to_end(&mut v)
+        .ok()?;
+    let v: Arc<[u8]> = v.into();
+    sh.rendered.lock().insert(key, Arc::clone(&v));
+    Some(v)
+}
+
+/// Shared bytes as `AsRef<[u8]>` (for `io::Cursor`).
+struct ArcBytes(Arc<[u8]>);
+
+impl AsRef<[u8]> for ArcBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
     }
 }
 
@@ -1214,7 +1272,12 @@ fn file(sh: &Shared, ctx: &Ctx, id: u64, n: usize) -> Out {
     let first = attempt == 1;
     let mut headers = vec![("Content-Type", ct)];
     let total = std::cell::OnceCell::new();
-    let total_len = || *total.get_or_init(|| count_bytes(file_reader(sh, &job, f)));
+    let total_len = || {
+        *total.get_or_init(|| match rendered(sh, &job, f) {
+            Some(b) => b.len() as u64,
+            None => count_bytes(file_reader(sh, &job, f)),
+        })
+    };
     let (status, body, len): (u16, BoxRead, Option<u64>) = if endless {
         (200, file_reader(sh, &job, f), None)
     } else if gzip {
@@ -1268,7 +1331,9 @@ fn file(sh: &Shared, ctx: &Ctx, id: u64, n: usize) -> Out {
                         };
                     }
                 }
-                let len = (sc.length || fl.drop.is_some()).then(total_len);
+                // Pre-rendered files have a known length, as files on object stores do.
+                let len = ((sc.length || fl.drop.is_some() || sh.prerender) && !sc.chunked)
+                    .then(total_len);
                 (200, file_reader(sh, &job, f), len)
             }
         }

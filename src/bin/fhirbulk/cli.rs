@@ -301,6 +301,9 @@ pub struct SandboxArgs {
     /// Resources per output file
     #[arg(long, default_value_t = 1000)]
     pub records_per_file: usize,
+    /// Keep rendered output files in memory, so repeated exports are served at wire speed
+    #[arg(long)]
+    pub prerender: bool,
     /// Server behaviours, e.g. "polls=3;gzip;slow=100" (printed as a scenario base URL)
     #[arg(long, value_name = "K=V;...")]
     pub scenario: Option<String>,

@@ -71,6 +71,7 @@ fn serve(a: &SandboxArgs) -> Result<(), CliError> {
         patients: a.patients,
         records_per_file: a.records_per_file.max(1),
         threads: a.threads.max(1),
+        prerender: a.prerender,
         ..SandboxOptions::default()
     };
     if let Some(var) = &a.bearer_token_env {

@@ -1,0 +1,397 @@
+#!/usr/bin/env python3
+"""fhirbulk benchmark: one command, every figure side by side.
+
+    python3 bench/run.py                 # full run: ~1 GB export, RSS at 1 GB and 4 GB
+    python3 bench/run.py --smoke         # seconds: tiny sizes, debug build (CI runs this)
+
+What it does, on this machine (the sandbox server runs here too, on 127.0.0.1):
+
+1. builds the release library, the sandbox server and bench/consumer.c;
+2. starts the sandbox with --prerender (files rendered once and served from memory with a
+   Content-Length, so the server is not the bottleneck), kicks off a system-level export of
+   about --gb GB of NDJSON in many files, and downloads every file once into a local
+   directory (the local baselines read it; the page cache holds it);
+3. measures, best of --runs where it says so:
+   - curl: the same files with one `curl --parallel --parallel-max 4` to /dev/null (the
+     baseline: fhirbulk also downloads 4 files at once); bytes/s, CPU s/GB; and, for scale,
+     one curl process per file, 4 at a time (xargs -P4);
+   - C: bench/consumer.c through the C ABI (export_next_batch; touches every byte): bytes/s,
+     records/s, ratio to curl, CPU (user+sys, whole process) per GB, peak RSS; again with
+     export_next_record (one call per record), with validate_json, and with chunked transfer
+     encoding (a server that sends no Content-Length);
+   - time from manifest to first record (the sandbox logs when it answered the status request
+     with the manifest; the consumer notes when the first record arrived);
+   - peak RSS of a deliberately slow C consumer (--slow-mbps) for two export sizes four times
+     apart (fresh sandboxes, files rendered on the fly): memory must not grow with size;
+   - Python (bench/python_bench.py) raw and parsed iteration next to plain Python reading the
+     local files, and Java (bench/java_bench.sh) iteration as String next to a pure-Java read
+     of the local files (skipped with --skip-python / --skip-java or when not available).
+4. prints a table and writes everything as JSON (--json, default target/bench/results.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BYTES_PER_PATIENT = 5_870  # sandbox system-level export, measured: ~1.06 GB for 180k patients
+CONCURRENCY = 4
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def run(cmd: list[str], **kw) -> None:
+    log("+ " + " ".join(str(c) for c in cmd))
+    subprocess.run(cmd, check=True, **kw)
+
+
+def run_child(cmd: list[str]) -> tuple[float, dict, bytes]:
+    """Runs cmd to completion; wall seconds, its CPU and peak RSS (wait4), its stdout."""
+    t0 = time.perf_counter()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        p = subprocess.Popen(cmd, stdout=out, stderr=err)
+        _, status, ru = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t0
+        p.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        text = out.read()
+        if p.returncode != 0:
+            raise RuntimeError(
+                f"{' '.join(cmd[:3])} ... failed ({p.returncode}): "
+                f"{err.read().decode(errors='replace')[-2000:]}"
+            )
+    # (ru_maxrss is not reported: it counts this Python process's image from before exec.)
+    return wall, {"user_s": ru.ru_utime, "sys_s": ru.ru_stime}, text
+
+
+class Sandbox:
+    def __init__(self, binary: Path, patients: int, rpf: int, prerender: bool):
+        self.dir = Path(tempfile.mkdtemp(prefix="fhirbulk-bench-"))
+        port_file = self.dir / "port"
+        cmd = [str(binary), "--port", "0", "--port-file", str(port_file),
+               "--patients", str(patients), "--records-per-file", str(rpf)]
+        if prerender:
+            cmd.append("--prerender")
+        self.log = open(self.dir / "log", "wb")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        for _ in range(200):
+            if port_file.exists() and port_file.read_text().strip():
+                break
+            if self.proc.poll() is not None:
+                raise RuntimeError("sandbox exited: " + (self.dir / "log").read_text())
+            time.sleep(0.05)
+        else:
+            raise RuntimeError("sandbox did not start")
+        self.root = f"http://127.0.0.1:{port_file.read_text().strip()}"
+
+    def base(self, scenario: str = "polls=0") -> str:
+        return f"{self.root}/x/{scenario}/fhir"
+
+    def requests(self) -> list[dict]:
+        with urllib.request.urlopen(f"{self.root}/_sandbox/requests") as r:
+            return json.load(r)
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def kickoff(base: str) -> list[str]:
+    """A plain system-level export: kick-off, poll, the manifest's output URLs."""
+    req = urllib.request.Request(f"{base}/$export", headers={
+        "Accept": "application/fhir+json", "Prefer": "respond-async"})
+    with urllib.request.urlopen(req) as r:
+        status_url = r.headers["Content-Location"]
+    while True:
+        with urllib.request.urlopen(status_url) as r:
+            if r.status == 200:
+                manifest = json.load(r)
+                return [o["url"] for o in manifest["output"]]
+        time.sleep(0.05)
+
+
+def curl_config(urls: list[str], out_dir: Path | None) -> Path:
+    fd, path = tempfile.mkstemp(suffix=".curlrc")
+    with os.fdopen(fd, "w") as f:
+        for i, u in enumerate(urls):
+            f.write(f'url = "{u}"\n')
+            target = "/dev/null" if out_dir is None else str(out_dir / f"{i:05d}.ndjson")
+            f.write(f'output = "{target}"\n')
+    return Path(path)
+
+
+def curl_cmd(cfg: Path) -> list[str]:
+    return ["curl", "--silent", "--show-error", "--no-progress-meter", "--fail", "--parallel",
+            "--parallel-max", str(CONCURRENCY), "--config", str(cfg)]
+
+
+def best(results: list[dict], key: str = "seconds") -> dict:
+    return min(results, key=lambda r: r[key])
+
+
+def c_row(name: str, r: dict, baseline_bps: float | None) -> dict:
+    gb = r["bytes"] / 1e9
+    row = {
+        "name": name,
+        "bytes": r["bytes"],
+        "records": r["records"],
+        "seconds": r["seconds"],
+        "bytes_per_s": r["bytes"] / r["seconds"],
+        "records_per_s": r["records"] / r["seconds"],
+        "cpu_s_per_gb": (r["user_s"] + r["sys_s"]) / gb if gb else None,
+        "maxrss_mb": r["maxrss_kb"] / 1024,
+    }
+    if baseline_bps:
+        row["ratio_to_curl"] = row["bytes_per_s"] / baseline_bps
+    return row
+
+
+def consumer_run(consumer: Path, base: str, *args: str) -> dict:
+    _, _, out = run_child([str(consumer), base, "--concurrency", str(CONCURRENCY), *args])
+    return json.loads(out)
+
+
+def first_record_ms(sb: Sandbox, r: dict) -> float | None:
+    """Manifest to first record: the last status request (answered with the manifest) before
+    the first record, from the sandbox's log."""
+    first = r["first_record_unix_us"]
+    status = [q["unix_us"] for q in sb.requests()
+              if q["method"] == "GET" and "/jobs/" in q["path"] and q["unix_us"] <= first]
+    return (first - max(status)) / 1000 if status else None
+
+
+def fmt_rate(bps: float) -> str:
+    return f"{bps / 1e6:,.0f} MB/s"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--gb", type=float, default=1.0, help="size of the throughput export (GB)")
+    ap.add_argument("--rss-gb", type=float, nargs=2, default=(1.0, 4.0), metavar=("SMALL", "LARGE"),
+                    help="sizes of the two slow-consumer exports (GB)")
+    ap.add_argument("--slow-mbps", type=float, default=150, help="pace of the slow consumer (MB/s)")
+    ap.add_argument("--runs", type=int, default=3, help="best of N for the throughput rows")
+    ap.add_argument("--records-per-file", type=int, default=20000)
+    ap.add_argument("--smoke", action="store_true",
+                    help="a few seconds: 10 MB, RSS at 5 and 20 MB, one run, debug build")
+    ap.add_argument("--debug", action="store_true", help="use the debug build (target/debug)")
+    ap.add_argument("--skip-python", action="store_true")
+    ap.add_argument("--skip-java", action="store_true")
+    ap.add_argument("--python", help="interpreter with fhirbulk installed (default: build a venv "
+                    "in target/bench/venv with pip install ./bindings/python)")
+    ap.add_argument("--json", type=Path, help="where to write the results "
+                    "(default target/bench/results.json)")
+    a = ap.parse_args()
+    if a.smoke:
+        a.gb, a.rss_gb, a.runs, a.debug = 0.01, (0.005, 0.02), 1, True
+        a.slow_mbps, a.records_per_file = 20, 1000
+
+    target = Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
+    if not target.is_absolute():
+        target = REPO / target
+    profile = "debug" if a.debug else "release"
+    out_dir = target / "bench"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = a.json or out_dir / ("smoke.json" if a.smoke else "results.json")
+
+    # 1. build
+    cargo = ["cargo", "build", "--features", "sandbox", "--lib", "--bin", "fhirbulk-sandbox"]
+    run(cargo + ([] if a.debug else ["--release"]), cwd=REPO)
+    libdir = target / profile
+    consumer = out_dir / f"consumer-{profile}"
+    run(["cc", "-std=c11", "-O3", "-Wall", "-Wextra", "-Werror", f"-I{REPO / 'include'}",
+         "-o", str(consumer), str(REPO / "bench" / "consumer.c"), f"-L{libdir}", "-lfhirbulk",
+         "-lpthread", f"-Wl,-rpath,{libdir}"])
+    sandbox_bin = libdir / "fhirbulk-sandbox"
+
+    results: dict = {"machine": {"cpus": os.cpu_count(), "uname": " ".join(os.uname())},
+                     "config": {"gb": a.gb, "rss_gb": list(a.rss_gb), "runs": a.runs,
+                                "slow_mbps": a.slow_mbps, "concurrency": CONCURRENCY,
+                                "profile": profile}}
+    rows: list[dict] = []
+
+    # 2. the export, pre-rendered; the files once on local disk
+    patients = max(10, int(a.gb * 1e9 / BYTES_PER_PATIENT))
+    sb = Sandbox(sandbox_bin, patients, a.records_per_file, prerender=True)
+    local = Path(tempfile.mkdtemp(prefix="fhirbulk-bench-files-"))
+    try:
+        base = sb.base()
+        t = time.perf_counter()
+        urls = kickoff(base)
+        cfg = curl_config(urls, local)
+        run(curl_cmd(cfg))
+        cfg.unlink()
+        total = sum(p.stat().st_size for p in local.iterdir())
+        records = sum(1 for p in local.iterdir() for _ in p.open("rb"))
+        log(f"export: {len(urls)} files, {total / 1e9:.2f} GB, {records:,} records "
+            f"(rendered in {time.perf_counter() - t:.1f} s)")
+        results["export"] = {"files": len(urls), "bytes": total, "records": records,
+                             "patients": patients}
+
+        # 3a. curl baseline
+        cfg = curl_config(urls, None)
+        curl_runs = []
+        for _ in range(a.runs):
+            wall, ru, _ = run_child(curl_cmd(cfg))
+            curl_runs.append({"seconds": wall, "bytes": total, "records": records, **ru})
+        cb = best(curl_runs)
+        # The same with one curl process per file, 4 at a time (what `xargs -P4 curl` does).
+        xargs = ["bash", "-c", "sed -n 's/^url = \"\\(.*\\)\"$/\\1/p' \"$0\" | "
+                 f"xargs -P {CONCURRENCY} -n 1 curl --silent --fail -o /dev/null", str(cfg)]
+        wall, ru, _ = run_child(xargs)
+        cfg.unlink()
+        curl_bps = total / cb["seconds"]
+        rows.append({"name": f"curl x{CONCURRENCY} (baseline)", "bytes": total, "records": records,
+                     "seconds": cb["seconds"], "bytes_per_s": curl_bps,
+                     "records_per_s": records / cb["seconds"],
+                     "cpu_s_per_gb": (cb["user_s"] + cb["sys_s"]) / (total / 1e9),
+                     "maxrss_mb": None, "ratio_to_curl": 1.0})
+        rows.append({"name": f"curl, {CONCURRENCY} processes (xargs)", "bytes": total,
+                     "records": records, "seconds": wall, "bytes_per_s": total / wall,
+                     "records_per_s": records / wall,
+                     "cpu_s_per_gb": (ru["user_s"] + ru["sys_s"]) / (total / 1e9),
+                     "maxrss_mb": None, "ratio_to_curl": total / wall / curl_bps})
+
+        # 3b. the C consumer
+        def check(r: dict) -> dict:
+            if r["records"] != records or r["bytes"] != total:
+                raise RuntimeError(f"consumer delivered {r['records']} records / {r['bytes']} "
+                                   f"bytes; the export has {records} / {total}")
+            return r
+
+        c_runs = [check(consumer_run(consumer, base)) for _ in range(a.runs)]
+        cbest = best(c_runs)
+        rows.append(c_row("fhirbulk C, export_next_batch", cbest, curl_bps))
+        latencies = [x for x in (first_record_ms(sb, r) for r in c_runs) if x is not None]
+        results["first_record_ms"] = {"min": min(latencies), "max": max(latencies),
+                                      "runs": latencies} if latencies else None
+        rows.append(c_row("fhirbulk C, export_next_record",
+                          check(consumer_run(consumer, base, "--api", "record")), curl_bps))
+        rows.append(c_row("fhirbulk C, validate_json",
+                          check(consumer_run(consumer, base, "--validate")), curl_bps))
+        # A server without Content-Length (chunked transfer encoding, 8 KB chunks) and its own
+        # curl baseline.
+        urls_c = kickoff(sb.base("polls=0;chunked"))
+        cfg = curl_config(urls_c, None)
+        wall, ru, _ = run_child(curl_cmd(cfg))
+        cfg.unlink()
+        cc = {"seconds": wall, **ru}
+        rc = check(consumer_run(consumer, sb.base("polls=0;chunked")))
+        results["chunked"] = {"curl_seconds": cc["seconds"],
+                              "curl_cpu_s_per_gb": (cc["user_s"] + cc["sys_s"]) / (total / 1e9),
+                              "fhirbulk": c_row("fhirbulk C, chunked", rc, total / cc["seconds"])}
+        rows.append(results["chunked"]["fhirbulk"])
+
+        # 3c. Python and Java, against the same pre-rendered export and local files
+        if not a.skip_python:
+            results["python"] = python_part(a, base, local, out_dir)
+        if not a.skip_java:
+            results["java"] = java_part(a, base, local)
+    finally:
+        sb.stop()
+        shutil.rmtree(local, ignore_errors=True)
+
+    # 3d. memory: a slow consumer, two sizes four times apart, files rendered on the fly
+    rss = []
+    for gb in a.rss_gb:
+        s = Sandbox(sandbox_bin, max(10, int(gb * 1e9 / BYTES_PER_PATIENT)), a.records_per_file,
+                    prerender=False)
+        try:
+            r = consumer_run(consumer, s.base(), "--slow-mbps", str(a.slow_mbps))
+        finally:
+            s.stop()
+        rss.append({"gb": r["bytes"] / 1e9, "records": r["records"], "seconds": r["seconds"],
+                    "maxrss_mb": r["maxrss_kb"] / 1024})
+        log(f"slow consumer, {r['bytes'] / 1e9:.2f} GB: peak RSS {r['maxrss_kb'] / 1024:.1f} MB")
+    results["rss_slow_consumer"] = rss
+    results["rows"] = rows
+
+    print_table(results)
+    json_path.write_text(json.dumps(results, indent=2) + "\n")
+    log(f"wrote {json_path}")
+    return 0
+
+
+def python_part(a, base: str, local: Path, out_dir: Path) -> dict | None:
+    script = REPO / "bench" / "python_bench.py"
+    if not script.exists():
+        log("bench/python_bench.py missing: Python skipped")
+        return None
+    py = a.python or os.environ.get("FHIRBULK_BENCH_PYTHON")
+    if not py:
+        venv = out_dir / "venv"
+        if not (venv / "bin" / "python").exists():
+            run([sys.executable, "-m", "venv", str(venv)])
+        run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
+             "--disable-pip-version-check", str(REPO / "bindings" / "python")])
+        py = str(venv / "bin" / "python")
+    _, _, out = run_child([py, str(script), "--base", base, "--local", str(local),
+                           "--runs", str(a.runs)])
+    return json.loads(out)
+
+
+def java_part(a, base: str, local: Path) -> dict | None:
+    script = REPO / "bench" / "java_bench.sh"
+    if not script.exists() or not shutil.which("java") or not shutil.which("mvn"):
+        log("bench/java_bench.sh, java or mvn missing: Java skipped")
+        return None
+    _, _, out = run_child(["bash", str(script), "--base", base, "--local", str(local),
+                           "--runs", str(a.runs)])
+    return json.loads(out)
+
+
+def print_table(res: dict) -> None:
+    e = res["export"]
+    print(f"\nExport: {e['files']} files, {e['bytes'] / 1e9:.2f} GB, {e['records']:,} records; "
+          f"{res['machine']['cpus']} CPUs, sandbox on the same machine, "
+          f"{res['config']['profile']} build\n")
+    print(f"| {'':34} | {'MB/s':>7} | {'records/s':>11} | {'x curl':>6} | {'CPU s/GB':>8} | {'peak RSS':>8} |")
+    print(f"|{'-' * 36}|{'-' * 9}|{'-' * 13}|{'-' * 8}|{'-' * 10}|{'-' * 10}|")
+    for r in res["rows"]:
+        print(f"| {r['name']:34} | {r['bytes_per_s'] / 1e6:7,.0f} | {r['records_per_s']:11,.0f} | "
+              f"{r.get('ratio_to_curl', 0):6.2f} | {r['cpu_s_per_gb']:8.2f} | "
+              + (f"{r['maxrss_mb']:6.1f} MB |" if r["maxrss_mb"] is not None else f"{'-':>8} |"))
+    ch = res.get("chunked")
+    if ch:
+        print(f"\n(chunked row: ratio to curl on the same chunked files, "
+              f"{e['bytes'] / ch['curl_seconds'] / 1e6:,.0f} MB/s at "
+              f"{ch['curl_cpu_s_per_gb']:.2f} CPU s/GB)")
+    fr = res.get("first_record_ms")
+    if fr:
+        print(f"Manifest to first record: {fr['min']:.1f} ms (best), {fr['max']:.1f} ms (worst)")
+    for r in res["rss_slow_consumer"]:
+        print(f"Slow consumer ({res['config']['slow_mbps']:.0f} MB/s), {r['gb']:.2f} GB export: "
+              f"peak RSS {r['maxrss_mb']:.1f} MB")
+    py = res.get("python")
+    if py:
+        print("\nPython (records/s):")
+        for k in ("raw", "parsed", "local_lines", "local_json_loads"):
+            if k in py:
+                print(f"  {k:18} {py[k]['records_per_s']:12,.0f}")
+        if "parsed_vs_json_loads" in py:
+            print(f"  parsed / json.loads on a local file: {py['parsed_vs_json_loads']:.2f}")
+    jv = res.get("java")
+    if jv:
+        print("\nJava (records/s):")
+        print(f"  binding (String)   {jv['binding']['records_per_s']:12,.0f}")
+        print(f"  local readLine     {jv['local']['records_per_s']:12,.0f}")
+        print(f"  ratio              {jv['ratio']:.2f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
