@@ -1424,7 +1424,7 @@ fn fetch_manifest_page(sh: &Shared, url: &str) -> Result<Manifest> {
     Manifest::parse(&body, url)
 }
 
-/// The download side: a job queue and the worker threads, started with the first file.
+/// The download side: a job queue and the worker threads, started with the export.
 struct Downloads {
     jobs_tx: Option<Sender<FileJob>>,
     jobs_rx: Receiver<FileJob>,
@@ -1540,24 +1540,32 @@ impl Downloads {
         if jobs.is_empty() {
             return Ok(());
         }
-        if self.workers.is_empty() {
-            for i in 0..sh.config.concurrency {
-                let sh = self.sh.clone();
-                let jobs = self.jobs_rx.clone();
-                let tx = self.tx.clone();
-                let h = std::thread::Builder::new()
-                    .name(format!("fhirbulk-dl-{i}"))
-                    .spawn(move || worker(&sh, &jobs, &tx))
-                    .map_err(|e| {
-                        Error::new(ErrorCode::Internal, format!("cannot start a thread: {e}"))
-                    })?;
-                self.workers.push(h);
-            }
-        }
+        self.start_workers()?;
         if let Some(q) = &self.jobs_tx {
             for j in jobs {
                 let _ = q.send(j);
             }
+        }
+        Ok(())
+    }
+
+    /// Start the download threads (once). Each sets up its HTTP client before it waits for
+    /// files, so starting them early keeps that off the path from manifest to first record.
+    fn start_workers(&mut self) -> Result<()> {
+        if !self.workers.is_empty() {
+            return Ok(());
+        }
+        for i in 0..self.sh.config.concurrency {
+            let sh = self.sh.clone();
+            let jobs = self.jobs_rx.clone();
+            let tx = self.tx.clone();
+            let h = std::thread::Builder::new()
+                .name(format!("fhirbulk-dl-{i}"))
+                .spawn(move || worker(&sh, &jobs, &tx))
+                .map_err(|e| {
+                    Error::new(ErrorCode::Internal, format!("cannot start a thread: {e}"))
+                })?;
+            self.workers.push(h);
         }
         Ok(())
     }
@@ -1580,7 +1588,11 @@ fn coordinate(sh: &Arc<Shared>, tx: Sender<Chunk>) {
         tx: tx.clone(),
         sh: sh.clone(),
     };
-    let result = catch_unwind(AssertUnwindSafe(|| run(sh, &mut dl))).unwrap_or_else(|_| {
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        dl.start_workers()?;
+        run(sh, &mut dl)
+    }))
+    .unwrap_or_else(|_| {
         Err(Error::new(
             ErrorCode::Internal,
             "internal error: a panic in the export thread",
