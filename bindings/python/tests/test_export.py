@@ -113,6 +113,37 @@ def test_break_and_continue_hands_out_every_record_once(sandbox):
     assert len({(r["resourceType"], r["id"]) for r in seen}) == len(seen)
 
 
+def test_records_after_switching_forms_mid_batch(sandbox):
+    # records() picked up part-way through a batch pulled by another loop: each record's
+    # metadata (file, line, type, kind) must belong to its own line.
+    with fhirbulk.export(sandbox.url(), group="g1", types=TYPES) as job:
+        reference = {(r.file_index, r.line): r for r in job.records()}
+    got = []
+    with fhirbulk.export(sandbox.url(), group="g1", types=TYPES, batch_size=40) as job:
+        while True:
+            n = len(got)
+            for i, resource in enumerate(job):  # parsed: 7 records of a fresh batch
+                got.append((None, resource))
+                if i == 6:
+                    break
+            for i, rec in enumerate(job.records()):  # then records from the same batch
+                got.append((rec, rec.json()))
+                if i == 12:
+                    break
+            for i, line in enumerate(job.raw()):
+                got.append((None, json.loads(line)))
+                if i == 4:
+                    break
+            if len(got) == n:
+                break
+    assert len(got) == len(reference)
+    records = [rec for rec, _ in got if rec is not None]
+    assert len(records) > 13
+    for rec, resource in got:
+        if rec is not None:
+            ref = reference[(rec.file_index, rec.line)]
+            assert rec == ref and resource == ref.json()
+
 def test_interleaved_iterators(sandbox):
     truth = sandbox.truth(level="group", group="g2")
     with fhirbulk.export(sandbox.url(), group="g2", batch_size=10) as job:
@@ -252,6 +283,26 @@ def test_batch_parser_matches_json_loads_line_by_line(lines):
     if got is not None:  # None means: fall back to json.loads line by line
         assert expected is not None and repr(got) == repr(expected)
 
+
+@pytest.mark.parametrize(
+    "lines,ok",
+    [
+        ([b'{"a":1}', b"{}", b'{"b":"\xc3\xa9"}'], True),
+        ([b"{}"], True),
+        ([b'{"a":1}\n{"b":2}'], False),  # the lengths do not cover the buffer
+    ],
+)
+def test_split_lines_by_record_lengths(lines, ok):
+    from fhirbulk._abi import ffi
+    from fhirbulk._export import _split_lines
+
+    data = b"".join(line + b"\n" for line in lines)
+    records = ffi.new("FhirbulkRecord[]", len(lines))
+    for i, line in enumerate(lines):
+        records[i].len = len(line) - (0 if ok else 1)
+    got = _split_lines(data, records, len(lines))
+    assert got == (tuple(lines) if ok else None)
+    assert _split_lines(data[:-1] + b" ", records, len(lines)) is None  # no final newline
 
 def test_line_by_line_fallback_gives_the_same(sandbox, monkeypatch):
     import fhirbulk._export as ex

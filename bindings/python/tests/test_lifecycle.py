@@ -182,3 +182,18 @@ def test_ctrl_c_cancels_and_deletes_the_job(sandbox, tmp_path):
     assert proc.returncode != 0
     assert elapsed < 5, elapsed
     assert sandbox.wait_for_delete(status_url, timeout=5), "no DELETE of the job after Ctrl-C"
+
+
+@pytest.mark.parametrize("form", ["raw", "parsed", "records"])
+def test_close_in_the_loop_body_ends_the_loop(sandbox, form):
+    # The rest of the pulled batch must not be handed out (nor read from the freed native
+    # batch: records() reads the record views).
+    base = fhirbulk.live_handles()
+    with fhirbulk.export(sandbox.url(), group="g1", batch_size=50) as job:
+        it = {"raw": job.raw, "parsed": job.__iter__, "records": job.records}[form]()
+        seen = 0
+        for _ in it:
+            seen += 1
+            job.close()
+        assert seen == 1
+        assert list(it) == [] and fhirbulk.live_handles() == base
