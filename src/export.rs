@@ -336,6 +336,13 @@ impl Tls {
     }
 }
 
+fn client_failed(e: reqwest::Error) -> Error {
+    Error::new(
+        ErrorCode::Internal,
+        format!("cannot build HTTP client: {e}"),
+    )
+}
+
 /// The settings every HTTP client of an export shares, on a blocking or an async
 /// `ClientBuilder` (same method names, different types).
 macro_rules! configure_client {
@@ -363,12 +370,7 @@ impl Export {
         let client = configure_client!(Client::builder(), &config, &tls)
             .timeout(Duration::from_millis(config.read_timeout_ms))
             .build()
-            .map_err(|e| {
-                Error::new(
-                    ErrorCode::Internal,
-                    format!("cannot build HTTP client: {e}"),
-                )
-            })?;
+            .map_err(client_failed)?;
         let auth = Authorizer::new(
             &config.auth,
             &config.base_url,
@@ -884,12 +886,7 @@ impl Shared {
             .map_err(|e| Error::new(ErrorCode::Internal, format!("cannot start a runtime: {e}")))?;
         let client = configure_client!(reqwest::Client::builder(), &self.config, &self.tls)
             .build()
-            .map_err(|e| {
-                Error::new(
-                    ErrorCode::Internal,
-                    format!("cannot build HTTP client: {e}"),
-                )
-            })?;
+            .map_err(client_failed)?;
         Ok(FileClient { rt, client })
     }
 

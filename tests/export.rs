@@ -96,10 +96,7 @@ fn kickoffs(sb: &Sandbox) -> Vec<LoggedRequest> {
 }
 
 fn header<'a>(r: &'a LoggedRequest, name: &str) -> Option<&'a str> {
-    r.headers
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
+    r.header(name)
 }
 
 fn query<'a>(r: &'a LoggedRequest, name: &str) -> Vec<&'a str> {

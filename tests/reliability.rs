@@ -128,10 +128,7 @@ fn file_requests(sb: &Sandbox) -> Vec<LoggedRequest> {
 }
 
 fn header<'a>(r: &'a LoggedRequest, name: &str) -> Option<&'a str> {
-    r.headers
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
+    r.header(name)
 }
 
 fn retries(d: &Delivered) -> u32 {

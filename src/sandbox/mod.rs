@@ -102,6 +102,16 @@ pub struct LoggedRequest {
     pub unix_us: u64,
 }
 
+impl LoggedRequest {
+    /// The value of a header (`name` lower-case), if the request had it.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 /// Selects records for [`Sandbox::truth`]; same semantics as kick-off parameters.
 #[derive(Default, Clone, Debug)]
 pub struct TruthQuery {
