@@ -73,9 +73,45 @@ pub(crate) struct FileClient {
     pub(crate) client: reqwest::Client,
 }
 
+/// How often a download waiting for the server looks whether the export was stopped.
+const STOP_CHECK: Duration = Duration::from_millis(100);
+
+enum Waited {
+    TimedOut,
+    Stopped,
+}
+
+/// Run `fut` on the thread's runtime for at most `timeout`, giving up early when the export
+/// stops (a cancel or a failure elsewhere ends a stalled download at once, not after
+/// `read_timeout_ms`).
+fn wait_on<F: std::future::Future>(
+    sh: &Shared,
+    rt: &tokio::runtime::Runtime,
+    timeout: Duration,
+    fut: F,
+) -> Result<F::Output, Waited> {
+    let deadline = Instant::now() + timeout;
+    rt.block_on(async {
+        let mut fut = std::pin::pin!(fut);
+        loop {
+            if sh.stopping() {
+                return Err(Waited::Stopped);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Waited::TimedOut);
+            }
+            if let Ok(v) = tokio::time::timeout(left.min(STOP_CHECK), fut.as_mut()).await {
+                return Ok(v);
+            }
+        }
+    })
+}
+
 /// A file response of a [`FileClient`], read with `Read` (each read waits at most `timeout`
 /// for data).
 struct FileResponse<'a> {
+    sh: &'a Shared,
     rt: &'a tokio::runtime::Runtime,
     resp: reqwest::Response,
     timeout: Duration,
@@ -85,16 +121,15 @@ struct FileResponse<'a> {
 impl Read for FileResponse<'_> {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         while self.cur.is_empty() {
-            let next = self
-                .rt
-                .block_on(async { tokio::time::timeout(self.timeout, self.resp.chunk()).await });
-            match next {
-                Err(_) => {
+            match wait_on(self.sh, self.rt, self.timeout, self.resp.chunk()) {
+                Err(Waited::TimedOut) => {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
                         "no data within read_timeout_ms",
                     ))
                 }
+                // Not `Interrupted`: that one is retried.
+                Err(Waited::Stopped) => return Err(std::io::Error::other("export stopped")),
                 Ok(Err(e)) => return Err(std::io::Error::other(e)),
                 Ok(Ok(None)) => return Ok(0),
                 Ok(Ok(Some(b))) => self.cur = b,
@@ -124,7 +159,7 @@ impl HttpResponse for FileResponse<'_> {
 /// GET a file under the request and retry policies (token, trusted origins, redirects, 401
 /// refresh, retries), from `range_from` when set.
 fn send_file<'a>(
-    sh: &Shared,
+    sh: &'a Shared,
     fc: &'a FileClient,
     url: &str,
     use_token: bool,
@@ -145,17 +180,16 @@ fn send_file<'a>(
         if let Some(t) = token {
             rb = rb.bearer_auth(t.expose());
         }
-        match fc
-            .rt
-            .block_on(async { tokio::time::timeout(timeout, rb.send()).await })
-        {
-            Err(_) => Err(Error::new(
+        match wait_on(sh, &fc.rt, timeout, rb.send()) {
+            Err(Waited::TimedOut) => Err(Error::new(
                 ErrorCode::Timeout,
                 format!("{what} failed: timed out waiting for the response"),
             )
             .with_url(u)),
+            Err(Waited::Stopped) => Err(stopped()),
             Ok(Err(e)) => Err(from_reqwest(what, u, &e)),
             Ok(Ok(resp)) => Ok(FileResponse {
+                sh,
                 rt: &fc.rt,
                 resp,
                 timeout,

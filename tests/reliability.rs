@@ -411,3 +411,34 @@ fn job_gone_names_the_files_not_delivered() {
     d.assert_subset_of(&truth(&sb));
     assert_eq!(d.ids.len(), 30, "files 1 and 2: 25 + 5 Patients");
 }
+
+#[test]
+fn cancel_ends_a_stalled_download_at_once() {
+    let sb = sandbox();
+    // The default read_timeout_ms (120 s) and a 60 s stall: only the cancel can end the reads.
+    let c = config(&sb, "stall=60000;length");
+    let mut export = Export::start(c).expect("the export starts");
+    let mut got = 0;
+    loop {
+        match export.next_record(Some(Duration::from_millis(500))) {
+            Ok(Next::Item(_)) => got += 1,
+            Ok(Next::Timeout) => break, // every file is stalled now
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(got > 0, "records came before the stall");
+    export.cancel();
+    assert!(matches!(
+        export.next_record(Some(Duration::from_secs(1))),
+        Ok(Next::Cancelled)
+    ));
+    // Dropping joins the export's threads (waiting at most 5 s for them): the stalled reads
+    // must notice the cancel rather than wait for the server or read_timeout_ms.
+    let t = std::time::Instant::now();
+    drop(export);
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "the threads took {:?} to stop",
+        t.elapsed()
+    );
+}
