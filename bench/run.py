@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -58,7 +57,7 @@ def run(cmd: list[str], **kw) -> None:
 
 
 def run_child(cmd: list[str]) -> tuple[float, dict, bytes]:
-    """Runs cmd to completion; wall seconds, its CPU and peak RSS (wait4), its stdout."""
+    """Runs cmd to completion; wall seconds, its CPU time (wait4) and its stdout."""
     t0 = time.perf_counter()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         p = subprocess.Popen(cmd, stdout=out, stderr=err)
