@@ -91,7 +91,9 @@ def best_of(runs: int, name: str, fn: Measured) -> Dict[str, Any]:
 # what is measured is the iteration itself; all four count the same way.
 
 
-def http_raw(base: str, batch_size: Optional[int] = None) -> Measured:
+def http(base: str, parsed: bool, batch_size: Optional[int] = None) -> Measured:
+    """The whole export through the binding: ``job.raw()`` lines, or (``parsed``) dicts."""
+
     def fn() -> Tuple[int, int, Dict[str, Any]]:
         import fhirbulk
 
@@ -99,32 +101,11 @@ def http_raw(base: str, batch_size: Optional[int] = None) -> Measured:
         t0 = time.perf_counter()
         n = 0
         with fhirbulk.export(base, level="system", **opts) as job:
-            it = job.raw()
+            it = iter(job) if parsed else job.raw()
             first = next(it, None)
             t_first = time.perf_counter() - t0
             if first is not None:
-                for n, _line in enumerate(it, 2):
-                    pass
-                n = max(n, 1)
-            nbytes = job.progress.bytes
-        return n, nbytes, {"first_record_seconds": round(t_first, 6)}
-
-    return fn
-
-
-def http_parsed(base: str, batch_size: Optional[int] = None) -> Measured:
-    def fn() -> Tuple[int, int, Dict[str, Any]]:
-        import fhirbulk
-
-        opts = {"batch_size": batch_size} if batch_size else {}
-        t0 = time.perf_counter()
-        n = 0
-        with fhirbulk.export(base, level="system", **opts) as job:
-            it = iter(job)
-            first = next(it, None)
-            t_first = time.perf_counter() - t0
-            if first is not None:
-                for n, _resource in enumerate(it, 2):
+                for n, _record in enumerate(it, 2):
                     pass
                 n = max(n, 1)
             nbytes = job.progress.bytes
@@ -182,8 +163,8 @@ def run(base: str, local: "os.PathLike[str] | str", runs: int = 1,
     # The local baselines first: they also bring DIR into the page cache.
     out["local_lines"] = best_of(runs, "local_lines", local_lines(paths))
     out["local_json_loads"] = best_of(runs, "local_json_loads", local_json_loads(paths))
-    out["raw"] = best_of(runs, "raw", http_raw(base, batch_size))
-    out["parsed"] = best_of(runs, "parsed", http_parsed(base, batch_size))
+    out["raw"] = best_of(runs, "raw", http(base, False, batch_size))
+    out["parsed"] = best_of(runs, "parsed", http(base, True, batch_size))
     jl = out["local_json_loads"]["records_per_s"]
     out["parsed_vs_json_loads"] = round(out["parsed"]["records_per_s"] / jl, 4) if jl else None
     return {k: out[k] for k in ("raw", "parsed", "local_lines", "local_json_loads",

@@ -183,7 +183,10 @@ fn send_file<'a>(
         match wait_on(sh, &fc.rt, timeout, rb.send()) {
             Err(Waited::TimedOut) => Err(Error::new(
                 ErrorCode::Timeout,
-                format!("{what} failed: timed out waiting for the response"),
+                format!(
+                    "{what} failed: no response within read_timeout_ms ({} ms); raise it for a slow server",
+                    sh.config.read_timeout_ms
+                ),
             )
             .with_url(u)),
             Err(Waited::Stopped) => Err(stopped()),

@@ -1378,3 +1378,52 @@ fn binary_registers_clients() {
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn prerendered_files_have_a_length_and_the_same_bytes() {
+    let plain = sandbox(20, 50);
+    let pre = Sandbox::start(SandboxOptions {
+        patients: 20,
+        records_per_file: 50,
+        threads: 4,
+        prerender: true,
+        ..SandboxOptions::default()
+    })
+    .expect("sandbox starts");
+    let c = client();
+    let files = |sb: &Sandbox, scenario: &str| -> Vec<(Option<String>, String)> {
+        let status = location(&kickoff(
+            &c,
+            &format!("{}/$export", sb.scenario_url(scenario)),
+        ));
+        let m = manifest(&c, &status);
+        m["output"]
+            .as_array()
+            .expect("output")
+            .iter()
+            .map(|o| {
+                let r = c.get(o["url"].as_str().expect("url")).send().expect("file");
+                assert_eq!(r.status().as_u16(), 200);
+                (header(&r, "content-length"), r.text().expect("body"))
+            })
+            .collect()
+    };
+    let generated = files(&plain, "polls=0");
+    assert!(generated.len() > 1);
+    assert!(generated.iter().all(|(len, _)| len.is_none()), "streamed");
+    // Twice from the pre-rendered sandbox (rendered, then from memory): same bytes, with a
+    // Content-Length; with `chunked`, the same bytes without one.
+    for _ in 0..2 {
+        let served = files(&pre, "polls=0");
+        assert_eq!(served.len(), generated.len());
+        for ((len, body), (_, want)) in served.iter().zip(&generated) {
+            assert_eq!(body, want);
+            assert_eq!(len.as_deref(), Some(body.len().to_string().as_str()));
+        }
+    }
+    let chunked = files(&pre, "polls=0;chunked");
+    for ((len, body), (_, want)) in chunked.iter().zip(&generated) {
+        assert_eq!(body, want);
+        assert!(len.is_none(), "chunked: no Content-Length");
+    }
+}

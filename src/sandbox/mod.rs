@@ -36,6 +36,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 pub use auth::{SandboxAuth, SandboxClient};
+/// FHIR instants as the sandbox writes them (`YYYY-MM-DDThh:mm:ss.sssZ` from milliseconds since
+/// the Unix epoch) and the day count of a civil date (proleptic Gregorian), for tools built on
+/// the sandbox such as the `fhirbulk` command.
+pub use data::{days_from_civil, instant};
 use server::Shared;
 
 /// Sandbox configuration.

@@ -20,23 +20,8 @@ OUT=$ROOT/target/c-tests
 mkdir -p "$OUT"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/fhirbulk-ctests.XXXXXX")
 
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-PASSED=0
-FAILED=0
-FAILED_NAMES=()
-
-pass() { PASSED=$((PASSED + 1)); echo "ok   $1"; }
-fail() { FAILED=$((FAILED + 1)); FAILED_NAMES+=("$1"); echo "FAIL $1"; }
+# shellcheck source=tests/harness.sh
+. "$ROOT/tests/harness.sh"
 
 # run NAME LOGFILE CMD...: run a step, show its output indented, record pass/fail.
 run() {
@@ -44,8 +29,7 @@ run() {
     shift 2
     local rc=0
     "$@" >"$log" 2>&1 || rc=$?
-    sed 's/^/    /' "$log"
-    if [ "$rc" -eq 0 ]; then pass "$name"; else echo "    (exit status $rc)"; fail "$name"; fi
+    step "$name" "$log" "$rc"
 }
 
 # ---- build ----------------------------------------------------------------------------------
@@ -58,31 +42,10 @@ for f in "$LIBDIR/libfhirbulk.so" "$LIBDIR/fhirbulk-sandbox" include/fhirbulk.h;
 done
 
 # ---- sandbox servers ------------------------------------------------------------------------
-# start_sandbox VAR ARGS...: start a sandbox on an ephemeral port, set VAR to http://127.0.0.1:PORT
-start_sandbox() {
-    local var=$1
-    shift
-    local portfile="$WORK/$var.port" log="$WORK/$var.log"
-    "$LIBDIR/fhirbulk-sandbox" --port 0 --port-file "$portfile" "$@" >"$log" 2>&1 &
-    PIDS+=("$!")
-    local pid=$!
-    for _ in $(seq 1 200); do
-        if [ -s "$portfile" ]; then
-            printf -v "$var" 'http://127.0.0.1:%s' "$(tr -d '[:space:]' <"$portfile")"
-            echo "sandbox $var: ${!var} ($*)"
-            return 0
-        fi
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.05
-    done
-    echo "sandbox $var did not start:" >&2
-    cat "$log" >&2
-    exit 1
-}
 
 # Many small files (7 records per file) for the full export; large files for slow downloads.
-start_sandbox SMALL --patients 50 --records-per-file 7
-start_sandbox BIG --patients 300 --records-per-file 100000
+start_sandbox "$LIBDIR/fhirbulk-sandbox" SMALL --patients 50 --records-per-file 7
+start_sandbox "$LIBDIR/fhirbulk-sandbox" BIG --patients 300 --records-per-file 100000
 
 TYPES=Patient,Observation,Condition,Encounter
 TRUTH_TYPES=$(curl -fsS "$SMALL/_sandbox/truth?level=group&group=g1&_type=$TYPES")
@@ -187,10 +150,4 @@ elif [ -x "$OUT/test_full_export.plain" ]; then
         "$OUT/test_full_export.plain" "$SMALL" "$TRUTH_TYPES" "$TYPES"
 fi
 
-echo
-if [ "$FAILED" -ne 0 ]; then
-    echo "failed:"
-    printf '  %s\n' "${FAILED_NAMES[@]}"
-fi
-echo "$PASSED passed, $FAILED failed"
-[ "$FAILED" -eq 0 ]
+summary

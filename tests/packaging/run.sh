@@ -25,30 +25,15 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/fhirbulk-packaging.XXXXXX")
 PREFIX=$WORK/prefix
 SANDBOX=$ROOT/target/debug/fhirbulk-sandbox
 
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-PASSED=0
-FAILED=0
-FAILED_NAMES=()
-pass() { PASSED=$((PASSED + 1)); echo "ok   $1"; }
-fail() { FAILED=$((FAILED + 1)); FAILED_NAMES+=("$1"); echo "FAIL $1"; }
+# shellcheck source=tests/harness.sh
+. "$ROOT/tests/harness.sh"
 
 # run NAME CMD...: run a step, show its output indented, record pass/fail.
 run() {
     local name=$1 log=$WORK/step.log rc=0
     shift
     "$@" >"$log" 2>&1 || rc=$?
-    sed 's/^/    /' "$log"
-    if [ "$rc" -eq 0 ]; then pass "$name"; else echo "    (exit status $rc)"; fail "$name"; fi
+    step "$name" "$log" "$rc"
     return "$rc"
 }
 
@@ -185,15 +170,7 @@ T0=$SECONDS
 for f in "$SANDBOX"; do
     [ -x "$f" ] || { echo "missing $f (cargo build --features sandbox)" >&2; exit 1; }
 done
-"$SANDBOX" --port 0 --port-file "$WORK/port" --patients 50 --records-per-file 7 \
-    >"$WORK/sandbox.log" 2>&1 &
-PIDS+=("$!")
-for _ in $(seq 1 200); do
-    [ -s "$WORK/port" ] && break
-    sleep 0.05
-done
-[ -s "$WORK/port" ] || { echo "sandbox did not start:" >&2; cat "$WORK/sandbox.log" >&2; exit 1; }
-SB="http://127.0.0.1:$(tr -d '[:space:]' <"$WORK/port")"
+start_sandbox "$SANDBOX" SB --patients 50 --records-per-file 7
 TYPES=Patient,Observation
 TRUTH=$(curl -fsS "$SB/_sandbox/truth?level=group&group=g1&_type=$TYPES")
 echo "sandbox $SB; truth g1 ($TYPES): $TRUTH"
@@ -268,10 +245,4 @@ if [ -x "$WORK/test_wrapper" ]; then
 fi
 echo "(run: $((SECONDS - T0)) s)"
 
-echo
-if [ "$FAILED" -ne 0 ]; then
-    echo "failed:"
-    printf '  %s\n' "${FAILED_NAMES[@]}"
-fi
-echo "$PASSED passed, $FAILED failed"
-[ "$FAILED" -eq 0 ]
+summary

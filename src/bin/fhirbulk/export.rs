@@ -807,14 +807,8 @@ fn parse_rfc3339_ms(s: &str) -> Option<u64> {
     let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
     let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (hh, mm, ss, ms) = (num(11..13)?, num(14..16)?, num(17..19)?, num(20..23)?);
-    // Days from civil (inverse of util's civil_from_days).
-    let y2 = if m <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
+    let days =
+        fhirbulk::sandbox::days_from_civil(y, u32::try_from(m).ok()?, u32::try_from(d).ok()?);
     let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
     u64::try_from(secs * 1000 + ms).ok()
 }

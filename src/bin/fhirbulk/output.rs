@@ -114,6 +114,30 @@ struct Slot {
     last_use: u64,
 }
 
+impl Slot {
+    /// A file not written in this run yet; `state` is what a resumed run had written.
+    fn new(
+        rel: String,
+        kind: Kind,
+        resource_type: Option<String>,
+        url: String,
+        state: FileState,
+    ) -> Slot {
+        Slot {
+            rel,
+            kind,
+            resource_type,
+            url,
+            writer: None,
+            state,
+            dirty: false,
+            unsynced: false,
+            opened: false,
+            last_use: 0,
+        }
+    }
+}
+
 pub struct Outputs {
     dir: PathBuf,
     gzip: bool,
@@ -170,18 +194,13 @@ impl Outputs {
             *n += 1;
             let rel = format!("{dir}{ty}.{n}.{ext}");
             let state = self.resumed.get(&rel).cloned().unwrap_or_default();
-            self.slots.push(Slot {
+            self.slots.push(Slot::new(
                 rel,
-                kind: f.kind,
-                resource_type: f.resource_type.clone(),
-                url: f.url.clone(),
-                writer: None,
+                f.kind,
+                f.resource_type.clone(),
+                f.url.clone(),
                 state,
-                dirty: false,
-                unsynced: false,
-                opened: false,
-                last_use: 0,
-            });
+            ));
         }
     }
 
@@ -192,17 +211,14 @@ impl Outputs {
             SKIPPED_LINES.to_owned()
         };
         let state = self.resumed.get(&rel).cloned().unwrap_or_default();
-        self.skipped.get_or_insert_with(|| Slot {
-            rel,
-            kind: Kind::Error,
-            resource_type: Some("OperationOutcome".into()),
-            url: String::new(),
-            writer: None,
-            state,
-            dirty: false,
-            unsynced: false,
-            opened: false,
-            last_use: 0,
+        self.skipped.get_or_insert_with(|| {
+            Slot::new(
+                rel,
+                Kind::Error,
+                Some("OperationOutcome".into()),
+                String::new(),
+                state,
+            )
         })
     }
 
