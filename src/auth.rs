@@ -6,7 +6,9 @@
 //! `***`, and never enter error messages.
 
 use crate::config::{Auth, SecretSource};
-use crate::error::{from_reqwest, Error, ErrorCode, Result};
+use crate::error::{escape_controls, from_reqwest, Error, ErrorCode, Result};
+use crate::http::{read_capped, DISCOVERY_BODY_LIMIT, TOKEN_BODY_LIMIT};
+use crate::retry::{self, retry_after, Attempt, Policy, Waiter};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use parking_lot::Mutex;
 use reqwest::blocking::Client;
@@ -210,7 +212,11 @@ pub struct Authorizer {
     token_url: Option<String>,
     scope: Option<String>,
     token: Mutex<Option<Token>>,
+    /// The token endpoint and scopes found by discovery (once).
+    discovered: Mutex<Option<(String, Vec<String>)>>,
     timeout: Duration,
+    /// The retry policy of token and discovery requests.
+    policy: Policy,
     /// Token requests made (for progress and tests).
     pub(crate) token_requests: std::sync::atomic::AtomicU32,
 }
@@ -265,9 +271,17 @@ impl Authorizer {
             token_url,
             scope,
             token: Mutex::new(None),
+            discovered: Mutex::new(None),
             timeout,
+            policy: Policy::new(&crate::config::Config::new(base_url)),
             token_requests: Default::default(),
         })
+    }
+
+    /// Use the export's retry policy for token and discovery requests.
+    pub(crate) fn with_policy(mut self, policy: Policy) -> Authorizer {
+        self.policy = policy;
+        self
     }
 
     /// Whether requests carry a token at all.
@@ -275,8 +289,15 @@ impl Authorizer {
         !matches!(self.method, Method::None)
     }
 
-    /// The token to send now, getting or refreshing it first when needed.
+    /// The token to send now, getting or refreshing it first when needed (token and discovery
+    /// requests retried per the default policy).
     pub fn bearer(&self, client: &Client) -> Result<Option<Secret>> {
+        self.bearer_with(client, &Sleeping)
+    }
+
+    /// [`Authorizer::bearer`], waiting between attempts through `w` (the export's, which a
+    /// cancel interrupts and the progress shows).
+    pub(crate) fn bearer_with(&self, client: &Client, w: &dyn Waiter) -> Result<Option<Secret>> {
         match &self.method {
             Method::None => Ok(None),
             Method::Static(t) => Ok(Some(t.clone())),
@@ -287,7 +308,7 @@ impl Authorizer {
                         return Ok(Some(t.value.clone()));
                     }
                 }
-                let t = self.fetch_token(client)?;
+                let t = self.fetch_token(client, w)?;
                 let v = t.value.clone();
                 *slot = Some(t);
                 Ok(Some(v))
@@ -310,13 +331,22 @@ impl Authorizer {
         }
     }
 
-    fn discover(&self, client: &Client) -> Result<(String, Vec<String>)> {
+    fn discover(&self, client: &Client, w: &dyn Waiter) -> Result<(String, Vec<String>)> {
         if let Some(u) = &self.token_url {
             return Ok((u.clone(), Vec::new()));
         }
+        if let Some(d) = self.discovered.lock().clone() {
+            return Ok(d);
+        }
+        let found = self.discover_now(client, w)?;
+        *self.discovered.lock() = Some(found.clone());
+        Ok(found)
+    }
+
+    fn discover_now(&self, client: &Client, w: &dyn Waiter) -> Result<(String, Vec<String>)> {
         let mut problems = Vec::new();
         let wk = format!("{}/.well-known/smart-configuration", self.base_url);
-        match self.get_json(client, &wk, "application/json") {
+        match self.get_json(client, &wk, "application/json", w) {
             Ok(v) => {
                 if let Some(t) = v.get("token_endpoint").and_then(Value::as_str) {
                     let scopes = v
@@ -335,8 +365,11 @@ impl Authorizer {
             }
             Err(p) => problems.push(p),
         }
+        if w.stopping() {
+            return Err(crate::error::stopped());
+        }
         let md = format!("{}/metadata", self.base_url);
-        match self.get_json(client, &md, "application/fhir+json") {
+        match self.get_json(client, &md, "application/fhir+json", w) {
             Ok(v) => match token_from_capability_statement(&v) {
                 Some(t) => return Ok((t, Vec::new())),
                 None => problems.push(format!("{md} has no OAuth token URL in rest.security")),
@@ -352,90 +385,105 @@ impl Authorizer {
         ))
     }
 
-    /// GET a JSON document for discovery; the error says what went wrong with it.
+    /// GET a JSON document for discovery (retried per the policy, read within a cap); the
+    /// error says what went wrong with it.
     fn get_json(
         &self,
         client: &Client,
         url: &str,
         accept: &str,
+        w: &dyn Waiter,
     ) -> std::result::Result<Value, String> {
-        let r = client
-            .get(url)
-            .header(ACCEPT, accept)
-            .timeout(self.timeout)
-            .send()
-            .map_err(|e| from_reqwest("discovery request", url, &e).message)?;
+        let what = "discovery request";
+        let r = retry::run(&self.policy, w, &mut || {
+            let sent = client
+                .get(url)
+                .header(ACCEPT, accept)
+                .timeout(self.timeout)
+                .send()
+                .map_err(|e| from_reqwest(what, url, &e));
+            retry::classify(what, url, sent, &|s| s != 429 && s < 500, true)
+        })
+        .map_err(|e| e.message)?;
         if !r.status().is_success() {
             return Err(format!("{url} answered HTTP {}", r.status().as_u16()));
         }
-        let body = r
-            .bytes()
-            .map_err(|e| from_reqwest("discovery request", url, &e).message)?;
-        serde_json::from_slice(&body).map_err(|_| format!("{url} did not answer JSON"))
+        let body = read_capped(what, url, r, DISCOVERY_BODY_LIMIT).map_err(|e| e.message)?;
+        serde_json::from_slice(&body)
+            .map_err(|_| format!("{url} did not answer JSON{}", crate::http::bom_hint(&body)))
     }
 
-    fn fetch_token(&self, client: &Client) -> Result<Token> {
-        let (token_url, scopes_supported) = self.discover(client)?;
+    fn fetch_token(&self, client: &Client, w: &dyn Waiter) -> Result<Token> {
+        let (token_url, scopes_supported) = self.discover(client, w)?;
         let scope = self
             .scope
             .clone()
             .unwrap_or_else(|| default_scope(&scopes_supported));
-        let mut form: Vec<(&str, String)> = vec![
+        let form: Vec<(&str, String)> = vec![
             ("grant_type", "client_credentials".into()),
             ("scope", scope),
         ];
-        let mut rb = client
-            .post(&token_url)
-            .header(ACCEPT, "application/json")
-            .timeout(self.timeout);
-        match &self.method {
-            Method::Jwt {
-                client_id,
-                key,
-                jku,
-            } => {
-                form.push((
-                    "client_assertion_type",
-                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into(),
-                ));
-                form.push((
-                    "client_assertion",
-                    client_assertion(client_id, key, jku.as_deref(), &token_url)?,
-                ));
+        // A fresh request (and client assertion, with its own jti) for every attempt.
+        let build = || -> Result<reqwest::blocking::RequestBuilder> {
+            let mut form = form.clone();
+            let mut rb = client
+                .post(&token_url)
+                .header(ACCEPT, "application/json")
+                .timeout(self.timeout);
+            match &self.method {
+                Method::Jwt {
+                    client_id,
+                    key,
+                    jku,
+                } => {
+                    form.push((
+                        "client_assertion_type",
+                        "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into(),
+                    ));
+                    form.push((
+                        "client_assertion",
+                        client_assertion(client_id, key, jku.as_deref(), &token_url)?,
+                    ));
+                }
+                Method::Basic { client_id, secret } => {
+                    rb = rb.basic_auth(form_encode(client_id), Some(form_encode(secret.expose())));
+                }
+                _ => unreachable!("only client credentials fetch tokens"),
             }
-            Method::Basic { client_id, secret } => {
-                rb = rb.basic_auth(form_encode(client_id), Some(form_encode(secret.expose())));
-            }
-            _ => unreachable!("only client credentials fetch tokens"),
-        }
-        self.token_requests
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(rb.form(&form))
+        };
+        let what = "token request";
         let started = Instant::now();
-        let resp = rb
-            .form(&form)
-            .send()
-            .map_err(|e| from_reqwest("token request", &token_url, &e))?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .bytes()
-            .map_err(|e| from_reqwest("token request", &token_url, &e))?;
+        // 429 and 5xx (and a broken connection: asking again for a token is harmless) are
+        // retried; an OAuth error answer (4xx) is final.
+        let (status, body) = retry::run(&self.policy, w, &mut || {
+            let rb = match build() {
+                Ok(rb) => rb,
+                Err(e) => return Attempt::Fail(e),
+            };
+            self.token_requests
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let resp = match rb.send() {
+                Ok(r) => r,
+                Err(e) => return Attempt::Retry(from_reqwest(what, &token_url, &e), None),
+            };
+            let status = resp.status().as_u16();
+            let after = retry_after(resp.headers());
+            let body = match read_capped(what, &token_url, resp, TOKEN_BODY_LIMIT) {
+                Ok(b) => b,
+                Err(e) if matches!(e.code, ErrorCode::Network | ErrorCode::Timeout) => {
+                    return Attempt::Retry(e, None)
+                }
+                Err(e) => return Attempt::Fail(e),
+            };
+            if status == 429 || status >= 500 {
+                return Attempt::Retry(token_error(status, &body, &token_url), after);
+            }
+            Attempt::Done((status, body))
+        })?;
         let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        if status != 200 {
-            let err = v.get("error").and_then(Value::as_str).unwrap_or("");
-            let desc = v
-                .get("error_description")
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            let mut msg = format!("token request failed: HTTP {status}");
-            if !err.is_empty() {
-                msg.push_str(&format!(": {err}"));
-            }
-            if !desc.is_empty() {
-                msg.push_str(&format!(": {desc}"));
-            }
-            let mut e = Error::new(ErrorCode::Auth, msg).with_url(&token_url);
-            e.http_status = Some(status);
-            return Err(e);
+        if status != 200 || v.get("error").is_some() {
+            return Err(token_error(status, &body, &token_url));
         }
         let token = v
             .get("access_token")
@@ -454,6 +502,56 @@ impl Authorizer {
             refresh_at: started + lifetime.saturating_sub(margin),
         })
     }
+}
+
+/// The error of a failed token request: the OAuth `error` code kept as a field and quoted, with
+/// its `error_description` (control characters escaped).
+fn token_error(status: u16, body: &[u8], token_url: &str) -> Error {
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let code = v
+        .get("error")
+        .and_then(Value::as_str)
+        .map(|c| escape_controls(c).into_owned());
+    let desc = v
+        .get("error_description")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let mut msg = format!("token request failed: HTTP {status}");
+    if status == 200 {
+        msg.push_str(" with an OAuth error and no access_token");
+    }
+    if let Some(c) = &code {
+        msg.push_str(&format!(": {c}"));
+    }
+    if !desc.is_empty() {
+        msg.push_str(&format!(": {desc}"));
+    }
+    let mut e = Error::new(
+        if status == 429 || status >= 500 {
+            ErrorCode::from_http(status)
+        } else {
+            ErrorCode::Auth
+        },
+        msg,
+    )
+    .with_url(token_url);
+    e.http_status = Some(status);
+    e.oauth_error = code;
+    e
+}
+
+/// A waiter for requests outside an export (the CLI's cancel): plain sleeps.
+struct Sleeping;
+
+impl Waiter for Sleeping {
+    fn stopping(&self) -> bool {
+        false
+    }
+    fn wait_retry(&self, d: Duration, _reason: &str) -> bool {
+        std::thread::sleep(d);
+        true
+    }
+    fn warn(&self, _message: String) {}
 }
 
 /// SMART v1 `system/*.read` unless the server lists only v2 scopes.

@@ -156,6 +156,12 @@ fn d_retry_backoff_min_ms() -> u64 {
 fn d_retry_backoff_max_ms() -> u64 {
     30_000
 }
+fn d_min_bytes_per_s() -> u64 {
+    1024
+}
+fn d_stall_window_ms() -> u64 {
+    60_000
+}
 
 /// Everything an export needs. Build it from JSON with [`Config::from_json`] or in Rust with
 /// [`Config::new`] and field updates, then call [`Config::validate`] (done by `Export::start`).
@@ -246,9 +252,18 @@ pub struct Config {
     /// Timeout of kick-off, status and DELETE requests.
     #[serde(default = "d_request_timeout_ms")]
     pub request_timeout_ms: u64,
-    /// A file download that receives nothing for this long fails.
+    /// A file download that receives nothing for this long is stalled: it is resumed (retry
+    /// budget). Also the bound of each wait for a file response.
     #[serde(default = "d_read_timeout_ms")]
     pub read_timeout_ms: u64,
+    /// A file download that receives less than this many bytes per second, over
+    /// `stall_window_ms` of waiting for data, is stalled and resumed like a broken transfer (a
+    /// server that trickles cannot hold an export). 0 turns the check off.
+    #[serde(default = "d_min_bytes_per_s")]
+    pub min_bytes_per_s: u64,
+    /// The window of `min_bytes_per_s`.
+    #[serde(default = "d_stall_window_ms")]
+    pub stall_window_ms: u64,
     /// Shortest wait between status polls (also the first backoff step).
     #[serde(default = "d_poll_min_ms")]
     pub poll_min_ms: u64,
@@ -396,7 +411,7 @@ impl Config {
         }
         for (key, v) in [("since", &self.since), ("until", &self.until)] {
             if let Some(v) = v {
-                if !looks_like_instant(v) {
+                if !is_date_or_instant(v) {
                     return Err(Error::config(format!(
                         "invalid config: {key} {v:?} is not a FHIR instant such as 2024-01-31T00:00:00Z"
                     )));
@@ -421,6 +436,7 @@ impl Config {
             ("read_timeout_ms", self.read_timeout_ms),
             ("poll_max_ms", self.poll_max_ms),
             ("poll_backoff_max_ms", self.poll_backoff_max_ms),
+            ("stall_window_ms", self.stall_window_ms),
         ] {
             if v == 0 {
                 return Err(Error::config(format!(
@@ -529,11 +545,18 @@ fn is_resource_type_name(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric())
 }
 
-/// `YYYY-MM-DD`, optionally followed by `Thh:mm:ss[.fff](Z|±hh:mm)`.
-fn looks_like_instant(s: &str) -> bool {
+/// A FHIR instant: `YYYY-MM-DDThh:mm:ss[.fff](Z|±hh:mm)` with every field in its range (what a
+/// `transactionTime` must be to serve as the next `_since`).
+pub fn is_instant(s: &str) -> bool {
+    s.len() > 10 && is_date_or_instant(s)
+}
+
+/// `YYYY-MM-DD` (a valid calendar date), optionally followed by `Thh:mm:ss[.fff](Z|±hh:mm)`.
+fn is_date_or_instant(s: &str) -> bool {
     let b = s.as_bytes();
     let digits =
         |r: std::ops::Range<usize>| b.get(r).is_some_and(|x| x.iter().all(u8::is_ascii_digit));
+    let num = |r: std::ops::Range<usize>| s[r].parse::<u32>().unwrap_or(u32::MAX);
     if b.len() < 10
         || !digits(0..4)
         || b[4] != b'-'
@@ -541,6 +564,18 @@ fn looks_like_instant(s: &str) -> bool {
         || b[7] != b'-'
         || !digits(8..10)
     {
+        return false;
+    }
+    let (year, month, day) = (num(0..4), num(5..7), num(8..10));
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let days = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return false,
+    };
+    if day == 0 || day > days {
         return false;
     }
     if b.len() == 10 {
@@ -553,6 +588,9 @@ fn looks_like_instant(s: &str) -> bool {
         || !digits(14..16)
         || b[16] != b':'
         || !digits(17..19)
+        || num(11..13) > 23
+        || num(14..16) > 59
+        || num(17..19) > 60
     {
         return false;
     }
@@ -569,7 +607,11 @@ fn looks_like_instant(s: &str) -> bool {
     }
     match &b[i..] {
         [b'Z'] => true,
-        [b'+' | b'-', h1, h2, b':', m1, m2] => [h1, h2, m1, m2].iter().all(|c| c.is_ascii_digit()),
+        [b'+' | b'-', h1, h2, b':', m1, m2] => {
+            [h1, h2, m1, m2].iter().all(|c| c.is_ascii_digit())
+                && (h1 - b'0') * 10 + (h2 - b'0') <= 14
+                && (m1 - b'0') * 10 + (m2 - b'0') <= 59
+        }
         _ => false,
     }
 }
@@ -615,11 +657,17 @@ mod tests {
 
     #[test]
     fn instants() {
-        assert!(looks_like_instant("2024-01-31"));
-        assert!(looks_like_instant("2024-01-31T10:00:00Z"));
-        assert!(looks_like_instant("2024-01-31T10:00:00.123+02:00"));
-        assert!(!looks_like_instant("yesterday"));
-        assert!(!looks_like_instant("2024-01-31T10:00"));
+        assert!(is_date_or_instant("2024-01-31"));
+        assert!(is_date_or_instant("2024-02-29"));
+        assert!(is_date_or_instant("2024-01-31T10:00:00Z"));
+        assert!(is_date_or_instant("2024-01-31T10:00:00.123+02:00"));
+        assert!(!is_date_or_instant("yesterday"));
+        assert!(!is_date_or_instant("2024-01-31T10:00"));
+        assert!(!is_date_or_instant("2023-02-29"));
+        assert!(!is_date_or_instant("2024-13-45T99:00:00Z"));
+        assert!(!is_date_or_instant("2024-01-31T24:00:00Z"));
+        assert!(is_instant("2024-01-31T23:59:60Z"));
+        assert!(!is_instant("2024-01-31"), "an instant has a time");
     }
 
     #[test]

@@ -102,15 +102,21 @@ pub struct Issue {
     pub details: Option<String>,
 }
 
-/// Parse the issues of an OperationOutcome body; empty when the body is not one.
+/// Parse the issues of an OperationOutcome body; empty when the body is not one. Text fields
+/// have their control characters escaped ([`escape_controls`]).
 pub fn parse_operation_outcome(body: &[u8]) -> Vec<Issue> {
+    let body = crate::http::strip_bom(body);
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
         return Vec::new();
     };
     if v.get("resourceType").and_then(|r| r.as_str()) != Some("OperationOutcome") {
         return Vec::new();
     }
-    let s = |i: &serde_json::Value, k: &str| i.get(k).and_then(|x| x.as_str()).map(str::to_owned);
+    let s = |i: &serde_json::Value, k: &str| {
+        i.get(k)
+            .and_then(|x| x.as_str())
+            .map(|t| escape_controls(t).into_owned())
+    };
     v.get("issue")
         .and_then(|i| i.as_array())
         .map(|issues| {
@@ -124,7 +130,7 @@ pub fn parse_operation_outcome(body: &[u8]) -> Vec<Issue> {
                         .get("details")
                         .and_then(|d| d.get("text"))
                         .and_then(|t| t.as_str())
-                        .map(str::to_owned),
+                        .map(|t| escape_controls(t).into_owned()),
                 })
                 .collect()
         })
@@ -159,6 +165,31 @@ pub struct Error {
     pub url: Option<String>,
     pub message: String,
     pub issues: Vec<Issue>,
+    /// The OAuth 2.0 `error` code of a failed token request (`invalid_client`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oauth_error: Option<String>,
+}
+
+/// Server text made safe for terminals and logs: control characters (C0 but tab, DEL, C1 —
+/// ANSI escape sequences start with ESC or CSI) and the Unicode bidirectional overrides become
+/// `\u{..}` escapes. Everything that quotes a server into a message goes through here.
+pub fn escape_controls(s: &str) -> std::borrow::Cow<'_, str> {
+    fn bad(c: char) -> bool {
+        (c.is_control() && c != '\t')
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    }
+    if !s.chars().any(bad) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if bad(c) {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 fn ser_code<S: serde::Serializer>(c: &ErrorCode, s: S) -> Result<S::Ok, S::Error> {
@@ -166,13 +197,20 @@ fn ser_code<S: serde::Serializer>(c: &ErrorCode, s: S) -> Result<S::Ok, S::Error
 }
 
 impl Error {
+    /// An error with this message; control characters in it (from server text it quotes) are
+    /// escaped.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Error {
+        let message: String = message.into();
         Error {
             code,
             http_status: None,
             url: None,
-            message: message.into(),
+            message: match escape_controls(&message) {
+                std::borrow::Cow::Borrowed(_) => message,
+                std::borrow::Cow::Owned(m) => m,
+            },
             issues: Vec::new(),
+            oauth_error: None,
         }
     }
 
@@ -193,6 +231,7 @@ impl Error {
     /// Build the error for an HTTP error response: its status, the URL and the OperationOutcome.
     pub fn from_response(what: &str, status: u16, url: &str, body: &[u8]) -> Error {
         let issues = parse_operation_outcome(body);
+        let body = crate::http::strip_bom(body);
         let code = ErrorCode::from_http(status);
         let mut message = format!("{what} failed: HTTP {status}");
         if let Some(reason) = reqwest::StatusCode::from_u16(status)
@@ -219,7 +258,7 @@ impl Error {
                 let text = text.trim();
                 if !text.is_empty() {
                     message.push_str(": ");
-                    message.push_str(text);
+                    message.push_str(&escape_controls(text));
                 }
             }
         }
@@ -229,6 +268,7 @@ impl Error {
             url: Some(redact_url(url)),
             message,
             issues,
+            oauth_error: None,
         }
     }
 
@@ -264,7 +304,7 @@ pub fn redact_url(url: &str) -> String {
             let _ = u.set_password(None);
             u.to_string()
         }
-        Err(_) => url.split(['?', '#']).next().unwrap_or("").to_owned(),
+        Err(_) => escape_controls(url.split(['?', '#']).next().unwrap_or("")).into_owned(),
     }
 }
 
@@ -302,3 +342,9 @@ pub fn from_reqwest(what: &str, url: &str, e: &reqwest::Error) -> Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The error of an operation cut short because the export is stopping (cancelled, or failed
+/// elsewhere); never the export's reported error.
+pub(crate) fn stopped() -> Error {
+    Error::new(ErrorCode::Internal, "stopped")
+}

@@ -9,17 +9,20 @@
 use crate::auth::{Authorizer, Secret};
 use crate::checkpoint::{Checkpoint, CheckpointFile, CHECKPOINT_VERSION};
 use crate::config::{Config, Level, Method};
-use crate::download::{download, FileClient, FileJob};
-use crate::error::{from_reqwest, is_transient_issue_code, Error, ErrorCode, Result};
+use crate::download::download;
+use crate::error::{from_reqwest, stopped, Error, ErrorCode, Result};
+use crate::files::{Match, Registry, Session};
+use crate::http::{content_type, read_capped, HttpResponse, ERROR_BODY_LIMIT, STATUS_BODY_LIMIT};
 use crate::manifest::{merge_into, Kind, Manifest, ManifestFile};
 use crate::ndjson::{Chunk, LineMeta, TypeName};
+use crate::remote::{FileClient, FileJob};
+use crate::retry::{self, retry_after, Policy, Waiter};
 use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Select, Sender};
 use parking_lot::Mutex;
 use reqwest::blocking::{Client, RequestBuilder, Response};
-use reqwest::header::{HeaderMap, ACCEPT, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use serde_json::{json, Value};
-use std::collections::HashSet;
-use std::io::Read;
+use std::collections::{HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -75,7 +78,25 @@ pub struct Progress {
     pub retries: u32,
     /// Invalid lines skipped and reported as error records (policy `skip`).
     pub invalid_lines: u64,
+    /// Warnings so far (see [`Controller::warnings`]): a duplicate manifest entry, an ignored
+    /// `count`, a `Retry-After` clamped, a `transactionTime` that is not an instant, ...
+    pub warnings: u32,
+    /// A wait of more than a few seconds in progress: what the server answered, and until when.
+    pub wait: Option<Wait>,
 }
+
+/// A long wait (for a `Retry-After`, a backoff, or between status polls).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Wait {
+    /// What is waited for, e.g. `export status request failed: HTTP 429 Too Many Requests`.
+    pub reason: String,
+    pub until: SystemTime,
+}
+
+/// Waits at least this long show in the progress.
+const SHOWN_WAIT: Duration = Duration::from_secs(2);
+/// Warnings kept (more are counted).
+const MAX_WARNINGS: usize = 100;
 
 /// A file listed by the manifest; `index` is what records carry as `file_index`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -169,8 +190,6 @@ struct Info {
     polls: u32,
     status_url: Option<String>,
     manifest: Option<Value>,
-    /// URLs already merged into `manifest`.
-    merged: HashSet<String>,
     requires_access_token: bool,
     /// The final manifest arrived; `next_page` is the page still to fetch, if any.
     manifest_complete: bool,
@@ -180,6 +199,8 @@ struct Info {
     delivered: Vec<Arc<FileProgress>>,
     /// Files seen per kind, for `FileInfo::position`.
     kind_counts: [usize; 3],
+    /// Every file by URL and identity.
+    registry: Registry,
 }
 
 /// What the caller has received of one file.
@@ -205,8 +226,17 @@ pub(crate) struct Shared {
     pub(crate) stop_rx: Receiver<()>,
     error: Mutex<Option<Error>>,
     info: Mutex<Info>,
-    /// The last manifest fetched again for expired file URLs, and when.
-    refresh: Mutex<Option<(Instant, Vec<ManifestFile>)>>,
+    /// The file URLs of the last manifest fetched again for expired links (by file index), and
+    /// when.
+    refresh: Mutex<Option<(Instant, HashMap<u32, String>)>>,
+    pub(crate) policy: Policy,
+    warnings: Mutex<(Vec<String>, u32)>,
+    wait: Mutex<Option<(u64, Wait)>>,
+    wait_ids: AtomicU64,
+    /// Places for chunks with a big buffer (long lines): a downloader takes one before it sends
+    /// such a chunk, the consumer gives it back when done with it.
+    pub(crate) big_tx: Sender<()>,
+    big_rx: Receiver<()>,
     pub(crate) bytes: AtomicU64,
     records: AtomicU64,
     files_done: AtomicU32,
@@ -239,6 +269,16 @@ impl Controller {
     pub fn files(&self) -> Vec<FileInfo> {
         self.0.info.lock().files.clone()
     }
+    /// What the engine noticed and worked around (oldest first, at most 100): a manifest
+    /// listing a file twice, a `count` that is not a number, a `Retry-After` clamped, ...
+    pub fn warnings(&self) -> Vec<String> {
+        self.0.warnings.lock().0.clone()
+    }
+    /// The manifest's `transactionTime` when it is a valid FHIR instant (the `_since` of the
+    /// next incremental export); one that is not is reported in the warnings.
+    pub fn transaction_time(&self) -> Option<String> {
+        transaction_time(self.0.info.lock().manifest.as_ref())
+    }
     /// The error that failed the export.
     pub fn error(&self) -> Option<Error> {
         self.0.error.lock().clone()
@@ -270,18 +310,21 @@ impl Controller {
             fhirbulk_checkpoint: CHECKPOINT_VERSION,
             base_url: self.0.config.base_url.clone(),
             status_url: Some(status_url),
-            transaction_time: info
-                .manifest
-                .as_ref()
-                .and_then(|m| m.get("transactionTime"))
-                .and_then(Value::as_str)
-                .map(str::to_owned),
+            transaction_time: transaction_time(info.manifest.as_ref()),
             manifest: info.manifest.clone(),
             manifest_complete: info.manifest_complete,
             next_page: info.next_page.clone(),
             files,
         })
     }
+}
+
+/// The `transactionTime` of a manifest when it is a FHIR instant.
+fn transaction_time(m: Option<&Value>) -> Option<String> {
+    m.and_then(|m| m.get("transactionTime"))
+        .and_then(Value::as_str)
+        .filter(|t| crate::config::is_instant(t))
+        .map(str::to_owned)
 }
 
 /// A running export. Pull records with [`Export::next_record`] or [`Export::next_batch`]
@@ -375,7 +418,8 @@ impl Export {
             &config.auth,
             &config.base_url,
             Duration::from_millis(config.request_timeout_ms),
-        )?;
+        )?
+        .with_policy(Policy::new(&config));
         let token_origins = config
             .token_origins
             .iter()
@@ -389,6 +433,8 @@ impl Export {
         let (stop_tx, stop_rx) = bounded::<()>(0);
         let (recycle_tx, recycle_rx) = bounded(config.buffer_chunks + config.concurrency + 2);
         let (done_tx, done_rx) = bounded::<()>(1);
+        let (big_tx, big_rx) = bounded::<()>(2);
+        let policy = Policy::new(&config);
         let sh = Arc::new(Shared {
             config,
             client,
@@ -408,15 +454,21 @@ impl Export {
                 polls: 0,
                 status_url: None,
                 manifest: None,
-                merged: HashSet::new(),
                 requires_access_token: false,
                 manifest_complete: false,
                 next_page: None,
                 files: Vec::new(),
                 delivered: Vec::new(),
                 kind_counts: [0; 3],
+                registry: Registry::default(),
             }),
             refresh: Mutex::new(None),
+            policy,
+            warnings: Mutex::new((Vec::new(), 0)),
+            wait: Mutex::new(None),
+            wait_ids: AtomicU64::new(0),
+            big_tx,
+            big_rx,
             retries: AtomicU32::new(0),
             invalid_lines: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
@@ -556,8 +608,8 @@ impl Export {
             return Ok(None);
         }
         if let Some(c) = self.current.take() {
-            // Hand the buffers back to the downloaders; drop them if the pool is full.
-            let _ = self.sh.recycle_tx.try_send((c.data, c.lines));
+            // Hand the buffers back to the downloaders.
+            self.sh.release(c.data, c.lines);
         }
         self.pos = 0;
         loop {
@@ -599,7 +651,7 @@ impl Export {
                                 p.complete.store(true, Ordering::Release);
                             }
                         }
-                        let _ = self.sh.recycle_tx.try_send((chunk.data, chunk.lines));
+                        self.sh.release(chunk.data, chunk.lines);
                         continue;
                     }
                     self.progress = progress;
@@ -682,7 +734,65 @@ impl Shared {
             polls: info.polls,
             retries: self.retries.load(Ordering::Relaxed),
             invalid_lines: self.invalid_lines.load(Ordering::Relaxed),
+            warnings: self.warnings.lock().1,
+            wait: self.wait.lock().as_ref().map(|(_, w)| w.clone()),
         }
+    }
+
+    /// Note a warning (kept up to MAX_WARNINGS, all counted).
+    pub(crate) fn warn(&self, message: String) {
+        let mut w = self.warnings.lock();
+        w.1 = w.1.saturating_add(1);
+        if w.0.len() < MAX_WARNINGS {
+            w.0.push(crate::error::escape_controls(&message).into_owned());
+        }
+    }
+
+    /// Sleep `d`, showing it in the progress when it is long; false when the export stopped.
+    fn wait_shown(&self, d: Duration, reason: &str) -> bool {
+        if d < SHOWN_WAIT {
+            return self.sleep(d);
+        }
+        let id = self.wait_ids.fetch_add(1, Ordering::Relaxed);
+        let w = Wait {
+            reason: crate::error::escape_controls(reason).into_owned(),
+            until: SystemTime::now() + d,
+        };
+        {
+            // The wait that ends last is the one to show.
+            let mut cur = self.wait.lock();
+            if cur.as_ref().map_or(true, |(_, c)| c.until <= w.until) {
+                *cur = Some((id, w));
+            }
+        }
+        let awake = self.sleep(d);
+        let mut cur = self.wait.lock();
+        if cur.as_ref().is_some_and(|(i, _)| *i == id) {
+            *cur = None;
+        }
+        awake
+    }
+
+    /// Done with a chunk's buffers: back to the downloaders' pool, unless they grew for a long
+    /// line (then they are freed and their place among the big chunks is given back).
+    pub(crate) fn release(&self, data: Vec<u8>, lines: Vec<LineMeta>) {
+        if data.capacity() > self.big_chunk_bytes() {
+            let _ = self.big_rx.try_recv();
+            return;
+        }
+        self.recycle(data, lines);
+    }
+
+    /// Put buffers into the pool (dropped when it is full or they are too big to keep).
+    pub(crate) fn recycle(&self, data: Vec<u8>, lines: Vec<LineMeta>) {
+        if data.capacity() <= self.big_chunk_bytes() {
+            let _ = self.recycle_tx.try_send((data, lines));
+        }
+    }
+
+    /// A chunk buffer above this size holds a long line (see [`Shared::release`]).
+    pub(crate) fn big_chunk_bytes(&self) -> usize {
+        4 * self.config.chunk_bytes + 64
     }
 
     fn stop(&self) {
@@ -768,7 +878,7 @@ impl Shared {
         let mut redirects = 0;
         loop {
             let token = if use_token && self.trusted(&url) {
-                self.auth.bearer(&self.client)?
+                self.auth.bearer_with(&self.client, self)?
             } else {
                 None
             };
@@ -810,10 +920,10 @@ impl Shared {
     }
 
     /// `send` under the retry policy: transport errors and retryable statuses (see
-    /// [`is_retryable`]) are tried again after `Retry-After` or an exponential backoff with
-    /// jitter, within `retry_max_attempts` and `retry_max_wait_ms`. Statuses `accept` takes
-    /// come back as responses; any other final status is an error carrying the server's
-    /// OperationOutcome.
+    /// [`retry::is_retryable`]) are tried again after `Retry-After` or an exponential backoff
+    /// with jitter, within `retry_max_attempts` and `retry_max_wait_ms`. Statuses `accept`
+    /// takes come back as responses; any other final status is an error carrying the
+    /// server's OperationOutcome.
     pub(crate) fn send_retrying(
         &self,
         what: &str,
@@ -850,32 +960,9 @@ impl Shared {
         network: bool,
         send: &mut dyn FnMut() -> Result<R>,
     ) -> Result<R> {
-        let mut retry = Retry::new(&self.config);
-        loop {
-            if self.stopping() {
-                return Err(stopped());
-            }
-            let (err, after) = match send() {
-                Ok(resp) => {
-                    let status = resp.status_code();
-                    if accept(status) {
-                        return Ok(resp);
-                    }
-                    let headers = resp.header_map().clone();
-                    let body = resp.read_limited(what, url, 1 << 20).unwrap_or_default();
-                    let e = Error::from_response(what, status, url, &body);
-                    if !is_retryable(status, &e.issues) {
-                        return Err(e);
-                    }
-                    (e, retry_after(&headers))
-                }
-                Err(e) if network && matches!(e.code, ErrorCode::Network | ErrorCode::Timeout) => {
-                    (e, None)
-                }
-                Err(e) => return Err(e),
-            };
-            self.wait_retry(&mut retry, err, after)?;
-        }
+        retry::run(&self.policy, self, &mut || {
+            retry::classify(what, url, send(), accept, network)
+        })
     }
 
     /// The HTTP client of one download thread (see [`FileClient`]).
@@ -890,61 +977,45 @@ impl Shared {
         Ok(FileClient { rt, client })
     }
 
-    /// Wait before another attempt, or give up with `err` when the budget is spent.
-    pub(crate) fn wait_retry(
-        &self,
-        retry: &mut Retry,
-        err: Error,
-        after: Option<Duration>,
-    ) -> Result<()> {
-        let Some(wait) = retry.next_wait(after) else {
-            return Err(err);
-        };
-        self.retries.fetch_add(1, Ordering::Relaxed);
-        if !self.sleep(wait) {
-            return Err(stopped());
-        }
-        Ok(())
-    }
-
     /// A file URL answered 404/410: fetch the manifest again from the status URL (servers hand
-    /// out fresh links) and return the new URL of the same file (same list, same position).
-    /// When the job itself is gone, the error names the files not yet delivered.
+    /// out fresh links) and return the new URL of the same file, found by its identity (see
+    /// `files`), not its place in the lists. When the job itself is gone, the error names the
+    /// files not yet delivered.
     pub(crate) fn refresh_file_url(&self, index: u32, cause: Error) -> Result<String> {
         let mut cache = self.refresh.lock();
-        let (kind, position, status_url) = {
-            let info = self.info.lock();
-            let f = &info.files[index as usize];
-            (f.kind, f.position, info.status_url.clone())
-        };
-        let Some(status_url) = status_url else {
+        let Some(status_url) = self.info.lock().status_url.clone() else {
             return Err(cause);
         };
         let fresh = match cache.as_ref() {
-            Some((at, files)) if at.elapsed() < Duration::from_secs(5) => files.clone(),
+            Some((at, urls))
+                if at.elapsed() < Duration::from_secs(5) && urls.contains_key(&index) =>
+            {
+                urls.clone()
+            }
             _ => {
-                let files = self.fetch_all_files(&status_url).map_err(|e| {
+                let urls = self.fetch_fresh_urls(&status_url).map_err(|e| {
                     if e.code == ErrorCode::NotFound {
                         self.job_gone(&status_url, e)
                     } else {
                         e
                     }
                 })?;
-                *cache = Some((Instant::now(), files.clone()));
-                files
+                *cache = Some((Instant::now(), urls.clone()));
+                urls
             }
         };
-        let Some(f) = fresh.iter().filter(|f| f.kind == kind).nth(position) else {
+        let Some(url) = fresh.get(&index) else {
             let mut e = cause;
             e.message
                 .push_str(" (and the manifest fetched again no longer lists this file)");
             return Err(e);
         };
-        self.info.lock().files[index as usize].url = f.url.clone();
-        Ok(f.url.clone())
+        self.info.lock().files[index as usize].url = url.clone();
+        Ok(url.clone())
     }
 
-    fn fetch_all_files(&self, status_url: &str) -> Result<Vec<ManifestFile>> {
+    /// Fetch the complete manifest again (every page) and match its entries to the known files.
+    fn fetch_fresh_urls(&self, status_url: &str) -> Result<HashMap<u32, String>> {
         let build = |u: &str| {
             self.client
                 .get(u)
@@ -953,16 +1024,36 @@ impl Shared {
         };
         let resp =
             self.send_retrying("manifest request", status_url, true, &build, &|s| s == 200)?;
-        let body = read_body("manifest request", status_url, resp, STATUS_BODY_LIMIT)?;
-        let mut m = Manifest::parse(&body, status_url)?;
-        let mut files = std::mem::take(&mut m.files);
-        let mut next = m.next;
-        while let Some(url) = next {
-            let page = fetch_manifest_page(self, &url)?;
-            files.extend(page.files);
-            next = page.next;
+        let body = read_capped("manifest request", status_url, resp, STATUS_BODY_LIMIT)?;
+        let first = Manifest::parse(&body, status_url)?;
+        let mut session = self.info.lock().registry.session(false);
+        let mut urls = HashMap::new();
+        let mut pages = Pages::new(status_url);
+        let mut page = first;
+        loop {
+            let matches = self
+                .info
+                .lock()
+                .registry
+                .resolve(&mut session, &page.files)?;
+            for (f, m) in page.files.iter().zip(matches) {
+                match m {
+                    Match::Known(i) => {
+                        urls.insert(i, f.url.clone());
+                    }
+                    Match::Unknown => self.warn(format!(
+                        "the manifest fetched again lists a file the first did not ({}); it is ignored",
+                        crate::error::redact_url(&f.url)
+                    )),
+                    Match::New(_) | Match::Duplicate(_) => {}
+                }
+            }
+            let Some(next) = pages.next(&page)? else {
+                break;
+            };
+            page = fetch_manifest_page(self, &next)?;
         }
-        Ok(files)
+        Ok(urls)
     }
 
     fn job_gone(&self, status_url: &str, e: Error) -> Error {
@@ -1000,66 +1091,53 @@ impl Shared {
     }
 }
 
-const STATUS_BODY_LIMIT: u64 = 64 << 20;
-
-fn read_body(what: &str, url: &str, resp: Response, limit: u64) -> Result<Vec<u8>> {
-    let mut body = Vec::new();
-    resp.take(limit).read_to_end(&mut body).map_err(|e| {
-        Error::new(
-            ErrorCode::Network,
-            format!("{what} failed while reading the body: {e}"),
-        )
-        .with_url(url)
-    })?;
-    Ok(body)
-}
-
-/// What the request policy ([`Shared::send_with`], [`Shared::retrying`]) needs of a response,
-/// blocking or async.
-pub(crate) trait HttpResponse {
-    fn status_code(&self) -> u16;
-    fn header_map(&self) -> &HeaderMap;
-    /// The body, at most `limit` bytes.
-    fn read_limited(self, what: &str, url: &str, limit: u64) -> Result<Vec<u8>>;
-}
-
-impl HttpResponse for Response {
-    fn status_code(&self) -> u16 {
-        self.status().as_u16()
+impl Waiter for Shared {
+    fn stopping(&self) -> bool {
+        Shared::stopping(self)
     }
-    fn header_map(&self) -> &HeaderMap {
-        self.headers()
+    fn wait_retry(&self, d: Duration, reason: &str) -> bool {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+        self.wait_shown(d, reason)
     }
-    fn read_limited(self, what: &str, url: &str, limit: u64) -> Result<Vec<u8>> {
-        read_body(what, url, self, limit)
+    fn warn(&self, message: String) {
+        Shared::warn(self, message)
     }
 }
 
-/// The media type of a response, lower-cased, without parameters.
-pub(crate) fn content_type(h: &HeaderMap) -> String {
-    h.get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .unwrap_or_default()
+/// Following a manifest's `link` pages: a page fetched twice (a `next` pointing back) is a
+/// protocol error at once, not an endless walk.
+struct Pages {
+    seen: HashSet<String>,
 }
 
-/// `Retry-After` as delta-seconds or an HTTP-date.
-pub(crate) fn retry_after(h: &HeaderMap) -> Option<Duration> {
-    let v = h.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(s) = v.parse::<u64>() {
-        return Some(Duration::from_secs(s));
+impl Pages {
+    /// Paging from the manifest at `first` (the status URL for the complete manifest).
+    fn new(first: &str) -> Pages {
+        Pages {
+            seen: HashSet::from([first.to_owned()]),
+        }
     }
-    let at = httpdate::parse_http_date(v).ok()?;
-    Some(
-        at.duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
+
+    /// The next page to fetch after `page`, if any.
+    fn next(&mut self, page: &Manifest) -> Result<Option<String>> {
+        let Some(next) = page.next.clone() else {
+            return Ok(None);
+        };
+        if !self.seen.insert(next.clone()) {
+            return Err(Error::protocol(format!(
+                "the manifest's link \"next\" points back to a page already fetched; its pages go round in a circle (after {} pages)",
+                self.seen.len()
+            ))
+            .with_url(&next));
+        }
+        if self.seen.len() > 100_000 {
+            return Err(
+                Error::protocol("the manifest has more than 100000 pages; giving up")
+                    .with_url(&next),
+            );
+        }
+        Ok(Some(next))
+    }
 }
 
 /// Percent-encode everything but RFC 3986 unreserved characters.
@@ -1236,20 +1314,21 @@ fn kickoff(sh: &Shared) -> Result<String> {
             })?;
         return Ok(abs.to_string());
     }
-    let body = read_body("export kick-off", &url, resp, 1 << 20)?;
     if (200..300).contains(&status) {
         return Err(Error::protocol(format!(
             "export kick-off answered HTTP {status}; a bulk data server answers 202 Accepted"
         ))
         .with_url(&url));
     }
+    let body = resp.error_body(ERROR_BODY_LIMIT);
     Err(Error::from_response("export kick-off", status, &url, &body))
 }
 
 const KICKOFF_429_HINT: &str = " (servers answer 429 to a kick-off when an export of this client \
      is already running: wait for it to finish or cancel it with DELETE on its status URL)";
 
-/// What a status poll said.
+/// Poll the status URL until the export is complete; the complete manifest's first page.
+/// Partial manifests (v3) of 202 answers, and the pages they link, start downloads at once.
 fn poll_status(sh: &Shared, status_url: &str, dl: &mut Downloads) -> Result<Manifest> {
     let c = &sh.config;
     let min = Duration::from_millis(c.poll_min_ms);
@@ -1257,7 +1336,7 @@ fn poll_status(sh: &Shared, status_url: &str, dl: &mut Downloads) -> Result<Mani
     let backoff_max = Duration::from_millis(c.poll_backoff_max_ms.min(c.poll_max_ms)).max(min);
     let mut backoff = min;
     // For job failures reported with X-Export-Status on a 200 (v3 separate-export-status).
-    let mut retry = Retry::new(c);
+    let mut budget = sh.policy.budget();
     loop {
         if sh.stopping() {
             return Err(stopped());
@@ -1283,130 +1362,80 @@ fn poll_status(sh: &Shared, status_url: &str, dl: &mut Downloads) -> Result<Mani
             status = s;
         }
         if let Some(p) = headers.get("x-progress").and_then(|v| v.to_str().ok()) {
-            sh.info.lock().server_progress = Some(p.chars().take(500).collect());
+            let p: String = p.chars().take(500).collect();
+            sh.info.lock().server_progress = Some(crate::error::escape_controls(&p).into_owned());
         }
-        let body = read_body("export status request", status_url, resp, STATUS_BODY_LIMIT)?;
         match status {
             200 => {
+                let body =
+                    read_capped("export status request", status_url, resp, STATUS_BODY_LIMIT)?;
                 let ct = content_type(&headers);
                 if !ct.is_empty() && !ct.contains("json") {
                     return Err(Error::protocol(format!(
-                        "the export manifest came as Content-Type {ct:?}, not JSON"
+                        "the export manifest came as Content-Type {:?}, not JSON",
+                        crate::error::escape_controls(&ct)
                     ))
                     .with_url(status_url));
                 }
                 return Manifest::parse(&body, status_url);
             }
             202 => {
-                // v3: a 202 may carry a partial manifest of the files ready so far.
+                let body =
+                    read_capped("export status request", status_url, resp, STATUS_BODY_LIMIT)?;
+                // v3: a 202 may carry a partial manifest of the files ready so far, with pages.
                 if body.iter().any(|b| !b.is_ascii_whitespace()) {
                     if let Ok(v) = serde_json::from_slice::<Value>(&body) {
                         if v.get("output").is_some() {
                             let m = Manifest::from_value(v, status_url)?;
-                            dl.add(sh, &m)?;
+                            let mut session = sh.info.lock().registry.session(true);
+                            dl.fetch_pages(sh, &mut session, m, status_url, false)?;
                         }
                     }
                 }
                 sh.set_state(State::Waiting);
-                let d = match retry_after(&headers) {
-                    Some(d) => d.clamp(min, max),
+                let ra = retry_after(&headers);
+                let d = match &ra {
+                    Some(r) => {
+                        let d = r.wait.clamp(min, max);
+                        if let Some(n) = &r.note {
+                            sh.warn(format!("export status request: {n}"));
+                        }
+                        if r.wait > max {
+                            sh.warn(format!(
+                                "export status request: the server asked to wait {} s before the next poll (Retry-After {}); waiting {} s (poll_max_ms)",
+                                r.wait.as_secs(),
+                                r.raw,
+                                d.as_secs()
+                            ));
+                        }
+                        d
+                    }
                     None => {
                         let d = backoff;
                         backoff = (backoff * 2).min(backoff_max);
                         d
                     }
                 };
-                if !sh.sleep(d) {
+                let progress = sh.info.lock().server_progress.clone();
+                let reason = match progress {
+                    Some(p) => format!("the server is preparing the export ({p})"),
+                    None => "the server is preparing the export".to_owned(),
+                };
+                if !sh.wait_shown(d, &reason) {
                     return Err(stopped());
                 }
             }
             _ => {
+                let after = retry_after(&headers);
+                let body = resp.error_body(ERROR_BODY_LIMIT);
                 let e = Error::from_response("export status request", status, status_url, &body);
-                if !is_retryable(status, &e.issues) {
+                if !retry::is_retryable(status, &e.issues) {
                     return Err(e);
                 }
-                sh.wait_retry(&mut retry, e, retry_after(&headers))?;
+                budget.wait(sh, e, after.as_ref())?;
             }
         }
     }
-}
-
-/// Whether a failed response is worth another attempt: 429, 503, an OperationOutcome issue
-/// from the transient branch, or a 5xx that names no issue at all.
-pub(crate) fn is_retryable(status: u16, issues: &[crate::error::Issue]) -> bool {
-    status == 429
-        || status == 503
-        || issues.iter().any(|i| is_transient_issue_code(&i.code))
-        || (status >= 500 && issues.is_empty())
-}
-
-/// The retry budget of one request: attempts, total wait, and the backoff step.
-pub(crate) struct Retry {
-    attempts: u32,
-    waited: Duration,
-    backoff: Duration,
-    max_attempts: u32,
-    max_wait: Duration,
-    backoff_max: Duration,
-    retry_after_max: Duration,
-}
-
-impl Retry {
-    pub(crate) fn new(c: &Config) -> Retry {
-        Retry {
-            attempts: 1,
-            waited: Duration::ZERO,
-            backoff: Duration::from_millis(c.retry_backoff_min_ms),
-            max_attempts: c.retry_max_attempts,
-            max_wait: Duration::from_millis(c.retry_max_wait_ms),
-            backoff_max: Duration::from_millis(c.retry_backoff_max_ms),
-            retry_after_max: Duration::from_millis(c.poll_max_ms),
-        }
-    }
-
-    /// How long to wait before the next attempt; `None` when the budget is spent.
-    fn next_wait(&mut self, retry_after: Option<Duration>) -> Option<Duration> {
-        if self.attempts >= self.max_attempts {
-            return None;
-        }
-        let wait = match retry_after {
-            Some(d) => d.min(self.retry_after_max),
-            None => {
-                // Full backoff step with up to half of it taken off at random (jitter), so
-                // many clients do not retry in lockstep.
-                let d = self.backoff.mul_f64(1.0 - jitter() * 0.5);
-                self.backoff = (self.backoff * 2).min(self.backoff_max);
-                d
-            }
-        };
-        if self.waited + wait > self.max_wait {
-            return None;
-        }
-        self.attempts += 1;
-        self.waited += wait;
-        Some(wait)
-    }
-}
-
-/// A number in [0, 1) from a fast, non-cryptographic generator.
-fn jitter() -> f64 {
-    static STATE: AtomicU64 = AtomicU64::new(0);
-    let mut x = STATE.load(Ordering::Relaxed);
-    if x == 0 {
-        x = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0x9e37_79b9_7f4a_7c15, |d| d.as_nanos() as u64)
-            | 1;
-    }
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    STATE.store(x, Ordering::Relaxed);
-    (x >> 11) as f64 / (1u64 << 53) as f64
-}
-
-pub(crate) fn stopped() -> Error {
-    Error::new(ErrorCode::Internal, "stopped")
 }
 
 fn fetch_manifest_page(sh: &Shared, url: &str) -> Result<Manifest> {
@@ -1417,7 +1446,7 @@ fn fetch_manifest_page(sh: &Shared, url: &str) -> Result<Manifest> {
             .timeout(Duration::from_millis(sh.config.request_timeout_ms))
     };
     let resp = sh.send_retrying("manifest page request", url, true, &build, &|s| s == 200)?;
-    let body = read_body("manifest page request", url, resp, STATUS_BODY_LIMIT)?;
+    let body = read_capped("manifest page request", url, resp, STATUS_BODY_LIMIT)?;
     Manifest::parse(&body, url)
 }
 
@@ -1426,25 +1455,79 @@ struct Downloads {
     jobs_tx: Option<Sender<FileJob>>,
     jobs_rx: Receiver<FileJob>,
     workers: Vec<JoinHandle<()>>,
-    seen: HashSet<String>,
     tx: Sender<Chunk>,
     sh: Arc<Shared>,
 }
 
 impl Downloads {
-    /// Queue the files of a manifest (page) not queued before.
-    fn add(&mut self, sh: &Shared, m: &Manifest) -> Result<()> {
-        let files = m.files.iter().map(|f| (f.clone(), 0, false));
-        self.register(sh, files, m.requires_access_token)?;
+    /// A manifest's first page and the pages it links (one fetch of the manifest), each page's
+    /// new files queued as it comes. `complete`: the complete manifest (checkpoints record
+    /// the page still to fetch).
+    fn fetch_pages(
+        &mut self,
+        sh: &Shared,
+        session: &mut Session,
+        first: Manifest,
+        first_url: &str,
+        complete: bool,
+    ) -> Result<()> {
+        let mut pages = Pages::new(first_url);
+        let mut page = first;
+        let mut url = first_url.to_owned();
+        loop {
+            self.add(sh, session, &page, &url)?;
+            let next = pages.next(&page)?;
+            if complete {
+                let mut info = sh.info.lock();
+                info.manifest_complete = true;
+                info.next_page = next.clone();
+            }
+            let Some(next) = next else {
+                return Ok(());
+            };
+            if sh.stopping() {
+                return Err(stopped());
+            }
+            page = fetch_manifest_page(sh, &next)?;
+            url = next;
+        }
+    }
+
+    /// Queue the files of a manifest page (from `url`) that are new; files known by identity
+    /// are not fetched again, and an entry listed twice is fetched once.
+    fn add(&mut self, sh: &Shared, session: &mut Session, m: &Manifest, url: &str) -> Result<()> {
+        for n in &m.notes {
+            sh.warn(format!("manifest {}: {n}", crate::error::redact_url(url)));
+        }
+        let matches = {
+            let mut info = sh.info.lock();
+            info.registry.resolve(session, &m.files)?
+        };
+        if !m.files.is_empty() && matches.iter().all(|x| matches!(x, Match::Duplicate(_))) {
+            return Err(Error::protocol(
+                "the manifest page lists only files already listed in this manifest: its pages repeat",
+            )
+            .with_url(url));
+        }
+        let mut new = Vec::new();
+        let mut is_new = vec![false; m.files.len()];
+        for (i, (f, x)) in m.files.iter().zip(&matches).enumerate() {
+            match x {
+                Match::New(idx) => {
+                    is_new[i] = true;
+                    new.push((*idx, f.clone(), 0, false));
+                }
+                Match::Duplicate(_) => sh.warn(format!(
+                    "the manifest lists the {} file {} more than once; it is downloaded once",
+                    f.kind.name(),
+                    crate::error::redact_url(&f.url)
+                )),
+                Match::Known(_) | Match::Unknown => {}
+            }
+        }
+        self.register(sh, new, m.requires_access_token)?;
         let mut info = sh.info.lock();
-        let new_urls: Vec<String> = m
-            .files
-            .iter()
-            .filter(|f| !info.merged.contains(&f.url))
-            .map(|f| f.url.clone())
-            .collect();
-        info.merged.extend(new_urls.iter().cloned());
-        merge_into(&mut info.manifest, m, &new_urls);
+        merge_into(&mut info.manifest, m, &is_new);
         Ok(())
     }
 
@@ -1457,40 +1540,42 @@ impl Downloads {
             .and_then(|m| m.get("requiresAccessToken"))
             .and_then(Value::as_bool)
             .unwrap_or(false);
-        let files = cp.files.iter().map(|f| {
-            (
-                ManifestFile {
-                    kind: f.kind(),
-                    resource_type: f.resource_type.clone(),
-                    url: f.url.clone(),
-                    count: f.count,
-                    continues_in_file: None,
-                },
-                f.lines_delivered,
-                f.complete,
-            )
-        });
-        self.register(sh, files, requires_token)?;
-        let mut info = sh.info.lock();
-        info.manifest = cp.manifest.clone();
-        info.merged = cp.files.iter().map(|f| f.url.clone()).collect();
+        let files: Vec<ManifestFile> = cp
+            .files
+            .iter()
+            .map(|f| ManifestFile {
+                kind: f.kind(),
+                resource_type: f.resource_type.clone(),
+                url: f.url.clone(),
+                count: f.count,
+                continues_in_file: None,
+            })
+            .collect();
+        sh.info.lock().registry.restore(&files);
+        let new = files
+            .into_iter()
+            .zip(&cp.files)
+            .enumerate()
+            .map(|(i, (m, f))| (i as u32, m, f.lines_delivered, f.complete))
+            .collect();
+        self.register(sh, new, requires_token)?;
+        sh.info.lock().manifest = cp.manifest.clone();
         Ok(())
     }
 
+    /// Add new files (index, entry, lines already delivered, complete) and queue those with
+    /// lines left.
     fn register(
         &mut self,
         sh: &Shared,
-        files: impl Iterator<Item = (ManifestFile, u64, bool)>,
+        files: Vec<(u32, ManifestFile, u64, bool)>,
         requires_token: bool,
     ) -> Result<()> {
         let mut jobs = Vec::new();
         {
             let mut info = sh.info.lock();
             info.requires_access_token |= requires_token;
-            for (f, skip_lines, complete) in files {
-                if !self.seen.insert(f.url.clone()) {
-                    continue;
-                }
+            for (index, f, skip_lines, complete) in files {
                 if requires_token && sh.auth.enabled() && !sh.trusted(&f.url) {
                     let origin = url::Url::parse(&f.url)
                         .map(|u| u.origin().ascii_serialization())
@@ -1505,7 +1590,7 @@ impl Downloads {
                     )
                     .with_url(&f.url));
                 }
-                let index = info.files.len() as u32;
+                debug_assert_eq!(index as usize, info.files.len(), "registry and files agree");
                 let position = info.kind_counts[f.kind as usize];
                 info.kind_counts[f.kind as usize] += 1;
                 info.files.push(FileInfo {
@@ -1581,7 +1666,6 @@ fn coordinate(sh: &Arc<Shared>, tx: Sender<Chunk>) {
         jobs_tx: Some(jobs_tx),
         jobs_rx,
         workers: Vec::new(),
-        seen: HashSet::new(),
         tx: tx.clone(),
         sh: sh.clone(),
     };
@@ -1646,43 +1730,34 @@ fn run(sh: &Shared, dl: &mut Downloads) -> Result<()> {
     if sh.stopping() {
         return Err(stopped());
     }
-    let mut next = None;
-    let mut polled = false;
+    let mut resumed_pages = None;
     if let Some(cp) = &resume {
         dl.restore(sh, cp)?;
         if cp.manifest_complete {
-            next = cp.next_page.clone();
-            polled = true;
+            resumed_pages = Some(cp.next_page.clone());
         }
     }
-    if !polled {
-        sh.set_state(State::Waiting);
-        let manifest = poll_status(sh, &status_url, dl)?;
-        dl.add(sh, &manifest)?;
-        next = manifest.next.clone();
-    }
-    sh.set_state(State::Downloading);
-    {
-        let mut info = sh.info.lock();
-        info.manifest_complete = true;
-        info.next_page = next.clone();
-    }
-    let mut pages = 1;
-    while let Some(url) = next {
-        if sh.stopping() {
-            return Err(stopped());
+    match resumed_pages {
+        None => {
+            sh.set_state(State::Waiting);
+            let manifest = poll_status(sh, &status_url, dl)?;
+            sh.set_state(State::Downloading);
+            let mut session = sh.info.lock().registry.session(true);
+            dl.fetch_pages(sh, &mut session, manifest, &status_url, true)?;
         }
-        pages += 1;
-        if pages > 100_000 {
-            return Err(
-                Error::protocol("the manifest has more than 100000 pages; giving up")
-                    .with_url(&url),
-            );
+        Some(next) => {
+            sh.set_state(State::Downloading);
+            let mut session = sh.info.lock().registry.session(true);
+            {
+                let mut info = sh.info.lock();
+                info.manifest_complete = true;
+                info.next_page = next.clone();
+            }
+            if let Some(url) = next {
+                let page = fetch_manifest_page(sh, &url)?;
+                dl.fetch_pages(sh, &mut session, page, &url, true)?;
+            }
         }
-        let page = fetch_manifest_page(sh, &url)?;
-        dl.add(sh, &page)?;
-        next = page.next.clone();
-        sh.info.lock().next_page = next.clone();
     }
     dl.finish();
     if let Some(e) = sh.error.lock().clone() {

@@ -18,16 +18,21 @@
 pub mod auth;
 pub mod checkpoint;
 pub mod config;
+mod decode;
 mod download;
 pub mod error;
 pub mod export;
 pub mod ffi;
+mod files;
+mod http;
 pub mod manifest;
 pub mod ndjson;
+mod remote;
+mod retry;
 #[cfg(feature = "sandbox")]
 pub mod sandbox;
 
 pub use config::{Auth, Config, Level, Method, SecretSource};
 pub use error::{Error, ErrorCode, Issue};
-pub use export::{Batch, Controller, Export, FileInfo, Next, Progress, Record, State};
+pub use export::{Batch, Controller, Export, FileInfo, Next, Progress, Record, State, Wait};
 pub use manifest::Kind;

@@ -48,13 +48,22 @@ pub struct Manifest {
     pub next: Option<String>,
     /// The document as received.
     pub raw: Value,
+    /// What was wrong but not worth failing for (a `count` that is not a whole number, a
+    /// `transactionTime` that is not an instant).
+    pub notes: Vec<String>,
 }
 
 impl Manifest {
-    /// Parse a manifest body; relative URLs resolve against `base` (the URL it came from).
+    /// Parse a manifest body; relative URLs resolve against `base` (the URL it came from). A
+    /// leading UTF-8 byte order mark is skipped.
     pub fn parse(body: &[u8], base: &str) -> Result<Manifest> {
+        let body = crate::http::strip_bom(body);
         let raw: Value = serde_json::from_slice(body).map_err(|e| {
-            Error::protocol(format!("the export manifest is not valid JSON: {e}")).with_url(base)
+            Error::protocol(format!(
+                "the export manifest is not valid JSON: {e}{}",
+                crate::http::bom_hint(body)
+            ))
+            .with_url(base)
         })?;
         Self::from_value(raw, base)
     }
@@ -70,6 +79,8 @@ impl Manifest {
         }
         let base_url = url::Url::parse(base).ok();
         let mut files = Vec::new();
+        let mut notes = Vec::new();
+        let mut bad_counts = (0usize, None::<String>);
         for (key, kind) in [
             ("output", Kind::Output),
             ("error", Kind::Error),
@@ -103,13 +114,21 @@ impl Manifest {
                     Some(Value::String(s)) => Some(s.clone()),
                     Some(_) => return Err(bad(format!("{key}[{i}].type is not a string"))),
                 };
-                let count =
-                    match entry.get("count") {
-                        None | Some(Value::Null) => None,
-                        Some(v) => Some(v.as_u64().ok_or_else(|| {
-                            bad(format!("{key}[{i}].count is not a whole number"))
-                        })?),
-                    };
+                // `count` is a hint: one that is not a whole number is ignored (and noted).
+                let count = match entry.get("count") {
+                    None | Some(Value::Null) => None,
+                    Some(v) => {
+                        let c = v.as_u64();
+                        if c.is_none() {
+                            bad_counts.0 += 1;
+                            bad_counts.1.get_or_insert_with(|| {
+                                let t: String = v.to_string().chars().take(40).collect();
+                                format!("{key}[{i}].count is {}", crate::error::escape_controls(&t))
+                            });
+                        }
+                        c
+                    }
+                };
                 files.push(ManifestFile {
                     kind,
                     resource_type,
@@ -122,7 +141,26 @@ impl Manifest {
                 });
             }
         }
+        if let (n, Some(first)) = bad_counts {
+            notes.push(format!(
+                "{n} file entr{} a \"count\" that is not a whole number ({first}); ignored (count is only a hint)",
+                if n == 1 { "y has" } else { "ies have" }
+            ));
+        }
         let s = |k: &str| obj.get(k).and_then(Value::as_str).map(str::to_owned);
+        let mut transaction_time = s("transactionTime");
+        if let Some(t) = &transaction_time {
+            if !crate::config::is_instant(t) {
+                let shown: String = t.chars().take(60).collect();
+                notes.push(format!(
+                    "transactionTime {:?} is not a FHIR instant; it is not used as the _since of a next export",
+                    crate::error::escape_controls(&shown)
+                ));
+                transaction_time = None;
+            }
+        } else if obj.get("transactionTime").is_some_and(|v| !v.is_null()) {
+            notes.push("transactionTime is not a string; it is not used".into());
+        }
         let requires_access_token = match obj.get("requiresAccessToken") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
@@ -145,20 +183,22 @@ impl Manifest {
                 None => u.to_owned(),
             });
         Ok(Manifest {
-            transaction_time: s("transactionTime"),
+            transaction_time,
             request: s("request"),
             requires_access_token,
             output_organized_by: s("outputOrganizedBy"),
             files,
             next,
             raw,
+            notes,
         })
     }
 }
 
 /// Merge a later manifest page (or a newer partial manifest) into the caller-visible manifest:
-/// file entries not seen before are appended to `output`/`error`/`deleted`; `link` is dropped.
-pub fn merge_into(combined: &mut Option<Value>, page: &Manifest, new_urls: &[String]) {
+/// the entries of `page.files` whose `is_new` is set are appended to `output`/`error`/
+/// `deleted`; `link` is dropped.
+pub fn merge_into(combined: &mut Option<Value>, page: &Manifest, is_new: &[bool]) {
     let target = combined.get_or_insert_with(|| {
         let mut v = page.raw.clone();
         if let Some(o) = v.as_object_mut() {
@@ -179,14 +219,16 @@ pub fn merge_into(combined: &mut Option<Value>, page: &Manifest, new_urls: &[Str
         }
     }
     // `page.files` lists the entries of output, error and deleted in document order.
-    let mut files = page.files.iter();
+    let mut files = page.files.iter().zip(is_new);
     for key in ["output", "error", "deleted"] {
         let Some(list) = page.raw.get(key).and_then(Value::as_array) else {
             continue;
         };
         for entry in list {
-            let Some(f) = files.next() else { return };
-            if new_urls.contains(&f.url) {
+            let Some((f, &new)) = files.next() else {
+                return;
+            };
+            if new {
                 let mut entry = entry.clone();
                 if let Some(e) = entry.as_object_mut() {
                     e.insert("url".into(), Value::String(f.url.clone()));
@@ -202,6 +244,23 @@ pub fn merge_into(combined: &mut Option<Value>, page: &Manifest, new_urls: &[Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hints_that_are_wrong_are_noted_not_fatal() {
+        let m = Manifest::parse(
+            b"\xEF\xBB\xBF{\"transactionTime\":\"yesterday\",\"output\":[{\"type\":\"P\",\"url\":\"http://h/1\",\"count\":-3},{\"type\":\"P\",\"url\":\"http://h/2\",\"count\":\"12\"},{\"type\":\"P\",\"url\":\"http://h/3\",\"count\":7}]}",
+            "http://h/s",
+        )
+        .unwrap();
+        assert_eq!(
+            m.files.iter().map(|f| f.count).collect::<Vec<_>>(),
+            vec![None, None, Some(7)]
+        );
+        assert_eq!(m.transaction_time, None);
+        assert_eq!(m.notes.len(), 2, "{:?}", m.notes);
+        assert!(m.notes[0].contains("2 file entries") && m.notes[0].contains("-3"));
+        assert!(m.notes[1].contains("not a FHIR instant"));
+    }
 
     #[test]
     fn parses_and_resolves() {
@@ -228,6 +287,7 @@ mod tests {
             (b"{}", "no \"output\""),
             (br#"{"output":[{"type":"P"}]}"#, "no \"url\""),
             (br#"{"output":[{"url":"ftp://h/x"}]}"#, "scheme"),
+            (b"\xFF\xFE{\0}\0", "UTF-16 byte order mark"),
         ] {
             let e = Manifest::parse(body, "http://h/s").unwrap_err();
             assert!(e.message.contains(needle), "{} lacks {needle}", e.message);

@@ -65,11 +65,17 @@ pub struct Invalid {
 }
 
 /// Why a line is not a JSON object, cheaply: it must start with `{` and end with `}`
-/// (leading and trailing spaces aside); with `full`, it must also parse.
+/// (leading and trailing spaces aside); with `full`, it must also be UTF-8 and parse.
 pub fn check_line(line: &[u8], full: bool) -> Option<String> {
     let first = line.iter().position(|b| !b.is_ascii_whitespace())?;
     let last = line.iter().rposition(|b| !b.is_ascii_whitespace())?;
     if line[first] != b'{' {
+        if line[first..].starts_with(crate::http::BOM) {
+            return Some(
+                "it starts with a byte order mark (U+FEFF), which only the start of a file may have"
+                    .into(),
+            );
+        }
         return Some(format!(
             "it does not start with '{{' (starts with {:?})",
             line[first] as char
@@ -79,11 +85,36 @@ pub fn check_line(line: &[u8], full: bool) -> Option<String> {
         return Some("it does not end with '}' (cut short?)".into());
     }
     if full {
-        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(line) {
-            return Some(format!("it is not valid JSON: {e}"));
-        }
+        return full_check(line).err();
     }
     None
+}
+
+/// UTF-8 (serde_json does not look inside the strings it skips) and one JSON value.
+fn full_check(line: &[u8]) -> Result<(), String> {
+    let text = std::str::from_utf8(line).map_err(|e| {
+        format!(
+            "it is not valid UTF-8 (byte 0x{:02x} at offset {})",
+            line[e.valid_up_to()],
+            e.valid_up_to()
+        )
+    })?;
+    serde_json::from_str::<serde::de::IgnoredAny>(text)
+        .map(|_| ())
+        .map_err(|e| {
+            if e.is_eof() {
+                format!("it is cut short: the file ends inside the JSON object ({e})")
+            } else {
+                format!("it is not valid JSON: {e}")
+            }
+        })
+}
+
+/// Why the last line of a file, which has no newline, is not a record: it must be one whole
+/// JSON object, UTF-8 and parsed in full (ending in `}` proves nothing: a cut just after an
+/// inner `}` does). Blank is fine (nothing to deliver).
+pub fn check_last_line(line: &[u8]) -> Option<String> {
+    check_line(line, true)
 }
 
 impl Chunk {
@@ -148,7 +179,7 @@ impl Chunk {
                 write = e + 1;
                 let ty = match file_type {
                     Some(_) => 0,
-                    None => intern(&mut self.types, resource_type_of(&data[s..e])),
+                    None => intern(&mut self.types, &resource_type_of(&data[s..e])),
                 };
                 self.lines.push(LineMeta {
                     start: s,
@@ -172,13 +203,46 @@ fn intern(types: &mut Vec<Arc<TypeName>>, name: &[u8]) -> u32 {
     (types.len() - 1) as u32
 }
 
-/// The value of the first `"resourceType"` member of a JSON line, or empty when there is none.
-pub fn resource_type_of(line: &[u8]) -> &[u8] {
+/// The value of the top-level `"resourceType"` member of a JSON line (not one of a `contained`
+/// resource or any other nested object), or empty when there is none.
+pub fn resource_type_of(line: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    // Fast path, hand-written because it is most lines: `{"resourceType":"X"` as the first
+    // member is top-level by position.
+    if let Some(t) = first_member_type(line) {
+        return std::borrow::Cow::Borrowed(t);
+    }
+    // Otherwise serde_json walks the object, skipping nested values whole.
+    #[derive(serde::Deserialize)]
+    struct Top<'a> {
+        #[serde(rename = "resourceType", borrow)]
+        resource_type: Option<std::borrow::Cow<'a, str>>,
+    }
+    match serde_json::from_slice::<Top<'_>>(line) {
+        Ok(Top {
+            resource_type: Some(std::borrow::Cow::Borrowed(t)),
+        }) => std::borrow::Cow::Borrowed(t.as_bytes()),
+        Ok(Top {
+            resource_type: Some(std::borrow::Cow::Owned(t)),
+        }) => std::borrow::Cow::Owned(t.into_bytes()),
+        _ => std::borrow::Cow::Borrowed(b""),
+    }
+}
+
+/// The value of `"resourceType"` when it is the object's first member (no escapes in it).
+fn first_member_type(line: &[u8]) -> Option<&[u8]> {
     const KEY: &[u8] = b"\"resourceType\"";
-    let Some(at) = memchr::memmem::find(line, KEY) else {
-        return b"";
-    };
-    let mut i = at + KEY.len();
+    let mut i = line.iter().position(|b| !b.is_ascii_whitespace())?;
+    if line[i] != b'{' {
+        return None;
+    }
+    i += 1;
+    while line.get(i).is_some_and(|b| b.is_ascii_whitespace()) {
+        i += 1;
+    }
+    if !line[i..].starts_with(KEY) {
+        return None;
+    }
+    i += KEY.len();
     let skip_ws = |i: &mut usize| {
         while line.get(*i).is_some_and(|b| b.is_ascii_whitespace()) {
             *i += 1;
@@ -186,18 +250,16 @@ pub fn resource_type_of(line: &[u8]) -> &[u8] {
     };
     skip_ws(&mut i);
     if line.get(i) != Some(&b':') {
-        return b"";
+        return None;
     }
     i += 1;
     skip_ws(&mut i);
     if line.get(i) != Some(&b'"') {
-        return b"";
+        return None;
     }
     let s = i + 1;
-    match memchr::memchr(b'"', &line[s..]) {
-        Some(n) => &line[s..s + n],
-        None => b"",
-    }
+    let n = memchr::memchr2(b'"', b'\\', &line[s..])?;
+    (line[s + n] == b'"').then(|| &line[s..s + n])
 }
 
 #[cfg(test)]
