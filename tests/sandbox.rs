@@ -439,6 +439,38 @@ fn status_polling_failures_and_delete() {
     assert_eq!(header(&r, "content-type").as_deref(), Some("text/html"));
 }
 
+/// Follows `next` links from a manifest (at most `max` pages): the output URLs of every page
+/// and the number of pages.
+fn follow_pages(c: &Client, first: Value, size: usize, max: usize) -> (Vec<String>, usize) {
+    let mut page = first;
+    let mut urls = Vec::new();
+    let mut pages = 1;
+    loop {
+        let out = page["output"].as_array().expect("output");
+        assert!(
+            out.len() <= size,
+            "{} entries on a page of {size}",
+            out.len()
+        );
+        urls.extend(
+            out.iter()
+                .map(|o| o["url"].as_str().unwrap_or_default().to_string()),
+        );
+        let Some(next) = page["link"][0]["url"].as_str().map(String::from) else {
+            break;
+        };
+        assert_eq!(page["link"][0]["relation"], "next");
+        if pages == max {
+            break;
+        }
+        let r = c.get(&next).send().expect("page");
+        assert_eq!(r.status().as_u16(), 200, "{next}");
+        page = r.json().expect("page json");
+        pages += 1;
+    }
+    (urls, pages)
+}
+
 #[test]
 fn partial_and_paged_manifests() {
     let sb = sandbox(20, 4);
@@ -451,38 +483,93 @@ fn partial_and_paged_manifests() {
     let r = c.get(&loc).send().expect("poll");
     assert_eq!(r.status().as_u16(), 202);
     let partial: Value = r.json().expect("partial manifest");
-    let early = partial["output"].as_array().expect("output").len();
+    // The partial manifest pages too: 3 per page, the rest behind `next` links.
+    assert_eq!(partial["output"].as_array().map(Vec::len), Some(3));
+    let next = partial["link"][0]["url"]
+        .as_str()
+        .expect("next")
+        .to_string();
+    assert!(next.ends_with("/partial/12/2"), "{next}");
+    let (early, early_pages) = follow_pages(&c, partial, 3, 100);
+    assert_eq!(early_pages, 4);
 
     let r = c.get(&loc).send().expect("poll");
     assert_eq!(r.status().as_u16(), 200);
-    let mut page: Value = r.json().expect("manifest");
-    let mut urls = Vec::new();
-    let mut pages = 1;
-    loop {
-        let out = page["output"].as_array().expect("output");
-        assert!(out.len() <= 3);
-        urls.extend(
-            out.iter()
-                .map(|o| o["url"].as_str().unwrap_or_default().to_string()),
-        );
-        let Some(next) = page["link"][0]["url"].as_str().map(String::from) else {
-            break;
-        };
-        assert_eq!(page["link"][0]["relation"], "next");
-        page = c
-            .get(&next)
-            .send()
-            .expect("page")
-            .json()
-            .expect("page json");
-        pages += 1;
-    }
+    let (urls, pages) = follow_pages(&c, r.json().expect("manifest"), 3, 100);
     let total = urls.len();
     assert_eq!(urls.iter().collect::<HashSet<_>>().len(), total);
     // 20 patients / 4 per file = 5 Patient files; 80 Observations = 20 files.
     assert_eq!(total, 25);
     assert_eq!(pages, 9);
-    assert_eq!(early, total / 2);
+    assert_eq!(early.len(), total / 2);
+    assert_eq!(early[..], urls[..total / 2]);
+    // Partial pages stay available after the job completed, and are protected like it.
+    let r = c.get(&next).send().expect("partial page");
+    assert_eq!(r.status().as_u16(), 200);
+    let p2: Value = r.json().expect("json");
+    assert_eq!(p2["output"][0]["url"].as_str(), Some(urls[3].as_str()));
+    let bad = next.replace("/partial/12/2", "/partial/12/9");
+    assert_eq!(c.get(&bad).send().expect("page").status().as_u16(), 404);
+    let bad = next.replace("/partial/12/2", "/partial/99/1");
+    assert_eq!(c.get(&bad).send().expect("page").status().as_u16(), 404);
+
+    // Without page=N, partial manifests do not page.
+    let url = format!(
+        "{}/Group/g1/$export?_type=Patient,Observation&allowPartialManifests=true",
+        sb.scenario_url("partial;polls=1")
+    );
+    let loc = location(&kickoff(&c, &url));
+    let partial: Value = c.get(&loc).send().expect("poll").json().expect("json");
+    assert_eq!(partial["output"].as_array().map(Vec::len), Some(12));
+    assert!(partial.get("link").is_none());
+
+    // page_loop: the last page links back to page 1, forever.
+    let url = format!(
+        "{}/Group/g1/$export?_type=Patient",
+        sb.scenario_url("polls=0;page=2;page_loop")
+    );
+    let m = manifest(&c, &location(&kickoff(&c, &url)));
+    let (urls, pages) = follow_pages(&c, m, 2, 7);
+    assert_eq!(pages, 7, "never ends");
+    // 5 files on 3 pages, then page 1 again.
+    assert_eq!(urls.len(), 2 + 2 + 1 + 2 + 2 + 1 + 2);
+    assert_eq!(urls[..5], urls[5..10]);
+}
+
+#[test]
+fn partial_pages_need_the_token() {
+    let sb = Sandbox::start(SandboxOptions {
+        patients: 8,
+        records_per_file: 2,
+        bearer_token: Some("s3cret".into()),
+        threads: 2,
+        ..SandboxOptions::default()
+    })
+    .expect("sandbox");
+    let c = client();
+    let url = format!(
+        "{}/$export?_type=Patient&allowPartialManifests=true",
+        sb.scenario_url("partial;page=1;polls=1")
+    );
+    let r = bulk(c.get(&url))
+        .bearer_auth("s3cret")
+        .send()
+        .expect("kick-off");
+    let loc = location(&r);
+    let partial: Value = c
+        .get(&loc)
+        .bearer_auth("s3cret")
+        .send()
+        .expect("poll")
+        .json()
+        .expect("json");
+    let next = partial["link"][0]["url"].as_str().expect("next");
+    assert_eq!(
+        outcome(c.get(next).send().expect("page")),
+        (401, "login".into())
+    );
+    let r = c.get(next).bearer_auth("s3cret").send().expect("page");
+    assert_eq!(r.status().as_u16(), 200);
 }
 
 #[test]
@@ -1425,5 +1512,1043 @@ fn prerendered_files_have_a_length_and_the_same_bytes() {
     for ((len, body), (_, want)) in chunked.iter().zip(&generated) {
         assert_eq!(body, want);
         assert!(len.is_none(), "chunked: no Content-Length");
+    }
+}
+
+// ---- Fault scenarios, checked over HTTP (raw TCP where framing matters) ----
+
+/// A response read off a fresh TCP connection.
+struct Raw {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    /// The server closed the connection (rather than leaving it open for 3 s).
+    closed: bool,
+}
+
+impl Raw {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// `GET url` on a new connection, without `Connection: close`; reads until the server closes
+/// the connection or 3 s pass without data.
+fn raw_get(url: &str, extra: &[(&str, &str)]) -> Raw {
+    use std::io::Write;
+    let u = url::Url::parse(url).expect("url");
+    let host = u.host_str().expect("host").to_string();
+    let port = u.port().expect("port");
+    let mut target = u.path().to_string();
+    if let Some(q) = u.query() {
+        target.push('?');
+        target.push_str(q);
+    }
+    let mut s = std::net::TcpStream::connect((host.as_str(), port)).expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(3)))
+        .expect("timeout");
+    let mut req = format!("GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\n");
+    for (k, v) in extra {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).expect("send");
+    let mut all = Vec::new();
+    let mut buf = [0u8; 16384];
+    let closed = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            Err(_) => break false,
+        }
+    };
+    let end = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    let head = String::from_utf8_lossy(&all[..end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .expect("status line");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    Raw {
+        status,
+        headers,
+        body: all[end + 4..].to_vec(),
+        closed,
+    }
+}
+
+/// Decodes a chunked body: (the data, whether it ended with the last chunk, what followed a
+/// chunk-size line that was not hex).
+fn dechunk(mut b: &[u8]) -> (Vec<u8>, bool, Option<String>) {
+    let mut data = Vec::new();
+    loop {
+        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
+            return (data, false, None);
+        };
+        let line = String::from_utf8_lossy(&b[..eol]).into_owned();
+        let Ok(n) = usize::from_str_radix(line.trim(), 16) else {
+            return (data, false, Some(line));
+        };
+        if n == 0 {
+            return (data, true, None);
+        }
+        let start = eol + 2;
+        if b.len() < start + n + 2 {
+            data.extend_from_slice(&b[start.min(b.len())..]);
+            return (data, false, None);
+        }
+        data.extend_from_slice(&b[start..start + n]);
+        b = &b[start + n + 2..];
+    }
+}
+
+/// Kick-off at `scen` with `query`, polled to the complete manifest (a leading byte order
+/// mark, fault `bom`, is skipped).
+fn export(c: &Client, sb: &Sandbox, scen: &str, query: &str) -> Value {
+    let url = format!("{}/$export?{query}", sb.scenario_url(scen));
+    let loc = location(&kickoff(c, &url));
+    for _ in 0..20 {
+        let r = c.get(&loc).send().expect("poll");
+        if r.status().as_u16() == 202 {
+            continue;
+        }
+        assert_eq!(r.status().as_u16(), 200);
+        let b = r.bytes().expect("body");
+        let b = b.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&b);
+        return serde_json::from_slice(b).expect("manifest json");
+    }
+    panic!("job never completed");
+}
+
+fn output_urls(m: &Value) -> Vec<String> {
+    m["output"]
+        .as_array()
+        .expect("output")
+        .iter()
+        .map(|o| o["url"].as_str().expect("url").to_string())
+        .collect()
+}
+
+/// The first output file of an export at `scen`.
+fn first_file(c: &Client, sb: &Sandbox, scen: &str, query: &str) -> String {
+    output_urls(&export(c, sb, &format!("polls=0;{scen}"), query))
+        .into_iter()
+        .next()
+        .expect("a file")
+}
+
+fn get_bytes(c: &Client, url: &str, headers: &[(&str, &str)]) -> (Response, Vec<u8>) {
+    let mut rb = c.get(url);
+    for (k, v) in headers {
+        rb = rb.header(*k, *v);
+    }
+    let mut r = rb.send().expect("download");
+    let mut body = Vec::new();
+    r.read_to_end(&mut body).expect("body");
+    (r, body)
+}
+
+fn decode(codec: &str, b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let r: Box<dyn Read + '_> = match codec {
+        "multigzip" => Box::new(flate2::read::MultiGzDecoder::new(b)),
+        "gzip" => Box::new(flate2::read::GzDecoder::new(b)),
+        "zlib" => Box::new(flate2::read::ZlibDecoder::new(b)),
+        _ => Box::new(flate2::read::DeflateDecoder::new(b)),
+    };
+    BufReader::new(r).read_to_end(&mut out).expect(codec);
+    out
+}
+
+#[test]
+fn content_codings_and_stored_gzip() {
+    let sb = sandbox(12, 1000);
+    let c = client();
+    let q = "_type=Patient";
+    let (_, plain) = get_bytes(&c, &first_file(&c, &sb, "", q), &[]);
+    assert!(plain.len() > 3000);
+
+    // gzip_members=3: three members; reading only the first loses two thirds.
+    let url = first_file(&c, &sb, "gzip_members=3", q);
+    let (r, gz) = get_bytes(&c, &url, &[("Accept-Encoding", "gzip")]);
+    assert_eq!(header(&r, "content-encoding").as_deref(), Some("gzip"));
+    assert_eq!(decode("multigzip", &gz), plain);
+    assert_eq!(decode("gzip", &gz), &plain[..plain.len() / 3]);
+    // Without Accept-Encoding: identity, as with `gzip`.
+    let (r, body) = get_bytes(&c, &url, &[]);
+    assert!(header(&r, "content-encoding").is_none());
+    assert_eq!(body, plain);
+
+    // encoding=NAME: whatever Accept-Encoding said.
+    for (name, label, codec) in [
+        ("gzip", "gzip", "gzip"),
+        ("x-gzip", "x-gzip", "gzip"),
+        ("deflate", "deflate", "zlib"),
+        ("raw-deflate", "deflate", "raw"),
+        ("br", "br", "gzip"),
+    ] {
+        let url = first_file(&c, &sb, &format!("encoding={name}"), q);
+        let (r, body) = get_bytes(&c, &url, &[("Accept-Encoding", "identity")]);
+        assert_eq!(
+            header(&r, "content-encoding").as_deref(),
+            Some(label),
+            "{name}"
+        );
+        assert!(header(&r, "accept-ranges").is_none(), "{name}");
+        assert_eq!(decode(codec, &body), plain, "{name}");
+    }
+    let url = first_file(&c, &sb, "encoding=gzip;gzip_members=2", q);
+    let (_, body) = get_bytes(&c, &url, &[]);
+    assert_eq!(decode("multigzip", &body), plain);
+    assert_eq!(decode("gzip", &body), &plain[..plain.len() / 2]);
+    let url = first_file(&c, &sb, "encoding=identity", q);
+    let (r, body) = get_bytes(&c, &url, &[("Accept-Encoding", "gzip")]);
+    assert_eq!(header(&r, "content-encoding").as_deref(), Some("identity"));
+    assert_eq!(header(&r, "accept-ranges").as_deref(), Some("bytes"));
+    assert_eq!(body, plain);
+
+    // stored_gzip: the same compressed object every time, with a length and byte ranges.
+    let url = first_file(&c, &sb, "stored_gzip", q);
+    let (r, stored) = get_bytes(&c, &url, &[]);
+    assert_eq!(header(&r, "content-encoding").as_deref(), Some("gzip"));
+    assert_eq!(header(&r, "accept-ranges").as_deref(), Some("bytes"));
+    assert_eq!(header(&r, "content-length"), Some(stored.len().to_string()));
+    assert_eq!(decode("gzip", &stored), plain);
+    let (_, again) = get_bytes(&c, &url, &[("Accept-Encoding", "gzip")]);
+    assert_eq!(again, stored);
+    let (r, tail) = get_bytes(&c, &url, &[("Range", "bytes=100-")]);
+    assert_eq!(r.status().as_u16(), 206);
+    let n = stored.len();
+    assert_eq!(
+        header(&r, "content-range"),
+        Some(format!("bytes 100-{}/{n}", n - 1))
+    );
+    assert_eq!(tail, &stored[100..]);
+    let url = first_file(&c, &sb, "stored_gzip;encoding=x-gzip;gzip_members=2", q);
+    let (r, body) = get_bytes(&c, &url, &[]);
+    assert_eq!(header(&r, "content-encoding").as_deref(), Some("x-gzip"));
+    assert_eq!(decode("multigzip", &body), plain);
+    // drop cuts the compressed body of the first request.
+    let url = first_file(&c, &sb, "stored_gzip;drop=50", q);
+    let raw = raw_get(&url, &[]);
+    assert_eq!(raw.status, 200);
+    assert_eq!(raw.header("content-length"), Some(n.to_string().as_str()));
+    assert_eq!(raw.body, &stored[..50]);
+    assert!(raw.closed);
+    let (_, body) = get_bytes(&c, &url, &[]);
+    assert_eq!(body, stored);
+}
+
+#[test]
+fn ranges_validators_and_changing_files() {
+    let sb = sandbox(12, 1000);
+    let c = client();
+    let q = "_type=Patient";
+    let (_, plain) = get_bytes(&c, &first_file(&c, &sb, "", q), &[]);
+    let n = plain.len();
+
+    // short_ranges: at most 10 bytes per 206, named correctly.
+    let url = first_file(&c, &sb, "short_ranges=10", q);
+    let (r, body) = get_bytes(&c, &url, &[("Range", "bytes=5-")]);
+    assert_eq!(r.status().as_u16(), 206);
+    assert_eq!(header(&r, "content-range"), Some(format!("bytes 5-14/{n}")));
+    assert_eq!(body, &plain[5..15]);
+    let (r, body) = get_bytes(&c, &url, &[("Range", "bytes=5-8")]);
+    assert_eq!(header(&r, "content-range"), Some(format!("bytes 5-8/{n}")));
+    assert_eq!(body, &plain[5..9]);
+
+    // bad_range: the whole file, whatever was asked.
+    let url = first_file(&c, &sb, "bad_range", q);
+    let (r, body) = get_bytes(&c, &url, &[("Range", "bytes=100-")]);
+    assert_eq!(r.status().as_u16(), 206);
+    assert_eq!(
+        header(&r, "content-range"),
+        Some(format!("bytes 0-{}/{n}", n - 1))
+    );
+    assert_eq!(body, plain);
+
+    // etag: If-Range with the current tag → 206; another tag or a weak one → 200.
+    let m = export(&c, &sb, "polls=0;etag", q);
+    let url = output_urls(&m).remove(0);
+    let job = url.rsplit('/').nth(1).expect("job id").to_string();
+    let (r, body) = get_bytes(&c, &url, &[]);
+    let tag = header(&r, "etag").expect("ETag");
+    assert_eq!(tag, format!("\"f{job}-1-r1\""));
+    assert!(header(&r, "last-modified").is_none());
+    assert_eq!(body, plain);
+    let (r, body) = get_bytes(&c, &url, &[("Range", "bytes=10-"), ("If-Range", &tag)]);
+    assert_eq!(r.status().as_u16(), 206);
+    assert_eq!(body, &plain[10..]);
+    for other in ["\"other\"".to_string(), format!("W/{tag}")] {
+        let (r, body) = get_bytes(&c, &url, &[("Range", "bytes=10-"), ("If-Range", &other)]);
+        assert_eq!(r.status().as_u16(), 200, "{other}");
+        assert!(header(&r, "content-range").is_none());
+        assert_eq!(body, plain);
+    }
+    let (r, _) = get_bytes(&c, &url, &[("Range", "bytes=10-")]);
+    assert_eq!(r.status().as_u16(), 206);
+
+    // last_modified: If-Range with exactly that date → 206, another date → 200.
+    let url = first_file(&c, &sb, "last_modified", q);
+    let (r, _) = get_bytes(&c, &url, &[]);
+    let lm = header(&r, "last-modified").expect("Last-Modified");
+    assert!(header(&r, "etag").is_none());
+    let t = httpdate::parse_http_date(&lm).expect("HTTP-date");
+    let (r, body) = get_bytes(&c, &url, &[("Range", "bytes=10-"), ("If-Range", &lm)]);
+    assert_eq!(r.status().as_u16(), 206);
+    assert_eq!(body, &plain[10..]);
+    let later = httpdate::fmt_http_date(t + std::time::Duration::from_secs(1));
+    let (r, _) = get_bytes(&c, &url, &[("Range", "bytes=10-"), ("If-Range", &later)]);
+    assert_eq!(r.status().as_u16(), 200);
+
+    // change_file: after the first request, the same records in other bytes, a new ETag.
+    let m = export(&c, &sb, "polls=0;change_file", q);
+    let url = output_urls(&m).remove(0);
+    let (r, first) = get_bytes(&c, &url, &[]);
+    let tag1 = header(&r, "etag").expect("ETag");
+    assert!(tag1.ends_with("-r1\""), "{tag1}");
+    assert_eq!(first, plain);
+    let (r, second) = get_bytes(&c, &url, &[]);
+    let tag2 = header(&r, "etag").expect("ETag");
+    assert!(tag2.ends_with("-r2\""), "{tag2}");
+    assert_ne!(second, plain);
+    let text = String::from_utf8(second.clone()).expect("utf8");
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let plain_text = String::from_utf8(plain.clone()).expect("utf8");
+    let plain_lines: Vec<&str> = plain_text.lines().collect();
+    assert_eq!(lines.len(), plain_lines.len());
+    for (l, p) in lines.iter().zip(&plain_lines) {
+        assert!(l.starts_with(' ') && l.ends_with("\r\n"), "{l:?}");
+        assert_eq!(&l[1..l.len() - 2], *p);
+    }
+    // A resume with the old tag gets the whole new file; without If-Range, the new bytes.
+    let (r, body) = get_bytes(&c, &url, &[("Range", "bytes=100-"), ("If-Range", &tag1)]);
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(body, second);
+    let (r, body) = get_bytes(&c, &url, &[("Range", "bytes=100-"), ("If-Range", &tag2)]);
+    assert_eq!(r.status().as_u16(), 206);
+    assert_eq!(body, &second[100..]);
+    let (r, body) = get_bytes(&c, &url, &[("Range", "bytes=100-")]);
+    assert_eq!(r.status().as_u16(), 206);
+    assert_eq!(body, &second[100..]);
+    assert_ne!(body, &plain[100..]);
+
+    // change_file with last_modified: the date changes, no ETag.
+    let url = first_file(&c, &sb, "change_file;last_modified", q);
+    let (r, _) = get_bytes(&c, &url, &[]);
+    let lm1 = header(&r, "last-modified").expect("Last-Modified");
+    assert!(header(&r, "etag").is_none());
+    let (r, _) = get_bytes(&c, &url, &[]);
+    let lm2 = header(&r, "last-modified").expect("Last-Modified");
+    assert_ne!(lm1, lm2);
+    let (r, _) = get_bytes(&c, &url, &[("Range", "bytes=1-"), ("If-Range", &lm1)]);
+    assert_eq!(r.status().as_u16(), 200);
+
+    // stored_gzip with etag: the coded object has its own tag, and ranges honour If-Range.
+    let url = first_file(&c, &sb, "stored_gzip;etag", q);
+    let (r, stored) = get_bytes(&c, &url, &[]);
+    let tag = header(&r, "etag").expect("ETag");
+    assert!(tag.ends_with("-r1-gzip\""), "{tag}");
+    let (r, body) = get_bytes(&c, &url, &[("Range", "bytes=20-"), ("If-Range", &tag)]);
+    assert_eq!(r.status().as_u16(), 206);
+    assert_eq!(body, &stored[20..]);
+}
+
+#[test]
+fn framing_faults() {
+    let sb = sandbox(12, 1000);
+    let c = client();
+    let q = "_type=Patient";
+    let (_, plain) = get_bytes(&c, &first_file(&c, &sb, "", q), &[]);
+    let n = plain.len();
+
+    // close_delimited: no length, not chunked; the body ends when the server closes.
+    let url = first_file(&c, &sb, "close_delimited", q);
+    for _ in 0..2 {
+        let raw = raw_get(&url, &[]);
+        assert_eq!(raw.status, 200);
+        assert_eq!(raw.header("connection"), Some("close"));
+        assert!(raw.header("content-length").is_none());
+        assert!(raw.header("transfer-encoding").is_none());
+        assert!(raw.closed, "the server closes the connection");
+        assert_eq!(raw.body, plain);
+    }
+    let (_, body) = get_bytes(&c, &url, &[]);
+    assert_eq!(body, plain, "reqwest reads close-delimited bodies");
+    // ... with drop: the first request ends cleanly after BYTES.
+    let url = first_file(&c, &sb, "close_delimited;drop=100", q);
+    let raw = raw_get(&url, &[]);
+    assert!(raw.closed && raw.header("content-length").is_none());
+    assert_eq!(raw.body, &plain[..100]);
+    assert_eq!(raw_get(&url, &[]).body, plain);
+    // ... and ranges are close-delimited too.
+    let raw = raw_get(&url, &[("Range", "bytes=10-19")]);
+    assert_eq!(raw.status, 206);
+    assert_eq!(raw.body, &plain[10..20]);
+    // gzip bodies as well.
+    let url = first_file(&c, &sb, "close_delimited;gzip", q);
+    let raw = raw_get(&url, &[("Accept-Encoding", "gzip")]);
+    assert_eq!(raw.header("content-encoding"), Some("gzip"));
+    assert!(raw.closed);
+    assert_eq!(decode("gzip", &raw.body), plain);
+
+    // drop (unchanged): the full length announced, BYTES sent, the connection shut down.
+    let url = first_file(&c, &sb, "drop=100", q);
+    let raw = raw_get(&url, &[]);
+    assert_eq!(raw.header("content-length"), Some(n.to_string().as_str()));
+    assert_eq!(raw.body, &plain[..100]);
+    assert!(raw.closed);
+    let (r, body) = get_bytes(&c, &url, &[]);
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(body, plain);
+
+    // short_length: a correctly framed first body that ends mid-file; later ones honest.
+    let url = first_file(&c, &sb, "short_length=100", q);
+    let (r, body) = get_bytes(&c, &url, &[]);
+    assert_eq!(header(&r, "content-length").as_deref(), Some("100"));
+    assert_eq!(body, &plain[..100]);
+    let (_, body) = get_bytes(&c, &url, &[]);
+    assert_eq!(body, plain);
+    let url = first_file(&c, &sb, "short_length=999999", q);
+    let (r, body) = get_bytes(&c, &url, &[]);
+    assert_eq!(header(&r, "content-length"), Some(n.to_string()));
+    assert_eq!(body, plain);
+
+    // bad_chunked: chunked, then a chunk-size line that is not hex, then the end.
+    let url = first_file(&c, &sb, "bad_chunked", q);
+    for _ in 0..2 {
+        let raw = raw_get(&url, &[]);
+        assert_eq!(raw.header("transfer-encoding"), Some("chunked"));
+        assert!(raw.closed);
+        let (data, complete, bad) = dechunk(&raw.body);
+        assert!(!complete);
+        assert_eq!(bad.as_deref(), Some("zz"));
+        assert_eq!(data, &plain[..n / 2]);
+    }
+    assert!(c.get(&url).send().expect("head").bytes().is_err());
+
+    // trickle: half at once, then one byte per MS.
+    let url = first_file(&c, &sb, "trickle=2", "_type=Organization");
+    let t = std::time::Instant::now();
+    let (_, slow) = get_bytes(&c, &url, &[]);
+    let took = t.elapsed();
+    let t = std::time::Instant::now();
+    let (_, fast) = get_bytes(&c, &url, &[]);
+    assert_eq!(slow, fast);
+    let rest = (slow.len() - slow.len() / 2) as u32;
+    assert!(rest > 300);
+    assert!(
+        took >= std::time::Duration::from_millis(2) * rest,
+        "{took:?} for {rest} trickled bytes"
+    );
+    assert!(t.elapsed() < took / 2);
+}
+
+/// Polls `status_url` for a complete manifest again (the job is done).
+fn refetch(c: &Client, status_url: &str) -> Value {
+    let r = c.get(status_url).send().expect("poll");
+    assert_eq!(r.status().as_u16(), 200);
+    r.json().expect("manifest")
+}
+
+fn file_number(url: &str) -> usize {
+    url.split('?')
+        .next()
+        .and_then(|p| p.rsplit('/').next())
+        .and_then(|n| n.strip_suffix(".ndjson"))
+        .and_then(|n| n.parse().ok())
+        .expect("file number")
+}
+
+#[test]
+fn manifest_faults() {
+    let sb = sandbox(12, 3);
+    let c = client();
+    let q = "_type=Patient,Observation&_since=2024-01-01T00:00:00Z";
+    let start = |scen: &str| {
+        let url = format!(
+            "{}/$export?{q}",
+            sb.scenario_url(&format!("polls=0;errors;deleted=2;{scen}"))
+        );
+        location(&kickoff(&c, &url))
+    };
+    let nums = |urls: Vec<String>| -> Vec<usize> { urls.iter().map(|u| file_number(u)).collect() };
+    let plain = refetch(&c, &start(""));
+    let plain_urls = nums(output_urls(&plain));
+    assert!(plain_urls.len() >= 4);
+
+    // resign: fresh signatures in every manifest; the file endpoint ignores them.
+    let loc = start("resign;expire_files=5");
+    let a = refetch(&c, &loc);
+    let b = refetch(&c, &loc);
+    for (x, y) in output_urls(&a).iter().zip(output_urls(&b)) {
+        let (_, qx) = x.split_once('?').expect("query");
+        let (_, qy) = y.split_once('?').expect("query");
+        let sig = |q: &str| {
+            q.split('&')
+                .find_map(|p| p.strip_prefix("sig="))
+                .map(String::from)
+        };
+        assert!(
+            qx.starts_with("g=1&sig=") && qy.starts_with("g=2&sig="),
+            "{x} {y}"
+        );
+        let (sx, sy) = (sig(qx).expect("sig"), sig(qy).expect("sig"));
+        assert_eq!(sx.len(), 32);
+        assert!(sx.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(sx, sy);
+        assert_eq!(file_number(x), file_number(&y));
+    }
+    assert!(a["error"][0]["url"].as_str().unwrap_or("").contains("sig="));
+    assert!(a["deleted"][0]["url"]
+        .as_str()
+        .unwrap_or("")
+        .contains("sig="));
+    assert_eq!(lines(&c, &output_urls(&b)[0]).len(), 3);
+
+    // reorder: later complete manifests list every array in another order.
+    let loc = start("reorder");
+    let first = refetch(&c, &loc);
+    let again = refetch(&c, &loc);
+    assert_eq!(nums(output_urls(&first)), plain_urls);
+    let mut rev = nums(output_urls(&again));
+    assert_ne!(rev, plain_urls);
+    rev.reverse();
+    assert_eq!(rev, plain_urls);
+    assert_eq!(
+        again["error"], first["error"],
+        "one entry: nothing to reorder"
+    );
+
+    // dup_entry: the first output entry twice (same URL, also with resign).
+    let loc = start("dup_entry;resign");
+    for m in [refetch(&c, &loc), refetch(&c, &loc)] {
+        let urls = output_urls(&m);
+        assert_eq!(urls.len(), plain_urls.len() + 1);
+        assert_eq!(urls[0], urls[1]);
+        assert_eq!(m["output"][0], m["output"][1]);
+    }
+
+    // refresh_extra: later manifests start with a file the job does not have.
+    let loc = start("refresh_extra");
+    assert_eq!(nums(output_urls(&refetch(&c, &loc))), plain_urls);
+    let m = refetch(&c, &loc);
+    let urls = output_urls(&m);
+    assert_eq!(nums(urls[1..].to_vec()), plain_urls);
+    assert_eq!(m["output"][0]["type"], m["output"][1]["type"]);
+    let files = plain_urls.len() + 2; // outputs, the error file, the deleted file
+    assert_eq!(file_number(&urls[0]), files + 1);
+    assert_eq!(
+        outcome(c.get(&urls[0]).send().expect("missing file")),
+        (404, "not-found".into())
+    );
+
+    // refresh_drop: later manifests omit the first output entry.
+    let loc = start("refresh_drop");
+    assert_eq!(nums(output_urls(&refetch(&c, &loc))), plain_urls);
+    assert_eq!(nums(output_urls(&refetch(&c, &loc))), plain_urls[1..]);
+
+    // Combined with paging, every page of a later manifest follows the new listing.
+    let loc = start("refresh_drop;reorder;page=2");
+    let (urls, _) = follow_pages(&c, refetch(&c, &loc), 2, 100);
+    assert_eq!(nums(urls), plain_urls);
+    let (urls, _) = follow_pages(&c, refetch(&c, &loc), 2, 100);
+    let mut urls = nums(urls);
+    urls.reverse();
+    assert_eq!(urls, plain_urls[1..]);
+
+    // transaction_time and bad_count are served verbatim.
+    let m = refetch(
+        &c,
+        &start("transaction_time=yesterday-ish;bad_count=\"12\""),
+    );
+    assert_eq!(m["transactionTime"], "yesterday-ish");
+    assert!(m["output"]
+        .as_array()
+        .expect("output")
+        .iter()
+        .all(|o| o["count"] == "12"));
+    assert_eq!(m["error"][0]["count"], 2, "only output entries");
+    for (v, want) in [
+        ("-3", json!(-3)),
+        ("1.5", json!(1.5)),
+        ("null", Value::Null),
+        ("lots", json!("lots")),
+    ] {
+        let m = refetch(&c, &start(&format!("bad_count={v}")));
+        assert_eq!(m["output"][0]["count"], want, "{v}");
+    }
+
+    // A partial manifest shows dup_entry, resign and transaction_time as well.
+    let url = format!(
+        "{}/$export?_type=Patient&allowPartialManifests=true",
+        sb.scenario_url("partial;polls=1;dup_entry;resign;transaction_time=t0")
+    );
+    let loc = location(&kickoff(&c, &url));
+    let p: Value = c.get(&loc).send().expect("poll").json().expect("partial");
+    let urls = output_urls(&p);
+    assert_eq!(urls[0], urls[1]);
+    assert!(urls[0].contains("?sig="));
+    assert_eq!(p["transactionTime"], "t0");
+}
+
+#[test]
+fn bom_and_line_faults_over_http() {
+    let sb = auth_sandbox();
+    let c = client();
+    let tok = token(&c, &sb.token_url());
+    let get = |url: &str| -> Vec<u8> {
+        let r = c.get(url).bearer_auth(&tok).send().expect("get");
+        assert!(r.status().is_success(), "{url}: {}", r.status());
+        r.bytes().expect("body").to_vec()
+    };
+    let json_after_bom = |b: &[u8]| -> Value {
+        assert_eq!(&b[..3], b"\xEF\xBB\xBF", "{}", String::from_utf8_lossy(b));
+        serde_json::from_slice(&b[3..]).expect("JSON after the BOM")
+    };
+    let plain_url = format!("{}/$export?_type=Patient", sb.scenario_url("polls=0"));
+    let loc = location(
+        &bulk(c.get(&plain_url))
+            .bearer_auth(&tok)
+            .send()
+            .expect("kick"),
+    );
+    let m: Value = serde_json::from_slice(&get(&loc)).expect("manifest");
+    let plain = get(m["output"][0]["url"].as_str().expect("url"));
+
+    // bom: files (the length counts it), manifests, partial manifests and pages, token and
+    // smart-configuration answers.
+    let scen = "bom;partial;polls=1;page=1;length";
+    let url = format!(
+        "{}/$export?_type=Patient,Encounter,Observation,Condition,MedicationRequest&allowPartialManifests=true",
+        sb.scenario_url(scen)
+    );
+    let loc = location(&bulk(c.get(&url)).bearer_auth(&tok).send().expect("kick"));
+    let p = json_after_bom(&get(&loc));
+    let next = p["link"][0]["url"]
+        .as_str()
+        .expect("partial page")
+        .to_string();
+    json_after_bom(&get(&next));
+    let m = json_after_bom(&get(&loc));
+    let file = m["output"][0]["url"].as_str().expect("url").to_string();
+    let r = c.get(&file).bearer_auth(&tok).send().expect("file");
+    assert_eq!(
+        header(&r, "content-length"),
+        Some((plain.len() + 3).to_string())
+    );
+    let body = r.bytes().expect("body");
+    assert_eq!(&body[..3], b"\xEF\xBB\xBF");
+    assert_eq!(&body[3..], &plain[..]);
+    let r = c
+        .get(&file)
+        .bearer_auth(&tok)
+        .header("Range", "bytes=3-")
+        .send()
+        .expect("range");
+    assert_eq!(r.status().as_u16(), 206);
+    assert_eq!(&r.bytes().expect("body")[..], &plain[..]);
+    if let Some(next) = m["link"][0]["url"].as_str() {
+        json_after_bom(&get(next));
+    }
+    let base = sb.scenario_url("bom");
+    let conf = c
+        .get(format!("{base}/.well-known/smart-configuration"))
+        .send()
+        .expect("conf")
+        .bytes()
+        .expect("body");
+    assert!(json_after_bom(&conf)["token_endpoint"].is_string());
+    let turl = format!("{}/x/bom/auth/token", sb.root_url());
+    let r = jwt_request(&c, &turl, &rs(&claims(&turl)), SCOPE);
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(json_after_bom(&r.bytes().expect("body"))["access_token"].is_string());
+
+    // Line faults.
+    let file_of = |scen: &str| -> Vec<u8> {
+        let url = format!(
+            "{}/$export?_type=Patient",
+            sb.scenario_url(&format!("polls=0;{scen}"))
+        );
+        let loc = location(&bulk(c.get(&url)).bearer_auth(&tok).send().expect("kick"));
+        let m: Value = serde_json::from_slice(&get(&loc)).expect("manifest");
+        get(m["output"][0]["url"].as_str().expect("url"))
+    };
+    let plain_lines: Vec<&[u8]> = plain.split_inclusive(|&b| b == b'\n').collect();
+    let body = file_of("bad_utf8=1");
+    assert!(std::str::from_utf8(&body).is_err());
+    let got: Vec<&[u8]> = body.split_inclusive(|&b| b == b'\n').collect();
+    assert_eq!(got.len(), plain_lines.len() + 1);
+    assert_eq!(got[0], plain_lines[0]);
+    assert_eq!(
+        got[1],
+        &b"{\"resourceType\":\"Basic\",\"id\":\"sandbox-bad-utf8\",\"note\":\"\xFF\xFE\"}\n"[..]
+    );
+    assert_eq!(got[2..], plain_lines[1..]);
+
+    let body = String::from_utf8(file_of("contained_first")).expect("utf8");
+    let plain_text = std::str::from_utf8(&plain).expect("utf8");
+    for (l, p) in body.lines().zip(plain_text.lines()) {
+        assert!(l.starts_with("{\"contained\":[{\"resourceType\":\"Basic\",\"id\":\"sandbox-contained\"}],\"resourceType\":\"Patient\","), "{l}");
+        let (v, w): (Value, Value) = (
+            serde_json::from_str(l).expect("json"),
+            serde_json::from_str(p).expect("json"),
+        );
+        assert_eq!(
+            (&v["resourceType"], &v["id"]),
+            (&w["resourceType"], &w["id"])
+        );
+    }
+    assert_eq!(body.lines().count(), plain_text.lines().count());
+
+    let body = String::from_utf8(file_of("long_line=400:2")).expect("utf8");
+    let got: Vec<&str> = body.lines().collect();
+    assert_eq!(got.len(), plain_text.lines().count() + 2);
+    for (i, k) in [(1, 1), (3, 2)] {
+        let v: Value = serde_json::from_str(got[i]).expect("json");
+        assert_eq!(v["id"], format!("sandbox-long-line-{k}"));
+        assert_eq!(got[i].len(), 400);
+    }
+    let body = String::from_utf8(file_of("long_line=400")).expect("utf8");
+    let v: Value = serde_json::from_str(body.lines().nth(1).expect("line 2")).expect("json");
+    assert_eq!(v["id"], "sandbox-long-line");
+
+    let body = String::from_utf8(file_of("truncate_last=inner")).expect("utf8");
+    let last = body.rsplit('\n').next().expect("last");
+    assert_eq!(
+        last,
+        "{\"resourceType\":\"Observation\",\"id\":\"sandbox-truncated\",\"code\":{\"text\":\"cut\"}"
+    );
+    assert_eq!(last, fhirbulk::sandbox::TRUNCATED_INNER_LINE);
+    let body = String::from_utf8(file_of("truncate_last")).expect("utf8");
+    assert!(body.ends_with(fhirbulk::sandbox::TRUNCATED_LINE));
+}
+
+#[test]
+fn prerendered_files_with_byte_faults_bypass_the_cache() {
+    let pre = Sandbox::start(SandboxOptions {
+        patients: 6,
+        records_per_file: 50,
+        threads: 2,
+        prerender: true,
+        ..SandboxOptions::default()
+    })
+    .expect("sandbox starts");
+    let c = client();
+    let q = "_type=Patient";
+    let file = |scen: &str| {
+        let url = first_file(&c, &pre, scen, q);
+        let (r, a) = get_bytes(&c, &url, &[]);
+        let len = header(&r, "content-length");
+        let (_, b) = get_bytes(&c, &url, &[]);
+        (a, b, len)
+    };
+    let (plain, again, len) = file("");
+    assert_eq!(plain, again);
+    assert_eq!(len, Some(plain.len().to_string()));
+    for scen in [
+        "bom",
+        "contained_first",
+        "bad_utf8=1",
+        "long_line=300:2",
+        "truncate_last=inner",
+    ] {
+        let (a, _, len) = file(scen);
+        assert_ne!(a, plain, "{scen}");
+        assert_eq!(len, Some(a.len().to_string()), "{scen}");
+    }
+    let (a, b, _) = file("change_file");
+    assert_eq!(a, plain);
+    assert_ne!(b, plain);
+    assert_eq!(
+        b.len(),
+        plain.len() + 2 * plain.iter().filter(|&&x| x == b'\n').count()
+    );
+    // The cache still holds the plain bytes.
+    assert_eq!(file("").0, plain);
+}
+
+/// Reads up to `limit` bytes of a body and drops the connection: (bytes, whether it ended).
+fn read_some(r: Response, limit: usize) -> (Vec<u8>, bool) {
+    let mut out = Vec::new();
+    let mut r = r.take(limit as u64 + 1);
+    let _ = r.read_to_end(&mut out);
+    let ended = out.len() <= limit;
+    out.truncate(limit);
+    (out, ended)
+}
+
+#[test]
+fn endless_bodies() {
+    let sb = auth_sandbox();
+    let c = client();
+    let tok = token(&c, &sb.token_url());
+    const LIMIT: usize = 256 * 1024;
+    let check = |r: Response, status: u16, starts: &str, what: &str| {
+        assert_eq!(r.status().as_u16(), status, "{what}");
+        assert!(r.content_length().is_none(), "{what}: chunked");
+        let (body, ended) = read_some(r, LIMIT);
+        assert!(!ended, "{what}: the body never ends");
+        let text = String::from_utf8(body).expect("utf8");
+        assert!(text.starts_with(starts), "{what}: {}", &text[..200]);
+        text
+    };
+    let scen = "endless_body=token,smart_config,metadata,status,manifest,error";
+    let base = sb.scenario_url(&format!("polls=1;{scen}"));
+    let turl = format!("{}/x/polls=1;{scen}/auth/token", sb.root_url());
+    let r = jwt_request(&c, &turl, &rs(&claims(&turl)), SCOPE);
+    check(r, 200, "{\"access_token\":\"xxxxxxxx", "token");
+    let r = c
+        .get(format!("{base}/.well-known/smart-configuration"))
+        .send()
+        .expect("conf");
+    check(
+        r,
+        200,
+        "{\"token_endpoint\":\"http://127.0.0.1:",
+        "smart_config",
+    );
+    let r = c.get(format!("{base}/metadata")).send().expect("metadata");
+    check(
+        r,
+        200,
+        "{\"resourceType\":\"CapabilityStatement\"",
+        "metadata",
+    );
+    // error: the 401 without a token, kickoff=CODE, storm, file_error...
+    let r = kickoff(&c, &format!("{base}/$export"));
+    let t = check(
+        r,
+        401,
+        "{\"resourceType\":\"OperationOutcome\",\"issue\":[{",
+        "401",
+    );
+    assert!(t.contains("\"code\":\"login\""));
+    let loc = location(
+        &bulk(c.get(format!("{base}/$export?_type=Patient")))
+            .bearer_auth(&tok)
+            .send()
+            .expect("kick"),
+    );
+    let r = c.get(&loc).bearer_auth(&tok).send().expect("poll");
+    check(r, 202, "{\"resourceType\":\"OperationOutcome\"", "status");
+    let r = c.get(&loc).bearer_auth(&tok).send().expect("poll");
+    let t = check(r, 200, "{\"transactionTime\":\"", "manifest");
+    let file = t
+        .split("\"url\":\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("a file URL")
+        .to_string();
+    assert!(t.matches(&file).count() > 10, "entries forever");
+    // Files are not affected.
+    let r = c.get(&file).bearer_auth(&tok).send().expect("file");
+    assert_eq!(r.text().expect("body").lines().count(), 3);
+    for (scen, status) in [("kickoff=503", 503), ("storm=1", 429)] {
+        let u = format!(
+            "{}/$export",
+            sb.scenario_url(&format!("endless_body=error;{scen}"))
+        );
+        let r = bulk(c.get(&u)).bearer_auth(&tok).send().expect("kick");
+        check(r, status, "{\"resourceType\":\"OperationOutcome\"", scen);
+    }
+    // A partial manifest in a 202 streams its entries.
+    let u = format!(
+        "{}/$export?_type=Patient,Observation,Condition&allowPartialManifests=true",
+        sb.scenario_url("endless_body=status;partial;polls=1")
+    );
+    let loc = location(&bulk(c.get(&u)).bearer_auth(&tok).send().expect("kick"));
+    let r = c.get(&loc).bearer_auth(&tok).send().expect("poll");
+    let t = check(r, 202, "{\"", "partial");
+    assert!(t.contains("\"output\":[{"));
+    // The workers were freed when the clients went away.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    for _ in 0..4 {
+        let r = c
+            .get(format!("{}/metadata", sb.base_url()))
+            .send()
+            .expect("metadata");
+        assert_eq!(r.status().as_u16(), 200);
+    }
+}
+
+#[test]
+fn auth_discovery_and_error_faults() {
+    let sb = auth_sandbox();
+    let c = client();
+    let turl = |scen: &str| format!("{}/x/{scen}/auth/token", sb.root_url());
+
+    // token_blip: the first token works; then N failures (per sandbox), then success.
+    let u = turl("token_blip=2");
+    assert_eq!(
+        jwt_request(&c, &u, &rs(&claims(&u)), SCOPE)
+            .status()
+            .as_u16(),
+        200
+    );
+    for _ in 0..2 {
+        let r = jwt_request(&c, &u, &rs(&claims(&u)), SCOPE);
+        assert_eq!(header(&r, "retry-after").as_deref(), Some("0"));
+        let (s, e, d) = oauth_err(r);
+        assert_eq!(
+            (s, e.as_str(), d.as_str()),
+            (503, "temporarily_unavailable", "sandbox token_blip")
+        );
+    }
+    assert_eq!(
+        jwt_request(&c, &u, &rs(&claims(&u)), SCOPE)
+            .status()
+            .as_u16(),
+        200
+    );
+    let u2 = turl("token_blip=429:1;error_retry_after=5");
+    assert_eq!(
+        jwt_request(&c, &u2, &rs(&claims(&u2)), SCOPE)
+            .status()
+            .as_u16(),
+        200
+    );
+    assert_eq!(sb.tokens_issued(), 3);
+
+    // token_error_200: the OAuth error with status 200.
+    let u = turl("token_error=invalid_grant;token_error_200");
+    let r = jwt_request(&c, &u, &rs(&claims(&u)), SCOPE);
+    assert_eq!(r.status().as_u16(), 200);
+    let v: Value = r.json().expect("json");
+    assert_eq!(v["error"], "invalid_grant");
+    assert!(v.get("access_token").is_none());
+
+    // discovery_blip: the first N of each discovery document answer 503.
+    let base = sb.scenario_url("discovery_blip=2");
+    for doc in [".well-known/smart-configuration", "metadata"] {
+        for _ in 0..2 {
+            let r = c.get(format!("{base}/{doc}")).send().expect("get");
+            assert_eq!(header(&r, "retry-after").as_deref(), Some("0"), "{doc}");
+            assert_eq!(outcome(r), (503, "transient".into()), "{doc}");
+        }
+        let r = c.get(format!("{base}/{doc}")).send().expect("get");
+        assert_eq!(r.status().as_u16(), 200, "{doc}");
+    }
+
+    // error_retry_after: every 429 and 503, in seconds, dates, epoch or not at all.
+    let plain = sandbox(3, 10);
+    let retry = |scen: &str, status: u16| -> Option<String> {
+        let u = format!(
+            "{}/$export?_type=Patient",
+            plain.scenario_url(&format!("polls=0;{scen}"))
+        );
+        let r = kickoff(&c, &u);
+        if r.status().as_u16() == status {
+            return header(&r, "retry-after");
+        }
+        let loc = location(&r);
+        loop {
+            let r = c.get(&loc).send().expect("poll");
+            match r.status().as_u16() {
+                s if s == status => return header(&r, "retry-after"),
+                200 => {
+                    let m: Value = r.json().expect("manifest");
+                    let f = m["output"][0]["url"].as_str().expect("url").to_string();
+                    let r = c.get(&f).send().expect("file");
+                    assert_eq!(r.status().as_u16(), status, "{scen}");
+                    return header(&r, "retry-after");
+                }
+                _ => {}
+            }
+        }
+    };
+    assert_eq!(
+        retry("storm=1", 429).as_deref(),
+        Some("0"),
+        "unchanged default"
+    );
+    assert_eq!(
+        retry("storm=1;error_retry_after=7", 429).as_deref(),
+        Some("7")
+    );
+    assert_eq!(retry("kickoff=429;error_retry_after=none", 429), None);
+    assert_eq!(
+        retry("kickoff=503;error_retry_after=3", 503).as_deref(),
+        Some("3")
+    );
+    assert_eq!(
+        retry("throttle=1;error_retry_after=9", 429).as_deref(),
+        Some("9")
+    );
+    assert_eq!(retry("file_error=503", 503), None, "unchanged default");
+    let now = unix_now();
+    let epoch: u64 = retry("file_error=503;error_retry_after=epoch", 503)
+        .expect("Retry-After")
+        .parse()
+        .expect("an integer");
+    assert!(epoch > now && epoch <= now + 4, "{epoch} vs {now}");
+    let date = retry("file_error=429;error_retry_after=date", 429).expect("Retry-After");
+    assert!(httpdate::parse_http_date(&date).is_ok(), "{date}");
+    // retry_after=epoch on the 202 answers.
+    let u = format!(
+        "{}/$export",
+        plain.scenario_url("polls=1;retry_after=epoch")
+    );
+    let r = c.get(location(&kickoff(&c, &u))).send().expect("poll");
+    assert_eq!(r.status().as_u16(), 202);
+    let v: u64 = header(&r, "retry-after")
+        .expect("Retry-After")
+        .parse()
+        .expect("integer");
+    assert!(v > now && v <= now + 4);
+    // ... and on token_blip answers (a new sandbox: blips are counted per sandbox).
+    let fresh = auth_sandbox();
+    let u = format!(
+        "{}/x/token_blip=429:1;error_retry_after=11/auth/token",
+        fresh.root_url()
+    );
+    assert_eq!(
+        jwt_request(&c, &u, &rs(&claims(&u)), SCOPE)
+            .status()
+            .as_u16(),
+        200
+    );
+    let r = jwt_request(&c, &u, &rs(&claims(&u)), SCOPE);
+    assert_eq!(header(&r, "retry-after").as_deref(), Some("11"));
+    assert_eq!(r.status().as_u16(), 429);
+
+    // ansi: escapes in front of diagnostics and OAuth error descriptions.
+    const ESC: &str = "\u{1b}[31m\u{1b}]0;sandbox\u{7}";
+    let u = format!("{}/$export", plain.scenario_url("ansi;kickoff=503"));
+    let text = kickoff(&c, &u).text().expect("body");
+    assert!(
+        text.contains("\\u001b[31m\\u001b]0;sandbox\\u0007sandbox forced 503"),
+        "{text}"
+    );
+    let v: Value = serde_json::from_str(&text).expect("json");
+    assert!(v["issue"][0]["diagnostics"]
+        .as_str()
+        .expect("diag")
+        .starts_with(ESC));
+    let u = turl("ansi;token_error=invalid_scope");
+    let (_, _, d) = oauth_err(jwt_request(&c, &u, &rs(&claims(&u)), SCOPE));
+    assert_eq!(d, format!("{ESC}sandbox forced invalid_scope"));
+    let u = format!(
+        "{}/$export?_type=Patient",
+        plain.scenario_url("ansi;polls=0;errors")
+    );
+    let m = manifest(&c, &location(&kickoff(&c, &u)));
+    for issue in lines(&c, m["error"][0]["url"].as_str().expect("url")) {
+        assert!(issue["issue"][0]["diagnostics"]
+            .as_str()
+            .expect("diag")
+            .starts_with(ESC));
     }
 }

@@ -3,7 +3,7 @@
 //! tokens, and request-log redaction.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -73,6 +73,8 @@ pub(crate) struct AuthState {
     jtis: Mutex<HashSet<(String, String)>>,
     pub assertions: Mutex<Vec<Value>>,
     pub issued: AtomicUsize,
+    /// Token requests that met fault `token_blip` after a token was issued (per sandbox).
+    blips: AtomicU64,
 }
 
 /// A token endpoint answer (JSON body).
@@ -81,6 +83,8 @@ pub(crate) struct TokenReply {
     pub body: Value,
     /// Add `WWW-Authenticate: Basic` (401 after a Basic attempt).
     pub basic_challenge: bool,
+    /// A `Retry-After` value (fault `token_blip`).
+    pub retry_after: Option<String>,
 }
 
 fn oauth_error(status: u16, code: &str, desc: impl Into<String>) -> TokenReply {
@@ -88,6 +92,7 @@ fn oauth_error(status: u16, code: &str, desc: impl Into<String>) -> TokenReply {
         status,
         body: json!({"error": code, "error_description": desc.into()}),
         basic_challenge: false,
+        retry_after: None,
     }
 }
 
@@ -200,6 +205,7 @@ impl AuthState {
             jtis: Mutex::new(HashSet::new()),
             assertions: Mutex::new(Vec::new()),
             issued: AtomicUsize::new(0),
+            blips: AtomicU64::new(0),
         }
     }
 
@@ -236,8 +242,27 @@ impl AuthState {
         if let Some(a) = assertion {
             self.assertions.lock().push(decode_unverified(a));
         }
+        if let Some((code, n)) = req.scen.faults.token_blip {
+            // After the first token issued, N failures (counted per sandbox).
+            if self.issued.load(Ordering::SeqCst) > 0
+                && self.blips.fetch_add(1, Ordering::SeqCst) < n
+            {
+                let mut r = oauth_error(code, "temporarily_unavailable", "sandbox token_blip");
+                r.retry_after = match &req.scen.faults.error_retry_after {
+                    Some(ra) => ra.value(),
+                    None => Some("0".into()),
+                };
+                return r;
+            }
+        }
         if let Some(code) = &req.scen.token_error {
-            let status = if code == "invalid_client" { 401 } else { 400 };
+            let status = if req.scen.faults.token_error_200 {
+                200
+            } else if code == "invalid_client" {
+                401
+            } else {
+                400
+            };
             return oauth_error(status, code, format!("sandbox forced {code}"));
         }
         let ct = req
@@ -343,6 +368,7 @@ impl AuthState {
                 "scope": scopes.join(" "),
             }),
             basic_challenge: false,
+            retry_after: None,
         }
     }
 

@@ -3,15 +3,26 @@
 //!
 //! Paths: `/fhir/...` (normal behaviour) and `/x/<scenario>/fhir/...` where
 //! `<scenario>` is a `;`-separated list of `key` / `key=value` switches:
-//! `polls=N`, `retry_after=S|none|date`, `progress=TEXT|none`, `kickoff=CODE`,
-//! `poll=CODE`, `transient=N`, `throttle=N`, `gzip`, `length`, `errors`,
+//! `polls=N`, `retry_after=S|none|date|epoch`, `progress=TEXT|none`, `kickoff=CODE`,
+//! `poll=CODE`, `transient=N`, `throttle=N`, `gzip`, `length`, `chunked`, `errors`,
 //! `deleted=N`, `partial`, `page=N`, `slow=MS`, `status_ct=TYPE`, `bad_manifest`,
 //! `file_ct=TYPE`, and for authorization `token_ttl=S`, `revoke_after=S`,
 //! `no_smart_config`, `token_error=CODE`, `files_elsewhere`, `redirect_files`,
-//! `capability_urls` (unknown keys answer 400). Status URLs are `{prefix}/jobs/{id}`,
-//! manifest pages `{prefix}/jobs/{id}/manifest/{n}`, files
-//! `{prefix}/files/{id}/{n}.ndjson`. Admin endpoints (not logged):
-//! `GET|DELETE /_sandbox/requests`, `GET /_sandbox/truth`.
+//! `capability_urls` (unknown keys answer 400). Fault injection keys (the README's fault
+//! table says what each does; "first request" is per file path): files `drop=BYTES`,
+//! `no_ranges`, `file_error=CODE[:N]`, `storm=N`, `stall=MS`, `corrupt_gzip[=all]`,
+//! `gzip_members=N`, `encoding=NAME`, `stored_gzip`, `short_ranges=BYTES`, `bad_range`,
+//! `etag`, `last_modified`, `change_file`, `close_delimited`, `short_length=BYTES`,
+//! `bad_chunked`, `trickle=MS`, `endless`; file lines `bad_line=N`, `long_line=BYTES[:N]`,
+//! `truncate_last[=inner]`, `bad_utf8=N`, `contained_first`, `bom`; manifests
+//! `foreign_scheme`, `expire_files=N`, `gone_after=N`, `no_output`, `resign`, `reorder`,
+//! `dup_entry`, `refresh_extra`, `refresh_drop`, `page_loop`, `transaction_time=VALUE`,
+//! `bad_count=JSON`; other endpoints `endless_body=WHERE[,WHERE...]`,
+//! `error_retry_after=S|none|date|epoch`, `token_blip=[CODE:]N`, `discovery_blip=N`,
+//! `token_error_200`, `ansi`. Status URLs are `{prefix}/jobs/{id}`, manifest pages
+//! `{prefix}/jobs/{id}/manifest/{n}`, partial manifest pages (`partial` with `page=N`)
+//! `{prefix}/jobs/{id}/partial/{ready}/{n}`, files `{prefix}/files/{id}/{n}.ndjson`.
+//! Admin endpoints (not logged): `GET|DELETE /_sandbox/requests`, `GET /_sandbox/truth`.
 //!
 //! With [`SandboxOptions::auth`] set, the server is also a SMART Backend Services
 //! authorization server: `{base}/.well-known/smart-configuration`, the token
@@ -40,6 +51,8 @@ pub use auth::{SandboxAuth, SandboxClient};
 /// the Unix epoch) and the day count of a civil date (proleptic Gregorian), for tools built on
 /// the sandbox such as the `fhirbulk` command.
 pub use data::{days_from_civil, instant};
+/// The lines some fault scenarios put into output files (README, "The sandbox server").
+pub use faults::{BAD_LINE, BAD_UTF8_LINE, TRUNCATED_INNER_LINE, TRUNCATED_LINE};
 use server::Shared;
 
 /// Sandbox configuration.

@@ -178,6 +178,11 @@ pub trait LineSource: Send {
     fn next_line(&mut self, out: &mut String) -> bool;
 }
 
+/// Produces the lines of a file as bytes (line faults can write bytes that are not UTF-8).
+pub trait ByteLineSource: Send {
+    fn next_line(&mut self, out: &mut Vec<u8>) -> bool;
+}
+
 pub struct PartSource {
     sel: Arc<Selection>,
     mode: Mode,
@@ -321,6 +326,47 @@ impl<S: LineSource> Read for LinesReader<S> {
             }
         }
         let bytes = &self.buf.as_bytes()[self.pos..];
+        let n = bytes.len().min(out.len());
+        out[..n].copy_from_slice(&bytes[..n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Adapts a [`ByteLineSource`] to `Read`, like [`LinesReader`] (the path of files with line
+/// faults; files without them keep the `String` path).
+pub struct ByteLinesReader<S> {
+    src: S,
+    buf: Vec<u8>,
+    pos: usize,
+    stop: Arc<AtomicBool>,
+}
+
+impl<S: ByteLineSource> ByteLinesReader<S> {
+    pub fn new(src: S, stop: Arc<AtomicBool>) -> Self {
+        ByteLinesReader {
+            src,
+            buf: Vec::with_capacity(CHUNK + 4096),
+            pos: 0,
+            stop,
+        }
+    }
+}
+
+impl<S: ByteLineSource> Read for ByteLinesReader<S> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.pos >= self.buf.len() {
+            if self.stop.load(Ordering::Relaxed) {
+                return Err(stopping());
+            }
+            self.buf.clear();
+            self.pos = 0;
+            while self.buf.len() < CHUNK && self.src.next_line(&mut self.buf) {}
+            if self.buf.is_empty() {
+                return Ok(0);
+            }
+        }
+        let bytes = &self.buf[self.pos..];
         let n = bytes.len().min(out.len());
         out[..n].copy_from_slice(&bytes[..n]);
         self.pos += n;

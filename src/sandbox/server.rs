@@ -6,22 +6,28 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use flate2::read::GzEncoder;
-use flate2::Compression;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 use tiny_http::{Header, Request, Response, ResponseBox, StatusCode};
 
 use super::auth::{self, AuthState, Bearer, TokenRequest};
 use super::data::{self, TYPES};
-use super::faults::{self, Endless, FaultLines, Stall};
+use super::faults::{
+    self, Codec, Encode, Endless, FaultLines, Framing, LineFaults, RawResponse, Stall, Trickle,
+};
 use super::params::{parse_export, ApiError, Level, Selection};
-use super::plan::{self, DeletedSource, LinesReader, Part, PartSource, Skip, Slow, VecSource};
-use super::scenario::{RetryAfter, Scenario};
+use super::plan::{
+    self, ByteLinesReader, DeletedSource, LineSource, LinesReader, Part, PartSource, Skip, Slow,
+    VecSource,
+};
+use super::scenario::Scenario;
 use super::{LoggedRequest, SandboxOptions, TruthQuery};
 
 const MAX_BODY: u64 = 4 << 20;
 const FHIR_JSON: &str = "application/fhir+json";
+/// `Last-Modified` of representation r (faults `last_modified`, `change_file`): this many
+/// seconds since the Unix epoch (2024-01-01T00:00:00Z), plus r.
+const VALIDATOR_BASE_SECS: u64 = 1_704_067_200;
 
 pub(crate) struct Shared {
     pub root: String,
@@ -163,11 +169,28 @@ impl Job {
     }
 }
 
+/// What a reply is, for the faults that change some kinds of answers (`bom`, `endless_body`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Other,
+    Metadata,
+    SmartConfig,
+    /// Any answer of the token endpoint.
+    Token,
+    /// A 202 "in progress" status answer (with a partial manifest or not).
+    Working,
+    /// The complete manifest (status 200 or a page of it).
+    Manifest,
+    /// A page of a partial manifest.
+    PartialPage,
+}
+
 /// A small fully-buffered reply.
 struct Reply {
     status: u16,
     headers: Vec<(&'static str, String)>,
     body: Vec<u8>,
+    kind: Kind,
 }
 
 impl Reply {
@@ -176,7 +199,12 @@ impl Reply {
             status,
             headers: Vec::new(),
             body: Vec::new(),
+            kind: Kind::Other,
         }
+    }
+    fn kind(mut self, kind: Kind) -> Self {
+        self.kind = kind;
+        self
     }
     fn body(mut self, content_type: &str, body: impl Into<Vec<u8>>) -> Self {
         self.headers
@@ -269,6 +297,8 @@ enum Route {
     Kickoff(Level),
     Status(u64),
     Page(u64, usize),
+    /// `jobs/{id}/partial/{ready}/{page}`: a page of a partial manifest.
+    Partial(u64, usize, usize),
     File(u64, usize),
     AdminRequests,
     AdminTruth,
@@ -318,6 +348,10 @@ fn parse_route(rest: &str, prefixed: bool) -> Route {
         ["jobs", id] => id.parse().map_or(Route::Unknown, Route::Status),
         ["jobs", id, "manifest", page] => match (id.parse(), page.parse()) {
             (Ok(id), Ok(page)) => Route::Page(id, page),
+            _ => Route::Unknown,
+        },
+        ["jobs", id, "partial", ready, page] => match (id.parse(), ready.parse(), page.parse()) {
+            (Ok(id), Ok(ready), Ok(page)) => Route::Partial(id, ready, page),
             _ => Route::Unknown,
         },
         ["files", id, name] => {
@@ -505,7 +539,7 @@ pub(crate) fn handle(sh: &Shared, mut req: Request) {
     let capability = file_scen.as_ref().is_some_and(|s| s.capability_urls);
     let redirect = file_scen.as_ref().is_some_and(|s| s.redirect_files);
     let protected = match route {
-        Route::Kickoff(_) | Route::Status(_) | Route::Page(..) => true,
+        Route::Kickoff(_) | Route::Status(_) | Route::Page(..) | Route::Partial(..) => true,
         Route::File(..) => !capability,
         _ => false,
     };
@@ -563,7 +597,7 @@ pub(crate) fn handle(sh: &Shared, mut req: Request) {
             None => dispatch(sh, &ctx, route),
         },
     };
-    respond(req, resp, sh.port);
+    respond(req, finish(sh, &scen, resp), sh.port);
 }
 
 /// The object store listener: files only, no authorization, and any
@@ -579,10 +613,10 @@ pub(crate) fn handle_store(sh: &Shared, mut req: Request) {
             "Authorization header must not reach the object store",
         )
         .into(),
-        Err(msg) => oo(400, "invalid", &msg).into(),
-        Ok(ctx) => match route {
+        Err(ref msg) => oo(400, "invalid", msg).into(),
+        Ok(ref ctx) => match route {
             Route::File(id, n) if matches!(ctx.method.as_str(), "GET" | "HEAD") => {
-                file(sh, &ctx, id, n)
+                file(sh, ctx, id, n)
             }
             Route::File(..) => oo(
                 405,
@@ -598,6 +632,10 @@ pub(crate) fn handle_store(sh: &Shared, mut req: Request) {
             .into(),
         },
     };
+    let resp = match &ctx {
+        Ok(c) => finish(sh, &c.scen, resp),
+        Err(_) => resp,
+    };
     respond(req, resp, sh.store_port);
 }
 
@@ -610,6 +648,20 @@ fn dispatch(sh: &Shared, ctx: &Ctx, route: Route) -> Out {
             &format!("method {m} not allowed here"),
         )
     };
+    if matches!(route, Route::Metadata | Route::SmartConfig) && ctx.scen.faults.discovery_blip > 0 {
+        let n = ctx.scen.faults.discovery_blip;
+        let path = ctx.raw_url.split('?').next().unwrap_or_default();
+        let k = sh.count(format!("discovery {path}"));
+        if k <= n {
+            return oo(
+                503,
+                "transient",
+                &format!("sandbox fault discovery_blip: request {k} of {n} failing"),
+            )
+            .header("Retry-After", "0")
+            .into();
+        }
+    }
     let reply = match route {
         Route::Metadata if m == "GET" || m == "HEAD" => metadata(sh, ctx),
         Route::SmartConfig if m == "GET" || m == "HEAD" => smart_config(sh, ctx),
@@ -624,6 +676,7 @@ fn dispatch(sh: &Shared, ctx: &Ctx, route: Route) -> Out {
             None => oo(404, "not-found", &format!("unknown export job {id}")),
         },
         Route::Page(id, page) if m == "GET" => manifest_page(sh, id, page),
+        Route::Partial(id, ready, page) if m == "GET" => partial_page(sh, id, ready, page),
         Route::File(id, n) if m == "GET" || m == "HEAD" => return file(sh, ctx, id, n),
         Route::AdminRequests if m == "GET" => match serde_json::to_string(&*sh.log.lock()) {
             Ok(s) => Reply::new(200).body("application/json", s),
@@ -673,14 +726,18 @@ fn metadata(sh: &Shared, ctx: &Ctx) -> Reply {
     if sh.auth.is_some() {
         cs["rest"][0]["security"]["extension"] = auth::oauth_uris(&sh.token_url(&ctx.prefix));
     }
-    Reply::new(200).body(FHIR_JSON, cs.to_string())
+    Reply::new(200)
+        .body(FHIR_JSON, cs.to_string())
+        .kind(Kind::Metadata)
 }
 
 fn smart_config(sh: &Shared, ctx: &Ctx) -> Reply {
     match &sh.auth {
         Some(a) if !ctx.scen.no_smart_config => {
             let doc = auth::smart_configuration(a.cfg(), &sh.token_url(&ctx.prefix));
-            Reply::new(200).body("application/json", doc.to_string())
+            Reply::new(200)
+                .body("application/json", doc.to_string())
+                .kind(Kind::SmartConfig)
         }
         _ => oo(404, "not-found", "no SMART configuration here"),
     }
@@ -706,7 +763,11 @@ fn token(sh: &Shared, ctx: &Ctx) -> Reply {
     let mut reply = Reply::new(r.status)
         .body("application/json", r.body.to_string())
         .header("Cache-Control", "no-store")
-        .header("Pragma", "no-cache");
+        .header("Pragma", "no-cache")
+        .kind(Kind::Token);
+    if let Some(ra) = r.retry_after {
+        reply = reply.header("Retry-After", ra);
+    }
     if r.basic_challenge {
         reply = reply.header("WWW-Authenticate", "Basic realm=\"fhirbulk-sandbox\"");
     }
@@ -830,14 +891,16 @@ fn kickoff(sh: &Shared, ctx: &Ctx, level: Level) -> Reply {
     let mut errors: Vec<String> = req
         .ignored
         .iter()
-        .map(|m| oo_json("information", "informational", m))
+        .map(|m| oo_json("information", "informational", &ctx.scen.faults.diag(m)))
         .collect();
     if ctx.scen.errors {
         for n in 1..=2 {
             errors.push(oo_json(
                 "error",
                 "processing",
-                &format!("sandbox simulated error {n} of 2 while exporting Observation/obs-{n}-0"),
+                &ctx.scen.faults.diag(&format!(
+                    "sandbox simulated error {n} of 2 while exporting Observation/obs-{n}-0"
+                )),
             ));
         }
     }
@@ -866,7 +929,12 @@ fn kickoff(sh: &Shared, ctx: &Ctx, level: Level) -> Reply {
         prefix: ctx.prefix.clone(),
         scen: ctx.scen.clone(),
         request_url: format!("{}{}", sh.root, ctx.raw_url),
-        transaction_time: now_instant(),
+        transaction_time: ctx
+            .scen
+            .faults
+            .transaction_time
+            .clone()
+            .unwrap_or_else(now_instant),
         separate,
         partial: req.allow_partial && ctx.scen.partial,
         organized: req.organize,
@@ -882,7 +950,8 @@ fn kickoff(sh: &Shared, ctx: &Ctx, level: Level) -> Reply {
     Reply::new(202).header("Content-Location", location)
 }
 
-fn file_url(sh: &Shared, job: &Job, n: usize) -> String {
+/// The URL of file `n` (1-based) in a manifest; `sig`: fault `resign`.
+fn file_url(sh: &Shared, job: &Job, n: usize, sig: Option<&str>) -> String {
     let root = if job.scen.files_elsewhere {
         &sh.store_root
     } else {
@@ -892,41 +961,144 @@ fn file_url(sh: &Shared, job: &Job, n: usize) -> String {
     if job.scen.faults.foreign_scheme {
         url = url.replacen("http://", "ftp://", 1);
     }
+    let mut query = Vec::new();
     if job.scen.faults.expire_files.is_some() {
-        url.push_str(&format!("?g={}", job.generation.load(Ordering::SeqCst)));
+        query.push(format!("g={}", job.generation.load(Ordering::SeqCst)));
+    }
+    if let Some(sig) = sig {
+        query.push(format!("sig={sig}"));
+    }
+    if !query.is_empty() {
+        url.push('?');
+        url.push_str(&query.join("&"));
     }
     url
 }
 
-/// Manifest listing files `range` (0-based indices), with an optional next page.
-fn manifest(
-    sh: &Shared,
-    job: &Job,
-    range: std::ops::Range<usize>,
-    next_page: Option<usize>,
-) -> String {
+/// One entry of a manifest's listing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Entry {
+    /// A file of the job (0-based index).
+    File(usize),
+    /// Fault `refresh_extra`: an output entry for a file number the job does not have.
+    Missing,
+}
+
+fn is_output(job: &Job, i: usize) -> bool {
+    matches!(job.files.get(i).map(|f| &f.kind), Some(FileKind::Output(_)))
+}
+
+/// Fault `dup_entry`: the first output entry twice.
+fn dup_first_output(job: &Job, entries: &mut Vec<Entry>) {
+    if !job.scen.faults.dup_entry {
+        return;
+    }
+    if let Some(p) = entries
+        .iter()
+        .position(|e| matches!(*e, Entry::File(i) if is_output(job, i)))
+    {
+        entries.insert(p + 1, entries[p]);
+    }
+}
+
+/// What the complete manifest served as number `generation` (1: the first) lists, in order.
+fn complete_entries(job: &Job, generation: u64) -> Vec<Entry> {
+    let fl = &job.scen.faults;
+    let later = generation >= 2;
+    let mut idx: Vec<usize> = (0..job.files.len()).collect();
+    if later && fl.refresh_drop {
+        if let Some(p) = idx.iter().position(|&i| is_output(job, i)) {
+            idx.remove(p);
+        }
+    }
+    if later && fl.reorder {
+        idx.reverse();
+    }
+    let mut entries: Vec<Entry> = idx.into_iter().map(Entry::File).collect();
+    if later && fl.refresh_extra && (0..job.files.len()).any(|i| is_output(job, i)) {
+        entries.insert(0, Entry::Missing);
+    }
+    dup_first_output(job, &mut entries);
+    entries
+}
+
+/// What a partial manifest with the first `ready` files lists.
+fn partial_entries(job: &Job, ready: usize) -> Vec<Entry> {
+    let mut entries: Vec<Entry> = (0..ready.min(job.files.len())).map(Entry::File).collect();
+    dup_first_output(job, &mut entries);
+    entries
+}
+
+/// Page `page` (1-based) of `entries` in pages of `size` → (the page, whether more follow).
+fn page_of(entries: &[Entry], size: Option<usize>, page: usize) -> Option<(&[Entry], bool)> {
+    let size = size.unwrap_or(usize::MAX).max(1);
+    let pages = entries.len().div_ceil(size).max(1);
+    if page == 0 || page > pages {
+        return None;
+    }
+    let start = (page - 1).saturating_mul(size);
+    let end = start.saturating_add(size).min(entries.len());
+    Some((&entries[start..end], page < pages))
+}
+
+/// A manifest document listing `entries`, with an optional `next` link.
+fn manifest(sh: &Shared, job: &Job, entries: &[Entry], next: Option<String>) -> String {
+    let fl = &job.scen.faults;
+    // resign: one fresh signature per file and document (a duplicate entry shares its twin's).
+    let mut sigs: HashMap<usize, String> = HashMap::new();
+    let mut url_of = |n: usize| {
+        let sig = fl
+            .resign
+            .then(|| sigs.entry(n).or_insert_with(auth::random_hex).clone());
+        file_url(sh, job, n, sig.as_deref())
+    };
+    let first_output = job.files.iter().find_map(|f| match &f.kind {
+        FileKind::Output(p) => Some((p, f.count)),
+        _ => None,
+    });
     let (mut output, mut error, mut deleted) = (Vec::new(), Vec::new(), Vec::new());
-    for n in range {
-        let Some(f) = job.files.get(n) else { break };
-        let url = file_url(sh, job, n + 1);
-        match &f.kind {
-            FileKind::Output(p) => {
-                let mut e = json!({"url": url, "count": f.count});
+    for entry in entries {
+        let (n, count, p) = match *entry {
+            Entry::File(i) => {
+                let Some(f) = job.files.get(i) else { continue };
+                let p = match &f.kind {
+                    FileKind::Output(p) => Some(p),
+                    _ => None,
+                };
+                (i + 1, f.count, p)
+            }
+            Entry::Missing => {
+                let Some((p, count)) = first_output else {
+                    continue;
+                };
+                (job.files.len() + 1, count, Some(p))
+            }
+        };
+        let url = url_of(n);
+        let kind = match *entry {
+            Entry::File(i) => &job.files[i].kind,
+            Entry::Missing => &job.files[0].kind,
+        };
+        match (kind, p) {
+            (FileKind::Output(_), Some(p)) => {
+                let count = fl.bad_count.clone().unwrap_or_else(|| json!(count));
+                let mut e = json!({"url": url, "count": count});
                 if job.organized {
-                    if p.continues {
-                        e["continuesInFile"] = json!(file_url(sh, job, n + 2));
+                    if p.continues && *entry != Entry::Missing {
+                        e["continuesInFile"] = json!(url_of(n + 1));
                     }
                 } else if let plan::Mode::Type(t) = p.mode {
                     e["type"] = json!(TYPES[t]);
                 }
                 output.push(e);
             }
-            FileKind::Error(_) => {
-                error.push(json!({"type": "OperationOutcome", "url": url, "count": f.count}))
+            (FileKind::Error(_), _) => {
+                error.push(json!({"type": "OperationOutcome", "url": url, "count": count}))
             }
-            FileKind::Deleted(_) => {
-                deleted.push(json!({"type": "Bundle", "url": url, "count": f.count}))
+            (FileKind::Deleted(_), _) => {
+                deleted.push(json!({"type": "Bundle", "url": url, "count": count}))
             }
+            _ => {}
         }
     }
     let mut m = json!({
@@ -940,8 +1112,8 @@ fn manifest(
     if job.organized {
         m["outputOrganizedBy"] = json!("Patient");
     }
-    if let Some(p) = next_page {
-        m["link"] = json!([{"relation": "next", "url": format!("{}{}/jobs/{}/manifest/{}", sh.root, job.prefix, job.id, p)}]);
+    if let Some(url) = next {
+        m["link"] = json!([{"relation": "next", "url": url}]);
     }
     m.to_string()
 }
@@ -953,22 +1125,35 @@ fn manifest_ct(job: &Job) -> String {
         .unwrap_or_else(|| "application/json".into())
 }
 
-/// Page `page` (1-based) of the final manifest, or None when out of range.
+/// Page `page` (1-based) of the complete manifest, or None when out of range.
 fn paged_manifest(sh: &Shared, job: &Job, page: usize) -> Option<String> {
-    let total = job.files.len();
-    let size = job.scen.page.unwrap_or(usize::MAX).max(1);
-    let pages = total.div_ceil(size).max(1);
-    if page == 0 || page > pages {
-        return None;
-    }
-    let start = (page - 1).saturating_mul(size);
-    let end = start.saturating_add(size).min(total);
-    Some(manifest(
-        sh,
-        job,
-        start..end,
-        (page < pages).then_some(page + 1),
-    ))
+    let entries = complete_entries(job, job.generation.load(Ordering::SeqCst));
+    let (slice, more) = page_of(&entries, job.scen.page, page)?;
+    let base = format!("{}{}/jobs/{}/manifest", sh.root, job.prefix, job.id);
+    let next = if more {
+        Some(format!("{base}/{}", page + 1))
+    } else if job.scen.faults.page_loop {
+        Some(format!("{base}/1"))
+    } else {
+        None
+    };
+    Some(manifest(sh, job, slice, next))
+}
+
+/// Page `page` (1-based) of the partial manifest listing the first `ready` files.
+fn paged_partial(sh: &Shared, job: &Job, ready: usize, page: usize) -> Option<String> {
+    let entries = partial_entries(job, ready);
+    let (slice, more) = page_of(&entries, job.scen.page, page)?;
+    let next = more.then(|| {
+        format!(
+            "{}{}/jobs/{}/partial/{ready}/{}",
+            sh.root,
+            job.prefix,
+            job.id,
+            page + 1
+        )
+    });
+    Some(manifest(sh, job, slice, next))
 }
 
 fn status(sh: &Shared, id: u64) -> Reply {
@@ -1008,7 +1193,9 @@ fn status(sh: &Shared, id: u64) -> Reply {
                 body = m.to_string();
             }
         }
-        Reply::new(200).body(&manifest_ct(&job), body)
+        Reply::new(200)
+            .body(&manifest_ct(&job), body)
+            .kind(Kind::Manifest)
     };
     if job.separate {
         reply
@@ -1023,23 +1210,19 @@ fn status(sh: &Shared, id: u64) -> Reply {
 fn working(sh: &Shared, job: &Job, w: u64) -> Reply {
     let polls = job.scen.polls.saturating_add(1);
     let pct = (u128::from(w) * 100 / u128::from(polls)) as u64;
-    let mut reply = Reply::new(202);
+    let mut reply = Reply::new(202).kind(Kind::Working);
     match &job.scen.progress {
         None => reply = reply.header("X-Progress", format!("Processing: {pct}%")),
         Some(t) if t.is_empty() => {}
         Some(t) => reply = reply.header("X-Progress", t.clone()),
     }
-    match job.scen.retry_after {
-        RetryAfter::Secs(s) => reply = reply.header("Retry-After", s.to_string()),
-        RetryAfter::Omit => {}
-        RetryAfter::Date => {
-            let at = SystemTime::now() + Duration::from_secs(2);
-            reply = reply.header("Retry-After", httpdate::fmt_http_date(at));
-        }
+    if let Some(v) = job.scen.retry_after.value() {
+        reply = reply.header("Retry-After", v);
     }
     if job.partial {
         let ready = (job.files.len() as u128 * u128::from(w) / u128::from(polls)) as usize;
-        reply = reply.body(&manifest_ct(job), manifest(sh, job, 0..ready, None));
+        let body = paged_partial(sh, job, ready, 1).unwrap_or_default();
+        reply = reply.body(&manifest_ct(job), body);
     }
     reply
 }
@@ -1060,47 +1243,101 @@ fn manifest_page(sh: &Shared, id: u64, page: usize) -> Reply {
         );
     }
     match paged_manifest(sh, &job, page) {
-        Some(body) => Reply::new(200).body(&manifest_ct(&job), body),
+        Some(body) => Reply::new(200)
+            .body(&manifest_ct(&job), body)
+            .kind(Kind::Manifest),
         None => oo(404, "not-found", &format!("no manifest page {page}")),
+    }
+}
+
+/// `GET {prefix}/jobs/{id}/partial/{ready}/{page}`: a page of a partial manifest (while the
+/// job runs and after).
+fn partial_page(sh: &Shared, id: u64, ready: usize, page: usize) -> Reply {
+    let Some(job) = sh.job(id) else {
+        return oo(
+            404,
+            "not-found",
+            &format!("unknown or deleted export job {id}"),
+        );
+    };
+    if !job.partial || ready > job.files.len() {
+        return oo(
+            404,
+            "not-found",
+            &format!("no partial manifest with {ready} files"),
+        );
+    }
+    match paged_partial(sh, &job, ready, page) {
+        Some(body) => Reply::new(200)
+            .body(&manifest_ct(&job), body)
+            .kind(Kind::PartialPage),
+        None => oo(
+            404,
+            "not-found",
+            &format!("no partial manifest page {page}"),
+        ),
     }
 }
 
 type BoxRead = Box<dyn Read + Send>;
 
-fn file_reader(sh: &Shared, job: &Job, f: &FileEntry) -> BoxRead {
+/// A file's lines with line faults, as bytes.
+fn fault_reader(src: impl LineSource + 'static, lf: LineFaults, stop: Arc<AtomicBool>) -> BoxRead {
+    Box::new(ByteLinesReader::new(FaultLines::new(src, lf), stop))
+}
+
+/// The bytes of a file as served in representation `rep` (1: the original; fault
+/// `change_file` serves 2 after the first request), before any content coding.
+fn file_reader(sh: &Shared, job: &Job, f: &FileEntry, rep: u32) -> BoxRead {
     let stop = Arc::clone(&sh.stop);
     let fl = &job.scen.faults;
     match &f.kind {
         FileKind::Output(_) if fl.endless => Box::new(Endless::new(stop)),
         FileKind::Output(p) => {
             let src = PartSource::new(Arc::clone(&job.sel), p);
-            if fl.bad_line.is_some() || fl.long_line.is_some() || fl.truncate_last {
-                Box::new(LinesReader::new(FaultLines::new(src, fl), stop))
-            } else if let Some(bytes) = rendered(sh, job, f) {
+            let lf = LineFaults::output(fl, rep);
+            let body: BoxRead = if lf.any() {
+                fault_reader(src, lf, stop)
+            } else if let Some(bytes) = rendered(sh, job, f, rep) {
                 Box::new(Cursor::new(ArcBytes(bytes)))
+            } else {
+                Box::new(LinesReader::new(src, stop))
+            };
+            if fl.bom {
+                Box::new(Cursor::new(faults::BOM).chain(body))
+            } else {
+                body
+            }
+        }
+        FileKind::Error(lines) => {
+            let src = VecSource::new(Arc::clone(lines));
+            let lf = LineFaults::other(fl, rep);
+            if lf.any() {
+                fault_reader(src, lf, stop)
             } else {
                 Box::new(LinesReader::new(src, stop))
             }
         }
-        FileKind::Error(lines) => {
-            Box::new(LinesReader::new(VecSource::new(Arc::clone(lines)), stop))
+        FileKind::Deleted(n) => {
+            let src = DeletedSource::new(*n);
+            let lf = LineFaults::other(fl, rep);
+            if lf.any() {
+                fault_reader(src, lf, stop)
+            } else {
+                Box::new(LinesReader::new(src, stop))
+            }
         }
-        FileKind::Deleted(n) => Box::new(LinesReader::new(DeletedSource::new(*n), stop)),
     }
 }
 
-/// With `prerender`, an output file (without line faults) rendered once and kept in memory.
-fn rendered(sh: &Shared, job: &Job, f: &FileEntry) -> Option<Arc<[u8]>> {
+/// With `prerender`, an output file rendered once and kept in memory; None when the file as
+/// served (representation `rep`) is not the plain rendering (line faults, `bom`, `endless`).
+fn rendered(sh: &Shared, job: &Job, f: &FileEntry, rep: u32) -> Option<Arc<[u8]>> {
     let fl = &job.scen.faults;
     let FileKind::Output(p) = &f.kind else {
         return None;
     };
-    if !sh.prerender
-        || fl.endless
-        || fl.bad_line.is_some()
-        || fl.long_line.is_some()
-        || fl.truncate_last
-    {
+    if !sh.prerender || fl.endless || fl.bom || LineFaults::output(fl, rep).any() {
         return None;
     }
     let key = format!("{} {:?} {:?} {}", job.render_key, p.mode, p.start, p.count);
@@ -1162,20 +1399,32 @@ fn parse_range(h: Option<String>, total: impl Fn() -> u64) -> RangeReq {
     }
 }
 
+/// RFC 9110 §13.1.5: whether an `If-Range` value names the current representation (strong
+/// comparison for entity tags, an exact match for dates).
+fn if_range_matches(value: &str, etag: Option<&str>, last_modified: Option<&str>) -> bool {
+    let v = value.trim();
+    if v.starts_with('"') {
+        return etag == Some(v);
+    }
+    if v.starts_with("W/") {
+        return false;
+    }
+    match (last_modified, httpdate::parse_http_date(v)) {
+        (Some(lm), Ok(t)) => httpdate::parse_http_date(lm).ok() == Some(t),
+        _ => false,
+    }
+}
+
 fn count_bytes(mut r: impl Read) -> u64 {
     io::copy(&mut r, &mut io::sink()).unwrap_or(0)
 }
 
-/// What a handler answers: a response, or (fault `drop`) a response cut off mid-body.
+/// What a handler answers: a buffered reply (still subject to [`finish`]), a streamed
+/// response, or a response the sandbox writes itself (faults that break HTTP framing).
 enum Out {
+    Reply(Reply),
     Resp(ResponseBox),
-    Cut {
-        status: u16,
-        headers: Vec<(&'static str, String)>,
-        body: BoxRead,
-        total: u64,
-        cut: u64,
-    },
+    Raw(RawResponse),
 }
 
 impl From<ResponseBox> for Out {
@@ -1186,22 +1435,126 @@ impl From<ResponseBox> for Out {
 
 impl From<Reply> for Out {
     fn from(r: Reply) -> Self {
-        Out::Resp(r.into_response())
+        Out::Reply(r)
     }
 }
 
 fn respond(req: Request, out: Out, local_port: u16) {
     match out {
+        Out::Reply(r) => {
+            let _ = req.respond(r.into_response());
+        }
         Out::Resp(r) => {
             let _ = req.respond(r);
         }
-        Out::Cut {
-            status,
-            headers,
-            body,
-            total,
-            cut,
-        } => faults::send_cut(req, local_port, status, &headers, body, total, cut),
+        Out::Raw(r) => faults::send_raw(req, local_port, r),
+    }
+}
+
+/// The content coding of a file response.
+struct Coding {
+    /// None: the plain bytes.
+    codec: Option<Codec>,
+    /// The `Content-Encoding` value.
+    label: String,
+    /// Chosen from `Accept-Encoding` (plain `gzip` scenario), not forced by a fault.
+    negotiated: bool,
+}
+
+/// The coding of a file response (None: no `Content-Encoding`).
+fn coding(sc: &Scenario, ctx: &Ctx) -> Option<Coding> {
+    let fl = &sc.faults;
+    let forced = fl.encoding.as_deref();
+    if fl.stored_gzip {
+        let label = forced
+            .filter(|l| matches!(*l, "gzip" | "x-gzip"))
+            .unwrap_or("gzip");
+        return Some(Coding {
+            codec: Some(Codec::Gzip),
+            label: label.into(),
+            negotiated: false,
+        });
+    }
+    if let Some(name) = forced {
+        let codec = match name {
+            "deflate" => Some(Codec::Zlib),
+            "raw-deflate" => Some(Codec::RawDeflate),
+            "identity" => None,
+            _ => Some(Codec::Gzip),
+        };
+        let label = if name == "raw-deflate" {
+            "deflate"
+        } else {
+            name
+        };
+        return Some(Coding {
+            codec,
+            label: label.into(),
+            negotiated: false,
+        });
+    }
+    let gzip = sc.gzip
+        && ctx
+            .header("accept-encoding")
+            .is_some_and(|a| a.to_ascii_lowercase().contains("gzip"));
+    gzip.then(|| Coding {
+        codec: Some(Codec::Gzip),
+        label: "gzip".into(),
+        negotiated: true,
+    })
+}
+
+/// The bytes of one file response before framing: representation, then content coding.
+struct FileBody<'a> {
+    sh: &'a Shared,
+    job: &'a Job,
+    f: &'a FileEntry,
+    rep: u32,
+    codec: Option<Codec>,
+    members: u64,
+    plain_len: std::cell::OnceCell<u64>,
+    coded_len: std::cell::OnceCell<u64>,
+}
+
+impl FileBody<'_> {
+    fn plain(&self) -> BoxRead {
+        file_reader(self.sh, self.job, self.f, self.rep)
+    }
+    fn plain_len(&self) -> u64 {
+        *self
+            .plain_len
+            .get_or_init(|| match rendered(self.sh, self.job, self.f, self.rep) {
+                Some(b) => b.len() as u64,
+                None => count_bytes(self.plain()),
+            })
+    }
+    /// The body as sent (coded when there is a codec).
+    fn read(&self) -> BoxRead {
+        match self.codec {
+            None => self.plain(),
+            Some(c) => {
+                let members = if c == Codec::Gzip && self.members > 1 {
+                    faults::split_even(self.plain_len(), self.members)
+                } else {
+                    Vec::new()
+                };
+                Box::new(Encode::new(self.plain(), c, members))
+            }
+        }
+    }
+    /// The length of [`FileBody::read`] when it was computed already.
+    fn len_if_known(&self) -> Option<u64> {
+        match self.codec {
+            None => self.plain_len.get().copied(),
+            Some(_) => self.coded_len.get().copied(),
+        }
+    }
+    /// The length of [`FileBody::read`].
+    fn len(&self) -> u64 {
+        match self.codec {
+            None => self.plain_len(),
+            Some(_) => *self.coded_len.get_or_init(|| count_bytes(self.read())),
+        }
     }
 }
 
@@ -1260,101 +1613,191 @@ fn file(sh: &Shared, ctx: &Ctx, id: u64, n: usize) -> Out {
             return r.into();
         }
     }
+    let first = attempt == 1;
+    let rep: u32 = if fl.change_file && !first { 2 } else { 1 };
     let ct = sc
         .file_ct
         .clone()
         .unwrap_or_else(|| "application/fhir+ndjson".into());
-    let gzip = sc.gzip
-        && ctx
-            .header("accept-encoding")
-            .is_some_and(|a| a.to_ascii_lowercase().contains("gzip"));
     let endless = fl.endless && matches!(f.kind, FileKind::Output(_));
-    let first = attempt == 1;
-    let mut headers = vec![("Content-Type", ct)];
-    let total = std::cell::OnceCell::new();
-    let total_len = || {
-        *total.get_or_init(|| match rendered(sh, &job, f) {
-            Some(b) => b.len() as u64,
-            None => count_bytes(file_reader(sh, &job, f)),
-        })
+    let coding = if endless { None } else { coding(sc, ctx) };
+    let codec = coding.as_ref().and_then(|c| c.codec);
+    let body = FileBody {
+        sh,
+        job: &job,
+        f,
+        rep,
+        codec,
+        members: fl.gzip_members.unwrap_or(1),
+        plain_len: std::cell::OnceCell::new(),
+        coded_len: std::cell::OnceCell::new(),
     };
-    let (status, body, len): (u16, BoxRead, Option<u64>) = if endless {
-        (200, file_reader(sh, &job, f), None)
-    } else if gzip {
-        headers.push(("Content-Encoding", "gzip".into()));
-        headers.push(("Vary", "Accept-Encoding".into()));
-        let gz = || GzEncoder::new(file_reader(sh, &job, f), Compression::fast());
+    let mut headers = vec![("Content-Type", ct)];
+    if let Some(c) = &coding {
+        headers.push(("Content-Encoding", c.label.clone()));
+        if c.negotiated {
+            headers.push(("Vary", "Accept-Encoding".into()));
+        }
+    }
+    let validators = fl.validators() && !endless;
+    let etag = (validators && fl.etag).then(|| match &coding {
+        Some(c) if c.codec.is_some() => format!("\"f{id}-{n}-r{rep}-{}\"", c.label),
+        _ => format!("\"f{id}-{n}-r{rep}\""),
+    });
+    let last_modified = (validators && fl.last_modified).then(|| {
+        httpdate::fmt_http_date(
+            UNIX_EPOCH + Duration::from_secs(VALIDATOR_BASE_SECS + u64::from(rep)),
+        )
+    });
+    if let Some(e) = &etag {
+        headers.push(("ETag", e.clone()));
+    }
+    if let Some(lm) = &last_modified {
+        headers.push(("Last-Modified", lm.clone()));
+    }
+    // Body bytes to send before the connection is shut down (`drop`; under
+    // `close_delimited` also `short_length`).
+    let mut cut: Option<u64> = None;
+    // (status, body, Content-Length, bytes the body holds when known).
+    let (status, reader, len, size): (u16, BoxRead, Option<u64>, Option<u64>) = if endless {
+        (200, body.plain(), None, None)
+    } else if codec.is_some() && !fl.stored_gzip {
         let corrupt = match fl.corrupt_gzip {
             Some(all) => all || first,
             None => false,
         };
         if corrupt {
             // Half the compressed stream, then a clean end of the HTTP body.
-            let half = count_bytes(gz()) / 2;
-            (200, Box::new(gz().take(half)), None)
+            let half = body.len() / 2;
+            (200, Box::new(body.read().take(half)), None, Some(half))
+        } else if let (Some(s), true) = (fl.short_length, first) {
+            let n = s.min(body.len());
+            if fl.close_delimited {
+                cut = Some(n);
+            }
+            (200, Box::new(body.read().take(n)), Some(n), Some(n))
         } else {
-            let len = sc.length.then(|| count_bytes(gz()));
-            (200, Box::new(gz()), len)
+            if let (Some(at), true, true) = (fl.drop, first, fl.close_delimited) {
+                cut = Some(at.min(body.len().saturating_sub(1)));
+            }
+            let len = sc.length.then(|| body.len());
+            (200, body.read(), len, len)
         }
     } else {
-        let range = if fl.no_ranges {
-            RangeReq::None
-        } else {
+        // Identity bodies, and stored gzip objects (ranges over the compressed bytes).
+        let ranges = !fl.no_ranges;
+        if ranges {
             headers.push(("Accept-Ranges", "bytes".into()));
-            parse_range(ctx.header("range"), total_len)
+        }
+        let mut range = if ranges {
+            parse_range(ctx.header("range"), || body.len())
+        } else {
+            RangeReq::None
         };
+        if validators && !matches!(range, RangeReq::None) {
+            if let Some(ir) = ctx.header("if-range") {
+                if !if_range_matches(&ir, etag.as_deref(), last_modified.as_deref()) {
+                    range = RangeReq::None;
+                }
+            }
+        }
+        if fl.bad_range && !matches!(range, RangeReq::None) && body.len() > 0 {
+            range = RangeReq::Ok(0, body.len() - 1);
+        }
         match range {
             RangeReq::Unsatisfiable => {
                 return Reply::new(416)
-                    .header("Content-Range", format!("bytes */{}", total_len()))
+                    .header("Content-Range", format!("bytes */{}", body.len()))
                     .into();
             }
-            RangeReq::Ok(first, last) => {
-                headers.push((
-                    "Content-Range",
-                    format!("bytes {first}-{last}/{}", total_len()),
-                ));
-                let body: BoxRead =
-                    Box::new(Skip::new(file_reader(sh, &job, f), first).take(last - first + 1));
-                (206, body, Some(last - first + 1))
+            RangeReq::Ok(a, mut b) => {
+                if let Some(max) = fl.short_ranges {
+                    b = b.min(a.saturating_add(max - 1));
+                }
+                headers.push(("Content-Range", format!("bytes {a}-{b}/{}", body.len())));
+                let n = b - a + 1;
+                (
+                    206,
+                    Box::new(Skip::new(body.read(), a).take(n)),
+                    Some(n),
+                    Some(n),
+                )
             }
             RangeReq::None => {
+                let total = body.len_if_known();
                 if let (Some(at), true) = (fl.drop, first) {
-                    let total = total_len();
+                    let total = body.len();
                     if total > 1 {
-                        return Out::Cut {
-                            status: 200,
-                            headers,
-                            body: file_reader(sh, &job, f),
-                            total,
-                            cut: at.min(total - 1),
-                        };
+                        cut = Some(at.min(total - 1));
                     }
+                    let len = (!fl.close_delimited).then_some(total);
+                    (200, body.read(), len, Some(total))
+                } else if let (Some(s), true) = (fl.short_length, first) {
+                    let n = s.min(body.len());
+                    if fl.close_delimited {
+                        cut = Some(n);
+                    }
+                    (200, Box::new(body.read().take(n)), Some(n), Some(n))
+                } else {
+                    // Pre-rendered files have a known length, as files on object stores do.
+                    let len = ((sc.length || fl.drop.is_some() || sh.prerender || fl.stored_gzip)
+                        && !sc.chunked)
+                        .then(|| body.len());
+                    (200, body.read(), len, len.or(total))
                 }
-                // Pre-rendered files have a known length, as files on object stores do.
-                let len = ((sc.length || fl.drop.is_some() || sh.prerender) && !sc.chunked)
-                    .then(total_len);
-                (200, file_reader(sh, &job, f), len)
             }
         }
     };
-    let body: BoxRead = if fl.stall_ms > 0 && first {
-        let at = if gzip || endless {
+    let coded = codec.is_some();
+    // A `drop` cut (Content-Length framing) is neither stalled nor slowed, as before.
+    let dropped = cut.is_some() && !fl.close_delimited;
+    let reader: BoxRead = if fl.stall_ms > 0 && first && !dropped {
+        let at = if coded || endless {
             1024
         } else {
-            total_len() / 2
+            body.plain_len() / 2
         };
-        Box::new(Stall::new(body, at, fl.stall_ms, Arc::clone(&sh.stop)))
+        Box::new(Stall::new(reader, at, fl.stall_ms, Arc::clone(&sh.stop)))
     } else {
-        body
+        reader
     };
-    let body: BoxRead = if sc.slow_ms > 0 {
-        Box::new(Slow::new(body, sc.slow_ms, Arc::clone(&sh.stop)))
+    let reader: BoxRead = if sc.slow_ms > 0 && !dropped {
+        Box::new(Slow::new(reader, sc.slow_ms, Arc::clone(&sh.stop)))
     } else {
-        body
+        reader
     };
+    let size = || size.unwrap_or_else(|| if endless { 2048 } else { body.len() });
+    let trickle = fl.trickle_ms.filter(|_| first);
+    let reader: BoxRead = match trickle {
+        Some(ms) => {
+            let at = if coded || endless { 1024 } else { size() / 2 };
+            Box::new(Trickle::new(reader, at, ms, Arc::clone(&sh.stop)))
+        }
+        None => reader,
+    };
+    let framing = if fl.close_delimited {
+        Some(Framing::Close)
+    } else if fl.bad_chunked {
+        Some(Framing::Chunked)
+    } else if cut.is_some() || trickle.is_some() {
+        Some(len.map_or(Framing::Chunked, Framing::Length))
+    } else {
+        None
+    };
+    if let Some(framing) = framing {
+        let bad_chunk_at = (framing == Framing::Chunked && fl.bad_chunked).then(|| size() / 2);
+        return Out::Raw(RawResponse {
+            status,
+            headers,
+            body: reader,
+            framing,
+            cut,
+            bad_chunk_at,
+            head_only: ctx.method == "HEAD",
+        });
+    }
     let len = len.and_then(|l| usize::try_from(l).ok());
-    let mut resp = Response::new(StatusCode(status), Vec::new(), body, len, None);
+    let mut resp = Response::new(StatusCode(status), Vec::new(), reader, len, None);
     if len.is_some() {
         resp = resp.with_chunked_threshold(usize::MAX);
     }
@@ -1364,6 +1807,164 @@ fn file(sh: &Shared, ctx: &Ctx, id: u64, n: usize) -> Out {
         }
     }
     Out::Resp(resp.boxed())
+}
+
+/// Scenario-wide faults on buffered replies: `ansi`, `error_retry_after`, `endless_body`,
+/// `bom`.
+fn finish(sh: &Shared, scen: &Scenario, out: Out) -> Out {
+    let Out::Reply(mut r) = out else {
+        return out;
+    };
+    let fl = &scen.faults;
+    // Under separate-export-status the real status is in X-Export-Status.
+    let status = r
+        .headers
+        .iter()
+        .find(|(k, _)| *k == "X-Export-Status")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(r.status);
+    if fl.ansi {
+        if let Some(b) = ansi_body(&r.body) {
+            r.body = b;
+        }
+    }
+    if let Some(ra) = &fl.error_retry_after {
+        if status == 429 || status == 503 {
+            r.headers.retain(|(k, _)| *k != "Retry-After");
+            if let Some(v) = ra.value() {
+                r.headers.push(("Retry-After", v));
+            }
+        }
+    }
+    let e = &fl.endless_body;
+    let endless = match r.kind {
+        Kind::Token => e.token && status == 200,
+        Kind::SmartConfig => e.smart_config,
+        Kind::Metadata => e.metadata,
+        Kind::Working => e.status,
+        Kind::Manifest => e.manifest,
+        Kind::Other | Kind::PartialPage => false,
+    } || (e.error && status >= 400);
+    let bom = fl.bom
+        && match r.kind {
+            Kind::Manifest | Kind::PartialPage | Kind::Token | Kind::SmartConfig => true,
+            Kind::Working => !r.body.is_empty(),
+            Kind::Other | Kind::Metadata => false,
+        };
+    if endless {
+        return Out::Resp(endless_reply(sh, r, bom, status));
+    }
+    if bom {
+        r.body.splice(0..0, faults::BOM.iter().copied());
+    }
+    Out::Reply(r)
+}
+
+/// Fault `ansi`: the body with the escapes in front of every OperationOutcome `diagnostics`
+/// and OAuth `error_description`; None when there are none.
+fn ansi_body(body: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(body).ok()?;
+    if !text.contains("\"diagnostics\"") && !text.contains("\"error_description\"") {
+        return None;
+    }
+    let mut v: Value = serde_json::from_str(text).ok()?;
+    let prefix = |s: &mut Value| {
+        if let Some(t) = s.as_str() {
+            *s = Value::String(format!("{}{t}", super::scenario::ANSI_PREFIX));
+        }
+    };
+    if v["resourceType"] == "OperationOutcome" {
+        for issue in v["issue"].as_array_mut()? {
+            if let Some(d) = issue.get_mut("diagnostics") {
+                prefix(d);
+            }
+        }
+    } else if let Some(d) = v.get_mut("error_description") {
+        prefix(d);
+    }
+    Some(v.to_string().into_bytes())
+}
+
+/// Fault `endless_body`: the reply with a body that starts like it and never ends.
+fn endless_reply(sh: &Shared, r: Reply, bom: bool, status: u16) -> ResponseBox {
+    let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+    let s = |x: &Value| x.to_string();
+    let (head, unit): (String, String) = match r.kind {
+        Kind::Token if status < 400 => ("{\"access_token\":\"".into(), "x".into()),
+        Kind::SmartConfig if status < 400 => (
+            format!(
+                "{{\"token_endpoint\":{},\"grant_types_supported\":[\"client_credentials\"],\"scopes_supported\":[",
+                s(&v["token_endpoint"])
+            ),
+            "\"system/*.read\",".into(),
+        ),
+        Kind::Metadata if status < 400 => (
+            "{\"resourceType\":\"CapabilityStatement\",\"status\":\"active\",\"kind\":\"instance\",\"fhirVersion\":\"4.0.1\",\"format\":[\"json\"],\"rest\":[{\"mode\":\"server\",\"resource\":[".into(),
+            "{\"type\":\"Patient\",\"operation\":[{\"name\":\"export\"}]},".into(),
+        ),
+        Kind::Manifest if status < 400 => manifest_head(sh, &v),
+        Kind::Working if status < 400 && v.get("output").is_some() => manifest_head(sh, &v),
+        Kind::Working if status < 400 => (
+            "{\"resourceType\":\"OperationOutcome\",\"issue\":[".into(),
+            "{\"severity\":\"information\",\"code\":\"informational\",\"diagnostics\":\"in progress\"},".into(),
+        ),
+        _ => {
+            let (code, diag) = if v["resourceType"] == "OperationOutcome" {
+                (
+                    v["issue"][0]["code"].clone(),
+                    v["issue"][0]["diagnostics"].clone(),
+                )
+            } else {
+                (v["error"].clone(), v["error_description"].clone())
+            };
+            let code = if code.is_string() { code } else { json!("exception") };
+            let diag = if diag.is_string() { diag } else { json!("sandbox endless error") };
+            (
+                "{\"resourceType\":\"OperationOutcome\",\"issue\":[".into(),
+                format!(
+                    "{{\"severity\":\"error\",\"code\":{},\"diagnostics\":{}}},",
+                    s(&code),
+                    s(&diag)
+                ),
+            )
+        }
+    };
+    let mut head = head.into_bytes();
+    if bom {
+        head.splice(0..0, faults::BOM.iter().copied());
+    }
+    let body = Endless::with(head, unit.into_bytes(), Arc::clone(&sh.stop));
+    let mut resp = Response::new(StatusCode(r.status), Vec::new(), body, None, None);
+    for (k, v) in r.headers {
+        if let Ok(h) = Header::from_bytes(k.as_bytes(), v.as_bytes()) {
+            resp.add_header(h);
+        }
+    }
+    resp.boxed()
+}
+
+/// `endless_body` of a manifest: its members (transactionTime first), then `"output":[` and
+/// its first entry repeated forever.
+fn manifest_head(sh: &Shared, v: &Value) -> (String, String) {
+    let unit = v["output"].get(0).cloned().unwrap_or_else(
+        || json!({"type": "Patient", "url": format!("{}/files/0/1.ndjson", sh.root), "count": 1}),
+    );
+    // {"transactionTime":…, the other members…, "output":[ entries forever
+    let mut rest = v.clone();
+    let mut head = String::from("{");
+    if let Some(o) = rest.as_object_mut() {
+        if let Some(t) = o.remove("transactionTime") {
+            head.push_str(&format!("\"transactionTime\":{t},"));
+        }
+        for k in ["output", "error", "deleted", "link"] {
+            o.remove(k);
+        }
+        for (k, x) in o.iter() {
+            head.push_str(&format!("{}:{x},", Value::String(k.clone())));
+        }
+    }
+    head.push_str("\"output\":[");
+    (head, format!("{unit},"))
 }
 
 /// Fault `storm`: the first N requests of each endpoint answer 429.
@@ -1514,6 +2115,79 @@ mod tests {
             parse_route("/_sandbox/truth", true),
             Route::Unknown
         ));
+    }
+
+    #[test]
+    fn partial_page_route() {
+        assert!(matches!(
+            parse_route("/jobs/3/partial/12/2", true),
+            Route::Partial(3, 12, 2)
+        ));
+        assert!(matches!(
+            parse_route("/jobs/3/partial/x/2", true),
+            Route::Unknown
+        ));
+    }
+
+    #[test]
+    fn if_range() {
+        let lm = "Mon, 01 Jan 2024 00:00:01 GMT";
+        assert!(if_range_matches("\"f1-1-r1\"", Some("\"f1-1-r1\""), None));
+        assert!(!if_range_matches("\"f1-1-r2\"", Some("\"f1-1-r1\""), None));
+        // Strong comparison: a weak tag never matches.
+        assert!(!if_range_matches(
+            "W/\"f1-1-r1\"",
+            Some("\"f1-1-r1\""),
+            None
+        ));
+        assert!(if_range_matches(lm, None, Some(lm)));
+        // The same instant in the obsolete RFC 850 form is still exactly that date.
+        assert!(if_range_matches(
+            "Monday, 01-Jan-24 00:00:01 GMT",
+            None,
+            Some(lm)
+        ));
+        assert!(!if_range_matches(
+            "Mon, 01 Jan 2024 00:00:02 GMT",
+            None,
+            Some(lm)
+        ));
+        assert!(!if_range_matches(lm, Some("\"f1-1-r1\""), None));
+        assert!(!if_range_matches("\"f1-1-r1\"", None, Some(lm)));
+        assert!(!if_range_matches("garbage", Some("\"x\""), Some(lm)));
+    }
+
+    #[test]
+    fn pages() {
+        let e: Vec<Entry> = (0..5).map(Entry::File).collect();
+        let (p, more) = page_of(&e, Some(2), 1).expect("page 1");
+        assert_eq!((p, more), (&e[0..2], true));
+        let (p, more) = page_of(&e, Some(2), 3).expect("page 3");
+        assert_eq!((p, more), (&e[4..5], false));
+        assert!(page_of(&e, Some(2), 4).is_none());
+        assert!(page_of(&e, Some(2), 0).is_none());
+        let (p, more) = page_of(&e, None, 1).expect("one page");
+        assert_eq!((p.len(), more), (5, false));
+        let (p, more) = page_of(&[], Some(2), 1).expect("an empty manifest has page 1");
+        assert_eq!((p.len(), more), (0, false));
+    }
+
+    #[test]
+    fn ansi_in_outcomes_and_oauth_errors() {
+        let body = oo_json("error", "processing", "boom").into_bytes();
+        let v: Value = serde_json::from_slice(&ansi_body(&body).expect("changed")).expect("json");
+        assert_eq!(
+            v["issue"][0]["diagnostics"].as_str(),
+            Some(format!("{}boom", super::super::scenario::ANSI_PREFIX).as_str())
+        );
+        let body = br#"{"error":"invalid_grant","error_description":"no"}"#;
+        let out = ansi_body(body).expect("changed");
+        let text = String::from_utf8(out).expect("utf8");
+        assert!(
+            text.contains("\\u001b[31m\\u001b]0;sandbox\\u0007no"),
+            "{text}"
+        );
+        assert!(ansi_body(br#"{"output":[]}"#).is_none());
     }
 
     #[test]
