@@ -2,7 +2,7 @@
  * bench/consumer.c: the C consumer of the benchmark (bench/run.py builds and runs it).
  *
  *   consumer BASE_URL [--api batch|record] [--validate] [--concurrency N] [--slow-mbps N]
- *            [--chunk-bytes N] [--buffer-chunks N]
+ *            [--chunk-bytes N] [--buffer-chunks N] [--type TYPE]
  *
  * Runs a system-level export of BASE_URL through libfhirbulk's C ABI and touches every byte of
  * every record (a running sum the compiler cannot drop). With --slow-mbps the consumer paces
@@ -53,7 +53,7 @@ static void pace(double start, uint64_t bytes, double mbps) {
 
 static int usage(void) {
     fprintf(stderr, "usage: consumer BASE_URL [--api batch|record] [--validate] [--concurrency N] "
-                    "[--slow-mbps N] [--chunk-bytes N] [--buffer-chunks N]\n");
+                    "[--slow-mbps N] [--chunk-bytes N] [--buffer-chunks N] [--type TYPE]\n");
     return 2;
 }
 
@@ -62,6 +62,7 @@ int main(int argc, char **argv) {
     const char *base = argv[1];
     int per_record = 0, validate = 0, concurrency = 4;
     long chunk_bytes = 0, buffer_chunks = 0;
+    const char *type = NULL;
     double slow_mbps = 0;
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "--api") && i + 1 < argc) {
@@ -74,18 +75,23 @@ int main(int argc, char **argv) {
             chunk_bytes = atol(argv[++i]);
         } else if (!strcmp(argv[i], "--buffer-chunks") && i + 1 < argc) {
             buffer_chunks = atol(argv[++i]);
+        } else if (!strcmp(argv[i], "--type") && i + 1 < argc) {
+            type = argv[++i];
         } else if (!strcmp(argv[i], "--slow-mbps") && i + 1 < argc) {
             slow_mbps = atof(argv[++i]);
         } else {
             return usage();
         }
     }
-    char config[1024], extra[128] = "";
+    char config[1024], extra[256] = "";
     if (chunk_bytes > 0)
         snprintf(extra, sizeof extra, ",\"chunk_bytes\":%ld", chunk_bytes);
     if (buffer_chunks > 0)
         snprintf(extra + strlen(extra), sizeof extra - strlen(extra), ",\"buffer_chunks\":%ld",
                  buffer_chunks);
+    if (type)
+        snprintf(extra + strlen(extra), sizeof extra - strlen(extra), ",\"types\":[\"%s\"]",
+                 type);
     snprintf(config, sizeof config,
              "{\"base_url\":\"%s\",\"poll_min_ms\":10,\"concurrency\":%d,\"validate_json\":%s%s}",
              base, concurrency, validate ? "true" : "false", extra);

@@ -23,6 +23,8 @@ What it does, on this machine (the sandbox server runs here too, on 127.0.0.1):
      with the manifest; the consumer notes when the first record arrived);
    - peak RSS of a deliberately slow C consumer (--slow-mbps) for two export sizes four times
      apart (fresh sandboxes, files rendered on the fly): memory must not grow with size;
+   - peak RSS with long lines: 24 lines of --long-line-mb MB in one file, and one such line in
+     each of 24 files (4 downloads at once); and a gzip-encoded export (the engine decodes);
    - Python (bench/python_bench.py) raw and parsed iteration next to plain Python reading the
      local files, and Java (bench/java_bench.sh) iteration as String next to a pure-Java read
      of the local files (skipped with --skip-python / --skip-java or when not available).
@@ -186,6 +188,7 @@ def main() -> int:
     ap.add_argument("--slow-mbps", type=float, default=150, help="pace of the slow consumer (MB/s)")
     ap.add_argument("--runs", type=int, default=3, help="best of N for the throughput rows")
     ap.add_argument("--records-per-file", type=int, default=20000)
+    ap.add_argument("--long-line-mb", type=float, default=40, help="size of the long lines (MB)")
     ap.add_argument("--smoke", action="store_true",
                     help="a few seconds: 10 MB, RSS at 5 and 20 MB, one run, debug build")
     ap.add_argument("--debug", action="store_true", help="use the debug build (target/debug)")
@@ -198,7 +201,7 @@ def main() -> int:
     a = ap.parse_args()
     if a.smoke:
         a.gb, a.rss_gb, a.runs, a.debug = 0.01, (0.005, 0.02), 1, True
-        a.slow_mbps, a.records_per_file = 20, 1000
+        a.slow_mbps, a.records_per_file, a.long_line_mb = 20, 1000, 1
 
     target = Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
     if not target.is_absolute():
@@ -295,6 +298,10 @@ def main() -> int:
                               "curl_cpu_s_per_gb": (cc["user_s"] + cc["sys_s"]) / (total / 1e9),
                               "fhirbulk": c_row("fhirbulk C, chunked", rc, total / cc["seconds"])}
         rows.append(results["chunked"]["fhirbulk"])
+        # Content-Encoding: gzip, decoded by the engine (the sandbox compresses on the fly, on
+        # the same cores: a lower bound).
+        rows.append(c_row("fhirbulk C, gzip (decoded)",
+                          check(consumer_run(consumer, sb.base("polls=0;gzip"))), curl_bps))
 
         # 3c. Python and Java, against the same pre-rendered export and local files
         if not a.skip_python:
@@ -318,6 +325,24 @@ def main() -> int:
                     "maxrss_mb": r["maxrss_kb"] / 1024})
         log(f"slow consumer, {r['bytes'] / 1e9:.2f} GB: peak RSS {r['maxrss_kb'] / 1024:.1f} MB")
     results["rss_slow_consumer"] = rss
+
+    # 3e. memory with long lines (files rendered on the fly)
+    long_bytes = int(a.long_line_mb * 1e6)
+    long_rows = []
+    for name, patients, rpf, scenario in [
+        ("24 long lines in one file", 30, 1000, f"polls=0;long_line={long_bytes}:24"),
+        ("one long line in each of 24 files", 240, 10, f"polls=0;long_line={long_bytes}"),
+    ]:
+        s = Sandbox(sandbox_bin, patients, rpf, prerender=False)
+        try:
+            r = consumer_run(consumer, s.base(scenario), "--type", "Patient")
+        finally:
+            s.stop()
+        long_rows.append({"name": name, "line_mb": a.long_line_mb, "records": r["records"],
+                          "gb": r["bytes"] / 1e9, "seconds": r["seconds"],
+                          "maxrss_mb": r["maxrss_kb"] / 1024})
+        log(f"long lines, {name}: peak RSS {r['maxrss_kb'] / 1024:.1f} MB")
+    results["rss_long_lines"] = long_rows
     results["rows"] = rows
 
     print_table(results)
@@ -375,6 +400,9 @@ def print_table(res: dict) -> None:
         print(f"Manifest to first record: {fr['min']:.1f} ms (best), {fr['max']:.1f} ms (worst)")
     for r in res["rss_slow_consumer"]:
         print(f"Slow consumer ({res['config']['slow_mbps']:.0f} MB/s), {r['gb']:.2f} GB export: "
+              f"peak RSS {r['maxrss_mb']:.1f} MB")
+    for r in res.get("rss_long_lines", []):
+        print(f"Long lines of {r['line_mb']:.0f} MB, {r['name']} ({r['gb']:.2f} GB): "
               f"peak RSS {r['maxrss_mb']:.1f} MB")
     py = res.get("python")
     if py:

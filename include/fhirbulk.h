@@ -45,7 +45,7 @@
 /**
  * ABI version of this header and library; bindings check that both agree.
  */
-#define FHIRBULK_ABI_VERSION 1
+#define FHIRBULK_ABI_VERSION 2
 
 /**
  * Record from a manifest `output` file.
@@ -142,6 +142,20 @@ typedef struct FhirbulkProgress {
    * The server's last `X-Progress` text, NUL-terminated, truncated to fit.
    */
   char server_progress[128];
+  /**
+   * While the export waits more than 2 s (a `Retry-After`, a backoff, the time between
+   * status polls): when the wait ends, in milliseconds since the Unix epoch; else 0.
+   */
+  int64_t wait_until_ms;
+  /**
+   * Warnings so far (`export_warnings_json`): a manifest listing a file twice, a `count`
+   * that is not a number, a `Retry-After` clamped, ...
+   */
+  uint32_t warnings;
+  /**
+   * What the wait is for (what the server answered), NUL-terminated, truncated; else empty.
+   */
+  char wait_reason[128];
 } FhirbulkProgress;
 
 /**
@@ -416,6 +430,16 @@ size_t export_checkpoint(const struct FhirbulkExport *h, char *buf, size_t buf_l
  * `buf` is NULL or valid for `buf_len` bytes.
  */
 size_t export_checkpoint_unread(const struct FhirbulkExport *h, size_t unread, char *buf, size_t buf_len);
+
+/**
+ * The warnings so far as a JSON array of strings, oldest first (at most 100; `warnings` of
+ * `export_poll` counts them all): what the engine noticed and worked around, such as a
+ * manifest listing a file twice or a `Retry-After` that had to be clamped.
+ *
+ * # Safety
+ * `buf` is NULL or valid for `buf_len` bytes.
+ */
+size_t export_warnings_json(const struct FhirbulkExport *h, char *buf, size_t buf_len);
 
 /**
  * The files known so far as JSON, in `file_index` order:

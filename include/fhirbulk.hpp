@@ -34,7 +34,7 @@
 namespace fhirbulk {
 
 using Status = FhirbulkStatus;      // FHIRBULK_OK, FHIRBULK_RECORD, ..., FHIRBULK_ERR_*
-using Progress = FhirbulkProgress;  // state (FHIRBULK_STATE_*), files, bytes, server_progress, ...
+using Progress = FhirbulkProgress;  // state (FHIRBULK_STATE_*), files, bytes, server_progress, wait_*, ...
 
 /// The library's version ("0.1.0"); FHIRBULK_VERSION is the header's.
 inline const char *version() noexcept { return fhirbulk_version(); }
@@ -282,6 +282,12 @@ public:
     std::string files() const {
         return detail::read_text(
             [this](char *b, std::size_t n) { return export_files_json(h_, b, n); });
+    }
+    /// The warnings so far as a JSON array of strings ("[]" when none): a manifest listing a
+    /// file twice, a `count` that is not a number, a Retry-After clamped, ...
+    std::string warnings() const {
+        return detail::read_text(
+            [this](char *b, std::size_t n) { return export_warnings_json(h_, b, n); });
     }
     /// A checkpoint of exactly the records pulled so far (the current one included), to pass
     /// later as the config's "resume". "" before the kick-off answered. Consuming thread only.

@@ -318,6 +318,8 @@ impl Config {
 
     /// Parse and validate a JSON config document.
     pub fn from_json(json: &str) -> Result<Config> {
+        // A config file saved by a Windows editor may start with a byte order mark.
+        let json = json.strip_prefix('\u{feff}').unwrap_or(json);
         let mut de = serde_json::Deserializer::from_str(json);
         let c: Config = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             // The path names the key ("level", "auth.type", "types[0]"); serde's text says

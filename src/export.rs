@@ -1125,7 +1125,7 @@ impl Pages {
         };
         if !self.seen.insert(next.clone()) {
             return Err(Error::protocol(format!(
-                "the manifest's link \"next\" points back to a page already fetched; its pages go round in a circle (after {} pages)",
+                "the manifest's link \"next\" points back to a page already fetched: its pages repeat (after {} pages)",
                 self.seen.len()
             ))
             .with_url(&next));

@@ -271,6 +271,12 @@ fn content_range(h: &HeaderMap) -> Option<(u64, u64, Option<u64>)> {
     (b >= a && total.map_or(true, |t| b < t)).then_some((a, b, total))
 }
 
+/// The length a 416 names: `Content-Range: bytes */N`.
+fn unsatisfied_total(h: &HeaderMap) -> Option<u64> {
+    let v = h.get(CONTENT_RANGE)?.to_str().ok()?.trim();
+    v.strip_prefix("bytes */")?.trim().parse().ok()
+}
+
 fn header_str(h: &HeaderMap, name: reqwest::header::HeaderName) -> Option<String> {
     h.get(name)?.to_str().ok().map(|s| s.trim().to_owned())
 }
@@ -524,9 +530,10 @@ impl<'a> Remote<'a> {
                 Err(Interrupt::Restart)
             }
             _ => {
-                // 416: nothing from this offset. The end when the length says so (or when
-                // nothing said a length), else the file shrank: read it again.
-                if rep.total.map_or(true, |t| self.offset >= t) {
+                // 416: nothing from this offset. The end only when the length says so (the
+                // known one, or the `bytes */N` of this answer); else the file is read again.
+                let total = rep.total.or_else(|| unsatisfied_total(h));
+                if total == Some(self.offset) {
                     self.ended = true;
                     Ok(())
                 } else {
@@ -686,5 +693,7 @@ mod tests {
             h.insert(CONTENT_RANGE, HeaderValue::from_static(v));
             assert_eq!(content_range(&h), want, "{v}");
         }
+        h.insert(CONTENT_RANGE, HeaderValue::from_static("bytes */4096"));
+        assert_eq!(unsatisfied_total(&h), Some(4096));
     }
 }

@@ -145,12 +145,15 @@ impl Budget {
                     } else {
                         "poll_max_ms"
                     };
-                    let note = format!(
+                    let mut note = format!(
                         "the server asked to wait {} s (Retry-After {}); waiting {} s ({why})",
                         ra.wait.as_secs(),
                         ra.raw,
                         cap.as_secs()
                     );
+                    if let Some(n) = &ra.note {
+                        note = format!("{n}; {note}");
+                    }
                     (cap, Some(note))
                 } else {
                     (ra.wait, ra.note.clone())

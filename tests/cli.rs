@@ -610,3 +610,176 @@ fn auth_failure_is_exit_3_and_never_prints_the_secret() {
     assert!(!all.contains("right-secret-4711"), "secret leaked");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Servers that misbehave at the byte level: what lands in the files is exactly the truth,
+/// each record in the file of its type.
+#[test]
+fn misbehaving_servers_leave_exactly_the_truth_in_the_files() {
+    let sb = sandbox(30, 25);
+    let want = truth(&sb, "g1", TYPES, None);
+    for (i, scenario) in [
+        "gzip;gzip_members=3",
+        "encoding=x-gzip;gzip_members=2",
+        "stored_gzip;drop=1500",
+        "drop=3000;short_ranges=1000",
+        "drop=3000;bad_range",
+        "drop=3000;change_file",
+        "drop=3000;expire_files=1;reorder;resign",
+        "truncate_last=inner",
+        "close_delimited;drop=3000",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let out = tempdir(&format!("hostile-{i}"));
+        let base = sb.scenario_url(&format!("retry_after=0;{scenario}"));
+        let o = run(export_cmd(&base, &out).args([
+            "--group",
+            "g1",
+            "--type",
+            TYPES,
+            "--on-invalid-line",
+            "skip",
+            "-q",
+        ]));
+        assert_eq!(o.status.code(), Some(0), "{scenario}: {}", text(&o.stderr));
+        assert_eq!(ids_by_type(&out), want, "{scenario}");
+        let skipped = out.join("error/fhirbulk-skipped-lines.ndjson");
+        assert_eq!(
+            skipped.exists(),
+            scenario.starts_with("truncate_last"),
+            "{scenario}: error records only for cut lines"
+        );
+        let _ = std::fs::remove_dir_all(&out);
+    }
+}
+
+#[test]
+fn error_classes_and_escaped_server_text_on_the_command_line() {
+    let sb = sandbox(10, 25);
+    let dir = tempdir("classes");
+    // A broken uncompressed transfer is a network error: exit 5.
+    let base = sb.scenario_url("retry_after=0;bad_chunked");
+    let o = run(export_cmd(&base, &dir.join("chunked")).args([
+        "-g",
+        "g1",
+        "-t",
+        "Patient",
+        "--retry-max-attempts",
+        "2",
+    ]));
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o.stderr));
+    // Terminal escapes from the server are shown escaped.
+    let base = sb.scenario_url("kickoff=400;ansi");
+    let o = run(export_cmd(&base, &dir.join("ansi")).args(["-g", "g1", "--json"]));
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o.stderr));
+    for (name, bytes) in [("stderr", &o.stderr), ("stdout", &o.stdout)] {
+        assert!(
+            !bytes.contains(&0x1b) && !bytes.contains(&0x07),
+            "{name}: raw escapes"
+        );
+    }
+    assert!(
+        text(&o.stderr).contains("\\u{1b}[31m"),
+        "{}",
+        text(&o.stderr)
+    );
+    // A manifest listing a file twice: downloaded once, a warning on stderr and in the log.
+    let base = sb.scenario_url("retry_after=0;dup_entry");
+    let out = dir.join("dup");
+    let o = run(export_cmd(&base, &out).args(["-g", "g1", "-t", "Patient"]));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("more than once"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert_eq!(ids_by_type(&out), truth(&sb, "g1", "Patient", None));
+    assert!(read_log(&out).iter().any(|e| e["eventId"] == "warning"
+        && e["eventDetail"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("more than once")));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn since_auto_never_keeps_or_trips_over_a_bad_transaction_time() {
+    let sb = sandbox(10, 25);
+    let dir = tempdir("badtt");
+    let state = dir.join("state.json");
+    let auto = |scenario: &str, out: &str| {
+        let base = sb.scenario_url(&format!("retry_after=0;{scenario}"));
+        run(export_cmd(&base, &dir.join(out))
+            .args([
+                "-g",
+                "g1",
+                "-t",
+                "Patient",
+                "--since",
+                "auto",
+                "--state-file",
+            ])
+            .arg(&state))
+    };
+    let o = auto("transaction_time=yesterday", "one");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("not a FHIR instant"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(!state.exists(), "nothing stored");
+    // A state file holding a bad value (an older version, a hand edit) does not block.
+    let base_key = sb.scenario_url("retry_after=0;");
+    std::fs::write(
+        &state,
+        serde_json::json!({"fhirbulk_state": 1, "exports": {base_key.trim_end_matches('/'): {"group/g1": {"transactionTime": "2024-13-45"}}}})
+            .to_string(),
+    )
+    .unwrap();
+    sb.clear_requests();
+    let o = auto("", "two");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("it is ignored"),
+        "{}",
+        text(&o.stderr)
+    );
+    let k = kickoffs(&sb);
+    assert!(
+        k[0].query.iter().all(|(k, _)| k != "_since"),
+        "{:?}",
+        k[0].query
+    );
+    let st: Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    let tt = st["exports"][base_key.trim_end_matches('/')]["group/g1"]["transactionTime"]
+        .as_str()
+        .unwrap();
+    assert!(fhirbulk::config::is_instant(tt), "{tt}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_long_wait_is_shown_not_an_eta() {
+    let sb = sandbox(10, 25);
+    let dir = tempdir("wait");
+    let base = sb.scenario_url("retry_after=0;file_error=429:1;error_retry_after=3");
+    let o = run(export_cmd(&base, &dir.join("out")).args([
+        "-g",
+        "g1",
+        "-t",
+        "Patient",
+        "--poll-max-ms",
+        "10000",
+    ]));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.contains("waiting") && l.contains("until"))
+        .unwrap_or_else(|| panic!("no wait shown: {err}"));
+    assert!(line.contains("HTTP 429"), "{line}");
+    assert!(!line.contains("ETA"), "{line}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -2,137 +2,17 @@
 //! are exactly the sandbox's ground truth (every id once), or the export fails with a clear
 //! error after delivering a duplicate-free subset of it.
 
+mod common;
+
+use common::*;
 use fhirbulk::config::InvalidLinePolicy;
-use fhirbulk::sandbox::{LoggedRequest, Sandbox, SandboxOptions, TruthQuery};
-use fhirbulk::{Config, Error, ErrorCode, Export, Kind, Level, Next, Progress};
+use fhirbulk::sandbox::LoggedRequest;
+use fhirbulk::{ErrorCode, Export, Next};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-const TYPES: [&str; 2] = ["Patient", "Observation"];
-
-/// 30 patients, 25 resources per file: seven files, each ~10-20 KB.
-fn sandbox() -> Sandbox {
-    Sandbox::start(SandboxOptions {
-        patients: 30,
-        records_per_file: 25,
-        ..SandboxOptions::default()
-    })
-    .expect("sandbox starts")
-}
-
-/// A group export of TYPES with fast polling and retries, small chunks (so a file spans many
-/// chunks and a break lands between deliveries), and invalid lines skipped.
-fn config(sb: &Sandbox, scenario: &str) -> Config {
-    let mut c = Config::new(sb.scenario_url(&format!("polls=0;{scenario}")));
-    c.level = Level::Group;
-    c.group_id = Some("g1".into());
-    c.types = TYPES.iter().map(|t| t.to_string()).collect();
-    c.poll_min_ms = 10;
-    c.poll_max_ms = 100;
-    c.retry_backoff_min_ms = 10;
-    c.retry_backoff_max_ms = 100;
-    c.chunk_bytes = 2048;
-    c.on_invalid_line = InvalidLinePolicy::Skip;
-    c
-}
-
-fn truth(sb: &Sandbox) -> Vec<String> {
-    let ids = sb.truth_ids(&TruthQuery {
-        level: "group".into(),
-        group: Some("g1".into()),
-        types: TYPES.iter().map(|t| t.to_string()).collect(),
-        ..TruthQuery::default()
-    });
-    assert!(
-        ids.len() > 100,
-        "a ground truth of some size: {}",
-        ids.len()
-    );
-    ids
-}
-
-/// What an export delivered.
-#[derive(Debug, Default)]
-struct Delivered {
-    /// `Type/id` of every output record, in delivery order (duplicates kept).
-    ids: Vec<String>,
-    /// Diagnostics of error records.
-    errors: Vec<String>,
-    progress: Option<Progress>,
-}
-
-impl Delivered {
-    fn sorted(&self) -> Vec<String> {
-        let mut v = self.ids.clone();
-        v.sort_unstable();
-        v
-    }
-
-    /// No id twice and every id in the truth.
-    fn assert_subset_of(&self, truth: &[String]) {
-        let truth: BTreeSet<&String> = truth.iter().collect();
-        let mut seen = BTreeSet::new();
-        for id in &self.ids {
-            assert!(seen.insert(id), "{id} delivered twice");
-            assert!(truth.contains(id), "{id} is not in the ground truth");
-        }
-    }
-}
-
-/// Runs an export to its end; on failure returns the error with what was delivered before it.
-fn run(cfg: Config) -> (Delivered, Option<Error>) {
-    let mut d = Delivered::default();
-    let mut export = match Export::start(cfg) {
-        Ok(e) => e,
-        Err(e) => return (d, Some(e)),
-    };
-    let err = loop {
-        match export.next_record(Some(Duration::from_secs(30))) {
-            Ok(Next::Item(r)) => {
-                let v: serde_json::Value = serde_json::from_slice(r.data).expect("record is JSON");
-                match r.kind {
-                    Kind::Output => d.ids.push(format!(
-                        "{}/{}",
-                        v["resourceType"].as_str().expect("resourceType"),
-                        v["id"].as_str().expect("id")
-                    )),
-                    Kind::Error => d.errors.push(v["issue"][0]["diagnostics"].to_string()),
-                    Kind::Deleted => panic!("no deleted records were asked for"),
-                }
-            }
-            Ok(Next::End) => break None,
-            Ok(Next::Timeout) => panic!("no record within 30 s"),
-            Ok(Next::Cancelled) => panic!("cancelled"),
-            Err(e) => break Some(e),
-        }
-    };
-    d.progress = Some(export.progress());
-    (d, err)
-}
-
-/// Runs an export that must succeed and deliver exactly the ground truth.
-fn run_exact(sb: &Sandbox, cfg: Config) -> Delivered {
-    let (d, err) = run(cfg);
-    if let Some(e) = err {
-        panic!("export failed: {e}");
-    }
-    assert_eq!(d.sorted(), truth(sb), "delivered ids differ from the truth");
-    d
-}
-
-fn file_requests(sb: &Sandbox) -> Vec<LoggedRequest> {
-    sb.requests()
-        .into_iter()
-        .filter(|r| r.path.contains("/files/"))
-        .collect()
-}
-
-fn header<'a>(r: &'a LoggedRequest, name: &str) -> Option<&'a str> {
-    r.header(name)
-}
-
 fn retries(d: &Delivered) -> u32 {
-    d.progress.as_ref().map_or(0, |p| p.retries)
+    d.retries()
 }
 
 #[test]

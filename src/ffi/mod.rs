@@ -5,8 +5,8 @@
 //!   success, and no panic crosses the boundary (it becomes `FHIRBULK_ERR_INTERNAL`);
 //! - handles are ids looked up in a registry, never dereferenced: NULL, freed and foreign
 //!   pointers give `FHIRBULK_ERR_INVALID_HANDLE`;
-//! - `export_poll`, `export_cancel`, `export_last_error*`, `export_manifest` and
-//!   `export_files_json` may be called from any thread at any time; the consuming calls
+//! - `export_poll`, `export_cancel`, `export_last_error*`, `export_manifest`,
+//!   `export_warnings_json` and `export_files_json` may be called from any thread at any time; the consuming calls
 //!   (`export_next_record`, `export_next_batch`) from one thread at a time (a second concurrent
 //!   consumer gets `FHIRBULK_ERR_BUSY`).
 
@@ -29,7 +29,7 @@ use std::time::Duration;
 pub type FhirbulkStatus = i32;
 
 /// ABI version of this header and library; bindings check that both agree.
-pub const FHIRBULK_ABI_VERSION: u32 = 1;
+pub const FHIRBULK_ABI_VERSION: u32 = 2;
 
 /// Success.
 pub const FHIRBULK_OK: FhirbulkStatus = 0;
@@ -157,6 +157,14 @@ pub struct FhirbulkProgress {
     pub invalid_lines: u64,
     /// The server's last `X-Progress` text, NUL-terminated, truncated to fit.
     pub server_progress: [c_char; 128],
+    /// While the export waits more than 2 s (a `Retry-After`, a backoff, the time between
+    /// status polls): when the wait ends, in milliseconds since the Unix epoch; else 0.
+    pub wait_until_ms: i64,
+    /// Warnings so far (`export_warnings_json`): a manifest listing a file twice, a `count`
+    /// that is not a number, a `Retry-After` clamped, ...
+    pub warnings: u32,
+    /// What the wait is for (what the server answered), NUL-terminated, truncated; else empty.
+    pub wait_reason: [c_char; 128],
 }
 
 struct Consumer {
@@ -343,6 +351,16 @@ pub unsafe extern "C" fn export_poll(
             // SAFETY: `text` is a local array of 128 bytes.
             unsafe { copy_out(s, text.as_mut_ptr(), text.len()) };
         }
+        let mut reason = [0 as c_char; 128];
+        let mut wait_until_ms = 0;
+        if let Some(w) = &p.wait {
+            // SAFETY: `reason` is a local array of 128 bytes.
+            unsafe { copy_out(&w.reason, reason.as_mut_ptr(), reason.len()) };
+            wait_until_ms = w
+                .until
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        }
         let snapshot = FhirbulkProgress {
             state: p.state as u32,
             error: p.error.map_or(0, |c| c as i32),
@@ -355,6 +373,9 @@ pub unsafe extern "C" fn export_poll(
             retries: p.retries,
             invalid_lines: p.invalid_lines,
             server_progress: text,
+            wait_until_ms,
+            warnings: p.warnings,
+            wait_reason: reason,
         };
         // SAFETY: `out` is non-NULL and writable per the contract.
         unsafe { out.write(snapshot) };
@@ -618,6 +639,27 @@ pub unsafe extern "C" fn export_checkpoint_unread(
             .and_then(|c| c.export.checkpoint_unread(unread))
             .and_then(|c| serde_json::to_string(&c).ok())
             .unwrap_or_default()
+    })
+    .unwrap_or_default();
+    // SAFETY: forwarded caller contract on `buf`.
+    unsafe { copy_out(&text, buf, buf_len) }
+}
+
+/// The warnings so far as a JSON array of strings, oldest first (at most 100; `warnings` of
+/// `export_poll` counts them all): what the engine noticed and worked around, such as a
+/// manifest listing a file twice or a `Retry-After` that had to be clamped.
+///
+/// # Safety
+/// `buf` is NULL or valid for `buf_len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn export_warnings_json(
+    h: *const FhirbulkExport,
+    buf: *mut c_char,
+    buf_len: usize,
+) -> usize {
+    let text = catch_unwind(|| match lookup(h) {
+        Ok(hd) => serde_json::Value::from(hd.ctl.warnings()).to_string(),
+        Err(_) => String::new(),
     })
     .unwrap_or_default();
     // SAFETY: forwarded caller contract on `buf`.

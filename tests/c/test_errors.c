@@ -4,6 +4,8 @@
  *   - kick-off 422 / 429 / 500 and a failed job -> UNPROCESSABLE / THROTTLED / SERVER
  *   - invalid configs -> FHIRBULK_ERR_CONFIG from export_start, the message naming the key
  *   - export_last_error* follow snprintf semantics
+ *   - warnings (a manifest listing a file twice) and long waits (Retry-After: 3) show in
+ *     export_poll and export_warnings_json
  *
  * usage: test_errors SERVER_ROOT      (http://127.0.0.1:PORT of a running sandbox)
  */
@@ -158,6 +160,42 @@ static void config_errors(const char *root) {
     printf("  config errors ok; last: %s\n", full);
 }
 
+static void warnings_and_waits(const char *root) {
+    FhirbulkExport *h = start_export(
+        "{\"base_url\": \"%s/x/polls=0;dup_entry;storm=1;error_retry_after=3/fhir\", "
+        "\"level\": \"group\", \"group_id\": \"g1\", \"types\": [\"Patient\"], "
+        "\"poll_max_ms\": 10000}",
+        root);
+    FhirbulkProgress p;
+    int waited = 0;
+    for (int i = 0; i < 500 && !waited; i++) {
+        memset(&p, 0, sizeof p);
+        CHECK_STATUS(export_poll(h, &p), FHIRBULK_OK);
+        if (p.wait_until_ms != 0) {
+            waited = 1;
+            struct timespec now;
+            clock_gettime(CLOCK_REALTIME, &now);
+            long long left = p.wait_until_ms - ((long long)now.tv_sec * 1000 + now.tv_nsec / 1000000);
+            CHECK(left > 500 && left <= 3500, "wait ends in %lld ms", left);
+            CHECK(strstr(p.wait_reason, "429") != NULL, "wait_reason: %s", p.wait_reason);
+        } else {
+            struct timespec d = {0, 20 * 1000000};
+            nanosleep(&d, NULL);
+        }
+    }
+    CHECK(waited, "a wait of 3 s shows in export_poll");
+    CHECK_STATUS(drain(h), FHIRBULK_END);
+    CHECK_STATUS(export_poll(h, &p), FHIRBULK_OK);
+    CHECK(p.wait_until_ms == 0 && p.wait_reason[0] == '\0', "no wait after the end");
+    CHECK(p.warnings >= 1, "warnings %u", p.warnings);
+    char json[8192];
+    size_t n = export_warnings_json(h, json, sizeof json);
+    CHECK(n > 2 && n < sizeof json && json[0] == '[', "warnings JSON: %s", json);
+    CHECK(strstr(json, "more than once") != NULL, "the duplicate entry is named: %s", json);
+    CHECK_STATUS(export_free(h), FHIRBULK_OK);
+    printf("  warnings and waits ok\n");
+}
+
 int main(int argc, char **argv) {
     test_begin("test_errors", 120);
     if (argc != 2) {
@@ -171,5 +209,6 @@ int main(int argc, char **argv) {
     scenario_error(root, "kickoff=429", FHIRBULK_ERR_THROTTLED, 429);
     scenario_error(root, "kickoff=500", FHIRBULK_ERR_SERVER, 500);
     scenario_error(root, "poll=500", FHIRBULK_ERR_SERVER, 500);
+    warnings_and_waits(root);
     return test_finish();
 }

@@ -249,11 +249,11 @@ def test_version_and_status_names():
 
 
 def test_abi_check_raises_importerror_on_mismatch():
-    fhirbulk.check_abi(1, 1)
+    fhirbulk.check_abi(2, 2)
     with pytest.raises(ImportError, match="ABI version mismatch"):
-        fhirbulk.check_abi(2, 1)
+        fhirbulk.check_abi(3, 2)
     with pytest.raises(ImportError):
-        fhirbulk.check_abi(1, 1, expected=2)
+        fhirbulk.check_abi(2, 2, expected=3)
 
 
 @pytest.mark.parametrize(
@@ -331,3 +331,34 @@ def test_example_export_summary(sandbox):
     failed = subprocess.run([sys.executable, str(example), sandbox.url("kickoff=404;polls=0")],
                             capture_output=True, text=True, timeout=60)
     assert failed.returncode == 1 and "NotFoundError" in failed.stderr and "sandbox forced 404" in failed.stderr
+
+
+def test_warnings_and_long_waits_show_in_the_progress(sandbox):
+    import time
+
+    truth = sandbox.truth(level="group", group="g1", _type="Patient")
+    # A manifest that lists a file twice: downloaded once, and said.
+    with fhirbulk.export(sandbox.url("polls=0;dup_entry"), group="g1", types=["Patient"]) as job:
+        assert sum(1 for _ in job.raw()) == truth["Patient"]
+        assert job.progress.warnings >= 1
+        assert any("more than once" in w for w in job.warnings), job.warnings
+    assert any("more than once" in w for w in job.warnings), "kept after close"
+    # The kick-off is throttled with Retry-After: 3: the wait shows while it lasts.
+    with fhirbulk.export(
+        sandbox.url("polls=0;storm=1;error_retry_after=3"),
+        group="g1",
+        types=["Patient"],
+        poll_max_ms=10_000,
+    ) as job:
+        seen = None
+        t0 = time.time()
+        while seen is None and time.time() - t0 < 10:
+            p = job.progress
+            if p.wait_until:
+                seen = p
+            time.sleep(0.02)
+        assert seen is not None, "a wait of 3 s shows"
+        assert "429" in seen.wait_reason
+        assert 1 < seen.wait_until - time.time() <= 3.5
+        assert sum(1 for _ in job.raw()) == truth["Patient"]
+        assert job.progress.wait_until is None

@@ -216,6 +216,11 @@ pub struct ExportArgs {
     pub request_timeout_ms: Option<u64>,
     #[arg(long, value_name = "MS", help_heading = "Tuning")]
     pub read_timeout_ms: Option<u64>,
+    /// A download slower than this over --stall-window-ms is resumed (0: off)
+    #[arg(long, value_name = "BYTES", help_heading = "Tuning")]
+    pub min_bytes_per_s: Option<u64>,
+    #[arg(long, value_name = "MS", help_heading = "Tuning")]
+    pub stall_window_ms: Option<u64>,
     #[arg(long, value_name = "MS", help_heading = "Tuning")]
     pub poll_min_ms: Option<u64>,
     #[arg(long, value_name = "MS", help_heading = "Tuning")]

@@ -209,6 +209,8 @@ pub fn build(a: &ExportArgs) -> Result<(Map<String, Value>, Since), CliError> {
         ("connect_timeout_ms", a.connect_timeout_ms),
         ("request_timeout_ms", a.request_timeout_ms),
         ("read_timeout_ms", a.read_timeout_ms),
+        ("min_bytes_per_s", a.min_bytes_per_s),
+        ("stall_window_ms", a.stall_window_ms),
         ("poll_min_ms", a.poll_min_ms),
         ("poll_max_ms", a.poll_max_ms),
         ("poll_backoff_max_ms", a.poll_backoff_max_ms),

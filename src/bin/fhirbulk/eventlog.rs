@@ -1,7 +1,8 @@
 //! `OUT/log.ndjson`: one JSON event per line in the schema of the SMART bulk-data-client's log,
 //! `{"exportId": ..., "timestamp": ..., "eventId": ..., "eventDetail": {...}}`, with the event ids
 //! `kickoff`, `status_progress`, `status_complete`, `status_error`, `download_request`,
-//! `download_complete`, `download_error` and `export_complete`.
+//! `download_complete`, `download_error` and `export_complete`, plus `warning` (`{"message":
+//! ...}`) for what the engine noticed and worked around.
 
 use crate::util::{self, CliError};
 use serde_json::Value;

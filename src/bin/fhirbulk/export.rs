@@ -170,6 +170,8 @@ struct Run {
     display: Display,
     kickoff_detail: Value,
     last_polls: u32,
+    /// Engine warnings already shown and logged (this process's engine counts from 0).
+    warnings_seen: usize,
     checkpoint_written: bool,
     /// Set when a local write failed: the checkpoint on disk must stay as it is.
     broken: bool,
@@ -242,6 +244,20 @@ impl Run {
                         .and_then(Value::as_str)
                         .unwrap_or("-")
                 ));
+            }
+        }
+        if p.warnings as usize > self.warnings_seen {
+            let all = ctl.warnings();
+            for w in all.iter().skip(self.warnings_seen) {
+                self.log.event("warning", json!({ "message": w }));
+                self.display.line(&format!("warning: {w}"));
+            }
+            self.warnings_seen = all.len().max(self.warnings_seen);
+            if p.warnings as usize > all.len() && self.warnings_seen == all.len() {
+                // The engine keeps the first 100; say once that there are more.
+                self.display
+                    .line("warning: more warnings than the engine keeps; see the progress count");
+                self.warnings_seen = usize::MAX;
             }
         }
         let files = ctl.files();
@@ -394,6 +410,7 @@ fn run_export(a: &ExportArgs, t0: Instant, summary: &mut Value) -> Result<u8, Cl
 
     // The config as given, to know the target for --since auto.
     let base_cfg = Config::from_json(&Value::Object(map.clone()).to_string())?;
+    let mut bad_state: Option<String> = None;
     let since_auto = if since_mode == Since::Auto {
         let (base_url, target) = state::target_key(&base_cfg);
         let state_file = match &a.state_file {
@@ -403,7 +420,15 @@ fn run_export(a: &ExportArgs, t0: Instant, summary: &mut Value) -> Result<u8, Cl
         // A resumed run keeps the _since it started with.
         let since = match previous.as_ref().and_then(|c| c.since_auto.as_ref()) {
             Some(s) if s.base_url == base_url && s.target == target => s.since.clone(),
-            _ => state::lookup(&state_file, &base_url, &target)?,
+            _ => match state::lookup(&state_file, &base_url, &target)? {
+                // A value that is not an instant (a hand edit, an older version) must never
+                // block later runs: it is ignored, with a note.
+                Some(v) if !fhirbulk::config::is_instant(&v) => {
+                    bad_state = Some(v);
+                    None
+                }
+                other => other,
+            },
         };
         if let Some(s) = &since {
             map.insert("since".into(), json!(s));
@@ -422,6 +447,13 @@ fn run_export(a: &ExportArgs, t0: Instant, summary: &mut Value) -> Result<u8, Cl
     let (for_cancel, has_credentials) = config::without_inline_secrets(&map);
 
     let mut notes: Vec<String> = Vec::new();
+    if let (Some(v), Some(s)) = (&bad_state, &since_auto) {
+        notes.push(format!(
+            "--since auto: the state file {} holds {:?} for this target, which is not a FHIR instant; it is ignored",
+            s.state_file.display(),
+            fhirbulk::error::escape_controls(&v.chars().take(60).collect::<String>())
+        ));
+    }
     if let Some(s) = &since_auto {
         match &s.since {
             Some(v) => notes.push(format!("--since auto: _since={v} (last complete export)")),
@@ -546,6 +578,7 @@ overwrite them, or another --out",
         display,
         kickoff_detail,
         last_polls: 0,
+        warnings_seen: 0,
         checkpoint_written: false,
         broken: false,
     };
@@ -721,10 +754,8 @@ fn drive(
                 })?;
                 util::sync_dir(&run.out);
             }
-            let tt = manifest
-                .get("transactionTime")
-                .and_then(Value::as_str)
-                .map(str::to_owned);
+            // Only a valid FHIR instant may become the next _since (the engine warns of others).
+            let tt = ctl.transaction_time();
             if let Some(s) = &run.since_auto {
                 match &tt {
                     Some(tt) => {
@@ -735,7 +766,7 @@ fn drive(
                         ));
                     }
                     None => run.display.line(
-                        "--since auto: the manifest has no transactionTime; the state file is unchanged",
+                        "--since auto: the manifest has no valid transactionTime; the state file is unchanged",
                     ),
                 }
             }

@@ -27,6 +27,8 @@ pub struct Display {
     last_plain: Instant,
     last_xprogress: Option<String>,
     download_start: Option<(Instant, u64)>,
+    /// The end of the last long wait printed (plain mode prints each once).
+    last_wait: Option<std::time::SystemTime>,
 }
 
 /// What the consumer has written so far (the engine's counters are per process).
@@ -60,6 +62,27 @@ fn thousands(n: u64) -> String {
     out
 }
 
+/// "waiting 42 s (until 10:31:07 UTC): <reason>" while the engine waits long.
+fn wait_text(p: &Progress) -> Option<String> {
+    let w = p.wait.as_ref()?;
+    let left = w
+        .until
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    let at = w
+        .until
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    Some(format!(
+        "waiting {} (until {:02}:{:02}:{:02} UTC): {}",
+        fmt_duration(left),
+        at / 3600 % 24,
+        at / 60 % 60,
+        at % 60,
+        w.reason
+    ))
+}
+
 impl Display {
     pub fn new(quiet: bool) -> Display {
         let mode = if quiet {
@@ -82,6 +105,7 @@ impl Display {
             last_plain: Instant::now(),
             last_xprogress: None,
             download_start: None,
+            last_wait: None,
         }
     }
 
@@ -102,14 +126,33 @@ impl Display {
         };
         let changed = phase != self.phase;
         self.phase = phase;
+        if let (Mode::Plain, Some(w)) = (&self.mode, &p.wait) {
+            if self.last_wait != Some(w.until) {
+                self.last_wait = Some(w.until);
+                if let Some(t) = wait_text(p) {
+                    eprintln!("fhirbulk: {t}");
+                }
+            }
+        }
         match phase {
-            Phase::Starting => {}
+            Phase::Starting => {
+                if let Mode::Bar(b) = &self.mode {
+                    b.set_message(match wait_text(p) {
+                        Some(w) => format!("kicking off the export; {w}"),
+                        None => "kicking off the export".to_owned(),
+                    });
+                }
+            }
             Phase::Waiting => {
                 let xp = p
                     .server_progress
                     .clone()
                     .unwrap_or_else(|| "in progress".into());
-                let text = format!("waiting for the server: {xp} ({} status requests)", p.polls);
+                let mut text =
+                    format!("waiting for the server: {xp} ({} status requests)", p.polls);
+                if let Some(w) = wait_text(p) {
+                    text = format!("{text}; {w}");
+                }
                 match &self.mode {
                     Mode::Bar(b) => b.set_message(text),
                     Mode::Plain => {
@@ -153,9 +196,14 @@ impl Display {
                     }
                     _ => None,
                 };
+                // While the engine waits out a Retry-After or a backoff, say so instead of an
+                // ETA (which would be a guess, or 0:00).
+                let wait = wait_text(p);
+                let eta = if wait.is_some() { None } else { eta };
                 // Most important first: a narrow terminal cuts the end.
                 let text = format!(
-                    "{} records, {} rec/s{}, files {}/{}, {}",
+                    "{}{} records, {} rec/s{}, files {}/{}, {}",
+                    wait.map(|w| format!("{w}; ")).unwrap_or_default(),
                     thousands(w.records),
                     thousands(rate as u64),
                     eta.map(|d| format!(", ETA {}", fmt_duration(d)))

@@ -231,6 +231,13 @@ class Progress:
     error_code: int
     #: HTTP status of the failed response, if any.
     http_status: Optional[int]
+    #: Warnings so far (see :attr:`Export.warnings`).
+    warnings: int = 0
+    #: While the export waits more than 2 s (a Retry-After, a backoff, between status
+    #: polls): when the wait ends (Unix time in seconds), else None.
+    wait_until: Optional[float] = None
+    #: What that wait is for (what the server answered), else None.
+    wait_reason: Optional[str] = None
 
     @property
     def finished(self) -> bool:
@@ -449,6 +456,7 @@ class Export:
                 "progress": self._poll(),
                 "manifest": self._manifest(),
                 "files": self._files(),
+                "warnings": self._warnings(),
             }
         except Exception:  # pragma: no cover - snapshots are best effort
             pass
@@ -674,6 +682,9 @@ class Export:
             error=status_name(p.error) if p.error else None,
             error_code=p.error,
             http_status=p.http_status or None,
+            warnings=p.warnings,
+            wait_until=p.wait_until_ms / 1000.0 if p.wait_until_ms else None,
+            wait_reason=ffi.string(p.wait_reason).decode("utf-8", "replace") or None,
         )
 
     @property
@@ -694,6 +705,19 @@ class Export:
         if self._closed:
             return self._final.get("manifest")
         return self._manifest()
+
+    def _warnings(self) -> List[str]:
+        text = _copy_text(lib.export_warnings_json, self._h)
+        return json.loads(text) if text else []
+
+    @property
+    def warnings(self) -> List[str]:
+        """What the engine noticed and worked around, oldest first (at most 100): a manifest
+        listing a file twice, a ``count`` that is not a number, a ``Retry-After`` clamped, a
+        ``transactionTime`` that is not an instant, ..."""
+        if self._closed:
+            return list(self._final.get("warnings", []))
+        return self._warnings()
 
     def _files(self) -> List[Dict[str, Any]]:
         text = _copy_text(lib.export_files_json, self._h)

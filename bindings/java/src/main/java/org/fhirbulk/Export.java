@@ -411,13 +411,9 @@ public final class Export implements AutoCloseable, Iterable<Record> {
                 throw FhirBulkException.fromDetail(rc, LibFhirBulk.text(LibFhirBulk::export_last_error_json, 0L));
             }
             ByteBuffer b = ByteBuffer.wrap(out).order(ByteOrder.nativeOrder());
-            int n = 0;
-            while (n < LibFhirBulk.PROGRESS_SERVER_PROGRESS_LEN && out[LibFhirBulk.PROGRESS_SERVER_PROGRESS + n] != 0) {
-                n++;
-            }
             return new Progress(
                     Progress.State.of(b.getInt(LibFhirBulk.PROGRESS_STATE)),
-                    new String(out, LibFhirBulk.PROGRESS_SERVER_PROGRESS, n, StandardCharsets.UTF_8),
+                    cString(out, LibFhirBulk.PROGRESS_SERVER_PROGRESS, LibFhirBulk.PROGRESS_SERVER_PROGRESS_LEN),
                     b.getInt(LibFhirBulk.PROGRESS_FILES_TOTAL),
                     b.getInt(LibFhirBulk.PROGRESS_FILES_DONE),
                     b.getLong(LibFhirBulk.PROGRESS_BYTES),
@@ -426,10 +422,22 @@ public final class Export implements AutoCloseable, Iterable<Record> {
                     b.getInt(LibFhirBulk.PROGRESS_RETRIES),
                     b.getLong(LibFhirBulk.PROGRESS_INVALID_LINES),
                     b.getInt(LibFhirBulk.PROGRESS_ERROR),
-                    b.getInt(LibFhirBulk.PROGRESS_HTTP_STATUS));
+                    b.getInt(LibFhirBulk.PROGRESS_HTTP_STATUS),
+                    b.getInt(LibFhirBulk.PROGRESS_WARNINGS),
+                    b.getLong(LibFhirBulk.PROGRESS_WAIT_UNTIL_MS),
+                    cString(out, LibFhirBulk.PROGRESS_WAIT_REASON, LibFhirBulk.PROGRESS_WAIT_REASON_LEN));
         } finally {
             Reference.reachabilityFence(this);
         }
+    }
+
+    /** The NUL-terminated UTF-8 text in {@code out[at .. at + max)}. */
+    private static String cString(byte[] out, int at, int max) {
+        int n = 0;
+        while (n < max && out[at + n] != 0) {
+            n++;
+        }
+        return new String(out, at, n, StandardCharsets.UTF_8);
     }
 
     /**
@@ -489,6 +497,24 @@ public final class Export implements AutoCloseable, Iterable<Record> {
     public String files() {
         String s = textOrNull(LibFhirBulk::export_files_json);
         return s == null ? "[]" : s;
+    }
+
+    /**
+     * What the engine noticed and worked around, oldest first (at most 100): a manifest listing a
+     * file twice, a {@code count} that is not a number, a {@code Retry-After} clamped, a
+     * {@code transactionTime} that is not an instant, ...
+     *
+     * @throws IllegalStateException after {@link #close()}
+     */
+    public java.util.List<String> warnings() {
+        String s = textOrNull(LibFhirBulk::export_warnings_json);
+        java.util.List<String> out = new java.util.ArrayList<>();
+        if (s != null && Json.parse(s) instanceof java.util.List<?> list) {
+            for (Object o : list) {
+                out.add(String.valueOf(o));
+            }
+        }
+        return out;
     }
 
     private String textOrNull(LibFhirBulk.TextFn fn) {

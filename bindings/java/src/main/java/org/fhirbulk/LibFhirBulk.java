@@ -25,7 +25,7 @@ import java.nio.charset.StandardCharsets;
  */
 final class LibFhirBulk {
     /** {@code FHIRBULK_ABI_VERSION} of the header this binding was written against. */
-    static final int ABI_VERSION = 1;
+    static final int ABI_VERSION = 2;
 
     /** System property overriding where the library is loaded from. */
     static final String LIBRARY_PATH_PROPERTY = "fhirbulk.library.path";
@@ -57,7 +57,7 @@ final class LibFhirBulk {
     static final int ERR_HTTP = 309;
 
     // struct FhirbulkProgress (x86-64 / aarch64 LP64 layout, checked against the header).
-    static final int PROGRESS_SIZE = 184;
+    static final int PROGRESS_SIZE = 328;
     static final int PROGRESS_STATE = 0;
     static final int PROGRESS_ERROR = 4;
     static final int PROGRESS_HTTP_STATUS = 8;
@@ -70,6 +70,10 @@ final class LibFhirBulk {
     static final int PROGRESS_INVALID_LINES = 48;
     static final int PROGRESS_SERVER_PROGRESS = 56;
     static final int PROGRESS_SERVER_PROGRESS_LEN = 128;
+    static final int PROGRESS_WAIT_UNTIL_MS = 184;
+    static final int PROGRESS_WARNINGS = 192;
+    static final int PROGRESS_WAIT_REASON = 196;
+    static final int PROGRESS_WAIT_REASON_LEN = 128;
 
     // struct FhirbulkRecord.
     static final int RECORD_SIZE = 48;
@@ -184,6 +188,8 @@ final class LibFhirBulk {
     static native long export_checkpoint_unread(long h, long unread, byte[] buf, long bufLen);
 
     static native long export_files_json(long h, byte[] buf, long bufLen);
+
+    static native long export_warnings_json(long h, byte[] buf, long bufLen);
 
     static native Pointer fhirbulk_version();
 

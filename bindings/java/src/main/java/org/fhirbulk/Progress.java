@@ -15,9 +15,15 @@ package org.fhirbulk;
  *                       ({@code on_invalid_line: "skip"})
  * @param errorCode      the error code once {@code state} is {@link State#FAILED}, else 0
  * @param httpStatus     the HTTP status of the failed response, else 0
+ * @param warnings       warnings so far ({@link Export#warnings()})
+ * @param waitUntilMs    while the export waits more than 2 s (a {@code Retry-After}, a backoff,
+ *                       the time between status polls): when the wait ends, in milliseconds
+ *                       since the Unix epoch; else 0
+ * @param waitReason     what that wait is for (what the server answered), else ""
  */
 public record Progress(State state, String serverProgress, int filesTotal, int filesDone, long bytes,
-        long records, int polls, int retries, long invalidLines, int errorCode, int httpStatus) {
+        long records, int polls, int retries, long invalidLines, int errorCode, int httpStatus,
+        int warnings, long waitUntilMs, String waitReason) {
 
     /** The export's state ({@code FHIRBULK_STATE_*}). */
     public enum State {

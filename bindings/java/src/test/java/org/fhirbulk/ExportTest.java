@@ -29,11 +29,11 @@ class ExportTest {
 
     @Test
     void libraryLoadsWithTheExpectedAbi() {
-        assertEquals(1, FhirBulk.abiVersion());
+        assertEquals(2, FhirBulk.abiVersion());
         assertTrue(FhirBulk.version().matches("\\d+\\.\\d+\\.\\d+.*"), FhirBulk.version());
         assertTrue(FhirBulk.libraryLocation().endsWith("libfhirbulk.so"), FhirBulk.libraryLocation());
-        UnsatisfiedLinkError e = assertThrows(UnsatisfiedLinkError.class, () -> LibFhirBulk.checkAbi(2, "/x/lib.so"));
-        assertTrue(e.getMessage().contains("ABI version 2") && e.getMessage().contains("needs ABI version 1"),
+        UnsatisfiedLinkError e = assertThrows(UnsatisfiedLinkError.class, () -> LibFhirBulk.checkAbi(3, "/x/lib.so"));
+        assertTrue(e.getMessage().contains("ABI version 3") && e.getMessage().contains("needs ABI version 2"),
                 e.getMessage());
     }
 
@@ -121,6 +121,45 @@ class ExportTest {
             counts.merge(k.substring(0, k.indexOf('/')), 1L, Long::sum);
         }
         assertEquals(truth, counts, "every record once, none lost");
+    }
+
+    @Test
+    void warningsAndLongWaitsShowInTheProgress(Sandbox sb) throws Exception {
+        long patients = sb.truth("group", "g1", "Patient").get("Patient");
+        // A manifest that lists a file twice: downloaded once, and said.
+        try (Export export = FhirBulk.export(sb.url("polls=0;dup_entry")).group("g1").types("Patient").start()) {
+            long n = 0;
+            for (Record r : export) {
+                n++;
+            }
+            assertEquals(patients, n);
+            assertTrue(export.progress().warnings() >= 1);
+            assertTrue(export.warnings().stream().anyMatch(w -> w.contains("more than once")),
+                    export.warnings().toString());
+        }
+        // The kick-off is throttled with Retry-After: 3: the wait shows while it lasts.
+        try (Export export = FhirBulk.export(sb.url("polls=0;storm=1;error_retry_after=3")).group("g1")
+                .types("Patient").option("poll_max_ms", 10_000).start()) {
+            Progress seen = null;
+            long t0 = System.currentTimeMillis();
+            while (seen == null && System.currentTimeMillis() - t0 < 10_000) {
+                Progress p = export.progress();
+                if (p.waitUntilMs() != 0) {
+                    seen = p;
+                }
+                Thread.sleep(20);
+            }
+            assertTrue(seen != null, "a wait of 3 s shows");
+            assertTrue(seen.waitReason().contains("429"), seen.toString());
+            long left = seen.waitUntilMs() - System.currentTimeMillis();
+            assertTrue(left > 1000 && left <= 3500, seen + " left " + left);
+            long n = 0;
+            for (Record r : export) {
+                n++;
+            }
+            assertEquals(patients, n);
+            assertEquals(0, export.progress().waitUntilMs());
+        }
     }
 
     private static String idOf(String json) {
