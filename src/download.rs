@@ -82,6 +82,9 @@ fn read_file(
     let target = c.chunk_bytes;
     let mut buf = take_buffer(sh, target * 2);
     let mut filled = 0usize;
+    // The end of the last complete line in `buf[..filled]`: found in the bytes of each read
+    // alone, so a long line is scanned once, not at every read (that was quadratic).
+    let mut last_nl: Option<usize> = None;
     let mut last_emit = Instant::now();
     let mut first = true;
     let mut eof = false;
@@ -118,6 +121,7 @@ fn read_file(
                 discarding = true;
                 discarded = filled as u64;
                 filled = 0;
+                last_nl = None;
                 // The long line's buffer is not needed any more.
                 buf.0 = vec![0u8; target * 2];
             } else {
@@ -161,6 +165,7 @@ fn read_file(
                 if data.starts_with(BOM) {
                     buf.0.copy_within(BOM.len()..have, 0);
                     filled = have - BOM.len();
+                    last_nl = memchr::memrchr(b'\n', &buf.0[..filled]).map(|p| p + 1);
                     // Counted as received, but not NDJSON.
                     sh.bytes.fetch_sub(BOM.len() as u64, Ordering::Relaxed);
                     if !eof && filled == 0 {
@@ -172,6 +177,7 @@ fn read_file(
                     ));
                 } else {
                     filled = have;
+                    last_nl = memchr::memrchr(b'\n', &buf.0[..filled]).map(|p| p + 1);
                 }
             } else {
                 filled = have;
@@ -196,6 +202,7 @@ fn read_file(
                     buf.0.copy_within(filled + p + 1..filled + n, 0);
                     cur.next_line += 1;
                     filled = rest;
+                    last_nl = memchr::memrchr(b'\n', &buf.0[..filled]).map(|p| p + 1);
                     discarding = false;
                     if !invalid.is_empty() {
                         send_invalid(sh, job, &url(), tx, &mut invalid)?;
@@ -203,12 +210,15 @@ fn read_file(
                 }
             }
         } else {
+            if let Some(p) = memchr::memrchr(b'\n', &buf.0[filled..filled + n]) {
+                last_nl = Some(filled + p + 1);
+            }
             filled += n;
         }
         if eof && !discarding && filled > 0 && buf.0[filled - 1] != b'\n' {
             // A last line without a newline: a record only when it is one whole JSON object
             // (a body that ended is not a body that was complete).
-            let start = memchr::memrchr(b'\n', &buf.0[..filled]).map_or(0, |p| p + 1);
+            let start = last_nl.unwrap_or(0);
             match check_last_line(&buf.0[start..filled]) {
                 None => {
                     if filled == buf.0.len() {
@@ -216,6 +226,7 @@ fn read_file(
                     }
                     buf.0[filled] = b'\n';
                     filled += 1;
+                    last_nl = Some(filled);
                 }
                 Some(reason) => {
                     let line =
@@ -240,7 +251,7 @@ fn read_file(
         if !due || discarding {
             continue;
         }
-        let Some(cut) = memchr::memrchr(b'\n', &buf.0[..filled]).map(|p| p + 1) else {
+        let Some(cut) = last_nl.take() else {
             continue;
         };
         let tail = filled - cut;
