@@ -613,13 +613,13 @@ fn sock_addr(fd: libc::c_int, peer: bool) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::plan::{ByteLinesReader, VecSource};
+    use crate::sandbox::plan::{LinesReader, VecSource};
 
     fn render(f: LineFaults, lines: &[&str]) -> Vec<u8> {
         let lines = Arc::new(lines.iter().map(|l| l.to_string()).collect::<Vec<_>>());
         let mut out = Vec::new();
         let stop = Arc::new(AtomicBool::new(false));
-        ByteLinesReader::new(FaultLines::new(VecSource::new(lines), f), stop)
+        LinesReader::new(FaultLines::new(VecSource::new(lines), f), stop)
             .read_to_end(&mut out)
             .expect("read");
         out

@@ -293,58 +293,43 @@ fn stopping() -> io::Error {
     io::Error::new(io::ErrorKind::BrokenPipe, "sandbox stopping")
 }
 
-/// Adapts a [`LineSource`] to `Read`, rendering about 64 KiB at a time.
-pub struct LinesReader<S> {
+/// A [`LineSource`] as a [`ByteLineSource`] (one copy per line, far below the cost of
+/// rendering it).
+pub struct Text<S> {
     src: S,
-    buf: String,
-    pos: usize,
-    stop: Arc<AtomicBool>,
+    line: String,
 }
 
-impl<S: LineSource> LinesReader<S> {
-    pub fn new(src: S, stop: Arc<AtomicBool>) -> Self {
-        LinesReader {
+impl<S: LineSource> Text<S> {
+    pub fn new(src: S) -> Self {
+        Text {
             src,
-            buf: String::with_capacity(CHUNK + 4096),
-            pos: 0,
-            stop,
+            line: String::new(),
         }
     }
 }
 
-impl<S: LineSource> Read for LinesReader<S> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if self.pos >= self.buf.len() {
-            if self.stop.load(Ordering::Relaxed) {
-                return Err(stopping());
-            }
-            self.buf.clear();
-            self.pos = 0;
-            while self.buf.len() < CHUNK && self.src.next_line(&mut self.buf) {}
-            if self.buf.is_empty() {
-                return Ok(0);
-            }
-        }
-        let bytes = &self.buf.as_bytes()[self.pos..];
-        let n = bytes.len().min(out.len());
-        out[..n].copy_from_slice(&bytes[..n]);
-        self.pos += n;
-        Ok(n)
+impl<S: LineSource> ByteLineSource for Text<S> {
+    fn next_line(&mut self, out: &mut Vec<u8>) -> bool {
+        self.line.clear();
+        let more = self.src.next_line(&mut self.line);
+        out.extend_from_slice(self.line.as_bytes());
+        more
     }
 }
 
-/// Adapts a [`ByteLineSource`] to `Read`, like [`LinesReader`] (the path of files with line
-/// faults; files without them keep the `String` path).
-pub struct ByteLinesReader<S> {
+/// Adapts a [`ByteLineSource`] to `Read`, rendering about 64 KiB at a time (wrap a
+/// [`LineSource`] in [`Text`]).
+pub struct LinesReader<S> {
     src: S,
     buf: Vec<u8>,
     pos: usize,
     stop: Arc<AtomicBool>,
 }
 
-impl<S: ByteLineSource> ByteLinesReader<S> {
+impl<S: ByteLineSource> LinesReader<S> {
     pub fn new(src: S, stop: Arc<AtomicBool>) -> Self {
-        ByteLinesReader {
+        LinesReader {
             src,
             buf: Vec::with_capacity(CHUNK + 4096),
             pos: 0,
@@ -353,7 +338,14 @@ impl<S: ByteLineSource> ByteLinesReader<S> {
     }
 }
 
-impl<S: ByteLineSource> Read for ByteLinesReader<S> {
+impl<S: LineSource> LinesReader<Text<S>> {
+    /// The reader of a [`LineSource`].
+    pub fn text(src: S, stop: Arc<AtomicBool>) -> Self {
+        LinesReader::new(Text::new(src), stop)
+    }
+}
+
+impl<S: ByteLineSource> Read for LinesReader<S> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         if self.pos >= self.buf.len() {
             if self.stop.load(Ordering::Relaxed) {
@@ -463,7 +455,7 @@ mod tests {
     fn read_part(sel: &Arc<Selection>, p: &Part) -> String {
         let mut s = String::new();
         let stop = Arc::new(AtomicBool::new(false));
-        LinesReader::new(PartSource::new(sel.clone(), p), stop)
+        LinesReader::text(PartSource::new(sel.clone(), p), stop)
             .read_to_string(&mut s)
             .expect("read");
         s

@@ -17,8 +17,7 @@ use super::faults::{
 };
 use super::params::{parse_export, ApiError, Level, Selection};
 use super::plan::{
-    self, ByteLinesReader, DeletedSource, LineSource, LinesReader, Part, PartSource, Skip, Slow,
-    VecSource,
+    self, DeletedSource, LineSource, LinesReader, Part, PartSource, Skip, Slow, VecSource,
 };
 use super::scenario::Scenario;
 use super::{LoggedRequest, SandboxOptions, TruthQuery};
@@ -1283,7 +1282,7 @@ type BoxRead = Box<dyn Read + Send>;
 
 /// A file's lines with line faults, as bytes.
 fn fault_reader(src: impl LineSource + 'static, lf: LineFaults, stop: Arc<AtomicBool>) -> BoxRead {
-    Box::new(ByteLinesReader::new(FaultLines::new(src, lf), stop))
+    Box::new(LinesReader::new(FaultLines::new(src, lf), stop))
 }
 
 /// The bytes of a file as served in representation `rep` (1: the original; fault
@@ -1301,7 +1300,7 @@ fn file_reader(sh: &Shared, job: &Job, f: &FileEntry, rep: u32) -> BoxRead {
             } else if let Some(bytes) = rendered(sh, job, f, rep) {
                 Box::new(Cursor::new(ArcBytes(bytes)))
             } else {
-                Box::new(LinesReader::new(src, stop))
+                Box::new(LinesReader::text(src, stop))
             };
             if fl.bom {
                 Box::new(Cursor::new(faults::BOM).chain(body))
@@ -1315,7 +1314,7 @@ fn file_reader(sh: &Shared, job: &Job, f: &FileEntry, rep: u32) -> BoxRead {
             if lf.any() {
                 fault_reader(src, lf, stop)
             } else {
-                Box::new(LinesReader::new(src, stop))
+                Box::new(LinesReader::text(src, stop))
             }
         }
         FileKind::Deleted(n) => {
@@ -1324,7 +1323,7 @@ fn file_reader(sh: &Shared, job: &Job, f: &FileEntry, rep: u32) -> BoxRead {
             if lf.any() {
                 fault_reader(src, lf, stop)
             } else {
-                Box::new(LinesReader::new(src, stop))
+                Box::new(LinesReader::text(src, stop))
             }
         }
     }
@@ -1347,7 +1346,7 @@ fn rendered(sh: &Shared, job: &Job, f: &FileEntry, rep: u32) -> Option<Arc<[u8]>
     let mut v = Vec::new();
     let src = PartSource::new(Arc::clone(&job.sel), p);
     // Rendering from memory only fails when the sandbox stops; the response is moot then.
-    LinesReader::new(src, Arc::clone(&sh.stop))
+    LinesReader::text(src, Arc::clone(&sh.stop))
         .read_to_end(&mut v)
         .ok()?;
     let v: Arc<[u8]> = v.into();
