@@ -1488,7 +1488,18 @@ impl Downloads {
             if sh.stopping() {
                 return Err(stopped());
             }
-            page = fetch_manifest_page(sh, &next)?;
+            page = match fetch_manifest_page(sh, &next) {
+                Ok(p) => p,
+                // A page of a partial manifest that cannot be had now: its files come with a
+                // later poll or the complete manifest.
+                Err(e) if !complete && !sh.stopping() => {
+                    sh.warn(format!(
+                        "a page of a partial manifest could not be fetched ({e}); its files come with the complete manifest"
+                    ));
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            };
             url = next;
         }
     }
