@@ -627,13 +627,15 @@ fn misbehaving_servers_leave_exactly_the_truth_in_the_files() {
         "drop=3000;expire_files=1;reorder;resign",
         "truncate_last=inner",
         "close_delimited;drop=3000",
+        "partial;page=1;polls=3;resign",
     ]
     .iter()
     .enumerate()
     {
         let out = tempdir(&format!("hostile-{i}"));
         let base = sb.scenario_url(&format!("retry_after=0;{scenario}"));
-        let o = run(export_cmd(&base, &out).args([
+        let mut cmd = export_cmd(&base, &out);
+        cmd.args([
             "--group",
             "g1",
             "--type",
@@ -641,7 +643,11 @@ fn misbehaving_servers_leave_exactly_the_truth_in_the_files() {
             "--on-invalid-line",
             "skip",
             "-q",
-        ]));
+        ]);
+        if scenario.contains("partial") {
+            cmd.arg("--allow-partial-manifests");
+        }
+        let o = run(&mut cmd);
         assert_eq!(o.status.code(), Some(0), "{scenario}: {}", text(&o.stderr));
         assert_eq!(ids_by_type(&out), want, "{scenario}");
         let skipped = out.join("error/fhirbulk-skipped-lines.ndjson");
