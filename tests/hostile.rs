@@ -398,7 +398,9 @@ fn a_retry_after_beyond_the_budget_is_clamped_and_reported() {
 #[test]
 fn a_long_wait_shows_in_the_progress() {
     let sb = sandbox();
-    let mut c = config(&sb, "storm=1;error_retry_after=3");
+    // The first request of each file is throttled with Retry-After: 3 (all files at once).
+    let mut c = config(&sb, "file_error=429:1;error_retry_after=3");
+    c.concurrency = 8;
     c.poll_max_ms = 10_000;
     let mut export = Export::start(c).expect("starts");
     let ctl = export.controller();
@@ -416,7 +418,8 @@ fn a_long_wait_shows_in_the_progress() {
         .duration_since(SystemTime::now())
         .unwrap_or_default();
     assert!(
-        left > Duration::from_secs(1) && left <= Duration::from_secs(3),
+        // Some of it is left however late this thread looked (a loaded machine), never more.
+        !left.is_zero() && left <= Duration::from_secs(3),
         "{left:?}"
     );
     let mut n = 0;
