@@ -251,6 +251,18 @@ fn pages_of_a_partial_manifest_start_downloads_while_the_job_runs() {
 }
 
 #[test]
+fn a_partial_manifest_page_that_cannot_be_fetched_is_a_warning() {
+    let sb = sandbox();
+    let mut c = config(&sb, "partial;page=1;polls=3;partial_page_error");
+    c.allow_partial_manifests = true;
+    let d = run_exact(&sb, c);
+    assert!(d.warned("page of a partial manifest"), "{:?}", d.warnings);
+    for (path, reqs) in by_path(&sb) {
+        assert_eq!(reqs.len(), 1, "{path} downloaded once");
+    }
+}
+
+#[test]
 fn a_manifest_listing_a_url_twice_downloads_it_once_and_says_so() {
     let sb = sandbox();
     let d = run_exact(&sb, config(&sb, "dup_entry"));

@@ -16,8 +16,8 @@
 //! `bad_chunked`, `trickle=MS`, `endless`; file lines `bad_line=N`, `long_line=BYTES[:N]`,
 //! `truncate_last[=inner]`, `bad_utf8=N`, `contained_first`, `bom`; manifests
 //! `foreign_scheme`, `expire_files=N`, `gone_after=N`, `no_output`, `resign`, `reorder`,
-//! `dup_entry`, `refresh_extra`, `refresh_drop`, `page_loop`, `transaction_time=VALUE`,
-//! `bad_count=JSON`; other endpoints `endless_body=WHERE[,WHERE...]`,
+//! `dup_entry`, `refresh_extra`, `refresh_drop`, `page_loop`, `partial_page_error`,
+//! `transaction_time=VALUE`, `bad_count=JSON`; other endpoints `endless_body=WHERE[,WHERE...]`,
 //! `error_retry_after=S|none|date|epoch`, `token_blip=[CODE:]N`, `discovery_blip=N`,
 //! `token_error_200`, `ansi`. Status URLs are `{prefix}/jobs/{id}`, manifest pages
 //! `{prefix}/jobs/{id}/manifest/{n}`, partial manifest pages (`partial` with `page=N`)

@@ -168,6 +168,8 @@ pub struct Faults {
     pub refresh_drop: bool,
     /// The last page of the complete manifest links back to page 1.
     pub page_loop: bool,
+    /// Pages 2.. of partial manifests answer 404 (only page 1, the 202 body, is there).
+    pub partial_page_error: bool,
     /// After record N of each output file, a line that is not UTF-8.
     pub bad_utf8: Option<u64>,
     /// Every output record starts with a `contained` member.
@@ -406,6 +408,7 @@ impl Scenario {
                 "refresh_extra" => s.faults.refresh_extra = flag(k, v)?,
                 "refresh_drop" => s.faults.refresh_drop = flag(k, v)?,
                 "page_loop" => s.faults.page_loop = flag(k, v)?,
+                "partial_page_error" => s.faults.partial_page_error = flag(k, v)?,
                 "bad_utf8" => s.faults.bad_utf8 = Some(num(k, v)?),
                 "contained_first" => s.faults.contained_first = flag(k, v)?,
                 "trickle" => s.faults.trickle_ms = Some(num(k, v)?),

@@ -1259,7 +1259,7 @@ fn partial_page(sh: &Shared, id: u64, ready: usize, page: usize) -> Reply {
             &format!("unknown or deleted export job {id}"),
         );
     };
-    if !job.partial || ready > job.files.len() {
+    if !job.partial || ready > job.files.len() || job.scen.faults.partial_page_error {
         return oo(
             404,
             "not-found",
@@ -1557,6 +1557,21 @@ impl FileBody<'_> {
     }
 }
 
+/// Fault `short_length` on a first request: a well-framed body of the first `s` bytes (under
+/// `close_delimited`, a clean close after them).
+fn short_length(
+    s: u64,
+    body: &FileBody<'_>,
+    close_delimited: bool,
+    cut: &mut Option<u64>,
+) -> (u16, BoxRead, Option<u64>, Option<u64>) {
+    let n = s.min(body.len());
+    if close_delimited {
+        *cut = Some(n);
+    }
+    (200, Box::new(body.read().take(n)), Some(n), Some(n))
+}
+
 fn file(sh: &Shared, ctx: &Ctx, id: u64, n: usize) -> Out {
     let Some(job) = sh.job(id) else {
         return oo(
@@ -1670,11 +1685,7 @@ fn file(sh: &Shared, ctx: &Ctx, id: u64, n: usize) -> Out {
             let half = body.len() / 2;
             (200, Box::new(body.read().take(half)), None, Some(half))
         } else if let (Some(s), true) = (fl.short_length, first) {
-            let n = s.min(body.len());
-            if fl.close_delimited {
-                cut = Some(n);
-            }
-            (200, Box::new(body.read().take(n)), Some(n), Some(n))
+            short_length(s, &body, fl.close_delimited, &mut cut)
         } else {
             if let (Some(at), true, true) = (fl.drop, first, fl.close_delimited) {
                 cut = Some(at.min(body.len().saturating_sub(1)));
@@ -1732,11 +1743,7 @@ fn file(sh: &Shared, ctx: &Ctx, id: u64, n: usize) -> Out {
                     let len = (!fl.close_delimited).then_some(total);
                     (200, body.read(), len, Some(total))
                 } else if let (Some(s), true) = (fl.short_length, first) {
-                    let n = s.min(body.len());
-                    if fl.close_delimited {
-                        cut = Some(n);
-                    }
-                    (200, Box::new(body.read().take(n)), Some(n), Some(n))
+                    short_length(s, &body, fl.close_delimited, &mut cut)
                 } else {
                     // Pre-rendered files have a known length, as files on object stores do.
                     let len = ((sc.length || fl.drop.is_some() || sh.prerender || fl.stored_gzip)
