@@ -592,21 +592,6 @@ fn form_encode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
-fn random_hex(n: usize) -> String {
-    let mut b = vec![0u8; n];
-    // getrandom only fails when the OS has no entropy source; fall back to time + counter.
-    if getrandom::getrandom(&mut b).is_err() {
-        let t = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        for (i, x) in b.iter_mut().enumerate() {
-            *x = (t >> ((i % 16) * 8)) as u8 ^ i as u8;
-        }
-    }
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// The signed client assertion: `iss` = `sub` = client id, `aud` = token URL, a unique `jti`,
 /// `exp` four minutes ahead (SMART allows at most five).
 fn client_assertion(
@@ -628,7 +613,7 @@ fn client_assertion(
         "sub": client_id,
         "aud": token_url,
         "exp": now + 240,
-        "jti": random_hex(16),
+        "jti": crate::id::random_hex(16),
     });
     jsonwebtoken::encode(&header, &claims, &key.key).map_err(|e| {
         Error::new(

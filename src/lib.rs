@@ -25,6 +25,8 @@ pub mod export;
 pub mod ffi;
 mod files;
 mod http;
+#[doc(hidden)]
+pub mod id;
 pub mod manifest;
 pub mod ndjson;
 mod remote;
