@@ -7,33 +7,15 @@
 
 use crate::config::{Auth, SecretSource};
 use crate::error::{escape_controls, from_reqwest, Error, ErrorCode, Result};
-use crate::http::{read_capped, DISCOVERY_BODY_LIMIT, TOKEN_BODY_LIMIT};
-use crate::retry::{self, retry_after, Attempt, Policy, Waiter};
+use crate::http::retry::{self, retry_after, Attempt, Policy, Waiter};
+use crate::http::{read_capped, Credentials, DISCOVERY_BODY_LIMIT, TOKEN_BODY_LIMIT};
+pub use crate::secret::Secret;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use parking_lot::Mutex;
 use reqwest::blocking::Client;
 use reqwest::header::ACCEPT;
 use serde_json::Value;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-/// A string that must not be printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Secret {
-        Secret(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("***")
-    }
-}
 
 /// Read a secret from where the config says it is. Errors name the config key and the file or
 /// variable, never the content.
@@ -55,7 +37,7 @@ pub fn resolve(key: &str, src: &SecretSource) -> Result<Secret> {
     if value.is_empty() {
         return Err(Error::config(format!("invalid config: {key} is empty")));
     }
-    Ok(Secret(value))
+    Ok(Secret::new(value))
 }
 
 /// A private key ready to sign client assertions.
@@ -410,7 +392,7 @@ impl Authorizer {
         }
         let body = read_capped(what, url, r, DISCOVERY_BODY_LIMIT).map_err(|e| e.message)?;
         serde_json::from_slice(&body)
-            .map_err(|_| format!("{url} did not answer JSON{}", crate::http::bom_hint(&body)))
+            .map_err(|_| format!("{url} did not answer JSON{}", crate::bom::bom_hint(&body)))
     }
 
     fn fetch_token(&self, client: &Client, w: &dyn Waiter) -> Result<Token> {
@@ -498,7 +480,7 @@ impl Authorizer {
         // Refresh before it runs out: a fifth of the lifetime early, at most 30 s.
         let margin = (lifetime / 5).min(Duration::from_secs(30));
         Ok(Token {
-            value: Secret(token.to_owned()),
+            value: Secret::new(token),
             refresh_at: started + lifetime.saturating_sub(margin),
         })
     }
@@ -538,6 +520,18 @@ fn token_error(status: u16, body: &[u8], token_url: &str) -> Error {
     e.http_status = Some(status);
     e.oauth_error = code;
     e
+}
+
+impl Credentials for Authorizer {
+    fn enabled(&self) -> bool {
+        Authorizer::enabled(self)
+    }
+    fn bearer(&self, client: &Client, w: &dyn Waiter) -> Result<Option<Secret>> {
+        self.bearer_with(client, w)
+    }
+    fn invalidate(&self, used: &Secret) -> bool {
+        Authorizer::invalidate(self, used)
+    }
 }
 
 /// A waiter for requests outside an export (the CLI's cancel): plain sleeps.

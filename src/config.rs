@@ -2,6 +2,8 @@
 //! errors; every check names the key and the value that was wrong.
 
 use crate::error::{Error, Result};
+use crate::instant::is_date_or_instant;
+pub use crate::instant::is_instant;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -547,77 +549,6 @@ fn is_resource_type_name(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric())
 }
 
-/// A FHIR instant: `YYYY-MM-DDThh:mm:ss[.fff](Z|±hh:mm)` with every field in its range (what a
-/// `transactionTime` must be to serve as the next `_since`).
-pub fn is_instant(s: &str) -> bool {
-    s.len() > 10 && is_date_or_instant(s)
-}
-
-/// `YYYY-MM-DD` (a valid calendar date), optionally followed by `Thh:mm:ss[.fff](Z|±hh:mm)`.
-fn is_date_or_instant(s: &str) -> bool {
-    let b = s.as_bytes();
-    let digits =
-        |r: std::ops::Range<usize>| b.get(r).is_some_and(|x| x.iter().all(u8::is_ascii_digit));
-    let num = |r: std::ops::Range<usize>| s[r].parse::<u32>().unwrap_or(u32::MAX);
-    if b.len() < 10
-        || !digits(0..4)
-        || b[4] != b'-'
-        || !digits(5..7)
-        || b[7] != b'-'
-        || !digits(8..10)
-    {
-        return false;
-    }
-    let (year, month, day) = (num(0..4), num(5..7), num(8..10));
-    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
-    let days = match month {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        2 if leap => 29,
-        2 => 28,
-        _ => return false,
-    };
-    if day == 0 || day > days {
-        return false;
-    }
-    if b.len() == 10 {
-        return true;
-    }
-    if b[10] != b'T'
-        || b.len() < 20
-        || !digits(11..13)
-        || b[13] != b':'
-        || !digits(14..16)
-        || b[16] != b':'
-        || !digits(17..19)
-        || num(11..13) > 23
-        || num(14..16) > 59
-        || num(17..19) > 60
-    {
-        return false;
-    }
-    let mut i = 19;
-    if b.get(i) == Some(&b'.') {
-        i += 1;
-        let start = i;
-        while b.get(i).is_some_and(u8::is_ascii_digit) {
-            i += 1;
-        }
-        if i == start {
-            return false;
-        }
-    }
-    match &b[i..] {
-        [b'Z'] => true,
-        [b'+' | b'-', h1, h2, b':', m1, m2] => {
-            [h1, h2, m1, m2].iter().all(|c| c.is_ascii_digit())
-                && (h1 - b'0') * 10 + (h2 - b'0') <= 14
-                && (m1 - b'0') * 10 + (m2 - b'0') <= 59
-        }
-        _ => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -655,21 +586,6 @@ mod tests {
             let e = Config::from_json(json).unwrap_err();
             assert!(e.message.contains(needle), "{json}: {}", e.message);
         }
-    }
-
-    #[test]
-    fn instants() {
-        assert!(is_date_or_instant("2024-01-31"));
-        assert!(is_date_or_instant("2024-02-29"));
-        assert!(is_date_or_instant("2024-01-31T10:00:00Z"));
-        assert!(is_date_or_instant("2024-01-31T10:00:00.123+02:00"));
-        assert!(!is_date_or_instant("yesterday"));
-        assert!(!is_date_or_instant("2024-01-31T10:00"));
-        assert!(!is_date_or_instant("2023-02-29"));
-        assert!(!is_date_or_instant("2024-13-45T99:00:00Z"));
-        assert!(!is_date_or_instant("2024-01-31T24:00:00Z"));
-        assert!(is_instant("2024-01-31T23:59:60Z"));
-        assert!(!is_instant("2024-01-31"), "an instant has a time");
     }
 
     #[test]

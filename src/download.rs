@@ -4,14 +4,16 @@
 //! it changed, its compressed stream was corrupt), the lines already sent are skipped: a line
 //! is sent once, whatever happens.
 
+use crate::bom::{is_utf16, BOM};
+use crate::buffers::Buffers;
 use crate::config::InvalidLinePolicy;
-use crate::decode::{self, Coding};
 use crate::error::{redact_url, stopped, Error, Result};
-use crate::export::Shared;
-use crate::http::BOM;
+use crate::http::decode::{self, Coding};
+use crate::http::{FileClient, Http};
 use crate::manifest::Kind;
+use crate::monitor::Monitor;
 use crate::ndjson::{check_last_line, Chunk, Invalid, LineMeta, TypeName};
-use crate::remote::{interrupt_of, FileClient, FileJob, Interrupt, Remote};
+use crate::remote::{interrupt_of, FileJob, FreshUrls, Interrupt, Remote};
 use crossbeam_channel::{select, Sender};
 use std::cell::RefCell;
 use std::io::Read;
@@ -21,6 +23,14 @@ use std::time::{Duration, Instant};
 /// Policy `skip` skips overlong lines, but a line longer than this many times
 /// `max_line_bytes` fails the file: it is a server sending bytes forever, not a long record.
 pub(crate) const MAX_SKIPPED_LINE_FACTOR: u64 = 16;
+
+/// What downloading a file needs of its export.
+pub(crate) struct Context<'a> {
+    pub(crate) http: &'a Http,
+    pub(crate) monitor: &'a Monitor,
+    pub(crate) buffers: &'a Buffers,
+    pub(crate) fresh: &'a dyn FreshUrls,
+}
 
 /// Where a download stands in lines.
 struct Cursor {
@@ -32,19 +42,19 @@ struct Cursor {
 
 /// Download one file and send its lines to the consumer in chunks.
 pub(crate) fn download(
-    sh: &Shared,
+    cx: &Context<'_>,
     fc: &FileClient,
     job: &FileJob,
     tx: &Sender<Chunk>,
 ) -> Result<()> {
-    let remote = RefCell::new(Remote::new(sh, fc, job));
+    let remote = RefCell::new(Remote::new(cx.http, cx.fresh, fc, job));
     let mut cur = Cursor {
         next_line: 1,
         skip_through: job.skip_lines,
     };
     loop {
         let opened = remote.borrow_mut().open();
-        let res = opened.and_then(|codings| read_file(sh, job, &remote, &codings, &mut cur, tx));
+        let res = opened.and_then(|codings| read_file(cx, job, &remote, &codings, &mut cur, tx));
         match res {
             Ok(()) => return Ok(()),
             Err(Interrupt::Fatal(e)) => return Err(e),
@@ -68,19 +78,19 @@ impl Read for Lent<'_, '_> {
 
 /// Read the file from its first byte, sending its lines.
 fn read_file(
-    sh: &Shared,
+    cx: &Context<'_>,
     job: &FileJob,
     remote: &RefCell<Remote<'_>>,
     codings: &[Coding],
     cur: &mut Cursor,
     tx: &Sender<Chunk>,
 ) -> Result<(), Interrupt> {
-    let c = &sh.config;
+    let c = &cx.http.config;
     let url = || remote.borrow().url().to_owned();
     let fatal = |msg: String| Interrupt::Fatal(Error::protocol(msg).with_url(&url()));
     let mut src = decode::reader(codings, Lent(remote));
     let target = c.chunk_bytes;
-    let mut buf = take_buffer(sh, target * 2);
+    let mut buf = cx.buffers.take(target * 2);
     let mut filled = 0usize;
     // The end of the last complete line in `buf[..filled]`: found in the bytes of each read
     // alone, so a long line is scanned once, not at every read (that was quadratic).
@@ -99,7 +109,7 @@ fn read_file(
     let mut invalid: Vec<Invalid> = Vec::new();
     let mut sent_last = false;
     while !eof {
-        if sh.stopping() {
+        if cx.monitor.stopping() {
             return Err(Interrupt::Fatal(stopped()));
         }
         if filled == buf.0.len() {
@@ -155,7 +165,7 @@ fn read_file(
         if n == 0 {
             eof = true;
         } else {
-            sh.bytes.fetch_add(n as u64, Ordering::Relaxed);
+            cx.monitor.bytes.fetch_add(n as u64, Ordering::Relaxed);
         }
         if at_start {
             let have = filled + n;
@@ -167,11 +177,13 @@ fn read_file(
                     filled = have - BOM.len();
                     last_nl = memchr::memrchr(b'\n', &buf.0[..filled]).map(|p| p + 1);
                     // Counted as received, but not NDJSON.
-                    sh.bytes.fetch_sub(BOM.len() as u64, Ordering::Relaxed);
+                    cx.monitor
+                        .bytes
+                        .fetch_sub(BOM.len() as u64, Ordering::Relaxed);
                     if !eof && filled == 0 {
                         continue;
                     }
-                } else if data.starts_with(b"\xFF\xFE") || data.starts_with(b"\xFE\xFF") {
+                } else if is_utf16(data) {
                     return Err(fatal(
                         "file download: the file starts with a UTF-16 byte order mark; NDJSON files must be UTF-8".into(),
                     ));
@@ -205,7 +217,7 @@ fn read_file(
                     last_nl = memchr::memrchr(b'\n', &buf.0[..filled]).map(|p| p + 1);
                     discarding = false;
                     if !invalid.is_empty() {
-                        send_invalid(sh, job, &url(), tx, &mut invalid)?;
+                        send_invalid(cx, job, &url(), tx, &mut invalid)?;
                     }
                 }
             }
@@ -258,7 +270,7 @@ fn read_file(
         let data = if tail > cut {
             // A long line is coming in: it stays in this buffer, the complete lines before it go
             // out in another (the smaller copy, and the big buffer is not handed out early).
-            let mut out = take_buffer(sh, target * 2);
+            let mut out = cx.buffers.take(target * 2);
             if out.0.len() < cut {
                 out.0.resize(cut, 0);
             }
@@ -267,7 +279,7 @@ fn read_file(
             out
         } else {
             // Move the partial tail into the next buffer, then index and send this one.
-            let mut next = take_buffer(sh, target * 2);
+            let mut next = cx.buffers.take(target * 2);
             if next.0.len() < tail + target {
                 next.0.resize(tail + target, 0);
             }
@@ -303,29 +315,29 @@ fn read_file(
         last_emit = Instant::now();
         first = false;
         if chunk.lines.is_empty() && !chunk.last {
-            sh.recycle(chunk.data, chunk.lines);
+            cx.buffers.recycle(chunk.data, chunk.lines);
         } else {
             sent_last = chunk.last;
-            send(sh, tx, chunk)?;
+            send(cx, tx, chunk)?;
         }
         if !invalid.is_empty() {
-            send_invalid(sh, job, &url(), tx, &mut invalid)?;
+            send_invalid(cx, job, &url(), tx, &mut invalid)?;
         }
     }
     if !invalid.is_empty() {
         // An overlong or cut last line at the end of the file.
-        send_invalid(sh, job, &url(), tx, &mut invalid)?;
+        send_invalid(cx, job, &url(), tx, &mut invalid)?;
     }
     if !sent_last {
         // The data went out before the end was known: tell the consumer the file is complete
         // (for checkpoints) with an empty last chunk.
         let (mut data, mut lines) = buf;
         lines.clear();
-        if data.capacity() > sh.big_chunk_bytes() {
+        if data.capacity() > cx.buffers.big_chunk_bytes() {
             data = Vec::new();
         }
         send(
-            sh,
+            cx,
             tx,
             Chunk {
                 file_index: job.index,
@@ -339,29 +351,28 @@ fn read_file(
             },
         )?;
     } else {
-        sh.recycle(buf.0, buf.1);
+        cx.buffers.recycle(buf.0, buf.1);
     }
     Ok(())
 }
 
 /// Send a chunk, waiting for the consumer (and, for a chunk with a big buffer, for one of the
 /// two places such chunks may take: long lines must not fill the channel).
-fn send(sh: &Shared, tx: &Sender<Chunk>, chunk: Chunk) -> Result<(), Interrupt> {
-    if chunk.data.capacity() > sh.big_chunk_bytes() {
-        select! {
-            send(sh.big_tx, ()) -> r => r.map_err(|_| Interrupt::Fatal(stopped()))?,
-            recv(sh.stop_rx) -> _ => return Err(Interrupt::Fatal(stopped())),
-        }
+fn send(cx: &Context<'_>, tx: &Sender<Chunk>, chunk: Chunk) -> Result<(), Interrupt> {
+    if chunk.data.capacity() > cx.buffers.big_chunk_bytes()
+        && !cx.buffers.reserve_big(&cx.monitor.stop_rx)
+    {
+        return Err(Interrupt::Fatal(stopped()));
     }
     select! {
         send(tx, chunk) -> r => r.map_err(|_| Interrupt::Fatal(stopped())),
-        recv(sh.stop_rx) -> _ => Err(Interrupt::Fatal(stopped())),
+        recv(cx.monitor.stop_rx) -> _ => Err(Interrupt::Fatal(stopped())),
     }
 }
 
 /// Deliver skipped lines as error records: OperationOutcomes naming the file and the line.
 fn send_invalid(
-    sh: &Shared,
+    cx: &Context<'_>,
     job: &FileJob,
     url: &str,
     tx: &Sender<Chunk>,
@@ -394,7 +405,8 @@ fn send_invalid(
         });
         data.push(b'\n');
     }
-    sh.invalid_lines
+    cx.monitor
+        .invalid_lines
         .fetch_add(lines.len() as u64, Ordering::Relaxed);
     let len = data.len();
     let chunk = Chunk {
@@ -407,18 +419,5 @@ fn send_invalid(
         last: false,
         synthetic: true,
     };
-    send(sh, tx, chunk)
-}
-
-/// A zero-filled buffer of at least `len` bytes (reused when the consumer gave one back).
-pub(crate) fn take_buffer(sh: &Shared, len: usize) -> (Vec<u8>, Vec<LineMeta>) {
-    match sh.recycle_rx.try_recv() {
-        Ok((mut d, l)) => {
-            if d.len() < len {
-                d.resize(len, 0);
-            }
-            (d, l)
-        }
-        Err(_) => (vec![0u8; len], Vec::new()),
-    }
+    send(cx, tx, chunk)
 }

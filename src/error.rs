@@ -105,7 +105,7 @@ pub struct Issue {
 /// Parse the issues of an OperationOutcome body; empty when the body is not one. Text fields
 /// have their control characters escaped ([`escape_controls`]).
 pub fn parse_operation_outcome(body: &[u8]) -> Vec<Issue> {
-    let body = crate::http::strip_bom(body);
+    let body = crate::bom::strip_bom(body);
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
         return Vec::new();
     };
@@ -231,7 +231,7 @@ impl Error {
     /// Build the error for an HTTP error response: its status, the URL and the OperationOutcome.
     pub fn from_response(what: &str, status: u16, url: &str, body: &[u8]) -> Error {
         let issues = parse_operation_outcome(body);
-        let body = crate::http::strip_bom(body);
+        let body = crate::bom::strip_bom(body);
         let code = ErrorCode::from_http(status);
         let mut message = format!("{what} failed: HTTP {status}");
         if let Some(reason) = reqwest::StatusCode::from_u16(status)

@@ -1,3 +1,6 @@
+//! The export's files: what each is (its manifest entry and index), what the caller has received
+//! of it (for checkpoints), and how an entry is matched to a file already known.
+//!
 //! Files are known by identity, never by their position in a manifest's lists nor by their full
 //! URL: a manifest fetched again (for expired links), a v3 partial manifest at the next poll, or
 //! the final manifest after partial ones may list the same files in another order, drop or add
@@ -11,9 +14,126 @@
 //! rather than guessing. An entry whose URL appears twice in one session is a duplicate:
 //! downloaded once.
 
+use crate::checkpoint::CheckpointFile;
 use crate::error::{redact_url, Error, Result};
 use crate::manifest::{Kind, ManifestFile};
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// A file listed by the manifest; `index` is what records carry as `file_index`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileInfo {
+    pub index: u32,
+    pub kind: Kind,
+    pub resource_type: Option<String>,
+    pub url: String,
+    pub count: Option<u64>,
+    /// Index within its manifest list (`output`, `error` or `deleted`), across pages.
+    pub position: usize,
+}
+
+/// What the caller has received of one file (the consumer writes it, checkpoints read it).
+pub(crate) struct FileProgress {
+    /// Physical line number of the last line delivered.
+    line: AtomicU64,
+    /// Every line was delivered.
+    complete: AtomicBool,
+}
+
+impl FileProgress {
+    pub(crate) fn line(&self) -> u64 {
+        self.line.load(Ordering::Acquire)
+    }
+    pub(crate) fn set_line(&self, line: u64) {
+        self.line.store(line, Ordering::Release);
+    }
+    pub(crate) fn complete(&self) -> bool {
+        self.complete.load(Ordering::Acquire)
+    }
+    pub(crate) fn set_complete(&self) {
+        self.complete.store(true, Ordering::Release);
+    }
+}
+
+/// Every file of an export, by index: its entry, its delivery progress, and the registry that
+/// decides which entries are files already known.
+#[derive(Default)]
+pub(crate) struct Files {
+    list: Vec<FileInfo>,
+    /// Parallel to `list`.
+    delivered: Vec<Arc<FileProgress>>,
+    /// Files seen per kind, for `FileInfo::position`.
+    kind_counts: [usize; 3],
+    pub(crate) registry: Registry,
+}
+
+impl Files {
+    pub(crate) fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub(crate) fn list(&self) -> &[FileInfo] {
+        &self.list
+    }
+
+    /// Add the file the registry gave `index` (the next one), with `lines` already delivered.
+    pub(crate) fn push(&mut self, index: u32, f: &ManifestFile, lines: u64, complete: bool) {
+        debug_assert_eq!(index as usize, self.list.len(), "registry and files agree");
+        let position = self.kind_counts[f.kind as usize];
+        self.kind_counts[f.kind as usize] += 1;
+        self.list.push(FileInfo {
+            index,
+            kind: f.kind,
+            resource_type: f.resource_type.clone(),
+            url: f.url.clone(),
+            count: f.count,
+            position,
+        });
+        self.delivered.push(Arc::new(FileProgress {
+            line: AtomicU64::new(lines),
+            complete: AtomicBool::new(complete),
+        }));
+    }
+
+    /// The delivery progress of file `index`.
+    pub(crate) fn progress(&self, index: u32) -> Option<Arc<FileProgress>> {
+        self.delivered.get(index as usize).cloned()
+    }
+
+    /// The file's URL changed (an expired link fetched again).
+    pub(crate) fn set_url(&mut self, index: u32, url: String) {
+        if let Some(f) = self.list.get_mut(index as usize) {
+            f.url = url;
+        }
+    }
+
+    /// The files as a checkpoint records them.
+    pub(crate) fn checkpoint(&self) -> Vec<CheckpointFile> {
+        self.list
+            .iter()
+            .zip(&self.delivered)
+            .map(|(f, p)| CheckpointFile {
+                url: f.url.clone(),
+                kind: f.kind.name().into(),
+                resource_type: f.resource_type.clone(),
+                count: f.count,
+                lines_delivered: p.line(),
+                complete: p.complete(),
+            })
+            .collect()
+    }
+
+    /// The (redacted) URLs of the files not delivered completely.
+    pub(crate) fn undelivered(&self) -> Vec<String> {
+        self.list
+            .iter()
+            .zip(&self.delivered)
+            .filter(|(_, p)| !p.complete())
+            .map(|(f, _)| redact_url(&f.url))
+            .collect()
+    }
+}
 
 /// What a manifest entry is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -32,7 +32,9 @@ mod tests {
     fn hex_of_the_length_asked_and_different_each_time() {
         let a = super::random_hex(16);
         assert_eq!(a.len(), 32);
-        assert!(a.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert!(a
+            .bytes()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
         assert_ne!(a, super::random_hex(16));
     }
 }

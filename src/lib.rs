@@ -15,10 +15,16 @@
 //! # Ok::<(), fhirbulk::Error>(())
 //! ```
 
+// The record path: `export` (start, pull) -> `stream` (records) <- `download` (lines of a file)
+// <- `remote` (its bytes across responses) <- `http` (the one place a request goes out).
+// The protocol: `kickoff`, `status` (polling, pages, links fetched again), `coordinator` (runs
+// them and queues files), `files` (the files by identity, their delivery progress).
 pub mod auth;
+mod bom;
+mod buffers;
 pub mod checkpoint;
 pub mod config;
-mod decode;
+mod coordinator;
 mod download;
 pub mod error;
 pub mod export;
@@ -27,14 +33,22 @@ mod files;
 mod http;
 #[doc(hidden)]
 pub mod id;
+mod instant;
+pub mod kickoff;
 pub mod manifest;
+mod monitor;
 pub mod ndjson;
 mod remote;
-mod retry;
 #[cfg(feature = "sandbox")]
 pub mod sandbox;
+mod secret;
+mod status;
+mod stream;
 
 pub use config::{Auth, Config, Level, Method, SecretSource};
 pub use error::{Error, ErrorCode, Issue};
-pub use export::{Batch, Controller, Export, FileInfo, Next, Progress, Record, State, Wait};
+pub use export::{Controller, Export, Progress};
+pub use files::FileInfo;
 pub use manifest::Kind;
+pub use monitor::{State, Wait};
+pub use stream::{Batch, Next, Record};

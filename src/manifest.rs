@@ -57,11 +57,11 @@ impl Manifest {
     /// Parse a manifest body; relative URLs resolve against `base` (the URL it came from). A
     /// leading UTF-8 byte order mark is skipped.
     pub fn parse(body: &[u8], base: &str) -> Result<Manifest> {
-        let body = crate::http::strip_bom(body);
+        let body = crate::bom::strip_bom(body);
         let raw: Value = serde_json::from_slice(body).map_err(|e| {
             Error::protocol(format!(
                 "the export manifest is not valid JSON: {e}{}",
-                crate::http::bom_hint(body)
+                crate::bom::bom_hint(body)
             ))
             .with_url(base)
         })?;
@@ -150,7 +150,7 @@ impl Manifest {
         let s = |k: &str| obj.get(k).and_then(Value::as_str).map(str::to_owned);
         let mut transaction_time = s("transactionTime");
         if let Some(t) = &transaction_time {
-            if !crate::config::is_instant(t) {
+            if !crate::instant::is_instant(t) {
                 let shown: String = t.chars().take(60).collect();
                 notes.push(format!(
                     "transactionTime {:?} is not a FHIR instant; it is not used as the _since of a next export",

@@ -70,7 +70,7 @@ pub fn check_line(line: &[u8], full: bool) -> Option<String> {
     let first = line.iter().position(|b| !b.is_ascii_whitespace())?;
     let last = line.iter().rposition(|b| !b.is_ascii_whitespace())?;
     if line[first] != b'{' {
-        if line[first..].starts_with(crate::http::BOM) {
+        if line[first..].starts_with(crate::bom::BOM) {
             return Some(
                 "it starts with a byte order mark (U+FEFF), which only the start of a file may have"
                     .into(),

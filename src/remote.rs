@@ -21,14 +21,13 @@
 //! The stream is read through decoders (`decode`): its interruptions travel inside
 //! `io::Error`s ([`interrupt_of`]) so they are never taken for corrupt compression.
 
-use crate::auth::Secret;
-use crate::decode::{self, Coding};
 use crate::error::{from_reqwest, stopped, Error, ErrorCode, Result};
-use crate::export::Shared;
-use crate::http::{content_type, HttpResponse};
+use crate::http::decode::{self, Coding};
+use crate::http::retry::Budget;
+use crate::http::{content_type, FileClient, Http, HttpResponse};
 use crate::manifest::Kind;
 use crate::ndjson::TypeName;
-use crate::retry::Budget;
+use crate::secret::Secret;
 use reqwest::header::{
     HeaderMap, ACCEPT, ACCEPT_ENCODING, ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, ETAG,
     IF_RANGE, LAST_MODIFIED, RANGE, TRANSFER_ENCODING,
@@ -48,14 +47,11 @@ pub(crate) struct FileJob {
     pub skip_lines: u64,
 }
 
-/// The HTTP client of one download thread: reqwest's async API driven by a runtime of this
-/// thread, so that a connection and the loop reading its body run on the same thread. With
-/// `reqwest::blocking`, every chunk of a body crosses from reqwest's runtime thread to the
-/// reading thread (two wake-ups per chunk): on chunked responses that halved throughput and
-/// tripled CPU per GB (bench/run.py).
-pub(crate) struct FileClient {
-    pub(crate) rt: tokio::runtime::Runtime,
-    pub(crate) client: reqwest::Client,
+/// Fresh URLs for files whose link expired: the manifest fetched again, the file found in it
+/// by identity (see `files`).
+pub(crate) trait FreshUrls {
+    /// The new URL of file `index`, or the error to fail with (`cause` when there is none).
+    fn fresh_url(&self, index: u32, cause: Error) -> Result<String>;
 }
 
 /// How often a download waiting for the server looks whether the export was stopped.
@@ -73,7 +69,7 @@ enum Waited {
 /// stops (a cancel or a failure elsewhere ends a stalled download at once, not after
 /// `read_timeout_ms`).
 fn wait_on<F: std::future::Future>(
-    sh: &Shared,
+    http: &Http,
     rt: &tokio::runtime::Runtime,
     timeout: Duration,
     fut: F,
@@ -82,7 +78,7 @@ fn wait_on<F: std::future::Future>(
     rt.block_on(async {
         let mut fut = std::pin::pin!(fut);
         loop {
-            if sh.stopping() {
+            if http.stopping() {
                 return Err(Waited::Stopped);
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -98,7 +94,7 @@ fn wait_on<F: std::future::Future>(
 
 /// A file response of a [`FileClient`].
 pub(crate) struct FileResponse<'a> {
-    sh: &'a Shared,
+    http: &'a Http,
     rt: &'a tokio::runtime::Runtime,
     resp: reqwest::Response,
 }
@@ -114,10 +110,10 @@ impl HttpResponse for FileResponse<'_> {
         // An error body is read for its OperationOutcome within read_timeout_ms in all; one
         // that breaks off or never ends is used as far as it came.
         let mut body = Vec::new();
-        let deadline = Instant::now() + Duration::from_millis(self.sh.config.read_timeout_ms);
+        let deadline = Instant::now() + Duration::from_millis(self.http.config.read_timeout_ms);
         while (body.len() as u64) < limit {
             let left = deadline.saturating_duration_since(Instant::now());
-            match wait_on(self.sh, self.rt, left, self.resp.chunk()) {
+            match wait_on(self.http, self.rt, left, self.resp.chunk()) {
                 Ok(Ok(Some(b))) => body.extend_from_slice(&b),
                 _ => break,
             }
@@ -150,14 +146,14 @@ fn acceptable_file_type(ct: &str) -> bool {
 /// GET a file under the request and retry policies (token, trusted origins, redirects, 401
 /// refresh, retryable statuses), from `range` (offset and the If-Range validator) when set.
 fn send_file<'a>(
-    sh: &'a Shared,
+    http: &'a Http,
     fc: &'a FileClient,
     url: &str,
     use_token: bool,
     range: Option<(u64, Option<&str>)>,
 ) -> Result<FileResponse<'a>> {
     let what = "file download";
-    let timeout = Duration::from_millis(sh.config.read_timeout_ms);
+    let timeout = Duration::from_millis(http.config.read_timeout_ms);
     let mut one = |u: &str, token: Option<&Secret>| {
         let mut rb = fc
             .client
@@ -170,39 +166,39 @@ fn send_file<'a>(
                 rb = rb.header(IF_RANGE, v);
             }
         }
-        if sh.trusted(u) {
-            for (k, v) in &sh.config.headers {
+        if http.trusted(u) {
+            for (k, v) in &http.config.headers {
                 rb = rb.header(k.as_str(), v.as_str());
             }
         }
         if let Some(t) = token {
             rb = rb.bearer_auth(t.expose());
         }
-        match wait_on(sh, &fc.rt, timeout, rb.send()) {
+        match wait_on(http, &fc.rt, timeout, rb.send()) {
             Err(Waited::TimedOut) => Err(Error::new(
                 ErrorCode::Timeout,
                 format!(
                     "{what} failed: no response within read_timeout_ms ({} ms); raise it for a slow server",
-                    sh.config.read_timeout_ms
+                    http.config.read_timeout_ms
                 ),
             )
             .with_url(u)),
             Err(Waited::Stopped) => Err(stopped()),
             Ok(Err(e)) => Err(from_reqwest(what, u, &e)),
             Ok(Ok(resp)) => Ok(FileResponse {
-                sh,
+                http,
                 rt: &fc.rt,
                 resp,
             }),
         }
     };
     let ranged = range.is_some();
-    sh.retrying(
+    http.retrying(
         what,
         url,
         &|s| s == 200 || s == 206 || (ranged && s == 416),
         true,
-        &mut || sh.send_with(what, url, use_token, &mut one),
+        &mut || http.send_with(what, url, use_token, &mut one),
     )
 }
 
@@ -291,15 +287,11 @@ struct StallClock {
 }
 
 impl StallClock {
-    fn new(sh: &Shared) -> StallClock {
-        let window = Duration::from_millis(sh.config.stall_window_ms);
+    fn new(c: &crate::config::Config) -> StallClock {
+        let window = Duration::from_millis(c.stall_window_ms);
         StallClock {
             window,
-            min_bytes: sh
-                .config
-                .min_bytes_per_s
-                .saturating_mul(sh.config.stall_window_ms)
-                / 1000,
+            min_bytes: c.min_bytes_per_s.saturating_mul(c.stall_window_ms) / 1000,
             waited: Duration::ZERO,
             bytes: 0,
         }
@@ -338,7 +330,8 @@ impl StallClock {
 
 /// One file's bytes across responses (see the module documentation).
 pub(crate) struct Remote<'a> {
-    sh: &'a Shared,
+    http: &'a Http,
+    fresh: &'a dyn FreshUrls,
     fc: &'a FileClient,
     job: &'a FileJob,
     url: String,
@@ -364,13 +357,19 @@ pub(crate) struct Remote<'a> {
 }
 
 impl<'a> Remote<'a> {
-    pub(crate) fn new(sh: &'a Shared, fc: &'a FileClient, job: &'a FileJob) -> Remote<'a> {
+    pub(crate) fn new(
+        http: &'a Http,
+        fresh: &'a dyn FreshUrls,
+        fc: &'a FileClient,
+        job: &'a FileJob,
+    ) -> Remote<'a> {
         Remote {
-            sh,
+            http,
+            fresh,
             fc,
             job,
             url: job.url.clone(),
-            budget: sh.policy.budget(),
+            budget: http.policy.budget(),
             refreshes: 0,
             rep: None,
             resp: None,
@@ -380,7 +379,7 @@ impl<'a> Remote<'a> {
             offset: 0,
             end_checked: false,
             ended: false,
-            stall: StallClock::new(sh),
+            stall: StallClock::new(&http.config),
             cur: bytes::Bytes::new(),
             line_hint: 1,
         }
@@ -455,7 +454,7 @@ impl<'a> Remote<'a> {
     /// finds (a corrupt compressed stream).
     pub(crate) fn failed(&mut self, cause: Error) -> Interrupt {
         self.resp = None;
-        match self.budget.wait(self.sh, cause, None) {
+        match self.budget.wait(self.http.waiter(), cause, None) {
             Ok(()) => Interrupt::Restart,
             Err(e) => Interrupt::Fatal(e),
         }
@@ -466,7 +465,7 @@ impl<'a> Remote<'a> {
         loop {
             let validator = self.rep.as_ref().and_then(|r| r.validator.clone());
             let range = range.map(|o| (o, validator.as_deref()));
-            match send_file(self.sh, self.fc, &self.url, self.job.send_token, range) {
+            match send_file(self.http, self.fc, &self.url, self.job.send_token, range) {
                 Ok(r) => return Ok(r),
                 Err(e) if e.code == ErrorCode::NotFound => {
                     self.refreshes += 1;
@@ -474,8 +473,8 @@ impl<'a> Remote<'a> {
                         return Err(Interrupt::Fatal(e));
                     }
                     self.url = self
-                        .sh
-                        .refresh_file_url(self.job.index, e)
+                        .fresh
+                        .fresh_url(self.job.index, e)
                         .map_err(Interrupt::Fatal)?;
                 }
                 Err(e) => return Err(Interrupt::Fatal(e)),
@@ -487,7 +486,7 @@ impl<'a> Remote<'a> {
     fn recover(&mut self, cause: Error) -> std::result::Result<(), Interrupt> {
         self.resp = None;
         self.budget
-            .wait(self.sh, cause, None)
+            .wait(self.http.waiter(), cause, None)
             .map_err(Interrupt::Fatal)?;
         self.stall.reset();
         self.resume()
@@ -575,7 +574,7 @@ impl<'a> Remote<'a> {
 
     /// Make `cur` hold bytes; false at the end of the file.
     fn fill(&mut self) -> std::result::Result<bool, Interrupt> {
-        let read_timeout = Duration::from_millis(self.sh.config.read_timeout_ms);
+        let read_timeout = Duration::from_millis(self.http.config.read_timeout_ms);
         loop {
             if !self.cur.is_empty() {
                 return Ok(true);
@@ -587,13 +586,13 @@ impl<'a> Remote<'a> {
                 self.recover(cause)?;
                 continue;
             }
-            let (sh, fc, limit) = (self.sh, self.fc, read_timeout.min(self.stall.left()));
+            let (http, fc, limit) = (self.http, self.fc, read_timeout.min(self.stall.left()));
             let Some(resp) = self.resp.as_mut() else {
                 self.resume()?;
                 continue;
             };
             let t0 = Instant::now();
-            let got = wait_on(sh, &fc.rt, limit, resp.resp.chunk());
+            let got = wait_on(http, &fc.rt, limit, resp.resp.chunk());
             let waited = t0.elapsed();
             let n = match &got {
                 Ok(Ok(Some(b))) => b.len() as u64,
@@ -635,7 +634,7 @@ impl<'a> Remote<'a> {
                             ErrorCode::Timeout,
                             format!(
                                 "file download stalled at line {}: no data within read_timeout_ms ({} ms)",
-                                self.line_hint, self.sh.config.read_timeout_ms
+                                self.line_hint, self.http.config.read_timeout_ms
                             ),
                         )
                         .with_url(&self.url);
@@ -652,7 +651,7 @@ impl<'a> Remote<'a> {
             ErrorCode::Timeout,
             format!(
                 "file download stalled at line {}: {got} bytes in {} ms, below min_bytes_per_s ({})",
-                self.line_hint, self.sh.config.stall_window_ms, self.sh.config.min_bytes_per_s
+                self.line_hint, self.http.config.stall_window_ms, self.http.config.min_bytes_per_s
             ),
         )
         .with_url(&self.url)

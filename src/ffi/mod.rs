@@ -11,7 +11,8 @@
 //!   consumer gets `FHIRBULK_ERR_BUSY`).
 
 use crate::error::{Error, ErrorCode};
-use crate::export::{Controller, Export, Next};
+use crate::export::{Controller, Export};
+use crate::stream::Next;
 use crate::Config;
 use libc::c_char;
 use once_cell::sync::Lazy;
@@ -748,7 +749,7 @@ pub extern "C" fn fhirbulk_status_name(s: FhirbulkStatus) -> *const c_char {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::export::State;
+    use crate::State;
 
     #[test]
     fn constants_match_the_core() {

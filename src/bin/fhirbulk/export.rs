@@ -8,7 +8,7 @@ use crate::progress::{Display, Written};
 use crate::state;
 use crate::util::{self, CliError, EXIT_INTERRUPTED, EXIT_OK};
 use fhirbulk::error::redact_url;
-use fhirbulk::export::{kickoff_query, kickoff_url};
+use fhirbulk::kickoff::{kickoff_query, kickoff_url};
 use fhirbulk::{Config, Controller, Export, Method, Next, State};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};

@@ -1,8 +1,9 @@
-//! What every HTTP exchange of the engine shares: the response trait the request and retry
-//! policies work on (blocking or async), header helpers, and reading a control body (status,
-//! manifest, token, discovery, error answers) decoded and within a byte cap.
+//! Responses: the trait the request and retry policies work on (blocking or async), the media
+//! type, and reading a control body (status, manifest, token, discovery, error answers) decoded
+//! and within a byte cap.
 
-use crate::decode;
+use super::decode;
+use crate::bom::BOM;
 use crate::error::{from_reqwest, Error, ErrorCode, Result};
 use reqwest::blocking::Response;
 use reqwest::header::{HeaderMap, CONTENT_TYPE};
@@ -43,36 +44,20 @@ impl HttpResponse for Response {
     }
 }
 
-/// The media type of a response, lower-cased, without parameters.
+/// The media type of a response (`type/subtype`, lower-cased, without parameters).
 pub(crate) fn content_type(h: &HeaderMap) -> String {
-    h.get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .unwrap_or_default()
-}
-
-/// The UTF-8 byte order mark.
-pub(crate) const BOM: &[u8] = b"\xEF\xBB\xBF";
-
-/// `body` without a leading UTF-8 byte order mark (some Windows servers and tools write one).
-pub(crate) fn strip_bom(body: &[u8]) -> &[u8] {
-    body.strip_prefix(BOM).unwrap_or(body)
-}
-
-/// Why a JSON body that does not parse may have failed: a UTF-16 or UTF-32 byte order mark.
-pub(crate) fn bom_hint(body: &[u8]) -> &'static str {
-    if body.starts_with(b"\xFF\xFE\0\0") || body.starts_with(b"\0\0\xFE\xFF") {
-        " (it starts with a UTF-32 byte order mark; JSON must be UTF-8)"
-    } else if body.starts_with(b"\xFF\xFE") || body.starts_with(b"\xFE\xFF") {
-        " (it starts with a UTF-16 byte order mark; JSON must be UTF-8)"
-    } else {
-        ""
+    let Some(v) = h.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return String::new();
+    };
+    match v.trim().parse::<mime::Mime>() {
+        Ok(m) => m.essence_str().to_ascii_lowercase(),
+        // Not a media type: what comes before its parameters, for the error it causes.
+        Err(_) => v
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase(),
     }
 }
 

@@ -3,9 +3,9 @@
 //! one request. Every request of the engine goes through [`run`]: kick-off, status, manifest
 //! pages, files, the token endpoint and discovery.
 
+use super::response::{HttpResponse, ERROR_BODY_LIMIT};
 use crate::config::Config;
 use crate::error::{is_transient_issue_code, stopped, Error, ErrorCode, Issue, Result};
-use crate::http::{HttpResponse, ERROR_BODY_LIMIT};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

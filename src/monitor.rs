@@ -1,0 +1,240 @@
+//! What the threads of one export share to stop together and to report: its [`State`], the
+//! stop and cancel signals, the first error, the counters of the progress, the warnings and the
+//! long wait in progress. It is the export's [`Waiter`]: retry waits end early when it stops
+//! and show in the progress.
+
+use crate::error::{escape_controls, Error};
+use crate::http::retry::Waiter;
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+/// Where an export is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum State {
+    KickingOff = 0,
+    /// The server is preparing the files (status polls answer 202).
+    Waiting = 1,
+    Downloading = 2,
+    Done = 3,
+    Failed = 4,
+    Cancelled = 5,
+}
+
+impl State {
+    fn from_u32(v: u32) -> State {
+        match v {
+            0 => State::KickingOff,
+            1 => State::Waiting,
+            2 => State::Downloading,
+            3 => State::Done,
+            4 => State::Failed,
+            _ => State::Cancelled,
+        }
+    }
+    pub fn is_terminal(self) -> bool {
+        matches!(self, State::Done | State::Failed | State::Cancelled)
+    }
+}
+
+/// A long wait (for a `Retry-After`, a backoff, or between status polls).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Wait {
+    /// What is waited for, e.g. `export status request failed: HTTP 429 Too Many Requests`.
+    pub reason: String,
+    pub until: SystemTime,
+}
+
+/// Waits at least this long show in the progress.
+const SHOWN_WAIT: Duration = Duration::from_secs(2);
+/// Warnings kept (more are counted).
+const MAX_WARNINGS: usize = 100;
+
+/// See the module documentation.
+pub(crate) struct Monitor {
+    state: AtomicU32,
+    cancelled: AtomicBool,
+    stopping: AtomicBool,
+    cancel_tx: Mutex<Option<Sender<()>>>,
+    stop_tx: Mutex<Option<Sender<()>>>,
+    /// Disconnected when the export stops: a `select!` on it ends a blocked send at once.
+    pub(crate) stop_rx: Receiver<()>,
+    error: Mutex<Option<Error>>,
+    warnings: Mutex<(Vec<String>, u32)>,
+    wait: Mutex<Option<(u64, Wait)>>,
+    wait_ids: AtomicU64,
+    /// The server's last `X-Progress` text.
+    pub(crate) server_progress: Mutex<Option<String>>,
+    /// Status requests made.
+    pub(crate) polls: AtomicU32,
+    /// Bytes of NDJSON received (after decoding).
+    pub(crate) bytes: AtomicU64,
+    pub(crate) records: AtomicU64,
+    pub(crate) files_done: AtomicU32,
+    /// Attempts repeated after retryable failures.
+    pub(crate) retries: AtomicU32,
+    /// Invalid lines skipped (policy `skip`).
+    pub(crate) invalid_lines: AtomicU64,
+}
+
+impl Monitor {
+    /// A monitor, and the receiver a consumer selects on to wake at a cancel.
+    pub(crate) fn new() -> (Monitor, Receiver<()>) {
+        let (cancel_tx, cancel_rx) = bounded::<()>(0);
+        let (stop_tx, stop_rx) = bounded::<()>(0);
+        let m = Monitor {
+            state: AtomicU32::new(State::KickingOff as u32),
+            cancelled: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            cancel_tx: Mutex::new(Some(cancel_tx)),
+            stop_tx: Mutex::new(Some(stop_tx)),
+            stop_rx,
+            error: Mutex::new(None),
+            warnings: Mutex::new((Vec::new(), 0)),
+            wait: Mutex::new(None),
+            wait_ids: AtomicU64::new(0),
+            server_progress: Mutex::new(None),
+            polls: AtomicU32::new(0),
+            bytes: AtomicU64::new(0),
+            records: AtomicU64::new(0),
+            files_done: AtomicU32::new(0),
+            retries: AtomicU32::new(0),
+            invalid_lines: AtomicU64::new(0),
+        };
+        (m, cancel_rx)
+    }
+
+    /// The state as the coordinator last set it.
+    pub(crate) fn state(&self) -> State {
+        State::from_u32(self.state.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn set_state(&self, s: State) {
+        self.state.store(s as u32, Ordering::Release);
+    }
+
+    /// The state to report: the outcome as soon as it is decided, not when the threads have
+    /// wound down.
+    pub(crate) fn reported_state(&self) -> State {
+        if self.cancelled() {
+            State::Cancelled
+        } else if self.error.lock().is_some() {
+            State::Failed
+        } else {
+            self.state()
+        }
+    }
+
+    pub(crate) fn cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Stop every thread of the export (sleeps and blocked sends end at once).
+    pub(crate) fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.stop_tx.lock().take();
+    }
+
+    /// Cancel: stop, and wake a consumer blocked in a pull. No effect once the export ended.
+    pub(crate) fn cancel(&self) {
+        if self.state().is_terminal() || self.error.lock().is_some() {
+            return;
+        }
+        self.cancelled.store(true, Ordering::Release);
+        self.cancel_tx.lock().take();
+        self.stop();
+    }
+
+    /// Record the first fatal error and stop everything.
+    pub(crate) fn fail(&self, e: Error) {
+        {
+            let mut err = self.error.lock();
+            if err.is_none() && !self.cancelled() {
+                *err = Some(e);
+            }
+        }
+        self.stop();
+    }
+
+    /// Set the error that ends the export (the coordinator's own, after the threads ended).
+    pub(crate) fn set_error(&self, e: Error) {
+        *self.error.lock() = Some(e);
+    }
+
+    /// The error that failed the export.
+    pub(crate) fn error(&self) -> Option<Error> {
+        self.error.lock().clone()
+    }
+
+    pub(crate) fn has_error(&self) -> bool {
+        self.error.lock().is_some()
+    }
+
+    /// Sleep, waking early when the export stops; false when it stopped.
+    pub(crate) fn sleep(&self, d: Duration) -> bool {
+        matches!(self.stop_rx.recv_timeout(d), Err(RecvTimeoutError::Timeout))
+    }
+
+    /// Sleep `d`, showing it in the progress when it is long; false when the export stopped.
+    pub(crate) fn wait_shown(&self, d: Duration, reason: &str) -> bool {
+        if d < SHOWN_WAIT {
+            return self.sleep(d);
+        }
+        let id = self.wait_ids.fetch_add(1, Ordering::Relaxed);
+        let w = Wait {
+            reason: escape_controls(reason).into_owned(),
+            until: SystemTime::now() + d,
+        };
+        {
+            // The wait that ends last is the one to show.
+            let mut cur = self.wait.lock();
+            if cur.as_ref().map_or(true, |(_, c)| c.until <= w.until) {
+                *cur = Some((id, w));
+            }
+        }
+        let awake = self.sleep(d);
+        let mut cur = self.wait.lock();
+        if cur.as_ref().is_some_and(|(i, _)| *i == id) {
+            *cur = None;
+        }
+        awake
+    }
+
+    /// The long wait in progress, if any.
+    pub(crate) fn wait(&self) -> Option<Wait> {
+        self.wait.lock().as_ref().map(|(_, w)| w.clone())
+    }
+
+    /// Note a warning (kept up to MAX_WARNINGS, all counted).
+    pub(crate) fn warn(&self, message: String) {
+        let mut w = self.warnings.lock();
+        w.1 = w.1.saturating_add(1);
+        if w.0.len() < MAX_WARNINGS {
+            w.0.push(escape_controls(&message).into_owned());
+        }
+    }
+
+    /// The warnings kept (oldest first) and how many there were.
+    pub(crate) fn warnings(&self) -> (Vec<String>, u32) {
+        self.warnings.lock().clone()
+    }
+}
+
+impl Waiter for Monitor {
+    fn stopping(&self) -> bool {
+        Monitor::stopping(self)
+    }
+    fn wait_retry(&self, d: Duration, reason: &str) -> bool {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+        self.wait_shown(d, reason)
+    }
+    fn warn(&self, message: String) {
+        Monitor::warn(self, message)
+    }
+}

@@ -1,0 +1,210 @@
+//! After the kick-off: polling the status URL until the manifest is ready (partial manifests of
+//! v3 handed on as they come), following a manifest's pages, and fetching the manifest again
+//! when file links expire.
+
+use crate::error::{escape_controls, redact_url, stopped, Error, Result};
+use crate::files::{Files, Match};
+use crate::http::retry::{self, retry_after};
+use crate::http::{
+    content_type, read_capped, Http, HttpResponse, ERROR_BODY_LIMIT, STATUS_BODY_LIMIT,
+};
+use crate::manifest::Manifest;
+use crate::monitor::{Monitor, State};
+use parking_lot::Mutex;
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// Poll the status URL until the export is complete; the complete manifest's first page.
+/// Partial manifests (v3) of 202 answers, and the pages they link, start downloads at once.
+pub(crate) fn poll_status(
+    http: &Http,
+    monitor: &Monitor,
+    status_url: &str,
+    partial: &mut dyn FnMut(Manifest) -> Result<()>,
+) -> Result<Manifest> {
+    let c = &*http.config;
+    let min = Duration::from_millis(c.poll_min_ms);
+    let max = Duration::from_millis(c.poll_max_ms);
+    let backoff_max = Duration::from_millis(c.poll_backoff_max_ms.min(c.poll_max_ms)).max(min);
+    let mut backoff = min;
+    // For job failures reported with X-Export-Status on a 200 (v3 separate-export-status).
+    let mut budget = http.policy.budget();
+    loop {
+        if monitor.stopping() {
+            return Err(stopped());
+        }
+        let build = |u: &str| {
+            // Called for every attempt: count status requests as sent.
+            monitor.polls.fetch_add(1, Ordering::Relaxed);
+            http.get_json(u)
+        };
+        let accept = |s: u16| s == 200 || s == 202;
+        let resp =
+            http.send_retrying("export status request", status_url, true, &build, &accept)?;
+        let headers = resp.headers().clone();
+        let mut status = resp.status().as_u16();
+        if let Some(s) = headers
+            .get("x-export-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().get(..3))
+            .and_then(|v| v.parse::<u16>().ok())
+        {
+            status = s;
+        }
+        if let Some(p) = headers.get("x-progress").and_then(|v| v.to_str().ok()) {
+            let p: String = p.chars().take(500).collect();
+            *monitor.server_progress.lock() = Some(escape_controls(&p).into_owned());
+        }
+        match status {
+            200 => {
+                let body =
+                    read_capped("export status request", status_url, resp, STATUS_BODY_LIMIT)?;
+                let ct = content_type(&headers);
+                if !ct.is_empty() && !ct.contains("json") {
+                    return Err(Error::protocol(format!(
+                        "the export manifest came as Content-Type {:?}, not JSON",
+                        escape_controls(&ct)
+                    ))
+                    .with_url(status_url));
+                }
+                return Manifest::parse(&body, status_url);
+            }
+            202 => {
+                let body =
+                    read_capped("export status request", status_url, resp, STATUS_BODY_LIMIT)?;
+                // v3: a 202 may carry a partial manifest of the files ready so far, with pages.
+                if body.iter().any(|b| !b.is_ascii_whitespace()) {
+                    if let Ok(v) = serde_json::from_slice::<Value>(&body) {
+                        if v.get("output").is_some() {
+                            partial(Manifest::from_value(v, status_url)?)?;
+                        }
+                    }
+                }
+                monitor.set_state(State::Waiting);
+                let ra = retry_after(&headers);
+                let d = match &ra {
+                    Some(r) => {
+                        let d = r.wait.clamp(min, max);
+                        if let Some(n) = &r.note {
+                            monitor.warn(format!("export status request: {n}"));
+                        }
+                        if r.wait > max {
+                            monitor.warn(format!(
+                                "export status request: the server asked to wait {} s before the next poll (Retry-After {}); waiting {} s (poll_max_ms)",
+                                r.wait.as_secs(),
+                                r.raw,
+                                d.as_secs()
+                            ));
+                        }
+                        d
+                    }
+                    None => {
+                        let d = backoff;
+                        backoff = (backoff * 2).min(backoff_max);
+                        d
+                    }
+                };
+                let progress = monitor.server_progress.lock().clone();
+                let reason = match progress {
+                    Some(p) => format!("the server is preparing the export ({p})"),
+                    None => "the server is preparing the export".to_owned(),
+                };
+                if !monitor.wait_shown(d, &reason) {
+                    return Err(stopped());
+                }
+            }
+            _ => {
+                let after = retry_after(&headers);
+                let body = resp.error_body(ERROR_BODY_LIMIT);
+                let e = Error::from_response("export status request", status, status_url, &body);
+                if !retry::is_retryable(status, &e.issues) {
+                    return Err(e);
+                }
+                budget.wait(monitor, e, after.as_ref())?;
+            }
+        }
+    }
+}
+
+/// Fetch one page of a manifest (its `link` `next`).
+pub(crate) fn fetch_manifest_page(http: &Http, url: &str) -> Result<Manifest> {
+    let build = |u: &str| http.get_json(u);
+    let resp = http.send_retrying("manifest page request", url, true, &build, &|s| s == 200)?;
+    let body = read_capped("manifest page request", url, resp, STATUS_BODY_LIMIT)?;
+    Manifest::parse(&body, url)
+}
+
+/// Following a manifest's `link` pages: a page fetched twice (a `next` pointing back) is a
+/// protocol error at once, not an endless walk.
+pub(crate) struct Pages {
+    seen: HashSet<String>,
+}
+
+impl Pages {
+    /// Paging from the manifest at `first` (the status URL for the complete manifest).
+    pub(crate) fn new(first: &str) -> Pages {
+        Pages {
+            seen: HashSet::from([first.to_owned()]),
+        }
+    }
+
+    /// The next page to fetch after `page`, if any.
+    pub(crate) fn next(&mut self, page: &Manifest) -> Result<Option<String>> {
+        let Some(next) = page.next.clone() else {
+            return Ok(None);
+        };
+        if !self.seen.insert(next.clone()) {
+            return Err(Error::protocol(format!(
+                "the manifest's link \"next\" points back to a page already fetched: its pages repeat (after {} pages)",
+                self.seen.len()
+            ))
+            .with_url(&next));
+        }
+        if self.seen.len() > 100_000 {
+            return Err(
+                Error::protocol("the manifest has more than 100000 pages; giving up")
+                    .with_url(&next),
+            );
+        }
+        Ok(Some(next))
+    }
+}
+
+/// Fetch the complete manifest again (every page) and match its entries to the known files:
+/// their URLs now, by file index.
+pub(crate) fn urls_again(
+    http: &Http,
+    files: &Mutex<Files>,
+    status_url: &str,
+) -> Result<HashMap<u32, String>> {
+    let build = |u: &str| http.get_json(u);
+    let resp = http.send_retrying("manifest request", status_url, true, &build, &|s| s == 200)?;
+    let body = read_capped("manifest request", status_url, resp, STATUS_BODY_LIMIT)?;
+    let first = Manifest::parse(&body, status_url)?;
+    let mut session = files.lock().registry.session(false);
+    let mut urls = HashMap::new();
+    let mut pages = Pages::new(status_url);
+    let mut page = first;
+    loop {
+        let matches = files.lock().registry.resolve(&mut session, &page.files)?;
+        for (f, m) in page.files.iter().zip(matches) {
+            match m {
+                Match::Known(i) => {
+                    urls.insert(i, f.url.clone());
+                }
+                Match::Unknown => http.waiter().warn(format!(
+                    "the manifest fetched again lists a file the first did not ({}); it is ignored",
+                    redact_url(&f.url)
+                )),
+                Match::New(_) | Match::Duplicate(_) => {}
+            }
+        }
+        let Some(next) = pages.next(&page)? else {
+            break;
+        };
+        page = fetch_manifest_page(http, &next)?;
+    }
+    Ok(urls)
+}
