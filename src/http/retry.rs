@@ -7,7 +7,6 @@ use super::response::{HttpResponse, ERROR_BODY_LIMIT};
 use crate::config::Config;
 use crate::error::{is_transient_issue_code, stopped, Error, ErrorCode, Issue, Result};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A `Retry-After` of at least this many seconds (more than 31 years) is a Unix time a
@@ -162,7 +161,7 @@ impl Budget {
             None => {
                 // Full backoff step with up to half of it taken off at random (jitter), so
                 // many clients do not retry in lockstep.
-                let d = self.backoff.mul_f64(1.0 - jitter() * 0.5);
+                let d = self.backoff.mul_f64(1.0 - fastrand::f64() * 0.5);
                 self.backoff = (self.backoff * 2).min(p.backoff_max);
                 if d > left {
                     return Err(format!(
@@ -264,23 +263,6 @@ pub(crate) fn classify<R: HttpResponse>(
         }
         Err(e) => Attempt::Fail(e),
     }
-}
-
-/// A number in [0, 1) from a fast, non-cryptographic generator.
-fn jitter() -> f64 {
-    static STATE: AtomicU64 = AtomicU64::new(0);
-    let mut x = STATE.load(Ordering::Relaxed);
-    if x == 0 {
-        x = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0x9e37_79b9_7f4a_7c15, |d| d.as_nanos() as u64)
-            | 1;
-    }
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    STATE.store(x, Ordering::Relaxed);
-    (x >> 11) as f64 / (1u64 << 53) as f64
 }
 
 #[cfg(test)]
