@@ -76,3 +76,34 @@ impl Buffers {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_are_reused_and_big_ones_freed() {
+        let b = Buffers::new(1000, 4);
+        let (d, l) = b.take(2000);
+        assert_eq!(d.len(), 2000);
+        assert!(d.iter().all(|&x| x == 0));
+        let ptr = d.as_ptr();
+        b.release(d, l);
+        assert_eq!(b.take(10).0.as_ptr(), ptr, "a small buffer comes back");
+        // A big buffer holds one of two places until the consumer releases it.
+        let (_stop_tx, stop) = bounded::<()>(0);
+        assert!(b.reserve_big(&stop));
+        assert!(b.reserve_big(&stop));
+        let big = vec![0u8; b.big_chunk_bytes() + 1];
+        b.release(big, Vec::new());
+        assert!(b.reserve_big(&stop), "the release gave a place back");
+        // Both places taken: a stop ends the wait.
+        drop(_stop_tx);
+        assert!(!b.reserve_big(&stop));
+        let (d, _) = b.take(10);
+        assert!(
+            d.capacity() <= b.big_chunk_bytes(),
+            "big buffers are not pooled"
+        );
+    }
+}

@@ -194,3 +194,43 @@ pub(crate) fn kickoff(http: &Http) -> Result<String> {
 
 const KICKOFF_429_HINT: &str = " (servers answer 429 to a kick-off when an export of this client \
      is already running: wait for it to finish or cancel it with DELETE on its status URL)";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_and_queries_are_percent_encoded_value_by_value() {
+        let mut c = Config::new("http://h/fhir/");
+        c.level = Level::Group;
+        c.group_id = Some("a b/ü".into());
+        assert_eq!(
+            kickoff_url(&c),
+            "http://h/fhir/Group/a%20b%2F%C3%BC/$export"
+        );
+        c.types = vec!["Patient".into(), "Observation".into()];
+        c.type_filters = vec!["Observation?code=a,b&status=final".into()];
+        c.since = Some("2024-01-01T00:00:00+02:00".into());
+        assert_eq!(
+            kickoff_query(&c),
+            "_since=2024-01-01T00%3A00%3A00%2B02%3A00&_type=Patient,Observation\
+             &_typeFilter=Observation%3Fcode%3Da%2Cb%26status%3Dfinal"
+        );
+        c.level = Level::System;
+        assert_eq!(kickoff_url(&c), "http://h/fhir/$export");
+    }
+
+    #[test]
+    fn parameters_name_patients_as_references() {
+        let mut c = Config::new("http://h/fhir");
+        c.patients = vec!["p1".into(), "Patient/p2".into()];
+        let p = kickoff_parameters(&c);
+        let refs: Vec<&str> = p["parameter"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|x| x["valueReference"]["reference"].as_str())
+            .collect();
+        assert_eq!(refs, ["Patient/p1", "Patient/p2"]);
+    }
+}

@@ -238,3 +238,63 @@ impl Waiter for Monitor {
         Monitor::warn(self, message)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+
+    #[test]
+    fn warnings_are_capped_counted_and_escaped() {
+        let (m, _) = Monitor::new();
+        for i in 0..150 {
+            m.warn(format!("w{i}\x1b[31m"));
+        }
+        let (kept, n) = m.warnings();
+        assert_eq!((kept.len(), n), (MAX_WARNINGS, 150));
+        assert!(!kept[0].contains('\x1b'), "{:?}", kept[0]);
+    }
+
+    #[test]
+    fn the_first_outcome_wins() {
+        let (m, cancel_rx) = Monitor::new();
+        m.fail(Error::new(ErrorCode::Network, "first"));
+        m.fail(Error::new(ErrorCode::Timeout, "second"));
+        m.cancel();
+        assert_eq!(m.error().unwrap().message, "first");
+        assert_eq!(m.reported_state(), State::Failed);
+        assert!(cancel_rx.try_recv().is_err() && !m.cancelled());
+        assert!(
+            !m.sleep(Duration::from_secs(5)),
+            "a stopped export does not sleep"
+        );
+
+        let (m, cancel_rx) = Monitor::new();
+        m.cancel();
+        m.fail(Error::new(ErrorCode::Network, "after the cancel"));
+        assert!(m.error().is_none());
+        assert_eq!(m.reported_state(), State::Cancelled);
+        assert!(
+            cancel_rx.recv().is_err(),
+            "the consumer wakes: the channel closed"
+        );
+    }
+
+    #[test]
+    fn only_long_waits_show() {
+        let (m, _) = Monitor::new();
+        assert!(m.wait_shown(Duration::from_millis(1), "short"));
+        assert_eq!(m.wait(), None);
+        std::thread::scope(|s| {
+            s.spawn(|| m.wait_shown(Duration::from_secs(30), "long\n"));
+            let t = std::time::Instant::now();
+            while m.wait().is_none() && t.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let shown = m.wait();
+            m.stop();
+            assert_eq!(shown.unwrap().reason, "long\\u{a}");
+        });
+        assert_eq!(m.wait(), None, "a wait that ended is not shown");
+    }
+}

@@ -208,3 +208,30 @@ pub(crate) fn urls_again(
     }
     Ok(urls)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn page(next: Option<&str>) -> Manifest {
+        let mut v =
+            json!({"transactionTime": "2024-01-01T00:00:00Z", "request": "x", "output": []});
+        if let Some(n) = next {
+            v["link"] = json!([{"relation": "next", "url": n}]);
+        }
+        Manifest::from_value(v, "http://h/status").unwrap()
+    }
+
+    #[test]
+    fn pages_that_point_back_are_an_error() {
+        let mut p = Pages::new("http://h/status");
+        assert_eq!(
+            p.next(&page(Some("http://h/p2"))).unwrap().as_deref(),
+            Some("http://h/p2")
+        );
+        assert_eq!(p.next(&page(None)).unwrap(), None);
+        let e = p.next(&page(Some("http://h/status"))).unwrap_err();
+        assert!(e.message.contains("points back"), "{}", e.message);
+    }
+}

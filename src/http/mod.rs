@@ -242,3 +242,45 @@ impl Http {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoToken;
+    impl Credentials for NoToken {
+        fn enabled(&self) -> bool {
+            false
+        }
+        fn bearer(&self, _: &Client, _: &dyn Waiter) -> Result<Option<Secret>> {
+            Ok(None)
+        }
+        fn invalidate(&self, _: &Secret) -> bool {
+            false
+        }
+    }
+    struct Quiet;
+    impl Waiter for Quiet {
+        fn stopping(&self) -> bool {
+            false
+        }
+        fn wait_retry(&self, _: Duration, _: &str) -> bool {
+            true
+        }
+        fn warn(&self, _: String) {}
+    }
+
+    #[test]
+    fn only_the_server_and_listed_origins_are_trusted() {
+        let mut c = Config::new("https://ehr.example:8443/fhir");
+        c.token_origins = vec!["https://files.example".into()];
+        let h = Http::new(Arc::new(c), Box::new(NoToken), Arc::new(Quiet)).unwrap();
+        assert!(h.trusted("https://ehr.example:8443/fhir/jobs/1"));
+        assert!(h.trusted("https://files.example/a.ndjson?sig=1"));
+        assert!(!h.trusted("http://ehr.example:8443/fhir"), "another scheme");
+        assert!(!h.trusted("https://ehr.example/fhir"), "another port");
+        assert!(!h.trusted("https://ehr.example.evil:8443/fhir"));
+        assert!(!h.trusted("https://user@files.example.evil/"));
+        assert!(!h.trusted("not a url"));
+    }
+}
