@@ -829,19 +829,10 @@ fn export_duration_ms(started_at: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Parse what [`util::rfc3339`] writes.
+/// Milliseconds since 1970 of an RFC 3339 timestamp (such as [`util::rfc3339`] writes).
 fn parse_rfc3339_ms(s: &str) -> Option<u64> {
-    let b = s.as_bytes();
-    if b.len() < 24 {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hh, mm, ss, ms) = (num(11..13)?, num(14..16)?, num(17..19)?, num(20..23)?);
-    let days =
-        fhirbulk::sandbox::days_from_civil(y, u32::try_from(m).ok()?, u32::try_from(d).ok()?);
-    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
-    u64::try_from(secs * 1000 + ms).ok()
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    u64::try_from(t.unix_timestamp_nanos().div_euclid(1_000_000)).ok()
 }
 
 #[cfg(test)]
@@ -852,5 +843,8 @@ mod tests {
     fn parses_own_timestamps() {
         let t = std::time::UNIX_EPOCH + Duration::from_millis(1_709_251_199_123);
         assert_eq!(parse_rfc3339_ms(&util::rfc3339(t)), Some(1_709_251_199_123));
+        assert_eq!(parse_rfc3339_ms("1969-12-31T23:59:59.999Z"), None);
+        assert_eq!(parse_rfc3339_ms("2024-02-30T00:00:00.000Z"), None);
+        assert_eq!(parse_rfc3339_ms("not a time"), None);
     }
 }

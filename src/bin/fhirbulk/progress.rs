@@ -69,16 +69,10 @@ fn wait_text(p: &Progress) -> Option<String> {
         .until
         .duration_since(std::time::SystemTime::now())
         .unwrap_or_default();
-    let at = w
-        .until
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
     Some(format!(
-        "waiting {} (until {:02}:{:02}:{:02} UTC): {}",
+        "waiting {} (until {} UTC): {}",
         fmt_duration(left),
-        at / 3600 % 24,
-        at / 60 % 60,
-        at % 60,
+        crate::util::clock_utc(w.until),
         w.reason
     ))
 }

@@ -5,6 +5,9 @@ use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
+use time::format_description::BorrowedFormatItem;
+use time::macros::format_description;
+use time::{OffsetDateTime, PrimitiveDateTime};
 
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_OTHER: u8 = 1;
@@ -119,10 +122,31 @@ impl fmt::Display for CliError {
     }
 }
 
+/// `YYYY-MM-DDThh:mm:ss.mmmZ`, what the event log and the checkpoint write.
+const INSTANT: &[BorrowedFormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+
+/// `t` in UTC to the millisecond; before 1970 is 1970, past the last representable instant
+/// is that instant.
+pub fn utc(t: SystemTime) -> OffsetDateTime {
+    let ms = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
+    i128::try_from(ms)
+        .ok()
+        .and_then(|ms| ms.checked_mul(1_000_000))
+        .and_then(|ns| OffsetDateTime::from_unix_timestamp_nanos(ns).ok())
+        .unwrap_or_else(|| PrimitiveDateTime::MAX.assume_utc())
+}
+
 /// `2024-05-01T12:00:00.123Z`
 pub fn rfc3339(t: SystemTime) -> String {
-    let ms = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
-    fhirbulk::sandbox::instant(i64::try_from(ms).unwrap_or(i64::MAX))
+    utc(t).format(INSTANT).unwrap_or_default()
+}
+
+/// `hh:mm:ss` of `t` in UTC.
+pub fn clock_utc(t: SystemTime) -> String {
+    utc(t)
+        .format(format_description!("[hour]:[minute]:[second]"))
+        .unwrap_or_default()
 }
 
 pub fn now() -> String {
@@ -208,6 +232,7 @@ mod tests {
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
         let t = UNIX_EPOCH + Duration::from_millis(1_709_251_199_123);
         assert_eq!(rfc3339(t), "2024-02-29T23:59:59.123Z");
+        assert_eq!(clock_utc(t), "23:59:59");
     }
 
     #[test]
