@@ -10,6 +10,7 @@ use crate::util::{self, CliError, EXIT_INTERRUPTED, EXIT_OK};
 use fhirbulk::error::redact_url;
 use fhirbulk::export::{kickoff_query, kickoff_url};
 use fhirbulk::{Config, Controller, Export, Method, Next, State};
+use indicatif::{HumanBytes, HumanCount};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -600,20 +601,23 @@ overwrite them, or another --out",
             summary["error"] = Value::Null;
             if !a.quiet {
                 let t = &run.outputs.totals;
-                let per_type: Vec<String> =
-                    t.records.iter().map(|(k, v)| format!("{k} {v}")).collect();
+                let per_type: Vec<String> = t
+                    .records
+                    .iter()
+                    .map(|(k, v)| format!("{k} {}", HumanCount(*v)))
+                    .collect();
                 eprintln!(
                     "fhirbulk: done in {:.1} s: {} records ({}), {} error, {} deleted, {} -> {}",
                     duration.as_secs_f64(),
-                    t.records.values().sum::<u64>(),
+                    HumanCount(t.records.values().sum::<u64>()),
                     if per_type.is_empty() {
                         "none".to_owned()
                     } else {
                         per_type.join(", ")
                     },
-                    t.error_records,
-                    t.deleted_records,
-                    util::human_bytes(t.ndjson_bytes),
+                    HumanCount(t.error_records),
+                    HumanCount(t.deleted_records),
+                    HumanBytes(t.ndjson_bytes),
                     out.display()
                 );
             }

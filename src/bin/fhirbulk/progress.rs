@@ -2,9 +2,10 @@
 //! progress while waiting; files, bytes, records, rate and ETA while downloading), plain log
 //! lines on stderr otherwise, nothing with `--quiet`.
 
-use crate::util::human_bytes;
 use fhirbulk::{Progress, State};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{
+    HumanBytes, HumanCount, HumanDuration, ProgressBar, ProgressDrawTarget, ProgressStyle,
+};
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
@@ -41,28 +42,7 @@ pub struct Written {
     pub expected_records: Option<u64>,
 }
 
-fn fmt_duration(d: Duration) -> String {
-    let s = d.as_secs();
-    if s >= 3600 {
-        format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
-    } else {
-        format!("{}:{:02}", s / 60, s % 60)
-    }
-}
-
-fn thousands(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// "waiting 42 s (until 10:31:07 UTC): <reason>" while the engine waits long.
+/// "waiting 42 seconds (until 10:31:07 UTC): <reason>" while the engine waits long.
 fn wait_text(p: &Progress) -> Option<String> {
     let w = p.wait.as_ref()?;
     let left = w
@@ -71,7 +51,7 @@ fn wait_text(p: &Progress) -> Option<String> {
         .unwrap_or_default();
     Some(format!(
         "waiting {} (until {} UTC): {}",
-        fmt_duration(left),
+        HumanDuration(left),
         crate::util::clock_utc(w.until),
         w.reason
     ))
@@ -198,13 +178,13 @@ impl Display {
                 let text = format!(
                     "{}{} records, {} rec/s{}, files {}/{}, {}",
                     wait.map(|w| format!("{w}; ")).unwrap_or_default(),
-                    thousands(w.records),
-                    thousands(rate as u64),
-                    eta.map(|d| format!(", ETA {}", fmt_duration(d)))
+                    HumanCount(w.records),
+                    HumanCount(rate as u64),
+                    eta.map(|d| format!(", ETA {}", HumanDuration(d)))
                         .unwrap_or_default(),
                     w.files_done,
                     w.files_total,
-                    human_bytes(w.bytes),
+                    HumanBytes(w.bytes),
                 );
                 match &self.mode {
                     Mode::Bar(b) => {
