@@ -522,7 +522,8 @@ overwrite them, or another --out",
                 }
                 remove_previous(&out, &found)?;
             }
-            let export_id = util::random_id();
+            // 20 hex characters, like the SMART client's `exportId`.
+            let export_id = fhirbulk::id::random_hex(10);
             let log = EventLog::open(&out.join("log.ndjson"), &export_id, None)?;
             (
                 Outputs::new(&out, a.gzip, Default::default(), Totals::default()),

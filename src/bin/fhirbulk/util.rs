@@ -186,19 +186,6 @@ pub fn sync_dir(dir: &Path) {
     }
 }
 
-/// 20 random hex characters (the event log's `exportId`, like the SMART client's).
-pub fn random_id() -> String {
-    let mut b = [0u8; 10];
-    if getrandom::getrandom(&mut b).is_err() {
-        let n = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        b.copy_from_slice(&n.to_le_bytes()[..10]);
-    }
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// A file or directory name for a resource type from the server: letters and digits only, so a
 /// hostile manifest cannot write outside the output directory.
 pub fn safe_name(s: &str) -> String {
