@@ -184,8 +184,12 @@ impl Run {
             + self.outputs.totals.error_records
             + self.outputs.totals.deleted_records;
         let files = ctl.files();
+        // The server's hints: none when one is missing or they overflow.
         let expected = if !files.is_empty() && files.iter().all(|f| f.count.is_some()) {
-            Some(files.iter().filter_map(|f| f.count).sum())
+            files
+                .iter()
+                .filter_map(|f| f.count)
+                .try_fold(0u64, u64::checked_add)
         } else {
             None
         };

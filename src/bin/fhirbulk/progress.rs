@@ -159,14 +159,16 @@ impl Display {
                 let secs = t0.elapsed().as_secs_f64().max(0.001);
                 let rate = (w.records.saturating_sub(r0)) as f64 / secs;
                 let eta = match w.expected_records {
+                    // try_from: a huge count hint must not panic.
                     Some(total) if rate > 0.0 && total >= w.records => {
-                        Some(Duration::from_secs_f64((total - w.records) as f64 / rate))
+                        Duration::try_from_secs_f64((total - w.records) as f64 / rate).ok()
                     }
                     _ if w.files_done > 0 && w.files_total > w.files_done => {
                         let per_file = secs / w.files_done as f64;
-                        Some(Duration::from_secs_f64(
+                        Duration::try_from_secs_f64(
                             per_file * (w.files_total - w.files_done) as f64,
-                        ))
+                        )
+                        .ok()
                     }
                     _ => None,
                 };
