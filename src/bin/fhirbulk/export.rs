@@ -10,6 +10,7 @@ use crate::util::{self, CliError, EXIT_INTERRUPTED, EXIT_OK};
 use fhirbulk::error::redact_url;
 use fhirbulk::kickoff::{kickoff_query, kickoff_url};
 use fhirbulk::{Config, Controller, Export, Method, Next, State};
+use indicatif::{HumanBytes, HumanCount};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -183,8 +184,12 @@ impl Run {
             + self.outputs.totals.error_records
             + self.outputs.totals.deleted_records;
         let files = ctl.files();
+        // The server's hints: none when one is missing or they overflow.
         let expected = if !files.is_empty() && files.iter().all(|f| f.count.is_some()) {
-            Some(files.iter().filter_map(|f| f.count).sum())
+            files
+                .iter()
+                .filter_map(|f| f.count)
+                .try_fold(0u64, u64::checked_add)
         } else {
             None
         };
@@ -521,7 +526,8 @@ overwrite them, or another --out",
                 }
                 remove_previous(&out, &found)?;
             }
-            let export_id = util::random_id();
+            // 20 hex characters, like the SMART client's `exportId`.
+            let export_id = fhirbulk::id::random_hex(10);
             let log = EventLog::open(&out.join("log.ndjson"), &export_id, None)?;
             (
                 Outputs::new(&out, a.gzip, Default::default(), Totals::default()),
@@ -600,20 +606,23 @@ overwrite them, or another --out",
             summary["error"] = Value::Null;
             if !a.quiet {
                 let t = &run.outputs.totals;
-                let per_type: Vec<String> =
-                    t.records.iter().map(|(k, v)| format!("{k} {v}")).collect();
+                let per_type: Vec<String> = t
+                    .records
+                    .iter()
+                    .map(|(k, v)| format!("{k} {}", HumanCount(*v)))
+                    .collect();
                 eprintln!(
                     "fhirbulk: done in {:.1} s: {} records ({}), {} error, {} deleted, {} -> {}",
                     duration.as_secs_f64(),
-                    t.records.values().sum::<u64>(),
+                    HumanCount(t.records.values().sum::<u64>()),
                     if per_type.is_empty() {
                         "none".to_owned()
                     } else {
                         per_type.join(", ")
                     },
-                    t.error_records,
-                    t.deleted_records,
-                    util::human_bytes(t.ndjson_bytes),
+                    HumanCount(t.error_records),
+                    HumanCount(t.deleted_records),
+                    HumanBytes(t.ndjson_bytes),
                     out.display()
                 );
             }
@@ -829,19 +838,10 @@ fn export_duration_ms(started_at: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Parse what [`util::rfc3339`] writes.
+/// Milliseconds since 1970 of an RFC 3339 timestamp (such as [`util::rfc3339`] writes).
 fn parse_rfc3339_ms(s: &str) -> Option<u64> {
-    let b = s.as_bytes();
-    if b.len() < 24 {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hh, mm, ss, ms) = (num(11..13)?, num(14..16)?, num(17..19)?, num(20..23)?);
-    let days =
-        fhirbulk::sandbox::days_from_civil(y, u32::try_from(m).ok()?, u32::try_from(d).ok()?);
-    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
-    u64::try_from(secs * 1000 + ms).ok()
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    u64::try_from(t.unix_timestamp_nanos().div_euclid(1_000_000)).ok()
 }
 
 #[cfg(test)]
@@ -852,5 +852,8 @@ mod tests {
     fn parses_own_timestamps() {
         let t = std::time::UNIX_EPOCH + Duration::from_millis(1_709_251_199_123);
         assert_eq!(parse_rfc3339_ms(&util::rfc3339(t)), Some(1_709_251_199_123));
+        assert_eq!(parse_rfc3339_ms("1969-12-31T23:59:59.999Z"), None);
+        assert_eq!(parse_rfc3339_ms("2024-02-30T00:00:00.000Z"), None);
+        assert_eq!(parse_rfc3339_ms("not a time"), None);
     }
 }

@@ -2,9 +2,10 @@
 //! progress while waiting; files, bytes, records, rate and ETA while downloading), plain log
 //! lines on stderr otherwise, nothing with `--quiet`.
 
-use crate::util::human_bytes;
 use fhirbulk::{Progress, State};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{
+    HumanBytes, HumanCount, HumanDuration, ProgressBar, ProgressDrawTarget, ProgressStyle,
+};
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
@@ -41,44 +42,17 @@ pub struct Written {
     pub expected_records: Option<u64>,
 }
 
-fn fmt_duration(d: Duration) -> String {
-    let s = d.as_secs();
-    if s >= 3600 {
-        format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
-    } else {
-        format!("{}:{:02}", s / 60, s % 60)
-    }
-}
-
-fn thousands(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// "waiting 42 s (until 10:31:07 UTC): <reason>" while the engine waits long.
+/// "waiting 42 seconds (until 10:31:07 UTC): <reason>" while the engine waits long.
 fn wait_text(p: &Progress) -> Option<String> {
     let w = p.wait.as_ref()?;
     let left = w
         .until
         .duration_since(std::time::SystemTime::now())
         .unwrap_or_default();
-    let at = w
-        .until
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
     Some(format!(
-        "waiting {} (until {:02}:{:02}:{:02} UTC): {}",
-        fmt_duration(left),
-        at / 3600 % 24,
-        at / 60 % 60,
-        at % 60,
+        "waiting {} (until {} UTC): {}",
+        HumanDuration(left),
+        crate::util::clock_utc(w.until),
         w.reason
     ))
 }
@@ -185,14 +159,16 @@ impl Display {
                 let secs = t0.elapsed().as_secs_f64().max(0.001);
                 let rate = (w.records.saturating_sub(r0)) as f64 / secs;
                 let eta = match w.expected_records {
+                    // try_from: a huge count hint must not panic.
                     Some(total) if rate > 0.0 && total >= w.records => {
-                        Some(Duration::from_secs_f64((total - w.records) as f64 / rate))
+                        Duration::try_from_secs_f64((total - w.records) as f64 / rate).ok()
                     }
                     _ if w.files_done > 0 && w.files_total > w.files_done => {
                         let per_file = secs / w.files_done as f64;
-                        Some(Duration::from_secs_f64(
+                        Duration::try_from_secs_f64(
                             per_file * (w.files_total - w.files_done) as f64,
-                        ))
+                        )
+                        .ok()
                     }
                     _ => None,
                 };
@@ -204,13 +180,13 @@ impl Display {
                 let text = format!(
                     "{}{} records, {} rec/s{}, files {}/{}, {}",
                     wait.map(|w| format!("{w}; ")).unwrap_or_default(),
-                    thousands(w.records),
-                    thousands(rate as u64),
-                    eta.map(|d| format!(", ETA {}", fmt_duration(d)))
+                    HumanCount(w.records),
+                    HumanCount(rate as u64),
+                    eta.map(|d| format!(", ETA {}", HumanDuration(d)))
                         .unwrap_or_default(),
                     w.files_done,
                     w.files_total,
-                    human_bytes(w.bytes),
+                    HumanBytes(w.bytes),
                 );
                 match &self.mode {
                     Mode::Bar(b) => {

@@ -3,6 +3,7 @@
 use crate::cli::SandboxArgs;
 use crate::util::{CliError, EXIT_OK};
 use fhirbulk::sandbox::{Sandbox, SandboxAuth, SandboxClient, SandboxOptions};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,17 +19,20 @@ pub fn run(a: SandboxArgs) -> u8 {
     }
 }
 
+/// What stays as is in a scenario's path segment: letters, digits and `;=_.,~-+`.
+const SCENARIO: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b';')
+    .remove(b'=')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b',')
+    .remove(b'~')
+    .remove(b'-')
+    .remove(b'+');
+
 /// Percent-encode a scenario for its path segment (`/` in values such as `status_ct=text/plain`).
 fn encode_scenario(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b";=_.,~-+".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    utf8_percent_encode(s, SCENARIO).to_string()
 }
 
 fn read_jwks(path: &std::path::Path) -> Result<serde_json::Value, CliError> {
@@ -172,4 +176,25 @@ fn serve(a: &SandboxArgs) -> Result<(), CliError> {
     }
     sandbox.stop();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::encode_scenario;
+
+    #[test]
+    fn scenario_segments() {
+        assert_eq!(
+            encode_scenario("polls=3;gzip;slow=100"),
+            "polls=3;gzip;slow=100"
+        );
+        assert_eq!(
+            encode_scenario("status_ct=text/plain;a_b.c,d~e-f+g"),
+            "status_ct=text%2Fplain;a_b.c,d~e-f+g"
+        );
+        assert_eq!(
+            encode_scenario("file_error=429:1 %?#\u{e9}"),
+            "file_error=429%3A1%20%25%3F%23%C3%A9"
+        );
+    }
 }

@@ -6,24 +6,19 @@ use fhirbulk::{Config, Level};
 use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
 
-/// `$XDG_STATE_HOME/fhirbulk/state.json`, else `~/.local/state/fhirbulk/state.json`.
+/// `fhirbulk/state.json` in the user's state directory: `dirs::state_dir()`, which is
+/// `$XDG_STATE_HOME` (if absolute) else `$HOME/.local/state` on Linux and the BSDs. macOS and
+/// Windows have none, so there it is the local data directory, `dirs::data_local_dir()`
+/// (`~/Library/Application Support`, `%LOCALAPPDATA%`).
 pub fn default_path() -> Result<PathBuf, CliError> {
-    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
-        let p = PathBuf::from(x);
-        if p.is_absolute() {
-            return Ok(p.join("fhirbulk").join("state.json"));
-        }
-    }
-    match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
-        Some(h) => Ok(PathBuf::from(h)
-            .join(".local")
-            .join("state")
-            .join("fhirbulk")
-            .join("state.json")),
-        None => Err(CliError::usage(
-            "--since auto needs a state file: set --state-file, XDG_STATE_HOME or HOME",
-        )),
-    }
+    dirs::state_dir()
+        .or_else(dirs::data_local_dir)
+        .map(|d| d.join("fhirbulk").join("state.json"))
+        .ok_or_else(|| {
+            CliError::usage(
+                "--since auto needs a state file: set --state-file, XDG_STATE_HOME or HOME",
+            )
+        })
 }
 
 /// The key of an export target: base URL (without trailing slash) and level/group.
@@ -98,4 +93,32 @@ pub fn store(path: &Path, base: &str, target: &str, tt: &str) -> Result<(), CliE
             &e,
         )
     })
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_path_follows_xdg_state_home_then_home() {
+        let (xdg, home) = (std::env::var_os("XDG_STATE_HOME"), std::env::var_os("HOME"));
+        std::env::set_var("HOME", "/home/alice");
+        std::env::set_var("XDG_STATE_HOME", "/var/state");
+        let with_xdg = default_path().ok();
+        // A relative XDG_STATE_HOME is ignored, as the XDG spec says.
+        std::env::set_var("XDG_STATE_HOME", "relative");
+        let relative = default_path().ok();
+        std::env::remove_var("XDG_STATE_HOME");
+        let without = default_path().ok();
+        for (k, v) in [("XDG_STATE_HOME", xdg), ("HOME", home)] {
+            match v {
+                Some(v) => std::env::set_var(k, v),
+                None => std::env::remove_var(k),
+            }
+        }
+        assert_eq!(with_xdg, Some("/var/state/fhirbulk/state.json".into()));
+        let home_state = PathBuf::from("/home/alice/.local/state/fhirbulk/state.json");
+        assert_eq!(relative.as_ref(), Some(&home_state));
+        assert_eq!(without, Some(home_state));
+    }
 }

@@ -3,8 +3,11 @@
 use fhirbulk::{Error, ErrorCode};
 use std::fmt;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
+use time::format_description::BorrowedFormatItem;
+use time::macros::format_description;
+use time::{OffsetDateTime, PrimitiveDateTime};
 
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_OTHER: u8 = 1;
@@ -119,10 +122,31 @@ impl fmt::Display for CliError {
     }
 }
 
+/// `YYYY-MM-DDThh:mm:ss.mmmZ`, what the event log and the checkpoint write.
+const INSTANT: &[BorrowedFormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+
+/// `t` in UTC to the millisecond; before 1970 is 1970, past the last representable instant
+/// is that instant.
+pub fn utc(t: SystemTime) -> OffsetDateTime {
+    let ms = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
+    i128::try_from(ms)
+        .ok()
+        .and_then(|ms| ms.checked_mul(1_000_000))
+        .and_then(|ns| OffsetDateTime::from_unix_timestamp_nanos(ns).ok())
+        .unwrap_or_else(|| PrimitiveDateTime::MAX.assume_utc())
+}
+
 /// `2024-05-01T12:00:00.123Z`
 pub fn rfc3339(t: SystemTime) -> String {
-    let ms = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
-    fhirbulk::sandbox::instant(i64::try_from(ms).unwrap_or(i64::MAX))
+    utc(t).format(INSTANT).unwrap_or_default()
+}
+
+/// `hh:mm:ss` of `t` in UTC.
+pub fn clock_utc(t: SystemTime) -> String {
+    utc(t)
+        .format(format_description!("[hour]:[minute]:[second]"))
+        .unwrap_or_default()
 }
 
 pub fn now() -> String {
@@ -130,20 +154,27 @@ pub fn now() -> String {
 }
 
 /// Write a file atomically: a temporary file in the same directory, fsync, rename, fsync the
-/// directory.
+/// directory. The temporary file is removed when a step fails.
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp: PathBuf = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let prefix = format!(
+        ".{}.",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    );
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(".tmp");
+    // tempfile creates 0600 files; keep the mode `File::create` gives (0666 less the umask).
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    let mut tmp = builder.tempfile_in(dir)?;
+    tmp.write_all(data)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
     sync_dir(dir);
     Ok(())
 }
@@ -152,34 +183,6 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
 pub fn sync_dir(dir: &Path) {
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
-    }
-}
-
-/// 20 random hex characters (the event log's `exportId`, like the SMART client's).
-pub fn random_id() -> String {
-    let mut b = [0u8; 10];
-    if getrandom::getrandom(&mut b).is_err() {
-        let n = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        b.copy_from_slice(&n.to_le_bytes()[..10]);
-    }
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
     }
 }
 
@@ -208,6 +211,31 @@ mod tests {
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
         let t = UNIX_EPOCH + Duration::from_millis(1_709_251_199_123);
         assert_eq!(rfc3339(t), "2024-02-29T23:59:59.123Z");
+        assert_eq!(clock_utc(t), "23:59:59");
+    }
+
+    #[test]
+    fn atomic_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        write_atomic(&path, b"one").unwrap();
+        write_atomic(&path, b"two").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["state.json"], "no temporary file left");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let plain = dir.path().join("plain");
+            std::fs::File::create(&plain).unwrap();
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode();
+            assert_eq!(mode(&path), mode(&plain), "the mode File::create gives");
+        }
+        let missing = dir.path().join("no-such-dir").join("x");
+        assert!(write_atomic(&missing, b"x").is_err());
     }
 
     #[test]
