@@ -273,11 +273,7 @@ fn pct_decode(s: &str) -> String {
 }
 
 fn now_instant() -> String {
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
-    data::instant(ms)
+    data::format_instant(time::OffsetDateTime::now_utc())
 }
 
 enum Route {
