@@ -4,26 +4,59 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
+use clap::error::ErrorKind;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use fhirbulk::sandbox::{Sandbox, SandboxAuth, SandboxClient, SandboxOptions};
 
-const USAGE: &str = "usage: fhirbulk-sandbox [--port N] [--patients N] [--records-per-file N] \
-[--bearer-token T] [--port-file PATH] [--threads N] [--prerender]
-       [--client-id ID (--jwks PATH | --client-secret SECRET)]... [--token-ttl S]
+const SMART: &str =
+    "SMART Backend Services (token endpoint {root}/auth/token, smart-configuration)";
 
-Serves a FHIR Bulk Data ($export) sandbox on 127.0.0.1 until killed.
-  --port N              TCP port (default 0 = ephemeral)
-  --patients N          synthetic patients (default 50)
-  --records-per-file N  resources per output file (default 1000)
-  --bearer-token T      require `Authorization: Bearer T` (also env FHIRBULK_SANDBOX_TOKEN)
-  --port-file PATH      write the bound port number to PATH once listening
-  --threads N           worker threads (default 8)
-  --prerender           keep rendered output files in memory: repeated exports with the same
-                        parameters are served from memory (benchmarks; memory grows with them)
-SMART Backend Services (token endpoint {root}/auth/token, smart-configuration):
-  --client-id ID        register a client (repeatable; the options below apply to it)
-  --jwks PATH           the client's public JWKS (or a single public JWK) for private_key_jwt
-  --client-secret S     the client's secret for client_secret_basic
-  --token-ttl S         access token lifetime in seconds (default 300)";
+#[derive(Parser, Debug)]
+#[command(
+    name = "fhirbulk-sandbox",
+    about = "Serves a FHIR Bulk Data ($export) sandbox on 127.0.0.1 until killed.",
+    override_usage = "fhirbulk-sandbox [--port N] [--patients N] [--records-per-file N] \
+[--bearer-token T] [--port-file PATH] [--threads N] [--prerender]
+       [--client-id ID (--jwks PATH | --client-secret SECRET)]... [--token-ttl S]",
+    // A flag given twice: the last value counts.
+    args_override_self = true
+)]
+struct Cli {
+    /// TCP port (0 = ephemeral)
+    #[arg(long, value_name = "N", default_value_t = SandboxOptions::default().port)]
+    port: u16,
+    /// synthetic patients
+    #[arg(long, value_name = "N", default_value_t = SandboxOptions::default().patients)]
+    patients: usize,
+    /// resources per output file
+    #[arg(long, value_name = "N", default_value_t = SandboxOptions::default().records_per_file)]
+    records_per_file: usize,
+    /// require `Authorization: Bearer T` (also env FHIRBULK_SANDBOX_TOKEN)
+    #[arg(long, value_name = "T", allow_hyphen_values = true)]
+    bearer_token: Option<String>,
+    /// write the bound port number to PATH once listening
+    #[arg(long, value_name = "PATH", allow_hyphen_values = true)]
+    port_file: Option<String>,
+    /// worker threads
+    #[arg(long, value_name = "N", default_value_t = SandboxOptions::default().threads)]
+    threads: usize,
+    /// keep rendered output files in memory: repeated exports with the same parameters are
+    /// served from memory (benchmarks; memory grows with them)
+    #[arg(long)]
+    prerender: bool,
+    /// register a client (repeatable; the --jwks and --client-secret after it apply to it)
+    #[arg(long, value_name = "ID", allow_hyphen_values = true, help_heading = SMART)]
+    client_id: Vec<String>,
+    /// the client's public JWKS (or a single public JWK) for private_key_jwt
+    #[arg(long, value_name = "PATH", allow_hyphen_values = true, help_heading = SMART)]
+    jwks: Vec<String>,
+    /// the client's secret for client_secret_basic
+    #[arg(long, value_name = "S", allow_hyphen_values = true, help_heading = SMART)]
+    client_secret: Vec<String>,
+    /// access token lifetime in seconds (default 300)
+    #[arg(long, value_name = "S", help_heading = SMART)]
+    token_ttl: Option<u64>,
+}
 
 struct Args {
     opts: SandboxOptions,
@@ -31,75 +64,51 @@ struct Args {
     port_file: Option<String>,
 }
 
-fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
-    let mut opts = SandboxOptions::default();
-    let mut port_file = None;
-    let mut token = None;
-    let mut clients: Vec<SandboxClient> = Vec::new();
-    let mut token_ttl: Option<u64> = None;
-    while let Some(arg) = it.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
-            _ => (arg.clone(), None),
-        };
-        if flag == "-h" || flag == "--help" {
-            return Ok(None);
-        }
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| it.next())
-                .ok_or_else(|| format!("{flag} needs a value"))
-        };
-        let num = |v: String| {
-            v.parse::<usize>()
-                .map_err(|_| format!("{flag}: not a number: {v}"))
-        };
-        match flag.as_str() {
-            "--port" => {
-                let v = value()?;
-                opts.port = v.parse().map_err(|_| format!("--port: not a port: {v}"))?;
-            }
-            "--patients" => opts.patients = num(value()?)?,
-            "--records-per-file" => opts.records_per_file = num(value()?)?.max(1),
-            "--threads" => opts.threads = num(value()?)?.max(1),
-            "--prerender" => opts.prerender = true,
-            "--bearer-token" => token = Some(value()?),
-            "--port-file" => port_file = Some(value()?),
-            "--client-id" => clients.push(SandboxClient {
-                client_id: value()?,
-                jwks: None,
-                secret: None,
-            }),
-            "--jwks" => {
-                let path = value()?;
-                let client = clients
-                    .last_mut()
-                    .ok_or_else(|| "--jwks must follow --client-id".to_string())?;
-                client.jwks = Some(read_jwks(&path)?);
-            }
-            "--client-secret" => {
-                let secret = value()?;
-                let client = clients
-                    .last_mut()
-                    .ok_or_else(|| "--client-secret must follow --client-id".to_string())?;
-                client.secret = Some(secret);
-            }
-            "--token-ttl" => {
-                let v = value()?;
-                token_ttl = Some(
-                    v.parse()
-                        .map_err(|_| format!("--token-ttl: not a number: {v}"))?,
-                );
-            }
-            _ => return Err(format!("unknown argument: {arg}")),
+/// Values of a repeatable option with their positions on the command line.
+fn indexed<'a>(m: &ArgMatches, id: &str, values: &'a [String]) -> Vec<(usize, &'a String)> {
+    m.indices_of(id)
+        .map_or_else(Vec::new, |ix| ix.zip(values).collect())
+}
+
+/// Each --jwks / --client-secret belongs to the last --client-id before it.
+fn clients(m: &ArgMatches, cli: &Cli) -> Result<Vec<SandboxClient>, String> {
+    let starts: Vec<usize> = indexed(m, "client_id", &cli.client_id)
+        .into_iter()
+        .map(|(at, _)| at)
+        .collect();
+    let mut clients: Vec<SandboxClient> = cli
+        .client_id
+        .iter()
+        .map(|id| SandboxClient {
+            client_id: id.clone(),
+            jwks: None,
+            secret: None,
+        })
+        .collect();
+    let mut settings: Vec<(usize, bool, &String)> = indexed(m, "jwks", &cli.jwks)
+        .into_iter()
+        .map(|(at, v)| (at, true, v))
+        .chain(
+            indexed(m, "client_secret", &cli.client_secret)
+                .into_iter()
+                .map(|(at, v)| (at, false, v)),
+        )
+        .collect();
+    // In command-line order: errors come in that order and a later value replaces an earlier.
+    settings.sort_by_key(|(at, ..)| *at);
+    for (at, is_jwks, value) in settings {
+        let flag = if is_jwks { "--jwks" } else { "--client-secret" };
+        let client = starts
+            .iter()
+            .rposition(|start| *start < at)
+            .and_then(|n| clients.get_mut(n))
+            .ok_or_else(|| format!("{flag} must follow --client-id"))?;
+        if is_jwks {
+            client.jwks = Some(read_jwks(value)?);
+        } else {
+            client.secret = Some(value.clone());
         }
     }
-    opts.bearer_token = token.or_else(|| {
-        std::env::var("FHIRBULK_SANDBOX_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty())
-    });
     if let Some(c) = clients
         .iter()
         .find(|c| c.jwks.is_none() && c.secret.is_none())
@@ -109,22 +118,42 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
             c.client_id
         ));
     }
-    if !clients.is_empty() || token_ttl.is_some() {
+    Ok(clients)
+}
+
+fn parse_args(m: &ArgMatches) -> Result<Args, clap::Error> {
+    let cli = Cli::from_arg_matches(m)?;
+    let clients =
+        clients(m, &cli).map_err(|e| Cli::command().error(ErrorKind::ValueValidation, e))?;
+    let mut opts = SandboxOptions {
+        port: cli.port,
+        patients: cli.patients,
+        records_per_file: cli.records_per_file.max(1),
+        threads: cli.threads.max(1),
+        prerender: cli.prerender,
+        ..SandboxOptions::default()
+    };
+    opts.bearer_token = cli.bearer_token.or_else(|| {
+        std::env::var("FHIRBULK_SANDBOX_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+    });
+    if !clients.is_empty() || cli.token_ttl.is_some() {
         let mut auth = SandboxAuth {
             clients,
             ..SandboxAuth::default()
         };
-        if let Some(ttl) = token_ttl {
+        if let Some(ttl) = cli.token_ttl {
             auth.token_ttl_secs = ttl;
         }
         opts.auth = Some(auth);
     }
     let has_auth = opts.auth.is_some();
-    Ok(Some(Args {
+    Ok(Args {
         opts,
         has_auth,
-        port_file,
-    }))
+        port_file: cli.port_file,
+    })
 }
 
 /// Reads a public JWKS file; a single JWK is wrapped into `{"keys": [..]}`.
@@ -158,17 +187,8 @@ fn write_port_file(path: &str, port: u16) -> std::io::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args(std::env::args().skip(1)) {
-        Ok(Some(a)) => a,
-        Ok(None) => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("fhirbulk-sandbox: {e}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    // Help exits 0, usage errors exit 2 (clap's codes).
+    let args = parse_args(&Cli::command().get_matches()).unwrap_or_else(|e| e.exit());
     let sandbox = match Sandbox::start(args.opts) {
         Ok(s) => s,
         Err(e) => {

@@ -12,6 +12,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
+use crate::id::random_hex;
+
 use super::scenario::Scenario;
 
 /// The only `client_assertion_type` accepted.
@@ -98,20 +100,6 @@ fn oauth_error(status: u16, code: &str, desc: impl Into<String>) -> TokenReply {
 
 fn invalid_client(desc: impl Into<String>) -> TokenReply {
     oauth_error(401, "invalid_client", desc)
-}
-
-/// 32 lowercase hex digits from the OS RNG.
-pub(crate) fn random_hex() -> String {
-    let mut b = [0u8; 16];
-    if getrandom::getrandom(&mut b).is_err() {
-        // Practically unreachable; still unique enough for a test server.
-        let n = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        b = n.to_le_bytes();
-    }
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn now_secs() -> f64 {
@@ -356,7 +344,7 @@ impl AuthState {
                 .revoke_after
                 .map(|s| now.checked_add(Duration::from_secs(s)).unwrap_or_else(far)),
         };
-        let token = random_hex();
+        let token = random_hex(16);
         self.tokens.lock().insert(token.clone(), issued);
         self.issued.fetch_add(1, Ordering::SeqCst);
         TokenReply {

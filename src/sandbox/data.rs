@@ -2,6 +2,10 @@
 
 use std::fmt::Write as _;
 
+use time::format_description::BorrowedFormatItem;
+use time::macros::{datetime, format_description};
+use time::{Date, Month, OffsetDateTime};
+
 /// Supported resource types, in canonical output order. Indices `0..N_PATIENT_TYPES`
 /// are patient-compartment types; the rest exist only at system level.
 pub const TYPES: [&str; 7] = [
@@ -58,55 +62,56 @@ pub fn last_updated_ms(t: usize, i: usize, j: usize) -> i64 {
     YEAR_START_MS + (h % 366) as i64 * DAY_MS + ((h >> 20) % DAY_MS as u64) as i64
 }
 
-pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
+/// Days from 1970-01-01 to the Julian day number (what `time` counts in).
+const UNIX_EPOCH_JULIAN_DAY: i64 = 2_440_588;
+/// Days in 400 Gregorian years: the calendar repeats with this period.
+const DAYS_PER_400_YEARS: i64 = 146_097;
+/// The range [`instant`] writes: FHIR instants have four-digit years.
+const MIN_MS: i64 = datetime!(0000-01-01 0:00 UTC).unix_timestamp() * 1000;
+const MAX_MS: i64 = datetime!(9999-12-31 23:59:59 UTC).unix_timestamp() * 1000 + 999;
 
+const INSTANT: &[BorrowedFormatItem<'_>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+const DATE: &[BorrowedFormatItem<'_>] = format_description!("[year]-[month]-[day]");
+
+/// Days since 1970-01-01 of the proleptic Gregorian date `y-m-d`. Months past 12 (and 0) roll
+/// into the next (previous) year and days past the month's end into the next months, so any
+/// input has a value.
 pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let m = m as i64;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    let months = i64::from(m) - 1;
+    let y = y.saturating_add(months.div_euclid(12));
+    let month = Month::January.nth_next(months.rem_euclid(12) as u8);
+    // `time` covers years -9999..=9999 only; shift the year into 0..400 and add whole cycles.
+    let first = Date::from_calendar_date(y.rem_euclid(400) as i32, month, 1)
+        .map_or(0, |date| i64::from(date.to_julian_day()));
+    y.div_euclid(400)
+        .saturating_mul(DAYS_PER_400_YEARS)
+        .saturating_add(first - UNIX_EPOCH_JULIAN_DAY + i64::from(d) - 1)
 }
 
-/// Appends `YYYY-MM-DDThh:mm:ss.sssZ`.
+/// `ms` since the Unix epoch in UTC, clamped to years 0000..=9999.
+fn utc(ms: i64) -> OffsetDateTime {
+    let nanos = i128::from(ms.clamp(MIN_MS, MAX_MS)) * 1_000_000;
+    OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+/// `YYYY-MM-DDThh:mm:ss.sssZ` of a UTC time (years 0000..=9999).
+pub fn format_instant(t: OffsetDateTime) -> String {
+    t.format(INSTANT).unwrap_or_default()
+}
+
+/// Appends `YYYY-MM-DDThh:mm:ss.sssZ` (years outside 0000..=9999 are clamped to it).
 pub fn push_instant(out: &mut String, ms: i64) {
-    let (y, m, d) = civil_from_days(ms.div_euclid(DAY_MS));
-    let r = ms.rem_euclid(DAY_MS);
-    let _ = write!(
-        out,
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        y,
-        m,
-        d,
-        r / 3_600_000,
-        r / 60_000 % 60,
-        r / 1000 % 60,
-        r % 1000
-    );
+    out.push_str(&instant(ms));
 }
 
+/// `YYYY-MM-DDThh:mm:ss.sssZ` (years outside 0000..=9999 are clamped to it).
 pub fn instant(ms: i64) -> String {
-    let mut s = String::with_capacity(24);
-    push_instant(&mut s, ms);
-    s
+    format_instant(utc(ms))
 }
 
 fn date(ms: i64) -> String {
-    let (y, m, d) = civil_from_days(ms.div_euclid(DAY_MS));
-    format!("{y:04}-{m:02}-{d:02}")
+    utc(ms).date().format(DATE).unwrap_or_default()
 }
 
 /// Appends `s` as a JSON string literal.
@@ -473,9 +478,22 @@ mod tests {
         assert_eq!(instant(YEAR_START_MS), "2024-01-01T00:00:00.000Z");
         assert_eq!(days_from_civil(2024, 1, 1) * DAY_MS, YEAR_START_MS);
         for d in [-1000i64, 0, 19_723, 20_000, 80_000] {
-            let (y, m, dd) = civil_from_days(d);
-            assert_eq!(days_from_civil(y, m, dd), d);
+            let date = utc(d * DAY_MS).date();
+            let (y, m, dd) = (date.year(), u32::from(u8::from(date.month())), date.day());
+            assert_eq!(days_from_civil(i64::from(y), m, u32::from(dd)), d);
         }
+        // Out-of-range parts roll over; years past `time`'s range still count.
+        assert_eq!(days_from_civil(2023, 13, 1), days_from_civil(2024, 1, 1));
+        assert_eq!(days_from_civil(2024, 0, 1), days_from_civil(2023, 12, 1));
+        assert_eq!(days_from_civil(2024, 1, 32), days_from_civil(2024, 2, 1));
+        assert_eq!(
+            days_from_civil(12_000, 1, 1),
+            days_from_civil(11_600, 1, 1) + 146_097
+        );
+        assert_eq!(instant(-1), "1969-12-31T23:59:59.999Z");
+        assert_eq!(instant(i64::MAX), "9999-12-31T23:59:59.999Z");
+        assert_eq!(instant(i64::MIN), "0000-01-01T00:00:00.000Z");
+        assert_eq!(date(YEAR_START_MS - 1), "2023-12-31");
     }
 
     #[test]

@@ -1,6 +1,11 @@
 //! Kick-off parameter parsing and the record selection it produces.
 
-use super::data::{self, Record, DAY_MS, TYPES};
+use time::format_description::well_known::Rfc3339;
+use time::format_description::BorrowedFormatItem;
+use time::macros::format_description;
+use time::{Date, OffsetDateTime};
+
+use super::data::{self, Record, TYPES};
 
 /// An error answered as an OperationOutcome.
 #[derive(Debug, Clone)]
@@ -405,97 +410,49 @@ pub fn parse_export(
     })
 }
 
-fn days_in_month(y: i64, m: i64) -> i64 {
-    match m {
-        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
 /// Parses a FHIR instant / dateTime (YYYY, YYYY-MM, YYYY-MM-DD, or full time with
 /// zone) to epoch milliseconds. A space in place of '+' (from form decoding) is accepted.
 pub fn parse_fhir_datetime(s: &str) -> Option<i64> {
-    let b = s.trim().as_bytes();
-    let num = |from: usize, len: usize| -> Option<i64> {
-        let part = b.get(from..from + len)?;
-        if !part.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        Some(part.iter().fold(0i64, |a, c| a * 10 + i64::from(c - b'0')))
+    const DATE: &[BorrowedFormatItem<'_>] = format_description!("[year]-[month]-[day]");
+    let s = s.trim();
+    // Fixed widths leave no room for the sign `[year]` would take.
+    let date = match s.len() {
+        4 => Date::parse(&format!("{s}-01-01"), DATE),
+        7 => Date::parse(&format!("{s}-01"), DATE),
+        10 => Date::parse(s, DATE),
+        _ => return parse_fhir_instant(s),
     };
-    let at = |i: usize, c: u8| b.get(i) == Some(&c);
-    let y = num(0, 4)?;
-    if b.len() == 4 {
-        return Some(data::days_from_civil(y, 1, 1) * DAY_MS);
-    }
-    if !at(4, b'-') {
+    Some(date.ok()?.midnight().assume_utc().unix_timestamp() * 1000)
+}
+
+/// A full FHIR instant: RFC 3339 with FHIR's stricter rules checked first.
+fn parse_fhir_instant(s: &str) -> Option<i64> {
+    let mut b = s.as_bytes().to_vec();
+    // RFC 3339 allows any date-time separator and a lowercase `z`; FHIR only `T` and `Z`.
+    if b.get(10) != Some(&b'T') || b.last() == Some(&b'z') {
         return None;
     }
-    let mo = num(5, 2)?;
-    if !(1..=12).contains(&mo) {
-        return None;
-    }
-    if b.len() == 7 {
-        return Some(data::days_from_civil(y, mo as u32, 1) * DAY_MS);
-    }
-    if !at(7, b'-') {
-        return None;
-    }
-    let d = num(8, 2)?;
-    if d < 1 || d > days_in_month(y, mo) {
-        return None;
-    }
-    let day_ms = data::days_from_civil(y, mo as u32, d as u32) * DAY_MS;
-    if b.len() == 10 {
-        return Some(day_ms);
-    }
-    if !at(10, b'T') || !at(13, b':') || !at(16, b':') {
-        return None;
-    }
-    let (hh, mm, ss) = (num(11, 2)?, num(14, 2)?, num(17, 2)?);
-    if hh > 23 || mm > 59 || ss > 60 {
-        return None;
-    }
-    let mut idx = 19;
-    let mut frac = 0i64;
-    if at(idx, b'.') {
-        idx += 1;
-        let start = idx;
-        while b.get(idx).is_some_and(u8::is_ascii_digit) {
-            if idx - start < 3 {
-                frac = frac * 10 + i64::from(b[idx] - b'0');
-            }
-            idx += 1;
-        }
-        let digits = idx - start;
-        if digits == 0 {
+    if b.last() != Some(&b'Z') {
+        // `±hh:mm`: FHIR offsets stay within 14 hours (RFC 3339: 23); form decoding turns
+        // `+` into a space.
+        let sign = b.len().checked_sub(6)?;
+        let hours = b.get(sign + 1..sign + 3)?;
+        if !hours.iter().all(u8::is_ascii_digit) || (hours[0] - b'0') * 10 + hours[1] - b'0' > 14 {
             return None;
         }
-        for _ in digits..3 {
-            frac *= 10;
+        if b[sign] == b' ' {
+            b[sign] = b'+';
         }
     }
-    let tz = b.get(idx..)?;
-    let offset_min = if tz == b"Z" {
-        0
-    } else if tz.len() == 6 && tz[3] == b':' {
-        let sign = match tz[0] {
-            b'+' | b' ' => 1,
-            b'-' => -1,
-            _ => return None,
-        };
-        let oh = num(idx + 1, 2)?;
-        let om = num(idx + 4, 2)?;
-        if oh > 14 || om > 59 {
-            return None;
-        }
-        sign * (oh * 60 + om)
-    } else {
-        return None;
-    };
-    Some(day_ms + hh * 3_600_000 + mm * 60_000 + ss * 1000 + frac - offset_min * 60_000)
+    // FHIR allows second 60 in any minute and counts it as the next minute's first second;
+    // `time` takes it only at a real leap second.
+    let leap = b.get(17..19) == Some(b"60");
+    if leap {
+        b[17..19].copy_from_slice(b"59");
+    }
+    let t = OffsetDateTime::parse(std::str::from_utf8(&b).ok()?, &Rfc3339).ok()?;
+    let ms = i64::try_from(t.unix_timestamp_nanos().div_euclid(1_000_000)).ok()?;
+    Some(if leap { ms + 1000 } else { ms })
 }
 
 #[cfg(test)]
@@ -524,6 +481,28 @@ mod tests {
             "2024-01-01T00:00Z",
             "2024-01-01T00:00:00.Z",
             "２０２４",
+        ] {
+            assert_eq!(parse_fhir_datetime(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn datetimes_keep_fhir_rules() {
+        let base = data::YEAR_START_MS;
+        assert_eq!(
+            parse_fhir_datetime("2024-01-01T00:00:60Z"),
+            Some(base + 60_000)
+        );
+        assert_eq!(parse_fhir_datetime("2024-01-01T14:59:00+14:59"), Some(base));
+        assert_eq!(parse_fhir_datetime("1969-12-31T23:59:59.9999Z"), Some(-1));
+        for bad in [
+            "2024-01-01t00:00:00Z",
+            "2024-01-01 00:00:00Z",
+            "2024-01-01T00:00:00z",
+            "2024-01-01T00:00:00+15:00",
+            "+2024",
+            "-2024-01",
+            "2024-01-01T24:00:00Z",
         ] {
             assert_eq!(parse_fhir_datetime(bad), None, "{bad}");
         }

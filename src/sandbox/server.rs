@@ -10,6 +10,8 @@ use parking_lot::Mutex;
 use serde_json::{json, Value};
 use tiny_http::{Header, Request, Response, ResponseBox, StatusCode};
 
+use crate::id::random_hex;
+
 use super::auth::{self, AuthState, Bearer, TokenRequest};
 use super::data::{self, TYPES};
 use super::faults::{
@@ -262,31 +264,16 @@ fn default_code(status: u16) -> &'static str {
     }
 }
 
+/// Percent-decodes a path (`+` stays `+`); invalid escapes stay as they are, invalid UTF-8
+/// becomes U+FFFD.
 fn pct_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let hex = |c: Option<&u8>| c.and_then(|c| (*c as char).to_digit(16)).map(|d| d as u8);
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            if let (Some(h), Some(l)) = (hex(b.get(i + 1)), hex(b.get(i + 2))) {
-                out.push(h * 16 + l);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 fn now_instant() -> String {
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
-    data::instant(ms)
+    data::format_instant(time::OffsetDateTime::now_utc())
 }
 
 enum Route {
@@ -588,7 +575,7 @@ pub(crate) fn handle(sh: &Shared, mut req: Request) {
                 && sh.job(id).is_some() =>
         {
             let path = ctx.raw_url.split('?').next().unwrap_or_default();
-            let to = format!("{}{}?sig={}", sh.store_root, path, auth::random_hex());
+            let to = format!("{}{}?sig={}", sh.store_root, path, random_hex(16));
             Reply::new(307).header("Location", to).into()
         }
         (_, route) => match storm(sh, &scen, &ctx, &route) {
@@ -1048,7 +1035,7 @@ fn manifest(sh: &Shared, job: &Job, entries: &[Entry], next: Option<String>) -> 
     let mut url_of = |n: usize| {
         let sig = fl
             .resign
-            .then(|| sigs.entry(n).or_insert_with(auth::random_hex).clone());
+            .then(|| sigs.entry(n).or_insert_with(|| random_hex(16)).clone());
         file_url(sh, job, n, sig.as_deref())
     };
     let first_output = job.files.iter().find_map(|f| match &f.kind {
