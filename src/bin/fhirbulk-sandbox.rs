@@ -179,11 +179,17 @@ fn read_jwks(path: &str) -> Result<serde_json::Value, String> {
     Ok(jwks)
 }
 
-/// Writes the port atomically (temp file in the same directory, then rename).
+/// Writes the port atomically (a temporary file in the same directory, then renamed), so a
+/// reader never sees a partial number.
 fn write_port_file(path: &str, port: u16) -> std::io::Result<()> {
-    let tmp = format!("{path}.tmp.{}", std::process::id());
-    std::fs::write(&tmp, format!("{port}\n"))?;
-    std::fs::rename(&tmp, Path::new(path))
+    let path = Path::new(path);
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    writeln!(tmp, "{port}")?;
+    tmp.persist(path).map(|_| ()).map_err(|e| e.error)
 }
 
 fn main() -> ExitCode {

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use time::format_description::BorrowedFormatItem;
 use time::macros::{datetime, format_description};
-use time::{Date, Month, OffsetDateTime};
+use time::OffsetDateTime;
 
 /// Supported resource types, in canonical output order. Indices `0..N_PATIENT_TYPES`
 /// are patient-compartment types; the rest exist only at system level.
@@ -62,10 +62,6 @@ pub fn last_updated_ms(t: usize, i: usize, j: usize) -> i64 {
     YEAR_START_MS + (h % 366) as i64 * DAY_MS + ((h >> 20) % DAY_MS as u64) as i64
 }
 
-/// Days from 1970-01-01 to the Julian day number (what `time` counts in).
-const UNIX_EPOCH_JULIAN_DAY: i64 = 2_440_588;
-/// Days in 400 Gregorian years: the calendar repeats with this period.
-const DAYS_PER_400_YEARS: i64 = 146_097;
 /// The range [`instant`] writes: FHIR instants have four-digit years.
 const MIN_MS: i64 = datetime!(0000-01-01 0:00 UTC).unix_timestamp() * 1000;
 const MAX_MS: i64 = datetime!(9999-12-31 23:59:59 UTC).unix_timestamp() * 1000 + 999;
@@ -73,21 +69,6 @@ const MAX_MS: i64 = datetime!(9999-12-31 23:59:59 UTC).unix_timestamp() * 1000 +
 const INSTANT: &[BorrowedFormatItem<'_>] =
     format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
 const DATE: &[BorrowedFormatItem<'_>] = format_description!("[year]-[month]-[day]");
-
-/// Days since 1970-01-01 of the proleptic Gregorian date `y-m-d`. Months past 12 (and 0) roll
-/// into the next (previous) year and days past the month's end into the next months, so any
-/// input has a value.
-pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let months = i64::from(m) - 1;
-    let y = y.saturating_add(months.div_euclid(12));
-    let month = Month::January.nth_next(months.rem_euclid(12) as u8);
-    // `time` covers years -9999..=9999 only; shift the year into 0..400 and add whole cycles.
-    let first = Date::from_calendar_date(y.rem_euclid(400) as i32, month, 1)
-        .map_or(0, |date| i64::from(date.to_julian_day()));
-    y.div_euclid(400)
-        .saturating_mul(DAYS_PER_400_YEARS)
-        .saturating_add(first - UNIX_EPOCH_JULIAN_DAY + i64::from(d) - 1)
-}
 
 /// `ms` since the Unix epoch in UTC, clamped to years 0000..=9999.
 fn utc(ms: i64) -> OffsetDateTime {
@@ -476,19 +457,9 @@ mod tests {
     #[test]
     fn dates_roundtrip() {
         assert_eq!(instant(YEAR_START_MS), "2024-01-01T00:00:00.000Z");
-        assert_eq!(days_from_civil(2024, 1, 1) * DAY_MS, YEAR_START_MS);
-        for d in [-1000i64, 0, 19_723, 20_000, 80_000] {
-            let date = utc(d * DAY_MS).date();
-            let (y, m, dd) = (date.year(), u32::from(u8::from(date.month())), date.day());
-            assert_eq!(days_from_civil(i64::from(y), m, u32::from(dd)), d);
-        }
-        // Out-of-range parts roll over; years past `time`'s range still count.
-        assert_eq!(days_from_civil(2023, 13, 1), days_from_civil(2024, 1, 1));
-        assert_eq!(days_from_civil(2024, 0, 1), days_from_civil(2023, 12, 1));
-        assert_eq!(days_from_civil(2024, 1, 32), days_from_civil(2024, 2, 1));
         assert_eq!(
-            days_from_civil(12_000, 1, 1),
-            days_from_civil(11_600, 1, 1) + 146_097
+            utc(YEAR_START_MS).date(),
+            time::macros::date!(2024 - 01 - 01)
         );
         assert_eq!(instant(-1), "1969-12-31T23:59:59.999Z");
         assert_eq!(instant(i64::MAX), "9999-12-31T23:59:59.999Z");

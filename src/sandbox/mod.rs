@@ -48,9 +48,8 @@ use std::time::Duration;
 
 pub use auth::{SandboxAuth, SandboxClient};
 /// FHIR instants as the sandbox writes them (`YYYY-MM-DDThh:mm:ss.sssZ` from milliseconds since
-/// the Unix epoch) and the day count of a civil date (proleptic Gregorian), for tools built on
-/// the sandbox such as the `fhirbulk` command (which still uses `days_from_civil`).
-pub use data::{days_from_civil, instant};
+/// the Unix epoch).
+pub use data::instant;
 /// The lines some fault scenarios put into output files (README, "The sandbox server").
 pub use faults::{BAD_LINE, BAD_UTF8_LINE, TRUNCATED_INNER_LINE, TRUNCATED_LINE};
 use server::Shared;
