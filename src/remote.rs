@@ -166,14 +166,7 @@ fn send_file<'a>(
                 rb = rb.header(IF_RANGE, v);
             }
         }
-        if http.trusted(u) {
-            for (k, v) in &http.config.headers {
-                rb = rb.header(k.as_str(), v.as_str());
-            }
-        }
-        if let Some(t) = token {
-            rb = rb.bearer_auth(t.expose());
-        }
+        rb = rb.headers(http.auth_headers(u, token)?);
         match wait_on(http, &fc.rt, timeout, rb.send()) {
             Err(Waited::TimedOut) => Err(Error::new(
                 ErrorCode::Timeout,

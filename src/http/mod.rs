@@ -17,11 +17,11 @@ pub(crate) use response::{
 };
 
 use crate::config::Config;
-use crate::error::{from_reqwest, Error, Result};
+use crate::error::{from_reqwest, Error, ErrorCode, Result};
 use crate::secret::Secret;
 use client::Tls;
 use reqwest::blocking::{Client, RequestBuilder, Response};
-use reqwest::header::ACCEPT;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION};
 use retry::{Policy, Waiter};
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,6 +45,8 @@ pub(crate) struct Http {
     base_origin: url::Origin,
     token_origins: Vec<url::Origin>,
     credentials: Box<dyn Credentials>,
+    /// The config's extra headers, parsed (validated with the config).
+    extra_headers: HeaderMap,
     pub(crate) policy: Policy,
     /// Waits between attempts (a stop ends them, the progress shows them) and warnings.
     waiter: Arc<dyn Waiter + Send + Sync>,
@@ -66,7 +68,19 @@ impl Http {
         let base_origin = url::Url::parse(&config.base_url)
             .map_err(|e| Error::config(format!("invalid config: base_url: {e}")))?
             .origin();
+        let mut extra_headers = HeaderMap::new();
+        for (k, v) in &config.headers {
+            let name = HeaderName::from_bytes(k.as_bytes());
+            let value = HeaderValue::from_str(v);
+            let (Ok(name), Ok(value)) = (name, value) else {
+                return Err(Error::config(format!(
+                    "invalid config: headers has an invalid header {k:?}"
+                )));
+            };
+            extra_headers.append(name, value);
+        }
         Ok(Http {
+            extra_headers,
             policy: Policy::new(&config),
             config,
             client,
@@ -102,6 +116,28 @@ impl Http {
         })
     }
 
+    /// What a request to `url` carries besides its own headers: the extra headers of the config
+    /// and the access token `token` (which [`Http::send_with`] gets only for trusted origins),
+    /// both only when `url` is trusted. Every request, blocking or async, adds these.
+    pub(crate) fn auth_headers(&self, url: &str, token: Option<&Secret>) -> Result<HeaderMap> {
+        if !self.trusted(url) {
+            return Ok(HeaderMap::new());
+        }
+        let mut h = self.extra_headers.clone();
+        if let Some(t) = token {
+            let mut v = HeaderValue::from_str(&format!("Bearer {}", t.expose())).map_err(|_| {
+                Error::new(
+                    ErrorCode::Auth,
+                    "the access token from the token endpoint is not a valid HTTP header value",
+                )
+                .with_url(url)
+            })?;
+            v.set_sensitive(true);
+            h.insert(AUTHORIZATION, v);
+        }
+        Ok(h)
+    }
+
     /// The HTTP client of one download thread (see [`FileClient`]).
     pub(crate) fn file_client(&self) -> Result<FileClient> {
         self.tls.file_client(&self.config)
@@ -128,16 +164,10 @@ impl Http {
         build: &dyn Fn(&str) -> RequestBuilder,
     ) -> Result<Response> {
         self.send_with(what, url, use_token, &mut |u, token| {
-            let mut rb = build(u);
-            if self.trusted(u) {
-                for (k, v) in &self.config.headers {
-                    rb = rb.header(k.as_str(), v.as_str());
-                }
-            }
-            if let Some(t) = token {
-                rb = rb.bearer_auth(t.expose());
-            }
-            rb.send().map_err(|e| from_reqwest(what, u, &e))
+            build(u)
+                .headers(self.auth_headers(u, token)?)
+                .send()
+                .map_err(|e| from_reqwest(what, u, &e))
         })
     }
 
@@ -282,5 +312,26 @@ mod tests {
         assert!(!h.trusted("https://ehr.example.evil:8443/fhir"));
         assert!(!h.trusted("https://user@files.example.evil/"));
         assert!(!h.trusted("not a url"));
+    }
+
+    #[test]
+    fn extra_headers_and_the_token_go_to_trusted_origins_only() {
+        let mut c = Config::new("https://ehr.example/fhir");
+        c.headers.insert("Epic-Client-ID".into(), "abc".into());
+        let h = Http::new(Arc::new(c), Box::new(NoToken), Arc::new(Quiet)).unwrap();
+        let t = Secret::new("tok");
+        let got = h
+            .auth_headers("https://ehr.example/fhir/f.ndjson", Some(&t))
+            .unwrap();
+        assert_eq!(got["epic-client-id"], "abc");
+        assert_eq!(got[AUTHORIZATION], "Bearer tok");
+        assert!(got[AUTHORIZATION].is_sensitive());
+        let foreign = h
+            .auth_headers("https://bucket.example/f?sig=1", Some(&t))
+            .unwrap();
+        assert!(foreign.is_empty());
+        let bad = h.auth_headers("https://ehr.example/x", Some(&Secret::new("a\nb")));
+        let e = bad.unwrap_err();
+        assert!(!e.message.contains("a\nb"), "{}", e.message);
     }
 }
