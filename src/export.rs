@@ -93,6 +93,20 @@ impl Controller {
     pub fn files(&self) -> Vec<FileInfo> {
         self.0.files.lock().list().to_vec()
     }
+    /// File `index`, if known (its URL is the one in use: expired links are replaced).
+    pub fn file(&self, index: u32) -> Option<FileInfo> {
+        self.0.files.lock().list().get(index as usize).cloned()
+    }
+    /// The files known so far from index `start` on (`files_from(n)` after `n` files seen: only
+    /// the new ones, so a caller that follows a large export does not copy every file each time).
+    pub fn files_from(&self, start: usize) -> Vec<FileInfo> {
+        self.0.files.lock().list_from(start).to_vec()
+    }
+    /// The indexes of the files whose every record the caller has received, in the order they
+    /// completed, from the `start`-th on (files complete in an earlier run come first).
+    pub fn completed_files_from(&self, start: usize) -> Vec<u32> {
+        self.0.files.lock().completed_from(start).to_vec()
+    }
     /// What the engine noticed and worked around (oldest first, at most 100): a manifest
     /// listing a file twice, a `count` that is not a number, a `Retry-After` clamped, ...
     pub fn warnings(&self) -> Vec<String> {

@@ -51,8 +51,9 @@ impl FileProgress {
     pub(crate) fn complete(&self) -> bool {
         self.complete.load(Ordering::Acquire)
     }
-    pub(crate) fn set_complete(&self) {
-        self.complete.store(true, Ordering::Release);
+    /// Mark every line delivered; true the first time.
+    pub(crate) fn set_complete(&self) -> bool {
+        !self.complete.swap(true, Ordering::AcqRel)
     }
 }
 
@@ -65,6 +66,9 @@ pub(crate) struct Files {
     delivered: Vec<Arc<FileProgress>>,
     /// Files seen per kind, for `FileInfo::position`.
     kind_counts: [usize; 3],
+    /// The files delivered completely, in the order they completed (for callers that follow
+    /// the export without scanning every file).
+    completed: Vec<u32>,
     pub(crate) registry: Registry,
 }
 
@@ -94,6 +98,24 @@ impl Files {
             line: AtomicU64::new(lines),
             complete: AtomicBool::new(complete),
         }));
+        if complete {
+            self.completed.push(index);
+        }
+    }
+
+    /// The files from index `start` on.
+    pub(crate) fn list_from(&self, start: usize) -> &[FileInfo] {
+        self.list.get(start..).unwrap_or(&[])
+    }
+
+    /// File `index` was delivered completely (called once per file, by the consumer).
+    pub(crate) fn completed(&mut self, index: u32) {
+        self.completed.push(index);
+    }
+
+    /// The files delivered completely, from the `start`-th to complete on.
+    pub(crate) fn completed_from(&self, start: usize) -> &[u32] {
+        self.completed.get(start..).unwrap_or(&[])
     }
 
     /// The delivery progress of file `index`.

@@ -216,8 +216,8 @@ impl Stream {
             return;
         }
         p.set_line(line);
-        if chunk.last && self.pos == chunk.lines.len() {
-            p.set_complete();
+        if chunk.last && self.pos == chunk.lines.len() && p.set_complete() {
+            self.files.lock().completed(chunk.file_index);
         }
     }
 
@@ -264,10 +264,8 @@ impl Stream {
                     let progress = self.files.lock().progress(chunk.file_index);
                     if chunk.lines.is_empty() {
                         // An empty last chunk: the file ended after lines already delivered.
-                        if chunk.last {
-                            if let Some(p) = &progress {
-                                p.set_complete();
-                            }
+                        if chunk.last && progress.as_ref().is_some_and(|p| p.set_complete()) {
+                            self.files.lock().completed(chunk.file_index);
                         }
                         self.buffers.release(chunk.data, chunk.lines);
                         continue;

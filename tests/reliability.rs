@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use fhirbulk::config::InvalidLinePolicy;
-use fhirbulk::sandbox::LoggedRequest;
+use fhirbulk::sandbox::{LoggedRequest, Sandbox, SandboxOptions};
 use fhirbulk::{ErrorCode, Export, Next};
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -321,4 +321,67 @@ fn cancel_ends_a_stalled_download_at_once() {
         "the threads took {:?} to stop",
         t.elapsed()
     );
+}
+
+/// A caller that follows a large export takes only what is new: `files_from` returns the files
+/// after those seen, `completed_files_from` each file once, after its last record was delivered.
+#[test]
+fn files_and_completions_followed_incrementally() {
+    let sb = Sandbox::start(SandboxOptions {
+        patients: 30,
+        records_per_file: 3,
+        ..SandboxOptions::default()
+    })
+    .expect("sandbox starts");
+    let mut export = Export::start(common::config(&sb, "")).unwrap();
+    let ctl = export.controller();
+    let (mut files, mut completed) = (Vec::new(), Vec::<u32>::new());
+    let mut per_file: std::collections::HashMap<u32, u64> = Default::default();
+    let mut ids = Vec::new();
+    let follow = |files: &mut Vec<fhirbulk::FileInfo>,
+                      completed: &mut Vec<u32>,
+                      per_file: &std::collections::HashMap<u32, u64>,
+                      done_counts: &mut Vec<u64>| {
+        files.extend(ctl.files_from(files.len()));
+        for i in ctl.completed_files_from(completed.len()) {
+            assert!(
+                (i as usize) < files.len(),
+                "a completed file is a known file"
+            );
+            completed.push(i);
+            done_counts.push(per_file.get(&i).copied().unwrap_or(0));
+        }
+    };
+    let mut done_counts = Vec::new();
+    loop {
+        match export.next_record(Some(Duration::from_secs(30))).unwrap() {
+            Next::Item(r) => {
+                *per_file.entry(r.file_index).or_default() += 1;
+                if r.kind == fhirbulk::Kind::Output {
+                    let v: serde_json::Value = serde_json::from_slice(r.data).unwrap();
+                    ids.push(format!(
+                        "{}/{}",
+                        v["resourceType"].as_str().unwrap(),
+                        v["id"].as_str().unwrap()
+                    ));
+                }
+            }
+            Next::End => break,
+            other => panic!("{other:?}"),
+        }
+        follow(&mut files, &mut completed, &per_file, &mut done_counts);
+    }
+    follow(&mut files, &mut completed, &per_file, &mut done_counts);
+    ids.sort();
+    assert_eq!(ids, common::truth(&sb));
+    assert_eq!(files, ctl.files(), "the pieces add up to the whole list");
+    assert!(files.len() > 20, "many files: {}", files.len());
+    let mut sorted = completed.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), completed.len(), "each file completes once");
+    assert_eq!(sorted, (0..files.len() as u32).collect::<Vec<_>>());
+    for (i, n) in completed.iter().zip(&done_counts) {
+        assert_eq!(*n, per_file[i], "file {i} completed after its last record");
+    }
 }

@@ -173,32 +173,27 @@ struct Run {
     last_polls: u32,
     /// Engine warnings already shown and logged (this process's engine counts from 0).
     warnings_seen: usize,
+    /// Files and completed files taken from the engine so far (each tick asks for the rest only).
+    files_seen: usize,
+    completed_seen: usize,
+    /// The sum of the manifest's `count` hints; None once one is missing or they overflow.
+    expected_records: Option<u64>,
     checkpoint_written: bool,
     /// Set when a local write failed: the checkpoint on disk must stay as it is.
     broken: bool,
 }
 
 impl Run {
-    fn written(&self, files_total: usize, ctl: &Controller) -> Written {
+    fn written(&self, files_total: usize) -> Written {
         let records = self.outputs.totals.records.values().sum::<u64>()
             + self.outputs.totals.error_records
             + self.outputs.totals.deleted_records;
-        let files = ctl.files();
-        // The server's hints: none when one is missing or they overflow.
-        let expected = if !files.is_empty() && files.iter().all(|f| f.count.is_some()) {
-            files
-                .iter()
-                .filter_map(|f| f.count)
-                .try_fold(0u64, u64::checked_add)
-        } else {
-            None
-        };
         Written {
             records,
             bytes: self.outputs.totals.ndjson_bytes,
             files_done: self.logged.completed.len(),
             files_total,
-            expected_records: expected,
+            expected_records: self.expected_records.filter(|_| files_total > 0),
         }
     }
 
@@ -265,39 +260,52 @@ impl Run {
                 self.warnings_seen = usize::MAX;
             }
         }
-        let files = ctl.files();
-        self.outputs.sync_files(&files);
-        if self.logged.requested.len() < files.len() || self.logged.completed.len() < files.len() {
-            if let Some(cp) = ctl.checkpoint() {
-                for (i, f) in cp.files.iter().enumerate() {
-                    let i32_ = i as u32;
-                    if self.logged.requested.insert(i32_) {
-                        self.log.event(
-                            "download_request",
-                            json!({
-                                "fileUrl": redact_url(&f.url),
-                                "itemType": f.kind,
-                                "resourceType": f.resource_type,
-                            }),
-                        );
-                    }
-                    if f.complete && !self.logged.completed.contains(&i32_) {
-                        self.outputs.close_file(i)?;
-                        let st = self.outputs.file_state(i).cloned().unwrap_or_default();
-                        self.log.event(
-                            "download_complete",
-                            json!({
-                                "fileUrl": redact_url(&f.url),
-                                "resourceCount": st.records,
-                                "fileSize": st.ndjson_bytes,
-                            }),
-                        );
-                        self.logged.completed.insert(i32_);
-                    }
-                }
+        // Only what is new since the last look: a tick costs the files that changed, not the
+        // manifest.
+        let new = ctl.files_from(self.files_seen);
+        self.files_seen += new.len();
+        self.outputs.sync_files(&new);
+        for f in &new {
+            // The server's hints: none when one is missing or they overflow.
+            self.expected_records = match (self.expected_records, f.count) {
+                (Some(sum), Some(c)) => sum.checked_add(c),
+                _ => None,
+            };
+            if self.logged.requested.insert(f.index) {
+                self.log.event(
+                    "download_request",
+                    json!({
+                        "fileUrl": redact_url(&f.url),
+                        "itemType": f.kind.name(),
+                        "resourceType": f.resource_type,
+                    }),
+                );
             }
         }
-        let w = self.written(files.len(), ctl);
+        let done = ctl.completed_files_from(self.completed_seen);
+        self.completed_seen += done.len();
+        for i in done {
+            if self.logged.completed.contains(&i) {
+                continue; // logged by the run this one resumes
+            }
+            self.outputs.close_file(i as usize)?;
+            let st = self
+                .outputs
+                .file_state(i as usize)
+                .cloned()
+                .unwrap_or_default();
+            let url = ctl.file(i).map(|f| f.url).unwrap_or_default();
+            self.log.event(
+                "download_complete",
+                json!({
+                    "fileUrl": redact_url(&url),
+                    "resourceCount": st.records,
+                    "fileSize": st.ndjson_bytes,
+                }),
+            );
+            self.logged.completed.insert(i);
+        }
+        let w = self.written(self.files_seen);
         self.display.update(&p, &w);
         Ok(())
     }
@@ -585,6 +593,9 @@ overwrite them, or another --out",
         kickoff_detail,
         last_polls: 0,
         warnings_seen: 0,
+        files_seen: 0,
+        completed_seen: 0,
+        expected_records: Some(0),
         checkpoint_written: false,
         broken: false,
     };
