@@ -163,7 +163,7 @@ impl Downloads {
         let mut page = first;
         let mut url = first_url.to_owned();
         loop {
-            self.add(job, session, &page, &url)?;
+            self.add(job, session, &mut page, &url)?;
             let next = pages.next(&page)?;
             if complete {
                 let mut info = job.info.lock();
@@ -194,7 +194,7 @@ impl Downloads {
 
     /// Queue the files of a manifest page (from `url`) that are new; files known by identity
     /// are not fetched again, and an entry listed twice is fetched once.
-    fn add(&mut self, job: &Job, session: &mut Session, m: &Manifest, url: &str) -> Result<()> {
+    fn add(&mut self, job: &Job, session: &mut Session, m: &mut Manifest, url: &str) -> Result<()> {
         for n in &m.notes {
             job.monitor
                 .warn(format!("manifest {}: {n}", redact_url(url)));

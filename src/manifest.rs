@@ -197,8 +197,17 @@ impl Manifest {
 
 /// Merge a later manifest page (or a newer partial manifest) into the caller-visible manifest:
 /// the entries of `page.files` whose `is_new` is set are appended to `output`/`error`/
-/// `deleted`; `link` is dropped.
-pub fn merge_into(combined: &mut Option<Value>, page: &Manifest, is_new: &[bool]) {
+/// `deleted`; `link` is dropped. The entries are moved out of `page.raw`.
+pub fn merge_into(combined: &mut Option<Value>, page: &mut Manifest, is_new: &[bool]) {
+    // The entries move from the page into the merged manifest, not copied: with many files
+    // they are most of the manifest's memory. The page keeps its other fields and `files`.
+    let lists = ["output", "error", "deleted"].map(|key| {
+        page.raw
+            .get_mut(key)
+            .and_then(Value::as_array_mut)
+            .map(std::mem::take)
+            .unwrap_or_default()
+    });
     let target = combined.get_or_insert_with(|| {
         let mut v = page.raw.clone();
         if let Some(o) = v.as_object_mut() {
@@ -220,16 +229,12 @@ pub fn merge_into(combined: &mut Option<Value>, page: &Manifest, is_new: &[bool]
     }
     // `page.files` lists the entries of output, error and deleted in document order.
     let mut files = page.files.iter().zip(is_new);
-    for key in ["output", "error", "deleted"] {
-        let Some(list) = page.raw.get(key).and_then(Value::as_array) else {
-            continue;
-        };
-        for entry in list {
+    for (key, list) in ["output", "error", "deleted"].into_iter().zip(lists) {
+        for mut entry in list {
             let Some((f, &new)) = files.next() else {
                 return;
             };
             if new {
-                let mut entry = entry.clone();
                 if let Some(e) = entry.as_object_mut() {
                     e.insert("url".into(), Value::String(f.url.clone()));
                 }

@@ -339,9 +339,9 @@ fn files_and_completions_followed_incrementally() {
     let mut per_file: std::collections::HashMap<u32, u64> = Default::default();
     let mut ids = Vec::new();
     let follow = |files: &mut Vec<fhirbulk::FileInfo>,
-                      completed: &mut Vec<u32>,
-                      per_file: &std::collections::HashMap<u32, u64>,
-                      done_counts: &mut Vec<u64>| {
+                  completed: &mut Vec<u32>,
+                  per_file: &std::collections::HashMap<u32, u64>,
+                  done_counts: &mut Vec<u64>| {
         files.extend(ctl.files_from(files.len()));
         for i in ctl.completed_files_from(completed.len()) {
             assert!(
