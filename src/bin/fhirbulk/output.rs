@@ -182,7 +182,12 @@ impl Outputs {
 
     /// Learn the files listed so far (file indexes are stable and only grow).
     pub fn sync_files(&mut self, files: &[FileInfo]) {
-        for f in files.iter().skip(self.slots.len()) {
+        // `files` is a run of the engine's list (the new ones, or all): slots go by index.
+        let known = self.slots.len();
+        for f in files.iter().skip_while(|f| (f.index as usize) < known) {
+            if f.index as usize != self.slots.len() {
+                break; // not contiguous with what is known: the next call brings the gap
+            }
             let (dir, default_type) = match f.kind {
                 Kind::Output => ("", "output"),
                 Kind::Error => ("error/", "OperationOutcome"),
@@ -229,7 +234,7 @@ impl Outputs {
         };
         let index = first.file_index as usize;
         if index >= self.slots.len() {
-            self.sync_files(&ctl.files());
+            self.sync_files(&ctl.files_from(self.slots.len()));
         }
         let Some(slot_kind) = self.slots.get(index).map(|s| s.kind) else {
             return Err(CliError::Local {
@@ -496,4 +501,42 @@ pub fn truncate_to_checkpoint(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(index: u32) -> FileInfo {
+        FileInfo {
+            index,
+            kind: Kind::Output,
+            resource_type: Some("Patient".into()),
+            url: format!("http://h/f{index}"),
+            count: None,
+            position: index as usize,
+        }
+    }
+
+    #[test]
+    fn files_are_learned_by_index_from_any_run_of_the_list() {
+        let mut o = Outputs::new(
+            Path::new("/nonexistent"),
+            false,
+            HashMap::new(),
+            Totals::default(),
+        );
+        o.sync_files(&[file(0), file(1)]);
+        o.sync_files(&[file(1), file(2)]); // overlaps: 1 is known
+        o.sync_files(&[file(3)]); // only the new one
+        o.sync_files(&[file(5)]); // a gap: waits for 4
+        o.sync_files(&(0..6).map(file).collect::<Vec<_>>());
+        let rels: Vec<&str> = o.slots.iter().map(|s| s.rel.as_str()).collect();
+        assert_eq!(
+            rels,
+            (1..=6)
+                .map(|n| format!("Patient.{n}.ndjson"))
+                .collect::<Vec<_>>()
+        );
+    }
 }
