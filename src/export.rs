@@ -76,7 +76,7 @@ impl Controller {
             polls: m.polls.load(Ordering::Relaxed),
             retries: m.retries.load(Ordering::Relaxed),
             invalid_lines: m.invalid_lines.load(Ordering::Relaxed),
-            warnings: m.warnings().1,
+            warnings: m.warning_count(),
             wait: m.wait(),
         }
     }

@@ -220,6 +220,11 @@ impl Monitor {
         }
     }
 
+    /// How many warnings there were (a progress snapshot needs only this).
+    pub(crate) fn warning_count(&self) -> u32 {
+        self.warnings.lock().1
+    }
+
     /// The warnings kept (oldest first) and how many there were.
     pub(crate) fn warnings(&self) -> (Vec<String>, u32) {
         self.warnings.lock().clone()

@@ -128,7 +128,8 @@ impl Http {
             let mut v = HeaderValue::from_str(&format!("Bearer {}", t.expose())).map_err(|_| {
                 Error::new(
                     ErrorCode::Auth,
-                    "the access token from the token endpoint is not a valid HTTP header value",
+                    "the access token is not a valid HTTP header value (it holds control or \
+                     non-ASCII characters): check auth.token, or what the token endpoint answered",
                 )
                 .with_url(url)
             })?;
