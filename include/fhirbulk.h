@@ -461,6 +461,14 @@ const char *fhirbulk_version(void);
 uint32_t fhirbulk_abi_version(void);
 
 /**
+ * Set the process-wide cap on files downloading at once, over all exports (at least 1; 0 sets
+ * the default, 32). Each export still downloads at most its `concurrency` files at once; the
+ * download threads the exports share number at most this. Any thread, any time: files started
+ * from now on follow it.
+ */
+FhirbulkStatus fhirbulk_set_max_downloads(uint32_t n);
+
+/**
  * A short stable name for a status ("record", "not_found", ...); "unknown" for other values.
  * Static string.
  */

@@ -1,11 +1,18 @@
 //! The coordinator of one export: kick-off (or resume from a checkpoint), status polling,
-//! manifest pages, and the download threads its files are queued to. [`Job`] is what these
-//! threads share; [`spawn`] starts the coordinator.
+//! manifest pages, and its files' downloads, as steps the engine's shared threads run
+//! (`engine`): a waiting export holds no thread, and its files take their turn in the download
+//! threads with every other export's. [`Job`] is what the steps share; [`start`] starts them.
+//!
+//! The export ends (`finish`) when its control steps are over and no file of it is
+//! downloading or queued — or, once it stops (cancel or failure), as soon as none is
+//! downloading: its state is set, the server's job deleted when configured, and only then the
+//! record channel closed.
 
 use crate::buffers::Buffers;
 use crate::checkpoint::Checkpoint;
 use crate::config::Config;
 use crate::download::{download, Context};
+use crate::engine;
 use crate::error::{redact_url, stopped, Error, ErrorCode, Result};
 use crate::files::{Files, Match, Session};
 use crate::http::Http;
@@ -14,15 +21,14 @@ use crate::manifest::{merge_into, Manifest, ManifestFile};
 use crate::monitor::{Monitor, State};
 use crate::ndjson::{Chunk, TypeName};
 use crate::remote::{FileJob, FreshUrls};
-use crate::status::{self, fetch_manifest_page, poll_status, Pages};
-use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use crate::status::{self, fetch_manifest_page, Pages, Polled, Poller};
+use crossbeam_channel::{bounded, Receiver, Sender};
 use parking_lot::Mutex;
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 /// What the threads of one export share.
@@ -37,6 +43,33 @@ pub(crate) struct Job {
     /// The file URLs of the last manifest fetched again for expired links (by file index), and
     /// when.
     refresh: Mutex<Option<(Instant, HashMap<u32, String>)>>,
+    /// The files to download and the steps' bookkeeping.
+    queue: Mutex<Queue>,
+    /// Where downloads send their chunks; taken (closing the consumer's channel) at the end.
+    tx: Mutex<Option<Sender<Chunk>>>,
+    /// Signalled when the export ended.
+    done_tx: Mutex<Option<Sender<()>>>,
+}
+
+/// A file waiting for a download thread.
+struct Pending {
+    index: u32,
+    skip_lines: u64,
+    send_token: bool,
+}
+
+/// An export's place in the engine (see the module documentation).
+#[derive(Default)]
+struct Queue {
+    pending: VecDeque<Pending>,
+    /// Files downloading now.
+    running: usize,
+    /// The export has its place in the download threads' queue.
+    ticket: bool,
+    /// The control steps are over (`control_error`: how they failed).
+    control_done: bool,
+    control_error: Option<Error>,
+    finished: bool,
 }
 
 /// What the export knows of the server's job.
@@ -52,11 +85,13 @@ pub(crate) struct Info {
 }
 
 impl Job {
+    /// The job of an export whose downloads send their chunks to `tx`.
     pub(crate) fn new(
         config: Arc<Config>,
         http: Http,
         monitor: Arc<Monitor>,
         buffers: Arc<Buffers>,
+        tx: Sender<Chunk>,
     ) -> Job {
         Job {
             config,
@@ -66,6 +101,9 @@ impl Job {
             files: Arc::default(),
             info: Mutex::default(),
             refresh: Mutex::new(None),
+            queue: Mutex::default(),
+            tx: Mutex::new(Some(tx)),
+            done_tx: Mutex::new(None),
         }
     }
 
@@ -138,12 +176,8 @@ impl FreshUrls for Job {
     }
 }
 
-/// The download side: a job queue and the worker threads, started with the export.
+/// Adding an export's files: manifest pages, checkpoints, the download queue.
 struct Downloads {
-    jobs_tx: Option<Sender<FileJob>>,
-    jobs_rx: Receiver<FileJob>,
-    workers: Vec<JoinHandle<()>>,
-    tx: Sender<Chunk>,
     job: Arc<Job>,
 }
 
@@ -268,7 +302,7 @@ impl Downloads {
         files: Vec<(u32, ManifestFile, u64, bool)>,
         requires_token: bool,
     ) -> Result<()> {
-        let mut jobs = Vec::new();
+        let mut pending = Vec::new();
         job.info.lock().requires_access_token |= requires_token;
         {
             let mut table = job.files.lock();
@@ -292,123 +326,132 @@ impl Downloads {
                     job.monitor.files_done.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                jobs.push(FileJob {
+                pending.push(Pending {
                     index,
-                    kind: f.kind,
-                    url: f.url.clone(),
-                    resource_type: f.resource_type.as_deref().map(TypeName::new),
-                    send_token: requires_token,
                     skip_lines,
+                    send_token: requires_token,
                 });
             }
         }
-        if jobs.is_empty() {
+        if pending.is_empty() {
             return Ok(());
         }
-        self.start_workers()?;
-        if let Some(q) = &self.jobs_tx {
-            for j in jobs {
-                let _ = q.send(j);
-            }
-        }
+        job.queue.lock().pending.extend(pending);
+        offer(&self.job);
         Ok(())
-    }
-
-    /// Start the download threads (once). Each sets up its HTTP client before it waits for
-    /// files, so starting them early keeps that off the path from manifest to first record.
-    fn start_workers(&mut self) -> Result<()> {
-        if !self.workers.is_empty() {
-            return Ok(());
-        }
-        for i in 0..self.job.config.concurrency {
-            let job = self.job.clone();
-            let jobs = self.jobs_rx.clone();
-            let tx = self.tx.clone();
-            let h = std::thread::Builder::new()
-                .name(format!("fhirbulk-dl-{i}"))
-                .spawn(move || worker(&job, &jobs, &tx))
-                .map_err(|e| {
-                    Error::new(ErrorCode::Internal, format!("cannot start a thread: {e}"))
-                })?;
-            self.workers.push(h);
-        }
-        Ok(())
-    }
-
-    fn finish(&mut self) {
-        self.jobs_tx.take();
-        for w in self.workers.drain(..) {
-            let _ = w.join();
-        }
     }
 }
 
-/// Start the coordinator thread: it runs the export, sends its records' chunks to `tx`, sets
-/// the final state, then closes `tx` (and signals the receiver it returns).
-pub(crate) fn spawn(job: &Arc<Job>, tx: Sender<Chunk>) -> Result<(JoinHandle<()>, Receiver<()>)> {
+/// Start the export's steps on the engine's threads: they run the export, send its records'
+/// chunks to the job's channel, set the final state, then close the channel (and signal the
+/// receiver returned).
+pub(crate) fn start(job: &Arc<Job>) -> Receiver<()> {
     let (done_tx, done_rx) = bounded::<()>(1);
+    *job.done_tx.lock() = Some(done_tx);
+    // A stop (cancel, failure) ends a wait between polls at once, and ends the export as soon
+    // as no file of it is downloading.
+    let weak: Weak<Job> = Arc::downgrade(job);
+    job.monitor.on_stop(Box::new(move || {
+        engine::timer().poke();
+        if let Some(job) = weak.upgrade() {
+            engine::control().spawn(Box::new(move || check_finish(&job)));
+        }
+    }));
     let job = job.clone();
-    let h = std::thread::Builder::new()
-        .name("fhirbulk-export".into())
-        .spawn(move || {
-            coordinate(&job, tx);
-            let _ = done_tx.send(());
-        })
-        .map_err(|e| Error::new(ErrorCode::Internal, format!("cannot start a thread: {e}")))?;
-    Ok((h, done_rx))
+    engine::control().spawn(Box::new(move || control(job, Step::Start)));
+    done_rx
 }
 
-fn coordinate(job: &Arc<Job>, tx: Sender<Chunk>) {
-    let (jobs_tx, jobs_rx) = unbounded();
-    let mut dl = Downloads {
-        jobs_tx: Some(jobs_tx),
-        jobs_rx,
-        workers: Vec::new(),
-        tx: tx.clone(),
-        job: job.clone(),
-    };
-    let result = catch_unwind(AssertUnwindSafe(|| {
-        dl.start_workers()?;
-        run(job, &mut dl)
-    }))
-    .unwrap_or_else(|_| {
+/// A control step of an export.
+enum Step {
+    /// Kick-off, or continue from the checkpoint.
+    Start,
+    /// The next status poll.
+    Poll(String, Box<Poller>),
+}
+
+/// Run a control step on a control thread; a wait after it goes to the engine's timer.
+fn control(job: Arc<Job>, step: Step) {
+    let r = catch_unwind(AssertUnwindSafe(|| advance(&job, step))).unwrap_or_else(|_| {
         Err(Error::new(
             ErrorCode::Internal,
-            "internal error: a panic in the export thread",
+            "internal error: a panic in the export's control step",
         ))
     });
-    let m = &job.monitor;
-    if result.is_err() {
-        m.stop();
-    }
-    dl.finish();
-    if m.cancelled() {
-        if job.config.delete_on_cancel {
-            delete_job(job);
+    match r {
+        Ok(Some((wait, shown, next))) => {
+            let m = job.monitor.clone();
+            engine::timer().after(
+                wait,
+                Box::new(move || m.stopping()),
+                Box::new(move || {
+                    job.monitor.end_wait(shown);
+                    control(job, next)
+                }),
+            );
         }
-        m.set_state(State::Cancelled);
-    } else if m.has_error() {
-        m.set_state(State::Failed);
-    } else {
-        match result {
-            Ok(()) => {
-                if job.config.delete_on_complete {
-                    delete_job(job);
-                }
-                m.set_state(State::Done);
-            }
-            Err(e) => {
-                m.set_error(e);
-                m.set_state(State::Failed);
-            }
-        }
+        Ok(None) => control_end(&job, None),
+        Err(e) => control_end(&job, Some(e)),
     }
-    // Only now may the consumer see the channel close.
-    drop(dl);
-    drop(tx);
 }
 
-fn run(job: &Job, dl: &mut Downloads) -> Result<()> {
+/// The control steps are over (with the error that ended them, if any).
+fn control_end(job: &Arc<Job>, err: Option<Error>) {
+    let failed = err.is_some();
+    {
+        let mut q = job.queue.lock();
+        q.control_done = true;
+        q.control_error = err;
+    }
+    if failed {
+        job.monitor.stop();
+    }
+    check_finish(job);
+}
+
+/// One control step: the next one and the wait before it, or None when the manifest is in
+/// (its files queued).
+fn advance(job: &Arc<Job>, step: Step) -> Result<Option<(Duration, Option<u64>, Step)>> {
+    let mut dl = Downloads { job: job.clone() };
+    let (status_url, mut poller) = match step {
+        Step::Start => match begin(job, &mut dl)? {
+            Some(url) => {
+                job.monitor.set_state(State::Waiting);
+                (url, Box::new(Poller::new(&job.http)))
+            }
+            None => return Ok(None),
+        },
+        Step::Poll(url, p) => (url, p),
+    };
+    let polled = poller.poll(&job.http, &job.monitor, &status_url, &mut |m| {
+        // A v3 partial manifest: its files start downloading at once.
+        let mut session = job.files.lock().registry.session(true);
+        dl.fetch_pages(job, &mut session, m, &status_url, false)
+    })?;
+    match polled {
+        Polled::Again {
+            wait,
+            reason,
+            retry,
+        } => {
+            if retry {
+                job.monitor.retries.fetch_add(1, Ordering::Relaxed);
+            }
+            let shown = job.monitor.show_wait(wait, &reason);
+            Ok(Some((wait, shown, Step::Poll(status_url, poller))))
+        }
+        Polled::Ready(manifest) => {
+            job.monitor.set_state(State::Downloading);
+            let mut session = job.files.lock().registry.session(true);
+            dl.fetch_pages(job, &mut session, manifest, &status_url, true)?;
+            Ok(None)
+        }
+    }
+}
+
+/// Kick off (or take the checkpoint's job): the status URL to poll, or None when the
+/// checkpoint had the complete manifest (its remaining pages are fetched here).
+fn begin(job: &Job, dl: &mut Downloads) -> Result<Option<String>> {
     let resume = match &job.config.resume {
         Some(v) => Some(Checkpoint::from_value(v)?),
         None => None,
@@ -429,47 +472,170 @@ fn run(job: &Job, dl: &mut Downloads) -> Result<()> {
     if job.monitor.stopping() {
         return Err(stopped());
     }
-    let mut resumed_pages = None;
-    if let Some(cp) = &resume {
-        dl.restore(job, cp)?;
-        if cp.manifest_complete {
-            resumed_pages = Some(cp.next_page.clone());
-        }
+    let Some(cp) = &resume else {
+        return Ok(Some(status_url));
+    };
+    dl.restore(job, cp)?;
+    if !cp.manifest_complete {
+        return Ok(Some(status_url));
     }
-    match resumed_pages {
-        None => {
-            job.monitor.set_state(State::Waiting);
-            let manifest = poll_status(&job.http, &job.monitor, &status_url, &mut |m| {
-                // A v3 partial manifest: its files start downloading at once.
-                let mut session = job.files.lock().registry.session(true);
-                dl.fetch_pages(job, &mut session, m, &status_url, false)
-            })?;
-            job.monitor.set_state(State::Downloading);
-            let mut session = job.files.lock().registry.session(true);
-            dl.fetch_pages(job, &mut session, manifest, &status_url, true)?;
+    job.monitor.set_state(State::Downloading);
+    let mut session = job.files.lock().registry.session(true);
+    let next = cp.next_page.clone();
+    {
+        let mut info = job.info.lock();
+        info.manifest_complete = true;
+        info.next_page = next.clone();
+    }
+    if let Some(url) = next {
+        let page = fetch_manifest_page(&job.http, &url)?;
+        dl.fetch_pages(job, &mut session, page, &url, true)?;
+    }
+    Ok(None)
+}
+
+/// Give the export its place in the download threads' queue when it has a file to start and
+/// room under its `concurrency`.
+fn offer(job: &Arc<Job>) {
+    {
+        let mut q = job.queue.lock();
+        if q.ticket || q.finished || q.pending.is_empty() || q.running >= job.config.concurrency {
+            return;
         }
-        Some(next) => {
-            job.monitor.set_state(State::Downloading);
-            let mut session = job.files.lock().registry.session(true);
-            {
-                let mut info = job.info.lock();
-                info.manifest_complete = true;
-                info.next_page = next.clone();
+        q.ticket = true;
+    }
+    let job = job.clone();
+    engine::downloads().spawn(Box::new(move || take_one(&job)));
+}
+
+/// On a download thread: start the export's next file, its next place at the back of the
+/// queue, and download the file.
+fn take_one(job: &Arc<Job>) {
+    let next = {
+        let mut q = job.queue.lock();
+        q.ticket = false;
+        if job.monitor.stopping() || q.finished {
+            q.pending.clear();
+            None
+        } else {
+            let p = q.pending.pop_front();
+            if p.is_some() {
+                q.running += 1;
             }
-            if let Some(url) = next {
-                let page = fetch_manifest_page(&job.http, &url)?;
-                dl.fetch_pages(job, &mut session, page, &url, true)?;
+            p
+        }
+    };
+    let Some(p) = next else {
+        check_finish(job);
+        return;
+    };
+    offer(job);
+    if catch_unwind(AssertUnwindSafe(|| download_one(job, &p))).is_err() {
+        job.monitor.fail(Error::new(
+            ErrorCode::Internal,
+            "internal error: a panic in a download thread",
+        ));
+    }
+    job.queue.lock().running -= 1;
+    offer(job);
+    check_finish(job);
+}
+
+/// Download one file of the export (its chunks to the job's channel).
+fn download_one(job: &Arc<Job>, p: &Pending) {
+    let m = &job.monitor;
+    if m.stopping() {
+        return;
+    }
+    let Some(tx) = job.tx.lock().clone() else {
+        return;
+    };
+    let file = {
+        let files = job.files.lock();
+        let Some(f) = files.list().get(p.index as usize) else {
+            return;
+        };
+        FileJob {
+            index: p.index,
+            kind: f.kind,
+            url: f.url.clone(),
+            resource_type: f.resource_type.as_deref().map(TypeName::new),
+            send_token: p.send_token,
+            skip_lines: p.skip_lines,
+        }
+    };
+    let cx = Context {
+        http: &job.http,
+        monitor: m,
+        buffers: &job.buffers,
+        fresh: &**job,
+    };
+    let r = job
+        .http
+        .with_file_client(|fc| download(&cx, fc, &file, &tx))
+        .and_then(|r| r);
+    match r {
+        Ok(()) => {
+            m.files_done.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => {
+            if !m.stopping() {
+                m.fail(e);
             }
         }
     }
-    dl.finish();
-    if let Some(e) = job.monitor.error() {
-        return Err(e);
+}
+
+/// End the export when nothing of it runs any more (see the module documentation).
+fn check_finish(job: &Arc<Job>) {
+    {
+        let mut q = job.queue.lock();
+        if q.finished || !q.control_done || q.running > 0 {
+            return;
+        }
+        if !job.monitor.stopping() && !q.pending.is_empty() {
+            return;
+        }
+        q.pending.clear();
+        q.finished = true;
     }
-    if job.monitor.stopping() {
-        return Err(stopped());
+    let job = job.clone();
+    // The DELETE is a control request: not on a download thread.
+    engine::control().spawn(Box::new(move || finish(&job)));
+}
+
+/// Set the final state (DELETE the server's job when configured), then close the record
+/// channel and signal the end.
+fn finish(job: &Job) {
+    let control_error = job.queue.lock().control_error.take();
+    let m = &job.monitor;
+    if m.cancelled() {
+        if job.config.delete_on_cancel {
+            delete_job(job);
+        }
+        m.set_state(State::Cancelled);
+    } else if m.has_error() {
+        m.set_state(State::Failed);
+    } else {
+        match control_error {
+            None => {
+                if job.config.delete_on_complete {
+                    delete_job(job);
+                }
+                m.set_state(State::Done);
+            }
+            Some(e) => {
+                m.set_error(e);
+                m.set_state(State::Failed);
+            }
+        }
     }
-    Ok(())
+    // Only now may the consumer see the channel close.
+    job.tx.lock().take();
+    let done = job.done_tx.lock().take();
+    if let Some(d) = done {
+        let _ = d.send(());
+    }
 }
 
 /// DELETE the server's job (after a cancel, or a completed export when configured).
@@ -483,43 +649,4 @@ fn delete_job(job: &Job) {
         ))
     };
     let _ = job.http.send("export DELETE", &url, true, &build);
-}
-
-/// A download thread: files from the queue until it closes or the export stops.
-fn worker(job: &Arc<Job>, jobs: &Receiver<FileJob>, tx: &Sender<Chunk>) {
-    let m = &job.monitor;
-    let r = catch_unwind(AssertUnwindSafe(|| {
-        let fc = match job.http.file_client() {
-            Ok(c) => c,
-            Err(e) => return m.fail(e),
-        };
-        let cx = Context {
-            http: &job.http,
-            monitor: m,
-            buffers: &job.buffers,
-            fresh: &**job,
-        };
-        while let Ok(file) = jobs.recv() {
-            if m.stopping() {
-                return;
-            }
-            match download(&cx, &fc, &file, tx) {
-                Ok(()) => {
-                    m.files_done.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    if !m.stopping() {
-                        m.fail(e);
-                    }
-                    return;
-                }
-            }
-        }
-    }));
-    if r.is_err() {
-        m.fail(Error::new(
-            ErrorCode::Internal,
-            "internal error: a panic in a download thread",
-        ));
-    }
 }

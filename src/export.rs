@@ -3,10 +3,11 @@
 //! [`Export`] hands out records, and [`Controller`] gives progress, cancel, manifest and
 //! checkpoints to other threads.
 //!
-//! Threads: one coordinator (kick-off, polling, manifests) and `concurrency` downloaders. The
-//! downloaders send chunks of complete lines over a bounded channel (backpressure: memory is
-//! `buffer_chunks` chunks however large the export); the consumer hands out records one by one
-//! or in batches and sends emptied buffers back for reuse.
+//! Threads: none of its own. Its control steps (kick-off, polling, manifests) and downloads run
+//! on the threads the process's exports share (`engine`), at most `concurrency` of its files at
+//! once. Downloads send chunks of complete lines over a bounded channel (backpressure: memory
+//! is `buffer_chunks` chunks however large the export); the consumer hands out records one by
+//! one or in batches and sends emptied buffers back for reuse.
 
 use crate::auth::Authorizer;
 use crate::buffers::Buffers;
@@ -24,7 +25,6 @@ use crossbeam_channel::{bounded, Receiver};
 use serde_json::Value;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// A snapshot of an export's progress.
@@ -159,7 +159,6 @@ fn transaction_time(m: Option<&Value>) -> Option<String> {
 pub struct Export {
     job: Arc<Job>,
     stream: Stream,
-    coordinator: Option<JoinHandle<()>>,
     done_rx: Receiver<()>,
 }
 
@@ -182,13 +181,12 @@ impl Export {
             config.buffer_chunks + config.concurrency + 2,
         ));
         let (tx, rx) = bounded::<Chunk>(config.buffer_chunks);
-        let job = Arc::new(Job::new(config, http, monitor.clone(), buffers.clone()));
+        let job = Arc::new(Job::new(config, http, monitor.clone(), buffers.clone(), tx));
         let stream = Stream::new(rx, cancel_rx, monitor, buffers, job.files.clone());
-        let (coordinator, done_rx) = coordinator::spawn(&job, tx)?;
+        let done_rx = coordinator::start(&job);
         Ok(Export {
             job,
             stream,
-            coordinator: Some(coordinator),
             done_rx,
         })
     }
@@ -236,12 +234,9 @@ impl Drop for Export {
         if !self.job.monitor.state().is_terminal() {
             self.job.monitor.cancel();
         }
-        if let Some(h) = self.coordinator.take() {
-            // Join when the coordinator ends promptly; a download stuck in a read that ignores
-            // the stop signal is left to end at its read timeout rather than hang the caller.
-            if self.done_rx.recv_timeout(Duration::from_secs(5)).is_ok() {
-                let _ = h.join();
-            }
-        }
+        // Wait for the end (the server's job deleted after a cancel) when it comes promptly; a
+        // download stuck in a read that ignores the stop signal is left to end at its read
+        // timeout rather than hang the caller.
+        let _ = self.done_rx.recv_timeout(Duration::from_secs(5));
     }
 }

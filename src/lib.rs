@@ -18,7 +18,8 @@
 // The record path: `export` (start, pull) -> `stream` (records) <- `download` (lines of a file)
 // <- `remote` (its bytes across responses) <- `http` (the one place a request goes out).
 // The protocol: `kickoff`, `status` (polling, pages, links fetched again), `coordinator` (runs
-// them and queues files), `files` (the files by identity, their delivery progress).
+// them and queues files), `files` (the files by identity, their delivery progress). `engine`:
+// the threads every export of the process shares (control steps, waits, downloads).
 pub mod auth;
 mod bom;
 mod buffers;
@@ -26,6 +27,7 @@ pub mod checkpoint;
 pub mod config;
 mod coordinator;
 mod download;
+pub mod engine;
 pub mod error;
 pub mod export;
 pub mod ffi;

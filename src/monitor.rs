@@ -77,6 +77,8 @@ pub(crate) struct Monitor {
     pub(crate) retries: AtomicU32,
     /// Invalid lines skipped (policy `skip`).
     pub(crate) invalid_lines: AtomicU64,
+    /// Called once, when the export first stops (the engine wakes what waits for it).
+    on_stop: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
 }
 
 impl Monitor {
@@ -102,6 +104,7 @@ impl Monitor {
             files_done: AtomicU32::new(0),
             retries: AtomicU32::new(0),
             invalid_lines: AtomicU64::new(0),
+            on_stop: Mutex::new(None),
         };
         (m, cancel_rx)
     }
@@ -137,8 +140,30 @@ impl Monitor {
 
     /// Stop every thread of the export (sleeps and blocked sends end at once).
     pub(crate) fn stop(&self) {
-        self.stopping.store(true, Ordering::Release);
+        let first = !self.stopping.swap(true, Ordering::AcqRel);
         self.stop_tx.lock().take();
+        if first {
+            let f = self.on_stop.lock().take();
+            if let Some(f) = f {
+                f();
+            }
+        }
+    }
+
+    /// What to call when the export first stops (once; after a stop, at once).
+    pub(crate) fn on_stop(&self, f: Box<dyn Fn() + Send + Sync>) {
+        if self.stopping() {
+            f();
+        } else {
+            *self.on_stop.lock() = Some(f);
+            // A stop between the check and the store has not seen it.
+            if self.stopping() {
+                let f = self.on_stop.lock().take();
+                if let Some(f) = f {
+                    f();
+                }
+            }
+        }
     }
 
     /// Cancel: stop, and wake a consumer blocked in a pull. No effect once the export ended.
@@ -183,27 +208,38 @@ impl Monitor {
 
     /// Sleep `d`, showing it in the progress when it is long; false when the export stopped.
     pub(crate) fn wait_shown(&self, d: Duration, reason: &str) -> bool {
+        let id = self.show_wait(d, reason);
+        let awake = self.sleep(d);
+        self.end_wait(id);
+        awake
+    }
+
+    /// A wait of `d` begins (without a thread sleeping through it: the engine's timer holds it):
+    /// show it in the progress when it is long. Pass what it returns to [`Monitor::end_wait`].
+    pub(crate) fn show_wait(&self, d: Duration, reason: &str) -> Option<u64> {
         if d < SHOWN_WAIT {
-            return self.sleep(d);
+            return None;
         }
         let id = self.wait_ids.fetch_add(1, Ordering::Relaxed);
         let w = Wait {
             reason: escape_controls(reason).into_owned(),
             until: SystemTime::now() + d,
         };
-        {
-            // The wait that ends last is the one to show.
-            let mut cur = self.wait.lock();
-            if cur.as_ref().map_or(true, |(_, c)| c.until <= w.until) {
-                *cur = Some((id, w));
-            }
+        // The wait that ends last is the one to show.
+        let mut cur = self.wait.lock();
+        if cur.as_ref().map_or(true, |(_, c)| c.until <= w.until) {
+            *cur = Some((id, w));
         }
-        let awake = self.sleep(d);
+        Some(id)
+    }
+
+    /// The wait [`Monitor::show_wait`] began is over.
+    pub(crate) fn end_wait(&self, id: Option<u64>) {
+        let Some(id) = id else { return };
         let mut cur = self.wait.lock();
         if cur.as_ref().is_some_and(|(i, _)| *i == id) {
             *cur = None;
         }
-        awake
     }
 
     /// The long wait in progress, if any.

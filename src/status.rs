@@ -4,7 +4,7 @@
 
 use crate::error::{escape_controls, redact_url, stopped, Error, Result};
 use crate::files::{Files, Match};
-use crate::http::retry::{self, retry_after};
+use crate::http::retry::{self, retry_after, Attempt, Budget};
 use crate::http::{
     content_type, read_capped, Http, HttpResponse, ERROR_BODY_LIMIT, STATUS_BODY_LIMIT,
 };
@@ -16,33 +16,76 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-/// Poll the status URL until the export is complete; the complete manifest's first page.
-/// Partial manifests (v3) of 202 answers, and the pages they link, start downloads at once.
-pub(crate) fn poll_status(
-    http: &Http,
-    monitor: &Monitor,
-    status_url: &str,
-    partial: &mut dyn FnMut(Manifest) -> Result<()>,
-) -> Result<Manifest> {
-    let c = &*http.config;
-    let min = Duration::from_millis(c.poll_min_ms);
-    let max = Duration::from_millis(c.poll_max_ms);
-    let backoff_max = Duration::from_millis(c.poll_backoff_max_ms.min(c.poll_max_ms)).max(min);
-    let mut backoff = min;
-    // For job failures reported with X-Export-Status on a 200 (v3 separate-export-status).
-    let mut budget = http.policy.budget();
-    loop {
+/// What one status poll found.
+pub(crate) enum Polled {
+    /// The export is complete: the complete manifest's first page.
+    Ready(Manifest),
+    /// Poll again after `wait` (`retry`: after a failed request rather than a 202).
+    Again {
+        wait: Duration,
+        reason: String,
+        retry: bool,
+    },
+}
+
+/// Polling the status URL one request at a time, so that the wait between polls holds no
+/// thread (the engine's timer holds it): the backoff between 202s and the retry budgets carry
+/// from one poll to the next.
+pub(crate) struct Poller {
+    min: Duration,
+    max: Duration,
+    backoff_max: Duration,
+    backoff: Duration,
+    /// The budget of the request in progress (a retryable failure and its next attempts).
+    request: Option<Budget>,
+    /// For job failures reported with X-Export-Status on a 200 (v3 separate-export-status).
+    job: Budget,
+}
+
+impl Poller {
+    pub(crate) fn new(http: &Http) -> Poller {
+        let c = &*http.config;
+        let min = Duration::from_millis(c.poll_min_ms);
+        let max = Duration::from_millis(c.poll_max_ms);
+        Poller {
+            min,
+            max,
+            backoff_max: Duration::from_millis(c.poll_backoff_max_ms.min(c.poll_max_ms)).max(min),
+            backoff: min,
+            request: None,
+            job: http.policy.budget(),
+        }
+    }
+
+    /// One status request. Partial manifests (v3) of a 202 answer, and the pages they link,
+    /// go to `partial` (their downloads start at once).
+    pub(crate) fn poll(
+        &mut self,
+        http: &Http,
+        monitor: &Monitor,
+        status_url: &str,
+        partial: &mut dyn FnMut(Manifest) -> Result<()>,
+    ) -> Result<Polled> {
+        const WHAT: &str = "export status request";
         if monitor.stopping() {
             return Err(stopped());
         }
-        let build = |u: &str| {
-            // Called for every attempt: count status requests as sent.
-            monitor.polls.fetch_add(1, Ordering::Relaxed);
-            http.get_json(u)
+        monitor.polls.fetch_add(1, Ordering::Relaxed);
+        let sent = http.send(WHAT, status_url, true, &|u| http.get_json(u));
+        let resp = match retry::classify(WHAT, status_url, sent, &|s| s == 200 || s == 202, true) {
+            Attempt::Done(r) => r,
+            Attempt::Fail(e) => return Err(e),
+            Attempt::Retry(e, after) => {
+                let budget = self.request.get_or_insert_with(|| http.policy.budget());
+                let (wait, reason) = budget.delay(monitor, e, after.as_ref())?;
+                return Ok(Polled::Again {
+                    wait,
+                    reason,
+                    retry: true,
+                });
+            }
         };
-        let accept = |s: u16| s == 200 || s == 202;
-        let resp =
-            http.send_retrying("export status request", status_url, true, &build, &accept)?;
+        self.request = None;
         let headers = resp.headers().clone();
         let mut status = resp.status().as_u16();
         if let Some(s) = headers
@@ -59,8 +102,7 @@ pub(crate) fn poll_status(
         }
         match status {
             200 => {
-                let body =
-                    read_capped("export status request", status_url, resp, STATUS_BODY_LIMIT)?;
+                let body = read_capped(WHAT, status_url, resp, STATUS_BODY_LIMIT)?;
                 let ct = content_type(&headers);
                 if !ct.is_empty() && !ct.contains("json") {
                     return Err(Error::protocol(format!(
@@ -69,11 +111,10 @@ pub(crate) fn poll_status(
                     ))
                     .with_url(status_url));
                 }
-                return Manifest::parse(&body, status_url);
+                Manifest::parse(&body, status_url).map(Polled::Ready)
             }
             202 => {
-                let body =
-                    read_capped("export status request", status_url, resp, STATUS_BODY_LIMIT)?;
+                let body = read_capped(WHAT, status_url, resp, STATUS_BODY_LIMIT)?;
                 // v3: a 202 may carry a partial manifest of the files ready so far, with pages.
                 if body.iter().any(|b| !b.is_ascii_whitespace()) {
                     if let Ok(v) = serde_json::from_slice::<Value>(&body) {
@@ -83,16 +124,16 @@ pub(crate) fn poll_status(
                     }
                 }
                 monitor.set_state(State::Waiting);
-                let ra = retry_after(&headers);
-                let d = match &ra {
+                let (min, max) = (self.min, self.max);
+                let wait = match retry_after(&headers) {
                     Some(r) => {
                         let d = r.wait.clamp(min, max);
                         if let Some(n) = &r.note {
-                            monitor.warn(format!("export status request: {n}"));
+                            monitor.warn(format!("{WHAT}: {n}"));
                         }
                         if r.wait > max {
                             monitor.warn(format!(
-                                "export status request: the server asked to wait {} s before the next poll (Retry-After {}); waiting {} s (poll_max_ms)",
+                                "{WHAT}: the server asked to wait {} s before the next poll (Retry-After {}); waiting {} s (poll_max_ms)",
                                 r.wait.as_secs(),
                                 r.raw,
                                 d.as_secs()
@@ -101,8 +142,8 @@ pub(crate) fn poll_status(
                         d
                     }
                     None => {
-                        let d = backoff;
-                        backoff = (backoff * 2).min(backoff_max);
+                        let d = self.backoff;
+                        self.backoff = (self.backoff * 2).min(self.backoff_max);
                         d
                     }
                 };
@@ -111,18 +152,25 @@ pub(crate) fn poll_status(
                     Some(p) => format!("the server is preparing the export ({p})"),
                     None => "the server is preparing the export".to_owned(),
                 };
-                if !monitor.wait_shown(d, &reason) {
-                    return Err(stopped());
-                }
+                Ok(Polled::Again {
+                    wait,
+                    reason,
+                    retry: false,
+                })
             }
             _ => {
                 let after = retry_after(&headers);
                 let body = resp.error_body(ERROR_BODY_LIMIT);
-                let e = Error::from_response("export status request", status, status_url, &body);
+                let e = Error::from_response(WHAT, status, status_url, &body);
                 if !retry::is_retryable(status, &e.issues) {
                     return Err(e);
                 }
-                budget.wait(monitor, e, after.as_ref())?;
+                let (wait, reason) = self.job.delay(monitor, e, after.as_ref())?;
+                Ok(Polled::Again {
+                    wait,
+                    reason,
+                    retry: true,
+                })
             }
         }
     }

@@ -712,6 +712,21 @@ pub extern "C" fn fhirbulk_abi_version() -> u32 {
     FHIRBULK_ABI_VERSION
 }
 
+/// Set the process-wide cap on files downloading at once, over all exports (at least 1; 0 sets
+/// the default, 32). Each export still downloads at most its `concurrency` files at once; the
+/// download threads the exports share number at most this. Any thread, any time: files started
+/// from now on follow it.
+#[no_mangle]
+pub extern "C" fn fhirbulk_set_max_downloads(n: u32) -> FhirbulkStatus {
+    let n = if n == 0 {
+        crate::engine::DEFAULT_MAX_DOWNLOADS
+    } else {
+        n as usize
+    };
+    crate::engine::set_max_downloads(n);
+    FHIRBULK_OK
+}
+
 /// A short stable name for a status ("record", "not_found", ...); "unknown" for other values.
 /// Static string.
 #[no_mangle]

@@ -1,15 +1,48 @@
 //! Building the export's HTTP clients: the trust roots and client certificate from the config's
 //! PEM files, and the settings every client shares (timeouts, pool, no automatic redirects).
+//!
+//! Clients are shared by the exports whose client settings are the same (their [`Tls::key`]):
+//! the blocking control client process-wide (each holds a runtime thread of reqwest's), the
+//! download client per download thread. Exports to the same server then also share its kept-
+//! alive connections.
 
 use crate::config::Config;
 use crate::error::{Error, ErrorCode, Result};
+use once_cell::sync::Lazy;
+use parking_lot::Mutex;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
+
+thread_local! {
+    /// A download thread's clients, by key, the most recently used last.
+    static FILE_CLIENTS: RefCell<Vec<(String, Rc<FileClient>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Drop this thread's download clients, closing their connections: a download thread calls it
+/// when it has had no file for a moment. A client's connections are driven by its thread's
+/// runtime only while a download runs on it, so connections kept across a pause would be
+/// reused unmaintained (a test saw a request on one wait for a response until the read
+/// timeout); and an ended export's connections should not stay open.
+pub(crate) fn forget_file_clients() {
+    let clients = FILE_CLIENTS.with(|cs| std::mem::take(&mut *cs.borrow_mut()));
+    drop(clients);
+}
+
+/// Idle connections kept per host (shared by the exports of a client).
+const IDLE_PER_HOST: usize = 64;
+/// Download clients a download thread keeps (the most recently used).
+const FILE_CLIENTS_PER_THREAD: usize = 4;
 
 /// Extra trust roots and the client certificate, read once from the config's PEM files; every
 /// HTTP client of an export (the control client and each download thread's) uses them.
 pub(crate) struct Tls {
     roots: Vec<reqwest::Certificate>,
     identity: Option<reqwest::Identity>,
+    /// What tells clients apart: two configs with the same key get the same clients.
+    key: String,
 }
 
 /// The HTTP client of one download thread: reqwest's async API driven by a runtime of this
@@ -35,7 +68,7 @@ macro_rules! configure_client {
     ($builder:expr, $config:expr, $tls:expr) => {{
         let mut b = $builder
             .connect_timeout($config.connect_timeout())
-            .pool_max_idle_per_host($config.concurrency + 1)
+            .pool_max_idle_per_host(IDLE_PER_HOST)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("fhirbulk/", env!("CARGO_PKG_VERSION")));
         for c in &$tls.roots {
@@ -71,15 +104,75 @@ impl Tls {
                 ))
             })?);
         }
-        Ok(Tls { roots, identity })
+        // The PEM files by path and content (a change of the file makes another client).
+        let digest = |p: &Option<String>| {
+            p.as_ref().map(|p| {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                std::fs::read(p).unwrap_or_default().hash(&mut h);
+                (p.clone(), h.finish())
+            })
+        };
+        let key = format!(
+            "{:?}|{:?}|{}|{}",
+            digest(&config.ca_bundle),
+            digest(&config.client_cert),
+            config.connect_timeout_ms,
+            config.read_timeout_ms
+        );
+        Ok(Tls {
+            roots,
+            identity,
+            key,
+        })
     }
 
-    /// The blocking client of control requests (each read within `read_timeout_ms`).
-    pub(crate) fn blocking_client(&self, config: &Config) -> Result<reqwest::blocking::Client> {
-        configure_client!(reqwest::blocking::Client::builder(), config, self)
-            .timeout(Duration::from_millis(config.read_timeout_ms))
-            .build()
-            .map_err(client_failed)
+    /// The blocking client of control requests (each read within `read_timeout_ms`), shared
+    /// with every export of the same key while one holds it.
+    pub(crate) fn blocking_client(
+        &self,
+        config: &Config,
+    ) -> Result<Arc<reqwest::blocking::Client>> {
+        static SHARED: Lazy<Mutex<HashMap<String, Weak<reqwest::blocking::Client>>>> =
+            Lazy::new(Mutex::default);
+        let mut shared = SHARED.lock();
+        if let Some(c) = shared.get(&self.key).and_then(Weak::upgrade) {
+            return Ok(c);
+        }
+        shared.retain(|_, w| w.strong_count() > 0);
+        let c = Arc::new(
+            configure_client!(reqwest::blocking::Client::builder(), config, self)
+                .timeout(Duration::from_millis(config.read_timeout_ms))
+                .build()
+                .map_err(client_failed)?,
+        );
+        shared.insert(self.key.clone(), Arc::downgrade(&c));
+        Ok(c)
+    }
+
+    /// Run `f` with this thread's download client for this key (made on first use; a thread
+    /// keeps the few it used last, while it has work: see [`forget_file_clients`]).
+    pub(crate) fn with_file_client<R>(
+        &self,
+        config: &Config,
+        f: impl FnOnce(&FileClient) -> R,
+    ) -> Result<R> {
+        let c = FILE_CLIENTS.with(|cs| {
+            let mut cs = cs.borrow_mut();
+            if let Some(i) = cs.iter().position(|(k, _)| *k == self.key) {
+                let hit = cs.remove(i);
+                let c = hit.1.clone();
+                cs.push(hit);
+                return Ok(c);
+            }
+            let c = Rc::new(self.file_client(config)?);
+            if cs.len() >= FILE_CLIENTS_PER_THREAD {
+                cs.remove(0);
+            }
+            cs.push((self.key.clone(), c.clone()));
+            Ok(c)
+        })?;
+        Ok(f(&c))
     }
 
     /// The client of one download thread, with its runtime.

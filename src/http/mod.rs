@@ -10,7 +10,7 @@ pub(crate) mod decode;
 pub(crate) mod response;
 pub(crate) mod retry;
 
-pub(crate) use client::FileClient;
+pub(crate) use client::{forget_file_clients, FileClient};
 pub(crate) use response::{
     content_type, read_capped, HttpResponse, DISCOVERY_BODY_LIMIT, ERROR_BODY_LIMIT,
     STATUS_BODY_LIMIT, TOKEN_BODY_LIMIT,
@@ -39,8 +39,9 @@ pub(crate) trait Credentials: Send + Sync {
 /// The HTTP side of one export (see the module documentation).
 pub(crate) struct Http {
     pub(crate) config: Arc<Config>,
-    /// The blocking client of the control requests (kick-off, status, manifests, DELETE).
-    pub(crate) client: Client,
+    /// The blocking client of the control requests (kick-off, status, manifests, DELETE),
+    /// shared with the exports of the same client settings.
+    pub(crate) client: Arc<Client>,
     tls: Tls,
     base_origin: url::Origin,
     token_origins: Vec<url::Origin>,
@@ -139,9 +140,10 @@ impl Http {
         Ok(h)
     }
 
-    /// The HTTP client of one download thread (see [`FileClient`]).
-    pub(crate) fn file_client(&self) -> Result<FileClient> {
-        self.tls.file_client(&self.config)
+    /// Run `f` with the download thread's HTTP client for this export's settings (see
+    /// [`FileClient`]).
+    pub(crate) fn with_file_client<R>(&self, f: impl FnOnce(&FileClient) -> R) -> Result<R> {
+        self.tls.with_file_client(&self.config, f)
     }
 
     /// A GET of JSON (status, manifest pages) within `request_timeout_ms`.

@@ -184,6 +184,22 @@ impl Budget {
         err: Error,
         after: Option<&RetryAfter>,
     ) -> Result<()> {
+        let (d, reason) = self.delay(w, err, after)?;
+        if w.wait_retry(d, &reason) {
+            Ok(())
+        } else {
+            Err(stopped())
+        }
+    }
+
+    /// How long to wait before another attempt after `err` and why (the wait is the caller's),
+    /// or `err` when the budget is spent. A `Retry-After` cut to fit is a warning.
+    pub(crate) fn delay(
+        &mut self,
+        w: &dyn Waiter,
+        err: Error,
+        after: Option<&RetryAfter>,
+    ) -> Result<(Duration, String)> {
         match self.next_wait(after) {
             Err(why) => {
                 let mut err = err;
@@ -196,11 +212,7 @@ impl Budget {
                 if let Some(n) = note {
                     w.warn(format!("{}: {n}", err.message));
                 }
-                if w.wait_retry(d, &err.message) {
-                    Ok(())
-                } else {
-                    Err(stopped())
-                }
+                Ok((d, err.message))
             }
         }
     }
