@@ -42,16 +42,10 @@ pub(crate) struct Pool {
     threads: AtomicUsize,
     idle: AtomicUsize,
     max: AtomicUsize,
-    /// Called on a thread that found no work for [`PAUSE`] (the download threads close their
-    /// connections then: see `http::client`).
-    on_pause: Option<fn()>,
 }
 
-/// A pool thread without work for this long calls its pool's `on_pause`.
-pub const PAUSE: Duration = Duration::from_millis(100);
-
 impl Pool {
-    fn new(name: &'static str, max: usize, on_pause: Option<fn()>) -> Pool {
+    fn new(name: &'static str, max: usize) -> Pool {
         let (tx, rx) = unbounded();
         Pool {
             name,
@@ -60,7 +54,6 @@ impl Pool {
             threads: AtomicUsize::new(0),
             idle: AtomicUsize::new(0),
             max: AtomicUsize::new(max),
-            on_pause,
         }
     }
 
@@ -111,13 +104,7 @@ impl Pool {
                 self.idle.fetch_add(1, SeqCst);
             }
             counted = false;
-            let mut got = self
-                .rx
-                .recv_timeout(if self.on_pause.is_some() { PAUSE } else { IDLE });
-            if let (Err(RecvTimeoutError::Timeout), Some(f)) = (&got, self.on_pause) {
-                f();
-                got = self.rx.recv_timeout(IDLE - PAUSE);
-            }
+            let got = self.rx.recv_timeout(IDLE);
             self.idle.fetch_sub(1, SeqCst);
             match got {
                 // A task catches its own panics; this one keeps the thread alive if it does not.
@@ -250,14 +237,14 @@ impl Timer {
     }
 }
 
-static CONTROL: Lazy<Pool> = Lazy::new(|| Pool::new("control", CONTROL_THREADS, None));
+static CONTROL: Lazy<Pool> = Lazy::new(|| Pool::new("control", CONTROL_THREADS));
 static DOWNLOADS: Lazy<Pool> = Lazy::new(|| {
     let max = std::env::var("FHIRBULK_MAX_DOWNLOADS")
         .ok()
         .and_then(|v| v.trim().parse::<usize>().ok())
         .filter(|n| *n > 0)
         .unwrap_or(DEFAULT_MAX_DOWNLOADS);
-    Pool::new("download", max, Some(crate::http::forget_file_clients))
+    Pool::new("download", max)
 });
 static TIMER: Lazy<Timer> = Lazy::new(|| Timer {
     waits: Mutex::default(),
@@ -310,7 +297,7 @@ mod tests {
     use std::sync::atomic::AtomicBool;
     use std::sync::Arc;
 
-    static POOL: Lazy<Pool> = Lazy::new(|| Pool::new("test", 3, None));
+    static POOL: Lazy<Pool> = Lazy::new(|| Pool::new("test", 3));
 
     #[test]
     fn a_pool_runs_every_task_within_its_cap() {

@@ -21,16 +21,11 @@ thread_local! {
     static FILE_CLIENTS: RefCell<Vec<(String, Rc<FileClient>)>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Drop this thread's download clients, closing their connections: a download thread calls it
-/// when it has had no file for a moment. A client's connections are driven by its thread's
-/// runtime only while a download runs on it, so connections kept across a pause would be
-/// reused unmaintained (a test saw a request on one wait for a response until the read
-/// timeout); and an ended export's connections should not stay open.
-pub(crate) fn forget_file_clients() {
-    let clients = FILE_CLIENTS.with(|cs| std::mem::take(&mut *cs.borrow_mut()));
-    drop(clients);
-}
-
+/// A connection idle this long is not used again. A download client's connections are driven
+/// by its thread's runtime only while a download runs on it, so a connection idle across a
+/// pause goes unmaintained: reused after one (between two exports), a request on it was seen
+/// to wait for its response until the read timeout. Files back to back still share one.
+const POOL_IDLE: Duration = Duration::from_millis(100);
 /// Idle connections kept per host (shared by the exports of a client).
 const IDLE_PER_HOST: usize = 64;
 /// Download clients a download thread keeps (the most recently used).
@@ -69,6 +64,7 @@ macro_rules! configure_client {
         let mut b = $builder
             .connect_timeout($config.connect_timeout())
             .pool_max_idle_per_host(IDLE_PER_HOST)
+            .pool_idle_timeout(POOL_IDLE)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("fhirbulk/", env!("CARGO_PKG_VERSION")));
         for c in &$tls.roots {
@@ -151,7 +147,7 @@ impl Tls {
     }
 
     /// Run `f` with this thread's download client for this key (made on first use; a thread
-    /// keeps the few it used last, while it has work: see [`forget_file_clients`]).
+    /// keeps the few it used last).
     pub(crate) fn with_file_client<R>(
         &self,
         config: &Config,

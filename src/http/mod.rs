@@ -10,7 +10,7 @@ pub(crate) mod decode;
 pub(crate) mod response;
 pub(crate) mod retry;
 
-pub(crate) use client::{forget_file_clients, FileClient};
+pub(crate) use client::FileClient;
 pub(crate) use response::{
     content_type, read_capped, HttpResponse, DISCOVERY_BODY_LIMIT, ERROR_BODY_LIMIT,
     STATUS_BODY_LIMIT, TOKEN_BODY_LIMIT,
