@@ -301,6 +301,8 @@ impl Downloads {
     /// complete ones done.
     fn register(&mut self, job: &Job, indexes: Vec<u32>, requires_token: bool) -> Result<()> {
         let mut jobs = Vec::new();
+        // One shared name per resource type, not one per file.
+        let mut names: HashMap<String, Arc<TypeName>> = HashMap::new();
         job.info.lock().requires_access_token |= requires_token;
         {
             let table = job.files.lock();
@@ -333,7 +335,12 @@ impl Downloads {
                     index,
                     kind,
                     url: url.to_owned(),
-                    resource_type: ty.map(TypeName::new),
+                    resource_type: ty.map(|t| {
+                        names
+                            .entry(t.to_owned())
+                            .or_insert_with(|| TypeName::new(t))
+                            .clone()
+                    }),
                     send_token: requires_token,
                     skip_lines: p.line(),
                 });

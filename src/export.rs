@@ -99,6 +99,16 @@ impl Controller {
         let top = info.manifest.as_ref()?;
         Some(self.0.files.lock().manifest_json(top))
     }
+    /// Write the manifest ([`Controller::manifest_json`]) to `w`; false before there is one.
+    /// The export's files table is locked meanwhile: write to a buffer or a local file.
+    pub fn write_manifest(&self, w: &mut dyn std::io::Write) -> std::io::Result<bool> {
+        let info = self.0.info.lock();
+        let Some(top) = info.manifest.as_ref() else {
+            return Ok(false);
+        };
+        self.0.files.lock().write_manifest(top, w)?;
+        Ok(true)
+    }
     /// How many files the manifest lists so far per kind (output, error, deleted), once there
     /// is a manifest.
     pub fn manifest_file_counts(&self) -> Option<[usize; 3]> {
@@ -125,7 +135,19 @@ impl Controller {
     /// appending `files_json_from(n, true)` after `n` files; at resume it is the config's
     /// `resume_files` for a checkpoint that counts `files_known` files.
     pub fn files_json_from(&self, start: usize, ndjson: bool) -> String {
-        self.0.files.lock().files_json_from(start, ndjson)
+        self.0
+            .files
+            .lock()
+            .files_json_from(start, usize::MAX, ndjson)
+    }
+    /// [`Controller::files_from`] for the indexes `start..end` only (to follow a large export
+    /// in pieces).
+    pub fn files_between(&self, start: usize, end: usize) -> Vec<FileInfo> {
+        self.0.files.lock().list_between(start, end)
+    }
+    /// [`Controller::files_json_from`] for the indexes `start..end` only.
+    pub fn files_json_between(&self, start: usize, end: usize, ndjson: bool) -> String {
+        self.0.files.lock().files_json_from(start, end, ndjson)
     }
     /// The indexes of the files whose every record the caller has received, in the order they
     /// completed, from the `start`-th on (files complete in an earlier run come first).

@@ -194,8 +194,14 @@ impl Files {
 
     /// The files from index `start` on.
     pub(crate) fn list_from(&self, start: usize) -> Vec<FileInfo> {
-        let start = start.min(self.entries.len());
-        self.entries[start..]
+        self.list_between(start, usize::MAX)
+    }
+
+    /// The files with indexes in `start..end` (as far as known).
+    pub(crate) fn list_between(&self, start: usize, end: usize) -> Vec<FileInfo> {
+        let end = end.min(self.entries.len());
+        let start = start.min(end);
+        self.entries[start..end]
             .iter()
             .enumerate()
             .map(|(i, e)| self.info_of(start + i, e))
@@ -357,16 +363,17 @@ impl Files {
         self.digest
     }
 
-    /// The files from `start` on as JSON objects (`{"index", "kind", "type", "url", "count"}`,
+    /// The files `start..end` (as far as known) as JSON objects (`{"index", "kind", "type", "url", "count"}`,
     /// and `"extra"` with the entry's other fields when it has some): a JSON array, or NDJSON
     /// lines. What `resume_files` takes back.
-    pub(crate) fn files_json_from(&self, start: usize, ndjson: bool) -> String {
-        let start = start.min(self.entries.len());
-        let mut out = Vec::with_capacity((self.entries.len() - start) * 120 + 2);
+    pub(crate) fn files_json_from(&self, start: usize, end: usize, ndjson: bool) -> String {
+        let end = end.min(self.entries.len());
+        let start = start.min(end);
+        let mut out = Vec::with_capacity((end - start) * 120 + 2);
         if !ndjson {
             out.push(b'[');
         }
-        for (i, e) in self.entries[start..].iter().enumerate() {
+        for (i, e) in self.entries[start..end].iter().enumerate() {
             if !ndjson && i > 0 {
                 out.push(b',');
             }
@@ -394,6 +401,15 @@ impl Files {
     /// index order, written from the table (keys in sorted order, like a `serde_json::Value`).
     pub(crate) fn manifest_json(&self, top: &Map<String, Value>) -> String {
         serde_json::to_string(&ManifestDoc { top, files: self }).unwrap_or_default()
+    }
+
+    /// [`Files::manifest_json`] written to `w` (no copy of the whole text in memory).
+    pub(crate) fn write_manifest(
+        &self,
+        top: &Map<String, Value>,
+        w: &mut dyn std::io::Write,
+    ) -> std::io::Result<()> {
+        serde_json::to_writer(w, &ManifestDoc { top, files: self }).map_err(std::io::Error::from)
     }
 }
 

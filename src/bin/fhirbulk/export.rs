@@ -30,6 +30,8 @@ pub const DONE_FILE: &str = ".fhirbulk-done.ndjson";
 const CLI_CHECKPOINT_VERSION: u32 = 2;
 /// Records per pull.
 const BATCH: usize = 4096;
+/// Files taken from the engine at a time.
+const FILES_PER_LOOK: usize = 4096;
 /// How often the display and the event log look at the engine.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -371,31 +373,20 @@ impl Run {
         }
         // Only what is new since the last look: a tick costs the files that changed, not the
         // manifest.
-        let new = ctl.files_from(self.files_seen);
-        self.files_seen += new.len();
-        self.outputs.sync_files(&new);
-        if self.files_seen > self.files_listed {
-            let lines = ctl.files_json_from(self.files_listed, true);
-            self.files_list.append(lines.as_bytes())?;
-            self.files_listed += lines.lines().count();
-        }
-        for f in &new {
-            // The server's hints: none when one is missing or they overflow.
-            self.expected_records = match (self.expected_records, f.count) {
-                (Some(sum), Some(c)) => sum.checked_add(c),
-                _ => None,
-            };
-            if f.index >= self.logged.requested_files {
-                self.logged.requested_files = f.index + 1;
-                self.log.event(
-                    "download_request",
-                    json!({
-                        "fileUrl": redact_url(&f.url),
-                        "itemType": f.kind.name(),
-                        "resourceType": f.resource_type,
-                    }),
-                );
+        // In pieces: a manifest of 200,000 files is not copied at once.
+        loop {
+            let new = ctl.files_between(self.files_seen, self.files_seen + FILES_PER_LOOK);
+            if new.is_empty() {
+                break;
             }
+            self.files_seen += new.len();
+            self.learn_files(&new)?;
+        }
+        while self.files_seen > self.files_listed {
+            let end = self.files_seen.min(self.files_listed + FILES_PER_LOOK);
+            let lines = ctl.files_json_between(self.files_listed, end, true);
+            self.files_list.append(lines.as_bytes())?;
+            self.files_listed = end;
         }
         let done = ctl.completed_files_from(self.completed_seen);
         self.completed_seen += done.len();
@@ -432,11 +423,40 @@ impl Run {
         Ok(())
     }
 
+    /// Files new to this run: output slots, the count hints, download_request events.
+    fn learn_files(&mut self, new: &[fhirbulk::FileInfo]) -> Result<(), CliError> {
+        self.outputs.sync_files(new);
+        for f in new {
+            // The server's hints: none when one is missing or they overflow.
+            self.expected_records = match (self.expected_records, f.count) {
+                (Some(sum), Some(c)) => sum.checked_add(c),
+                _ => None,
+            };
+            if f.index >= self.logged.requested_files {
+                self.logged.requested_files = f.index + 1;
+                self.log.event(
+                    "download_request",
+                    json!({
+                        "fileUrl": redact_url(&f.url),
+                        "itemType": f.kind.name(),
+                        "resourceType": f.resource_type,
+                    }),
+                );
+            }
+        }
+        Ok(())
+    }
+
     fn write_manifest(&self, ctl: &Controller) -> Result<(), CliError> {
         let path = self.out.join("manifest.json");
-        let text = ctl.manifest_json().unwrap_or_else(|| "null".into());
-        util::write_atomic(&path, text.as_bytes())
-            .map_err(|e| CliError::io(format_args!("cannot write {}", path.display()), &e))
+        // Streamed into the file (with 200,000 files the text is tens of MB).
+        util::write_atomic_with(&path, &mut |w| {
+            if !ctl.write_manifest(w)? {
+                w.write_all(b"null")?;
+            }
+            Ok(())
+        })
+        .map_err(|e| CliError::io(format_args!("cannot write {}", path.display()), &e))
     }
 
     /// Append file `i`'s output (complete) to the complete files' list.
@@ -464,10 +484,13 @@ impl Run {
         };
         // Every file the checkpoint counts is in the file list before it.
         let known = cp.files_known() as usize;
-        if known > self.files_listed {
-            let lines = export.controller().files_json_from(self.files_listed, true);
+        while known > self.files_listed {
+            let end = known.min(self.files_listed + FILES_PER_LOOK);
+            let lines = export
+                .controller()
+                .files_json_between(self.files_listed, end, true);
             self.files_list.append(lines.as_bytes())?;
-            self.files_listed += lines.lines().count();
+            self.files_listed = end;
         }
         self.outputs.flush_all(true)?;
         let log_bytes = self.log.flush(true)?;

@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 
 /// Files kept open at once; more are closed least recently used first and reopened to append.
 const MAX_OPEN: usize = 64;
+/// The slot index of the skipped lines' file in `Outputs::open_list`.
+const SKIPPED: usize = usize::MAX;
 /// Where error records for skipped invalid lines (`--on-invalid-line skip`) go.
 const SKIPPED_LINES: &str = "error/fhirbulk-skipped-lines.ndjson";
 
@@ -137,6 +139,9 @@ pub struct Outputs {
     /// Slots written (or resumed) and not complete: what a checkpoint records.
     active: BTreeSet<usize>,
     open: usize,
+    /// The slots with an open file (`SKIPPED` for the skipped lines' slot): eviction and
+    /// flushes look at these, not at every file.
+    open_list: Vec<usize>,
     clock: u64,
     pub totals: Totals,
 }
@@ -157,6 +162,7 @@ impl Outputs {
             resumed,
             active: BTreeSet::new(),
             open: 0,
+            open_list: Vec::new(),
             clock: 0,
             totals,
         }
@@ -264,6 +270,7 @@ impl Outputs {
             };
             open(&dir, gzip, slot)?;
             self.open += 1;
+            self.open_list.push(if synthetic { SKIPPED } else { index });
         }
         if !synthetic {
             self.active.insert(index);
@@ -292,16 +299,29 @@ impl Outputs {
         Ok(())
     }
 
+    fn slot_mut(&mut self, i: usize) -> Option<&mut Slot> {
+        if i == SKIPPED {
+            self.skipped.as_mut()
+        } else {
+            self.slots.get_mut(i)
+        }
+    }
+
     fn evict(&mut self) -> Result<(), CliError> {
         let dir = self.dir.clone();
-        let victim = self
-            .slots
-            .iter_mut()
-            .chain(self.skipped.iter_mut())
-            .filter(|s| s.writer.is_some())
-            .min_by_key(|s| s.last_use);
-        if let Some(s) = victim {
-            close(&dir, s, true)?;
+        let victim = (0..self.open_list.len()).min_by_key(|&k| {
+            let i = self.open_list[k];
+            if i == SKIPPED {
+                self.skipped.as_ref().map_or(0, |s| s.last_use)
+            } else {
+                self.slots[i].last_use
+            }
+        });
+        if let Some(k) = victim {
+            let i = self.open_list.swap_remove(k);
+            if let Some(s) = self.slot_mut(i) {
+                close(&dir, s, true)?;
+            }
             self.open -= 1;
         }
         Ok(())
@@ -311,7 +331,11 @@ impl Outputs {
     /// their lengths can go into a checkpoint.
     pub fn flush_all(&mut self, sync: bool) -> Result<(), CliError> {
         let dir = self.dir.clone();
-        for s in self.slots.iter_mut().chain(self.skipped.iter_mut()) {
+        for k in 0..self.open_list.len() {
+            let i = self.open_list[k];
+            let Some(s) = self.slot_mut(i) else {
+                continue;
+            };
             if let Some(w) = s.writer.as_mut() {
                 if s.dirty {
                     s.state.bytes = w.flush().map_err(|e| {
@@ -344,6 +368,9 @@ impl Outputs {
             if s.writer.is_some() {
                 close(&dir, s, true)?;
                 self.open -= 1;
+                if let Some(k) = self.open_list.iter().position(|&i| i == index) {
+                    self.open_list.swap_remove(k);
+                }
             }
         }
         Ok(())
@@ -406,6 +433,7 @@ impl Outputs {
             }
         }
         self.open = 0;
+        self.open_list.clear();
         self.active.clear();
         let all = self.slots.iter().chain(self.skipped.iter());
         Ok(Finished {
