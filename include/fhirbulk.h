@@ -408,9 +408,13 @@ size_t export_manifest(const struct FhirbulkExport *h, char *buf, size_t buf_len
 
 /**
  * A checkpoint as JSON, snprintf semantics: what the caller has received so far (status URL,
- * manifest, lines delivered per file). Store it; pass it later as the config's `"resume"` (in
- * this process or another) to continue the export without a new kick-off and without
- * receiving a record twice. Take it on the consuming thread between pulls to be exact: it
+ * the number of files known, the ranges of complete files, the lines delivered of the files
+ * in progress). Store it; pass it later as the config's `"resume"` (in this process or
+ * another) to continue the export without a new kick-off and without receiving a record
+ * twice. Its size is proportional to the files in progress, not to the files known: with it,
+ * pass the file list (`export_files_json`, or the lines of `export_files_json_from` kept as
+ * they come) as `"resume_files"`, or leave that out and the manifest is fetched again from
+ * the status URL. Take it on the consuming thread between pulls to be exact: it
  * counts the records handed out up to that moment — a whole batch counts once
  * `export_next_batch` has returned it, so a caller that stops part-way through a batch must
  * checkpoint before pulling the batch, or after finishing it. 0 before the kick-off answered.
@@ -449,6 +453,18 @@ size_t export_warnings_json(const struct FhirbulkExport *h, char *buf, size_t bu
  * `buf` is NULL or valid for `buf_len` bytes.
  */
 size_t export_files_json(const struct FhirbulkExport *h, char *buf, size_t buf_len);
+
+/**
+ * The files from index `start` on, snprintf semantics: one JSON object per line (NDJSON),
+ * each as in `export_files_json` (plus `"extra"`, the manifest entry's other fields, when it
+ * has some). The list only grows: a caller that has `n` files asks for `start` = `n` and
+ * appends, so following a large export costs the new files only; the lines kept are the
+ * `"resume_files"` of a later resume (as one string). An empty string when there are none.
+ *
+ * # Safety
+ * `buf` is NULL or valid for `buf_len` bytes.
+ */
+size_t export_files_json_from(const struct FhirbulkExport *h, size_t start, char *buf, size_t buf_len);
 
 /**
  * The library version, e.g. "0.1.0" (static string).

@@ -301,6 +301,12 @@ pub struct Config {
     /// delivered before the checkpoint are not delivered again.
     #[serde(default)]
     pub resume: Option<serde_json::Value>,
+    /// The file list of the export `resume` continues (a version 2 checkpoint counts its files
+    /// rather than listing them): the JSON array of `export_files_json`, or a string holding
+    /// such an array or NDJSON lines of its objects (`export_files_json_from`). Without it,
+    /// the manifest is fetched again from the status URL and must list the same files.
+    #[serde(default)]
+    pub resume_files: Option<serde_json::Value>,
     /// DELETE the server's job when the export is cancelled (or freed unfinished).
     #[serde(default = "d_true")]
     pub delete_on_cancel: bool,
@@ -461,6 +467,19 @@ impl Config {
         }
         if let Some(r) = &self.resume {
             crate::checkpoint::Checkpoint::from_value(r)?;
+        }
+        match &self.resume_files {
+            None | Some(serde_json::Value::Array(_) | serde_json::Value::String(_)) => {}
+            Some(_) => {
+                return Err(Error::config(
+                    "invalid config: resume_files is neither an array nor a string",
+                ))
+            }
+        }
+        if self.resume_files.is_some() && self.resume.is_none() {
+            return Err(Error::config(
+                "invalid config: resume_files is given without resume",
+            ));
         }
         if self.poll_min_ms > self.poll_max_ms {
             return Err(Error::config(format!(

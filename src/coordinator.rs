@@ -9,7 +9,7 @@
 //! record channel closed.
 
 use crate::buffers::Buffers;
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{parse_file_list, Checkpoint};
 use crate::config::Config;
 use crate::download::{download, Context};
 use crate::engine;
@@ -17,14 +17,14 @@ use crate::error::{redact_url, stopped, Error, ErrorCode, Result};
 use crate::files::{Files, Match, Session};
 use crate::http::Http;
 use crate::kickoff::kickoff;
-use crate::manifest::{merge_into, Manifest, ManifestFile};
+use crate::manifest::{merge_top, Manifest, ManifestFile};
 use crate::monitor::{Monitor, State};
 use crate::ndjson::{Chunk, TypeName};
 use crate::remote::{FileJob, FreshUrls};
 use crate::status::{self, fetch_manifest_page, Pages, Polled, Poller};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use parking_lot::Mutex;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
@@ -76,8 +76,9 @@ struct Queue {
 #[derive(Default)]
 pub(crate) struct Info {
     pub(crate) status_url: Option<String>,
-    /// The manifest as received (pages and partial manifests merged).
-    pub(crate) manifest: Option<Value>,
+    /// The manifest's top-level fields as received (pages and partial manifests merged, the
+    /// latest value winning); its entries are the files table's (see `Files::manifest_json`).
+    pub(crate) manifest: Option<Map<String, Value>>,
     pub(crate) requires_access_token: bool,
     /// The final manifest arrived; `next_page` is the page still to fetch, if any.
     pub(crate) manifest_complete: bool,
@@ -141,14 +142,17 @@ impl FreshUrls for Job {
     /// out fresh links) and return the new URL of the same file, found by its identity (see
     /// `files`), not its place in the lists. When the job itself is gone, the error names the
     /// files not yet delivered.
-    fn fresh_url(&self, index: u32, cause: Error) -> Result<String> {
+    fn fresh_url(&self, index: u32, failed: &str, cause: Error) -> Result<String> {
         let mut cache = self.refresh.lock();
         let Some(status_url) = self.info.lock().status_url.clone() else {
             return Err(cause);
         };
         let fresh = match cache.as_ref() {
+            // A recent fetch serves the files whose links expired with this one, but not a file
+            // that already used the URL it gave (the table takes fresh URLs as they come).
             Some((at, urls))
-                if at.elapsed() < Duration::from_secs(5) && urls.contains_key(&index) =>
+                if at.elapsed() < Duration::from_secs(5)
+                    && urls.get(&index).is_some_and(|u| u != failed) =>
             {
                 urls.clone()
             }
@@ -233,82 +237,116 @@ impl Downloads {
             job.monitor
                 .warn(format!("manifest {}: {n}", redact_url(url)));
         }
-        let matches = job.files.lock().registry.resolve(session, &m.files)?;
-        if !m.files.is_empty() && matches.iter().all(|x| matches!(x, Match::Duplicate(_))) {
-            return Err(Error::protocol(
-                "the manifest page lists only files already listed in this manifest: its pages repeat",
-            )
-            .with_url(url));
-        }
+        let entries = std::mem::take(&mut m.files);
+        let listed = entries.len();
         let mut new = Vec::new();
-        let mut is_new = vec![false; m.files.len()];
-        for (i, (f, x)) in m.files.iter().zip(&matches).enumerate() {
-            match x {
-                Match::New(idx) => {
-                    is_new[i] = true;
-                    new.push((*idx, f.clone(), 0, false));
+        {
+            // The entries move into the files table (new files) or are dropped (known ones).
+            let mut table = job.files.lock();
+            let matches = table.resolve(session, entries)?;
+            if listed > 0 && matches.iter().all(|x| matches!(x, Match::Duplicate(_))) {
+                return Err(Error::protocol(
+                    "the manifest page lists only files already listed in this manifest: its pages repeat",
+                )
+                .with_url(url));
+            }
+            for x in &matches {
+                match *x {
+                    Match::New(idx) => new.push(idx),
+                    Match::Duplicate(idx) => {
+                        let (kind, _, u) = table.job_parts(idx).unwrap_or((
+                            crate::manifest::Kind::Output,
+                            None,
+                            "",
+                        ));
+                        job.monitor.warn(format!(
+                            "the manifest lists the {} file {} more than once; it is downloaded once",
+                            kind.name(),
+                            redact_url(u)
+                        ))
+                    }
+                    Match::Known(_) | Match::Unknown => {}
                 }
-                Match::Duplicate(_) => job.monitor.warn(format!(
-                    "the manifest lists the {} file {} more than once; it is downloaded once",
-                    f.kind.name(),
-                    redact_url(&f.url)
-                )),
-                Match::Known(_) | Match::Unknown => {}
             }
         }
         self.register(job, new, m.requires_access_token)?;
         let mut info = job.info.lock();
-        merge_into(&mut info.manifest, m, &is_new);
+        merge_top(&mut info.manifest, m);
         Ok(())
     }
 
     /// Continue from a checkpoint: its files keep their indexes; complete ones are not fetched
-    /// again, the others skip the lines the caller already has.
+    /// again, the others skip the lines the caller already has. The files come from the
+    /// checkpoint (version 1), from the config's `resume_files`, or from the manifest fetched
+    /// again from the status URL (version 2); the digest tells that they are the files the
+    /// checkpoint counted.
     fn restore(&mut self, job: &Job, cp: &Checkpoint) -> Result<()> {
-        let requires_token = cp
-            .manifest
+        let top = cp.manifest_top();
+        let requires_token = top
             .as_ref()
             .and_then(|m| m.get("requiresAccessToken"))
             .and_then(Value::as_bool)
             .unwrap_or(false);
-        let files: Vec<ManifestFile> = cp
-            .files
-            .iter()
-            .map(|f| ManifestFile {
-                kind: f.kind(),
-                resource_type: f.resource_type.clone(),
-                url: f.url.clone(),
-                count: f.count,
-                continues_in_file: None,
-            })
-            .collect();
-        job.files.lock().registry.restore(&files);
-        let new = files
-            .into_iter()
-            .zip(&cp.files)
-            .enumerate()
-            .map(|(i, (m, f))| (i as u32, m, f.lines_delivered, f.complete))
-            .collect();
-        self.register(job, new, requires_token)?;
-        job.info.lock().manifest = cp.manifest.clone();
+        let known = cp.files_known();
+        let files: Vec<ManifestFile> = if cp.fhirbulk_checkpoint == 1 {
+            cp.v1_files()
+        } else if known == 0 {
+            Vec::new()
+        } else if let Some(list) = &job.config.resume_files {
+            parse_file_list(list, known)?
+        } else {
+            let status_url = job.info.lock().status_url.clone().unwrap_or_default();
+            let mut files = status::manifest_again(&job.http, &status_url).map_err(|e| {
+                let mut e = e;
+                e.message = format!(
+                    "resume: the checkpoint counts {known} files and resume_files was not given, so the manifest was fetched again from the status URL, which failed: {}",
+                    e.message
+                );
+                e
+            })?;
+            if files.len() < known as usize {
+                return Err(Error::config(format!(
+                    "invalid config: resume counts {known} files, but the manifest fetched again from the status URL lists {}; pass the file list as resume_files",
+                    files.len()
+                )));
+            }
+            files.truncate(known as usize);
+            files
+        };
+        let indexes = {
+            let mut table = job.files.lock();
+            let indexes = table.restore(files, &|i| cp.file_progress(i));
+            if let Some(d) = &cp.files_digest {
+                if table.digest().hex() != *d {
+                    return Err(Error::config(if job.config.resume_files.is_some() {
+                        "invalid config: resume_files is not the file list of this checkpoint (the digest of its files' kind, type and URL path differs)".to_owned()
+                    } else {
+                        "invalid config: the manifest fetched again from the status URL does not list the checkpoint's files in the same order; pass the file list as resume_files".to_owned()
+                    }));
+                }
+            }
+            indexes
+        };
+        self.register(job, indexes, requires_token)?;
+        if top.is_some() {
+            job.info.lock().manifest = top;
+        }
         Ok(())
     }
 
-    /// Add new files (index, entry, lines already delivered, complete) and queue those with
-    /// lines left.
-    fn register(
-        &mut self,
-        job: &Job,
-        files: Vec<(u32, ManifestFile, u64, bool)>,
-        requires_token: bool,
-    ) -> Result<()> {
+    /// Queue the new files `indexes` (already in the table) that have lines left; count the
+    /// complete ones done.
+    fn register(&mut self, job: &Job, indexes: Vec<u32>, requires_token: bool) -> Result<()> {
         let mut pending = Vec::new();
         job.info.lock().requires_access_token |= requires_token;
         {
-            let mut table = job.files.lock();
-            for (index, f, skip_lines, complete) in files {
-                if requires_token && job.http.uses_token() && !job.http.trusted(&f.url) {
-                    let origin = url::Url::parse(&f.url)
+            let table = job.files.lock();
+            for index in indexes {
+                let Some((_, _, url)) = table.job_parts(index) else {
+                    continue;
+                };
+                if requires_token && job.http.uses_token() && !job.http.trusted(url) {
+                    let origin = url::Url::parse(url)
                         .map(|u| u.origin().ascii_serialization())
                         .unwrap_or_default();
                     return Err(Error::new(
@@ -319,16 +357,18 @@ impl Downloads {
                              (list the origin in token_origins if it is trusted)"
                         ),
                     )
-                    .with_url(&f.url));
+                    .with_url(url));
                 }
-                table.push(index, &f, skip_lines, complete);
-                if complete {
+                let Some(p) = table.progress_of(index) else {
+                    continue;
+                };
+                if p.complete() {
                     job.monitor.files_done.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
                 pending.push(Pending {
                     index,
-                    skip_lines,
+                    skip_lines: p.line(),
                     send_token: requires_token,
                 });
             }
@@ -425,7 +465,7 @@ fn advance(job: &Arc<Job>, step: Step) -> Result<Option<(Duration, Option<u64>, 
     };
     let polled = poller.poll(&job.http, &job.monitor, &status_url, &mut |m| {
         // A v3 partial manifest: its files start downloading at once.
-        let mut session = job.files.lock().registry.session(true);
+        let mut session = job.files.lock().session(true);
         dl.fetch_pages(job, &mut session, m, &status_url, false)
     })?;
     match polled {
@@ -442,7 +482,7 @@ fn advance(job: &Arc<Job>, step: Step) -> Result<Option<(Duration, Option<u64>, 
         }
         Polled::Ready(manifest) => {
             job.monitor.set_state(State::Downloading);
-            let mut session = job.files.lock().registry.session(true);
+            let mut session = job.files.lock().session(true);
             dl.fetch_pages(job, &mut session, manifest, &status_url, true)?;
             Ok(None)
         }
@@ -480,7 +520,7 @@ fn begin(job: &Job, dl: &mut Downloads) -> Result<Option<String>> {
         return Ok(Some(status_url));
     }
     job.monitor.set_state(State::Downloading);
-    let mut session = job.files.lock().registry.session(true);
+    let mut session = job.files.lock().session(true);
     let next = cp.next_page.clone();
     {
         let mut info = job.info.lock();
@@ -552,14 +592,14 @@ fn download_one(job: &Arc<Job>, p: &Pending) {
     };
     let file = {
         let files = job.files.lock();
-        let Some(f) = files.list().get(p.index as usize) else {
+        let Some((kind, ty, url)) = files.job_parts(p.index) else {
             return;
         };
         FileJob {
             index: p.index,
-            kind: f.kind,
-            url: f.url.clone(),
-            resource_type: f.resource_type.as_deref().map(TypeName::new),
+            kind,
+            url: url.to_owned(),
+            resource_type: ty.map(TypeName::new),
             send_token: p.send_token,
             skip_lines: p.skip_lines,
         }

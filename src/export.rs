@@ -11,7 +11,7 @@
 
 use crate::auth::Authorizer;
 use crate::buffers::Buffers;
-use crate::checkpoint::{Checkpoint, CHECKPOINT_VERSION};
+use crate::checkpoint::{Checkpoint, InProgress, CHECKPOINT_VERSION};
 use crate::config::Config;
 use crate::coordinator::{self, Job};
 use crate::error::{Error, ErrorCode, Result};
@@ -22,7 +22,7 @@ use crate::monitor::{Monitor, State, Wait};
 use crate::ndjson::Chunk;
 use crate::stream::{Batch, Next, Record, Stream};
 use crossbeam_channel::{bounded, Receiver};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,22 +85,69 @@ impl Controller {
     pub fn cancel(&self) {
         self.0.monitor.cancel()
     }
-    /// The manifest as received (pages and partial manifests merged), once there is one.
+    /// The manifest as received (pages and partial manifests merged), once there is one. It
+    /// is built for the call (the engine keeps its files as a table, not as a JSON tree): with
+    /// many files prefer [`Controller::manifest_json`].
     pub fn manifest(&self) -> Option<Value> {
-        self.0.info.lock().manifest.clone()
+        self.manifest_json()
+            .and_then(|t| serde_json::from_str(&t).ok())
+    }
+    /// The manifest as JSON text (what [`Controller::manifest`] gives, written straight from
+    /// the files table).
+    pub fn manifest_json(&self) -> Option<String> {
+        let info = self.0.info.lock();
+        let top = info.manifest.as_ref()?;
+        Some(self.0.files.lock().manifest_json(top))
+    }
+    /// Write the manifest ([`Controller::manifest_json`]) to `w`; false before there is one.
+    /// The export's files table is locked meanwhile: write to a buffer or a local file.
+    pub fn write_manifest(&self, w: &mut dyn std::io::Write) -> std::io::Result<bool> {
+        let info = self.0.info.lock();
+        let Some(top) = info.manifest.as_ref() else {
+            return Ok(false);
+        };
+        self.0.files.lock().write_manifest(top, w)?;
+        Ok(true)
+    }
+    /// How many files the manifest lists so far per kind (output, error, deleted), once there
+    /// is a manifest.
+    pub fn manifest_file_counts(&self) -> Option<[usize; 3]> {
+        let info = self.0.info.lock();
+        info.manifest.as_ref()?;
+        Some(self.0.files.lock().kind_counts())
     }
     /// The files known so far.
     pub fn files(&self) -> Vec<FileInfo> {
-        self.0.files.lock().list().to_vec()
+        self.0.files.lock().list_from(0)
     }
     /// File `index`, if known (its URL is the one in use: expired links are replaced).
     pub fn file(&self, index: u32) -> Option<FileInfo> {
-        self.0.files.lock().list().get(index as usize).cloned()
+        self.0.files.lock().info(index)
     }
     /// The files known so far from index `start` on (`files_from(n)` after `n` files seen: only
     /// the new ones, so a caller that follows a large export does not copy every file each time).
     pub fn files_from(&self, start: usize) -> Vec<FileInfo> {
-        self.0.files.lock().list_from(start).to_vec()
+        self.0.files.lock().list_from(start)
+    }
+    /// The file list from index `start` on as JSON: an array (`ndjson` false) or one object per
+    /// line, each `{"index", "kind", "type", "url", "count"}` (and `"extra"`, the manifest
+    /// entry's other fields, when it has some). The list only grows, so a caller keeps it by
+    /// appending `files_json_from(n, true)` after `n` files; at resume it is the config's
+    /// `resume_files` for a checkpoint that counts `files_known` files.
+    pub fn files_json_from(&self, start: usize, ndjson: bool) -> String {
+        self.0
+            .files
+            .lock()
+            .files_json_from(start, usize::MAX, ndjson)
+    }
+    /// [`Controller::files_from`] for the indexes `start..end` only (to follow a large export
+    /// in pieces).
+    pub fn files_between(&self, start: usize, end: usize) -> Vec<FileInfo> {
+        self.0.files.lock().list_between(start, end)
+    }
+    /// [`Controller::files_json_from`] for the indexes `start..end` only.
+    pub fn files_json_between(&self, start: usize, end: usize, ndjson: bool) -> String {
+        self.0.files.lock().files_json_from(start, end, ndjson)
     }
     /// The indexes of the files whose every record the caller has received, in the order they
     /// completed, from the `start`-th on (files complete in an earlier run come first).
@@ -128,6 +175,11 @@ impl Controller {
     /// A checkpoint of what the caller has received so far: pass it as the config's `resume`
     /// (in this process or another) to continue without a new kick-off and without receiving a
     /// record twice. `None` before the kick-off has answered.
+    ///
+    /// Its size is proportional to the files in progress (and the ranges of complete files),
+    /// not to the files known: it counts the files (`files_known`) rather than listing them.
+    /// At resume, give the file list ([`Controller::files_json_from`]) as `resume_files`, or
+    /// let the engine fetch the manifest again from the status URL.
     pub fn checkpoint(&self) -> Option<Checkpoint> {
         let info = self.0.info.lock();
         let status_url = info.status_url.clone()?;
@@ -137,16 +189,27 @@ impl Controller {
             base_url: self.0.config.base_url.clone(),
             status_url: Some(status_url),
             transaction_time: transaction_time(info.manifest.as_ref()),
-            manifest: info.manifest.clone(),
+            manifest: info.manifest.clone().map(Value::Object),
             manifest_complete: info.manifest_complete,
             next_page: info.next_page.clone(),
-            files,
+            files: Vec::new(),
+            files_known: Some(files.known),
+            files_digest: Some(files.digest.hex()),
+            complete: files.complete,
+            in_progress: files
+                .delivered
+                .into_iter()
+                .map(|(index, lines_delivered)| InProgress {
+                    index,
+                    lines_delivered,
+                })
+                .collect(),
         })
     }
 }
 
 /// The `transactionTime` of a manifest when it is a FHIR instant.
-fn transaction_time(m: Option<&Value>) -> Option<String> {
+fn transaction_time(m: Option<&Map<String, Value>>) -> Option<String> {
     m.and_then(|m| m.get("transactionTime"))
         .and_then(Value::as_str)
         .filter(|t| crate::instant::is_instant(t))
@@ -220,10 +283,7 @@ impl Export {
             return Some(cp);
         }
         if let Some((index, line)) = self.stream.unread(unread) {
-            if let Some(f) = cp.files.get_mut(index as usize) {
-                f.lines_delivered = line;
-                f.complete = false;
-            }
+            cp.set_file_progress(index, line);
         }
         Some(cp)
     }

@@ -1,7 +1,14 @@
 //! The completion manifest (`200 OK` body of the status URL, or a v3 partial manifest / page).
+//!
+//! A manifest of 200,000 files is parsed entry by entry: each entry becomes a [`ManifestFile`]
+//! as it is read, and no tree of the whole document is built (as a `serde_json::Value` it would
+//! cost about 650 bytes per file).
 
 use crate::error::{Error, Result};
-use serde_json::Value;
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
+use std::cell::RefCell;
+use std::fmt;
 
 /// Which list of the manifest a file came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -20,6 +27,16 @@ impl Kind {
             Kind::Deleted => "deleted",
         }
     }
+
+    /// The kind named `name` (`"output"`, `"error"`, `"deleted"`).
+    pub fn from_name(name: &str) -> Option<Kind> {
+        match name {
+            "output" => Some(Kind::Output),
+            "error" => Some(Kind::Error),
+            "deleted" => Some(Kind::Deleted),
+            _ => None,
+        }
+    }
 }
 
 /// One file entry of a manifest.
@@ -34,6 +51,9 @@ pub struct ManifestFile {
     pub count: Option<u64>,
     /// v3 `continuesInFile`.
     pub continues_in_file: Option<String>,
+    /// The entry's other fields (`extension`, `continuesInFile`, a `count` that is not a whole
+    /// number, ...), kept for the manifest handed to the caller; `None` for most entries.
+    pub extra: Option<Box<Map<String, Value>>>,
 }
 
 /// A parsed manifest (one page).
@@ -43,111 +63,293 @@ pub struct Manifest {
     pub request: Option<String>,
     pub requires_access_token: bool,
     pub output_organized_by: Option<String>,
+    /// The entries of `output`, `error` and `deleted`, in that order.
     pub files: Vec<ManifestFile>,
     /// `link` with relation `next` (v3 paging).
     pub next: Option<String>,
-    /// The document as received.
-    pub raw: Value,
+    /// The document's top-level fields as received, without `output`, `error`, `deleted` and
+    /// `link`.
+    pub top: Map<String, Value>,
     /// What was wrong but not worth failing for (a `count` that is not a whole number, a
     /// `transactionTime` that is not an instant).
     pub notes: Vec<String>,
+}
+
+const LISTS: [(&str, Kind); 3] = [
+    ("output", Kind::Output),
+    ("error", Kind::Error),
+    ("deleted", Kind::Deleted),
+];
+
+/// What parsing found out before it stopped: the reason is kept here, serde only unwinds.
+struct Parse<'a> {
+    base: Option<&'a url::Url>,
+    base_str: &'a str,
+    lists: [Option<Vec<ManifestFile>>; 3],
+    bad_counts: (usize, Option<String>),
+    failure: RefCell<Option<Error>>,
+}
+
+impl Parse<'_> {
+    fn fail<E: de::Error>(&self, msg: String) -> E {
+        *self.failure.borrow_mut() = Some(
+            Error::protocol(format!("invalid export manifest: {msg}")).with_url(self.base_str),
+        );
+        E::custom("invalid export manifest")
+    }
+
+    /// One entry of list `key`, index `i`.
+    fn entry(
+        &mut self,
+        key: &str,
+        kind: Kind,
+        i: usize,
+        entry: Value,
+    ) -> std::result::Result<ManifestFile, String> {
+        let mut obj = match entry {
+            Value::Object(o) => o,
+            _ => return Err(format!("{key}[{i}] has no \"url\" string")),
+        };
+        let url = match obj.remove("url") {
+            Some(Value::String(s)) => s,
+            _ => return Err(format!("{key}[{i}] has no \"url\" string")),
+        };
+        let resolved = match self.base {
+            Some(b) => b.join(&url),
+            None => url::Url::parse(&url),
+        }
+        .map_err(|e| format!("{key}[{i}].url {url:?} is not a URL: {e}"))?;
+        if resolved.scheme() != "http" && resolved.scheme() != "https" {
+            return Err(format!(
+                "{key}[{i}].url uses scheme {:?}; only http and https are fetched",
+                resolved.scheme()
+            ));
+        }
+        let resource_type = match obj.get("type") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(_)) => match obj.remove("type") {
+                Some(Value::String(s)) => Some(s),
+                _ => None,
+            },
+            Some(_) => return Err(format!("{key}[{i}].type is not a string")),
+        };
+        // `count` is a hint: one that is not a whole number is ignored (and noted, and kept
+        // as it came in the manifest handed to the caller).
+        let count = match obj.get("count") {
+            None | Some(Value::Null) => None,
+            Some(v) => match v.as_u64() {
+                Some(c) => {
+                    obj.remove("count");
+                    Some(c)
+                }
+                None => {
+                    self.bad_counts.0 += 1;
+                    self.bad_counts.1.get_or_insert_with(|| {
+                        let t: String = v.to_string().chars().take(40).collect();
+                        format!("{key}[{i}].count is {}", crate::error::escape_controls(&t))
+                    });
+                    None
+                }
+            },
+        };
+        let continues_in_file = obj
+            .get("continuesInFile")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        Ok(ManifestFile {
+            kind,
+            resource_type,
+            url: resolved.into(),
+            count,
+            continues_in_file,
+            extra: (!obj.is_empty()).then(|| Box::new(obj)),
+        })
+    }
+}
+
+struct Top<'p, 'a>(&'p mut Parse<'a>, &'p mut Map<String, Value>);
+
+impl<'de> Visitor<'de> for Top<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
+        let Top(p, top) = self;
+        while let Some(key) = map.next_key::<String>()? {
+            match LISTS.iter().position(|(k, _)| *k == key) {
+                Some(li) => {
+                    let list = map.next_value_seed(List { p, li })?;
+                    p.lists[li] = Some(list);
+                }
+                None => {
+                    let v: Value = map.next_value()?;
+                    top.insert(key, v);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `output`, `error` or `deleted`: null, or an array of entries.
+struct List<'p, 'a> {
+    p: &'p mut Parse<'a>,
+    li: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for List<'_, '_> {
+    type Value = Vec<ManifestFile>;
+    fn deserialize<D: de::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for List<'_, '_> {
+    type Value = Vec<ManifestFile>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array")
+    }
+    fn visit_unit<E: de::Error>(self) -> std::result::Result<Self::Value, E> {
+        Ok(Vec::new())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        let (key, kind) = LISTS[self.li];
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(entry) = seq.next_element::<Value>()? {
+            let i = out.len();
+            match self.p.entry(key, kind, i, entry) {
+                Ok(f) => out.push(f),
+                Err(msg) => return Err(self.p.fail(msg)),
+            }
+        }
+        Ok(out)
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> std::result::Result<Self::Value, E> {
+        Err(self.not_array())
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> std::result::Result<Self::Value, E> {
+        Err(self.not_array())
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> std::result::Result<Self::Value, E> {
+        Err(self.not_array())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> std::result::Result<Self::Value, E> {
+        Err(self.not_array())
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> std::result::Result<Self::Value, E> {
+        Err(self.not_array())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, _: A) -> std::result::Result<Self::Value, A::Error> {
+        Err(self.not_array())
+    }
+}
+
+impl List<'_, '_> {
+    fn not_array<E: de::Error>(&self) -> E {
+        let key = LISTS[self.li].0;
+        self.p.fail(format!("\"{key}\" is not an array"))
+    }
+}
+
+/// Why a body is not a manifest.
+pub(crate) enum NotManifest {
+    /// Not JSON (or not an object).
+    NotJson(Error),
+    /// A JSON object without `output`.
+    NoOutput(Error),
+    /// A manifest with an invalid entry or field.
+    Invalid(Error),
+}
+
+impl NotManifest {
+    pub(crate) fn into_error(self) -> Error {
+        match self {
+            NotManifest::NotJson(e) | NotManifest::NoOutput(e) | NotManifest::Invalid(e) => e,
+        }
+    }
 }
 
 impl Manifest {
     /// Parse a manifest body; relative URLs resolve against `base` (the URL it came from). A
     /// leading UTF-8 byte order mark is skipped.
     pub fn parse(body: &[u8], base: &str) -> Result<Manifest> {
-        let body = crate::bom::strip_bom(body);
-        let raw: Value = serde_json::from_slice(body).map_err(|e| {
-            Error::protocol(format!(
-                "the export manifest is not valid JSON: {e}{}",
-                crate::bom::bom_hint(body)
-            ))
-            .with_url(base)
-        })?;
-        Self::from_value(raw, base)
+        Self::parse_or(body, base).map_err(NotManifest::into_error)
     }
 
+    /// [`Manifest::parse`], telling a body that is no manifest at all from a broken one.
+    pub(crate) fn parse_or(body: &[u8], base: &str) -> std::result::Result<Manifest, NotManifest> {
+        let body = crate::bom::strip_bom(body);
+        let base_url = url::Url::parse(base).ok();
+        let mut p = Parse {
+            base: base_url.as_ref(),
+            base_str: base,
+            lists: [None, None, None],
+            bad_counts: (0, None),
+            failure: RefCell::new(None),
+        };
+        let mut top = Map::new();
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let r = de::Deserializer::deserialize_any(&mut de, Top(&mut p, &mut top))
+            .and_then(|()| de.end());
+        if let Err(e) = r {
+            if let Some(f) = p.failure.take() {
+                return Err(NotManifest::Invalid(f));
+            }
+            let not_object = e.classify() == serde_json::error::Category::Data;
+            return Err(NotManifest::NotJson(if not_object {
+                Error::protocol("invalid export manifest: it is not a JSON object").with_url(base)
+            } else {
+                Error::protocol(format!(
+                    "the export manifest is not valid JSON: {e}{}",
+                    crate::bom::bom_hint(body)
+                ))
+                .with_url(base)
+            }));
+        }
+        Self::finish(p, top, base, base_url.as_ref())
+    }
+
+    /// A manifest from a JSON document already parsed.
     pub fn from_value(raw: Value, base: &str) -> Result<Manifest> {
+        let text = serde_json::to_vec(&raw).unwrap_or_default();
+        Self::parse(&text, base)
+    }
+
+    fn finish(
+        p: Parse<'_>,
+        mut top: Map<String, Value>,
+        base: &str,
+        base_url: Option<&url::Url>,
+    ) -> std::result::Result<Manifest, NotManifest> {
         let bad =
             |msg: String| Error::protocol(format!("invalid export manifest: {msg}")).with_url(base);
-        let obj = raw
-            .as_object()
-            .ok_or_else(|| bad("it is not a JSON object".into()))?;
-        if !obj.contains_key("output") {
-            return Err(bad("it has no \"output\" array".into()));
+        let Parse {
+            lists, bad_counts, ..
+        } = p;
+        if lists[0].is_none() && !top.contains_key("output") {
+            return Err(NotManifest::NoOutput(bad(
+                "it has no \"output\" array".into()
+            )));
         }
-        let base_url = url::Url::parse(base).ok();
-        let mut files = Vec::new();
+        let mut files = Vec::with_capacity(lists.iter().flatten().map(Vec::len).sum());
+        for l in lists.into_iter().flatten() {
+            files.extend(l);
+        }
         let mut notes = Vec::new();
-        let mut bad_counts = (0usize, None::<String>);
-        for (key, kind) in [
-            ("output", Kind::Output),
-            ("error", Kind::Error),
-            ("deleted", Kind::Deleted),
-        ] {
-            let Some(list) = obj.get(key) else { continue };
-            if list.is_null() {
-                continue;
-            }
-            let list = list
-                .as_array()
-                .ok_or_else(|| bad(format!("\"{key}\" is not an array")))?;
-            for (i, entry) in list.iter().enumerate() {
-                let url = entry
-                    .get("url")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| bad(format!("{key}[{i}] has no \"url\" string")))?;
-                let resolved = match &base_url {
-                    Some(b) => b.join(url),
-                    None => url::Url::parse(url),
-                }
-                .map_err(|e| bad(format!("{key}[{i}].url {url:?} is not a URL: {e}")))?;
-                if resolved.scheme() != "http" && resolved.scheme() != "https" {
-                    return Err(bad(format!(
-                        "{key}[{i}].url uses scheme {:?}; only http and https are fetched",
-                        resolved.scheme()
-                    )));
-                }
-                let resource_type = match entry.get("type") {
-                    None | Some(Value::Null) => None,
-                    Some(Value::String(s)) => Some(s.clone()),
-                    Some(_) => return Err(bad(format!("{key}[{i}].type is not a string"))),
-                };
-                // `count` is a hint: one that is not a whole number is ignored (and noted).
-                let count = match entry.get("count") {
-                    None | Some(Value::Null) => None,
-                    Some(v) => {
-                        let c = v.as_u64();
-                        if c.is_none() {
-                            bad_counts.0 += 1;
-                            bad_counts.1.get_or_insert_with(|| {
-                                let t: String = v.to_string().chars().take(40).collect();
-                                format!("{key}[{i}].count is {}", crate::error::escape_controls(&t))
-                            });
-                        }
-                        c
-                    }
-                };
-                files.push(ManifestFile {
-                    kind,
-                    resource_type,
-                    url: resolved.to_string(),
-                    count,
-                    continues_in_file: entry
-                        .get("continuesInFile")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned),
-                });
-            }
-        }
         if let (n, Some(first)) = bad_counts {
             notes.push(format!(
                 "{n} file entr{} a \"count\" that is not a whole number ({first}); ignored (count is only a hint)",
                 if n == 1 { "y has" } else { "ies have" }
             ));
         }
-        let s = |k: &str| obj.get(k).and_then(Value::as_str).map(str::to_owned);
+        let s = |k: &str| top.get(k).and_then(Value::as_str).map(str::to_owned);
         let mut transaction_time = s("transactionTime");
         if let Some(t) = &transaction_time {
             if !crate::instant::is_instant(t) {
@@ -158,15 +360,19 @@ impl Manifest {
                 ));
                 transaction_time = None;
             }
-        } else if obj.get("transactionTime").is_some_and(|v| !v.is_null()) {
+        } else if top.get("transactionTime").is_some_and(|v| !v.is_null()) {
             notes.push("transactionTime is not a string; it is not used".into());
         }
-        let requires_access_token = match obj.get("requiresAccessToken") {
+        let requires_access_token = match top.get("requiresAccessToken") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
-            Some(_) => return Err(bad("\"requiresAccessToken\" is not a boolean".into())),
+            Some(_) => {
+                return Err(NotManifest::Invalid(bad(
+                    "\"requiresAccessToken\" is not a boolean".into(),
+                )))
+            }
         };
-        let next = obj
+        let next = top
             .get("link")
             .and_then(Value::as_array)
             .and_then(|links| {
@@ -175,74 +381,38 @@ impl Manifest {
                     .find(|l| l.get("relation").and_then(Value::as_str) == Some("next"))
             })
             .and_then(|l| l.get("url").and_then(Value::as_str))
-            .map(|u| match &base_url {
+            .map(|u| match base_url {
                 Some(b) => b
                     .join(u)
                     .map(|u| u.to_string())
                     .unwrap_or_else(|_| u.to_owned()),
                 None => u.to_owned(),
             });
+        let request = s("request");
+        let output_organized_by = s("outputOrganizedBy");
+        for k in ["output", "error", "deleted", "link"] {
+            top.remove(k);
+        }
         Ok(Manifest {
             transaction_time,
-            request: s("request"),
+            request,
             requires_access_token,
-            output_organized_by: s("outputOrganizedBy"),
+            output_organized_by,
             files,
             next,
-            raw,
+            top,
             notes,
         })
     }
 }
 
-/// Merge a later manifest page (or a newer partial manifest) into the caller-visible manifest:
-/// the entries of `page.files` whose `is_new` is set are appended to `output`/`error`/
-/// `deleted`; `link` is dropped. The entries are moved out of `page.raw`.
-pub fn merge_into(combined: &mut Option<Value>, page: &mut Manifest, is_new: &[bool]) {
-    // The entries move from the page into the merged manifest, not copied: with many files
-    // they are most of the manifest's memory. The page keeps its other fields and `files`.
-    let lists = ["output", "error", "deleted"].map(|key| {
-        page.raw
-            .get_mut(key)
-            .and_then(Value::as_array_mut)
-            .map(std::mem::take)
-            .unwrap_or_default()
-    });
-    let target = combined.get_or_insert_with(|| {
-        let mut v = page.raw.clone();
-        if let Some(o) = v.as_object_mut() {
-            o.remove("link");
-            for k in ["output", "error", "deleted"] {
-                o.insert(k.into(), Value::Array(Vec::new()));
-            }
-        }
-        v
-    });
-    let Some(obj) = target.as_object_mut() else {
-        return;
-    };
-    // Take the latest top-level fields (transactionTime etc.) from a final page.
-    for (k, v) in page.raw.as_object().into_iter().flatten() {
-        if !matches!(k.as_str(), "output" | "error" | "deleted" | "link") {
-            obj.insert(k.clone(), v.clone());
-        }
-    }
-    // `page.files` lists the entries of output, error and deleted in document order.
-    let mut files = page.files.iter().zip(is_new);
-    for (key, list) in ["output", "error", "deleted"].into_iter().zip(lists) {
-        for mut entry in list {
-            let Some((f, &new)) = files.next() else {
-                return;
-            };
-            if new {
-                if let Some(e) = entry.as_object_mut() {
-                    e.insert("url".into(), Value::String(f.url.clone()));
-                }
-                if let Some(arr) = obj.get_mut(key).and_then(Value::as_array_mut) {
-                    arr.push(entry);
-                }
-            }
-        }
+/// Merge the top-level fields of a later manifest page (or a newer partial manifest) into the
+/// caller-visible manifest's: the latest value of each wins. The entries are not kept here:
+/// the manifest handed to the caller is written from the files table (see `files`).
+pub fn merge_top(combined: &mut Option<Map<String, Value>>, page: &Manifest) {
+    let target = combined.get_or_insert_with(Map::new);
+    for (k, v) in &page.top {
+        target.insert(k.clone(), v.clone());
     }
 }
 

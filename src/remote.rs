@@ -50,8 +50,9 @@ pub(crate) struct FileJob {
 /// Fresh URLs for files whose link expired: the manifest fetched again, the file found in it
 /// by identity (see `files`).
 pub(crate) trait FreshUrls {
-    /// The new URL of file `index`, or the error to fail with (`cause` when there is none).
-    fn fresh_url(&self, index: u32, cause: Error) -> Result<String>;
+    /// The new URL of file `index`, whose URL `failed` answered 404/410, or the error to fail
+    /// with (`cause` when there is none). Never `failed` itself.
+    fn fresh_url(&self, index: u32, failed: &str, cause: Error) -> Result<String>;
 }
 
 /// How often a download waiting for the server looks whether the export was stopped.
@@ -467,7 +468,7 @@ impl<'a> Remote<'a> {
                     }
                     self.url = self
                         .fresh
-                        .fresh_url(self.job.index, e)
+                        .fresh_url(self.job.index, &self.url, e)
                         .map_err(Interrupt::Fatal)?;
                 }
                 Err(e) => return Err(Interrupt::Fatal(e)),

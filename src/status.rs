@@ -8,10 +8,9 @@ use crate::http::retry::{self, retry_after, Attempt, Budget};
 use crate::http::{
     content_type, read_capped, Http, HttpResponse, ERROR_BODY_LIMIT, STATUS_BODY_LIMIT,
 };
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, ManifestFile, NotManifest};
 use crate::monitor::{Monitor, State};
 use parking_lot::Mutex;
-use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -117,10 +116,10 @@ impl Poller {
                 let body = read_capped(WHAT, status_url, resp, STATUS_BODY_LIMIT)?;
                 // v3: a 202 may carry a partial manifest of the files ready so far, with pages.
                 if body.iter().any(|b| !b.is_ascii_whitespace()) {
-                    if let Ok(v) = serde_json::from_slice::<Value>(&body) {
-                        if v.get("output").is_some() {
-                            partial(Manifest::from_value(v, status_url)?)?;
-                        }
+                    match Manifest::parse_or(&body, status_url) {
+                        Ok(m) => partial(m)?,
+                        Err(NotManifest::Invalid(e)) => return Err(e),
+                        Err(NotManifest::NotJson(_) | NotManifest::NoOutput(_)) => {}
                     }
                 }
                 monitor.set_state(State::Waiting);
@@ -231,12 +230,12 @@ pub(crate) fn urls_again(
     let resp = http.send_retrying("manifest request", status_url, true, &build, &|s| s == 200)?;
     let body = read_capped("manifest request", status_url, resp, STATUS_BODY_LIMIT)?;
     let first = Manifest::parse(&body, status_url)?;
-    let mut session = files.lock().registry.session(false);
+    let mut session = files.lock().session(false);
     let mut urls = HashMap::new();
     let mut pages = Pages::new(status_url);
     let mut page = first;
     loop {
-        let matches = files.lock().registry.resolve(&mut session, &page.files)?;
+        let matches = files.lock().resolve(&mut session, page.files.clone())?;
         for (f, m) in page.files.iter().zip(matches) {
             match m {
                 Match::Known(i) => {
@@ -255,6 +254,27 @@ pub(crate) fn urls_again(
         page = fetch_manifest_page(http, &next)?;
     }
     Ok(urls)
+}
+
+/// The files of the manifest fetched again from the status URL (all its pages), in the order
+/// a first fetch registers them: for a resume from a checkpoint that counts its files.
+pub(crate) fn manifest_again(http: &Http, status_url: &str) -> Result<Vec<ManifestFile>> {
+    let build = |u: &str| http.get_json(u);
+    let resp = http.send_retrying("manifest request", status_url, true, &build, &|s| s == 200)?;
+    let body = read_capped("manifest request", status_url, resp, STATUS_BODY_LIMIT)?;
+    let mut page = Manifest::parse(&body, status_url)?;
+    drop(body);
+    let mut files = Vec::new();
+    let mut pages = Pages::new(status_url);
+    loop {
+        let next = pages.next(&page)?;
+        files.append(&mut page.files);
+        let Some(next) = next else {
+            break;
+        };
+        page = fetch_manifest_page(http, &next)?;
+    }
+    Ok(files)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use crate::buffers::Buffers;
 use crate::error::{Error, ErrorCode, Result};
-use crate::files::{FileProgress, Files};
+use crate::files::{Files, ProgressRef};
 use crate::manifest::Kind;
 use crate::monitor::{Monitor, State};
 use crate::ndjson::{Chunk, LineMeta};
@@ -113,7 +113,7 @@ pub(crate) struct Stream {
     current: Option<Chunk>,
     pos: usize,
     /// Delivery progress of the current chunk's file.
-    progress: Option<Arc<FileProgress>>,
+    progress: Option<ProgressRef>,
     /// The last batch handed out: its range in the current chunk and the file's progress
     /// before it (for [`Stream::unread`]).
     last_batch: Option<(usize, usize, u64)>,

@@ -329,9 +329,11 @@ fn wait_for_checkpoint(out: &Path, child: &mut std::process::Child) -> Value {
     loop {
         if let Ok(b) = std::fs::read(out.join(".fhirbulk-checkpoint.json")) {
             let cp: Value = serde_json::from_slice(&b).expect("the checkpoint is always whole");
-            let records: u64 = cp["files"]
+            // `files` names the output files in progress only (checkpoint version 2); the
+            // totals count every record written.
+            let records: u64 = cp["totals"]["records"]
                 .as_object()
-                .map(|m| m.values().map(|f| f["records"].as_u64().unwrap()).sum())
+                .map(|m| m.values().map(|n| n.as_u64().unwrap()).sum())
                 .unwrap_or(0);
             if records > 0 {
                 return cp;

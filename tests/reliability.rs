@@ -255,17 +255,18 @@ fn expired_file_urls_are_refreshed_from_the_manifest() {
             .map(|(_, v)| v.clone())
     };
     assert!(files.iter().any(|r| generation(r).as_deref() == Some("1")));
-    let fresh: Vec<&LoggedRequest> = files
-        .iter()
-        .filter(|r| generation(r).is_some_and(|g| g != "1"))
-        .collect();
-    let paths: BTreeSet<&str> = files.iter().map(|r| r.path.as_str()).collect();
-    assert_eq!(
-        fresh.len(),
-        paths.len(),
-        "each file resumed once with a fresh URL"
-    );
-    assert!(fresh.iter().all(|r| header(r, "range").is_some()));
+    // A file that breaks resumes (with Range) from a fresh URL; a file that had not started
+    // when the links were refetched starts with its fresh URL.
+    let mut seen = BTreeSet::new();
+    let mut resumed = 0;
+    for r in &files {
+        let first = seen.insert(r.path.as_str());
+        if generation(r).is_some_and(|g| g != "1") && !first {
+            assert!(header(r, "range").is_some(), "a fresh URL resumes the file");
+            resumed += 1;
+        }
+    }
+    assert!(resumed > 0, "files resumed with fresh URLs");
     let status_gets = sb
         .requests()
         .iter()

@@ -579,8 +579,7 @@ pub unsafe extern "C" fn export_manifest(
     let text = catch_unwind(|| {
         lookup(h)
             .ok()
-            .and_then(|hd| hd.ctl.manifest())
-            .map(|m| m.to_string())
+            .and_then(|hd| hd.ctl.manifest_json())
             .unwrap_or_default()
     })
     .unwrap_or_default();
@@ -589,9 +588,13 @@ pub unsafe extern "C" fn export_manifest(
 }
 
 /// A checkpoint as JSON, snprintf semantics: what the caller has received so far (status URL,
-/// manifest, lines delivered per file). Store it; pass it later as the config's `"resume"` (in
-/// this process or another) to continue the export without a new kick-off and without
-/// receiving a record twice. Take it on the consuming thread between pulls to be exact: it
+/// the number of files known, the ranges of complete files, the lines delivered of the files
+/// in progress). Store it; pass it later as the config's `"resume"` (in this process or
+/// another) to continue the export without a new kick-off and without receiving a record
+/// twice. Its size is proportional to the files in progress, not to the files known: with it,
+/// pass the file list (`export_files_json`, or the lines of `export_files_json_from` kept as
+/// they come) as `"resume_files"`, or leave that out and the manifest is fetched again from
+/// the status URL. Take it on the consuming thread between pulls to be exact: it
 /// counts the records handed out up to that moment — a whole batch counts once
 /// `export_next_batch` has returned it, so a caller that stops part-way through a batch must
 /// checkpoint before pulling the batch, or after finishing it. 0 before the kick-off answered.
@@ -682,18 +685,31 @@ pub unsafe extern "C" fn export_files_json(
         let Ok(hd) = lookup(h) else {
             return String::new();
         };
-        let files: Vec<serde_json::Value> = hd
-            .ctl
-            .files()
-            .into_iter()
-            .map(|f| {
-                serde_json::json!({
-                    "index": f.index, "kind": f.kind.name(), "type": f.resource_type,
-                    "url": f.url, "count": f.count,
-                })
-            })
-            .collect();
-        serde_json::Value::Array(files).to_string()
+        hd.ctl.files_json_from(0, false)
+    })
+    .unwrap_or_default();
+    // SAFETY: forwarded caller contract on `buf`.
+    unsafe { copy_out(&text, buf, buf_len) }
+}
+
+/// The files from index `start` on, snprintf semantics: one JSON object per line (NDJSON),
+/// each as in `export_files_json` (plus `"extra"`, the manifest entry's other fields, when it
+/// has some). The list only grows: a caller that has `n` files asks for `start` = `n` and
+/// appends, so following a large export costs the new files only; the lines kept are the
+/// `"resume_files"` of a later resume (as one string). An empty string when there are none.
+///
+/// # Safety
+/// `buf` is NULL or valid for `buf_len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn export_files_json_from(
+    h: *const FhirbulkExport,
+    start: usize,
+    buf: *mut c_char,
+    buf_len: usize,
+) -> usize {
+    let text = catch_unwind(|| match lookup(h) {
+        Ok(hd) => hd.ctl.files_json_from(start, true),
+        Err(_) => String::new(),
     })
     .unwrap_or_default();
     // SAFETY: forwarded caller contract on `buf`.

@@ -143,6 +143,7 @@ checkpoint: give the same --config (or the auth flags) to cancel",
     }
     std::fs::remove_file(&cp_path)
         .map_err(|e| CliError::io(format_args!("cannot remove {}", cp_path.display()), &e))?;
+    crate::export::remove_lists(&a.out)?;
     util::sync_dir(&a.out);
     if !a.quiet {
         if gone {

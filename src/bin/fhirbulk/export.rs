@@ -19,9 +19,19 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub const CHECKPOINT_FILE: &str = ".fhirbulk-checkpoint.json";
-const CLI_CHECKPOINT_VERSION: u32 = 1;
+/// The engine's file list, one JSON object per line, appended as files become known (the
+/// checkpoint counts its bytes: lines after that are ignored and cut at resume).
+pub const FILES_FILE: &str = ".fhirbulk-files.ndjson";
+/// The output files of manifest files delivered completely (index, path, state), appended as
+/// they complete; like the file list, the checkpoint counts its bytes.
+pub const DONE_FILE: &str = ".fhirbulk-done.ndjson";
+/// 2: the checkpoint names only the files in progress; the file list and the complete files
+/// are in `FILES_FILE` and `DONE_FILE`. 1 (read): everything in the checkpoint.
+const CLI_CHECKPOINT_VERSION: u32 = 2;
 /// Records per pull.
 const BATCH: usize = 4096;
+/// Files taken from the engine at a time.
+const FILES_PER_LOOK: usize = 4096;
 /// How often the display and the event log look at the engine.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -33,8 +43,15 @@ static INTERRUPTS: AtomicU32 = AtomicU32::new(0);
 pub struct Logged {
     pub kickoff: bool,
     pub status_complete: bool,
+    /// Version 1: the files whose download_request is logged (now `requested_files`).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub requested: BTreeSet<u32>,
+    /// Version 1: the files whose download_complete is logged (now in `DONE_FILE`).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub completed: BTreeSet<u32>,
+    /// download_request is logged for files 0..requested_files (they become known in order).
+    #[serde(default)]
+    pub requested_files: u32,
 }
 
 /// `--since auto` of the run that wrote the checkpoint.
@@ -63,8 +80,14 @@ pub struct CliCheckpoint {
     pub gzip: bool,
     /// The engine's checkpoint (the config's `resume`).
     pub checkpoint: Value,
-    /// Each output file's length and counts at the checkpoint.
+    /// The length and counts of each output file in progress at the checkpoint (version 1:
+    /// of every output file written).
     pub files: BTreeMap<String, FileState>,
+    /// Bytes of `FILES_FILE` and `DONE_FILE` this checkpoint counts.
+    #[serde(default)]
+    pub files_list_bytes: u64,
+    #[serde(default)]
+    pub done_bytes: u64,
     pub log_bytes: u64,
     pub totals: Totals,
     pub logged: Logged,
@@ -112,6 +135,9 @@ fn previous_results(dir: &Path) -> Vec<String> {
         if let Ok(rd) = std::fs::read_dir(dir.join(sub)) {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(".fhirbulk-") {
+                    continue; // the checkpoint's lists
+                }
                 if name.ends_with(".ndjson") && name != "log.ndjson" || name.ends_with(".ndjson.gz")
                 {
                     found.push(if sub.is_empty() {
@@ -181,6 +207,93 @@ struct Run {
     checkpoint_written: bool,
     /// Set when a local write failed: the checkpoint on disk must stay as it is.
     broken: bool,
+    /// The file list and the complete files, appended to (see `FILES_FILE`, `DONE_FILE`).
+    files_list: Journal,
+    done_list: Journal,
+    /// Files in `files_list` (the next index to append).
+    files_listed: usize,
+    /// Files in `done_list`.
+    journaled_done: BTreeSet<u32>,
+}
+
+/// An append-only file next to the checkpoint.
+pub struct Journal {
+    path: PathBuf,
+    file: std::io::BufWriter<std::fs::File>,
+    len: u64,
+}
+
+impl Journal {
+    /// Open `path` holding its first `keep` bytes (0: a new, empty file).
+    pub fn open(path: &Path, keep: u64) -> Result<Journal, CliError> {
+        let io =
+            |e: std::io::Error| CliError::io(format_args!("cannot open {}", path.display()), &e);
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(io)?;
+        let len = f.metadata().map_err(io)?.len();
+        if len < keep {
+            return Err(CliError::usage(format!(
+                "cannot resume: {} is {len} bytes, shorter than the {keep} bytes the checkpoint recorded \
+(was it modified?); cancel with `fhirbulk cancel --out DIR` and start again",
+                path.display()
+            )));
+        }
+        f.set_len(keep).map_err(io)?;
+        Ok(Journal {
+            path: path.to_owned(),
+            file: std::io::BufWriter::with_capacity(64 * 1024, f),
+            len: keep,
+        })
+    }
+
+    /// The first `len` bytes of `path`.
+    pub fn read(path: &Path, len: u64) -> Result<String, CliError> {
+        if len == 0 {
+            return Ok(String::new());
+        }
+        let mut b = std::fs::read(path)
+            .map_err(|e| CliError::io(format_args!("cannot read {}", path.display()), &e))?;
+        if (b.len() as u64) < len {
+            return Err(CliError::usage(format!(
+                "cannot resume: {} is shorter than the {len} bytes the checkpoint recorded; cancel with \
+`fhirbulk cancel --out DIR` and start again",
+                path.display()
+            )));
+        }
+        b.truncate(len as usize);
+        String::from_utf8(b)
+            .map_err(|_| CliError::usage(format!("cannot resume: {} is not UTF-8", path.display())))
+    }
+
+    fn append(&mut self, data: &[u8]) -> Result<(), CliError> {
+        use std::io::Write;
+        self.file
+            .write_all(data)
+            .map_err(|e| CliError::io(format_args!("cannot write {}", self.path.display()), &e))?;
+        self.len += data.len() as u64;
+        Ok(())
+    }
+
+    /// Flush and fsync; the length that is now durable.
+    fn sync(&mut self) -> Result<u64, CliError> {
+        use std::io::Write;
+        let io = |e| CliError::io(format_args!("cannot write {}", self.path.display()), &e);
+        self.file.flush().map_err(io)?;
+        self.file.get_ref().sync_data().map_err(io)?;
+        Ok(self.len)
+    }
+}
+
+/// One line of `DONE_FILE`.
+#[derive(Serialize, Deserialize)]
+struct DoneLine {
+    index: u32,
+    path: String,
+    #[serde(flatten)]
+    state: FileState,
 }
 
 impl Run {
@@ -224,25 +337,23 @@ impl Run {
         }
         let waiting = matches!(p.state, State::KickingOff | State::Waiting);
         if !self.logged.status_complete && !waiting && p.error.is_none() {
-            if let Some(m) = ctl.manifest() {
-                let count = |k: &str| m.get(k).and_then(Value::as_array).map_or(0, Vec::len);
+            if let Some([output, error, deleted]) = ctl.manifest_file_counts() {
+                let tt = ctl.transaction_time();
                 self.log.event(
                     "status_complete",
                     json!({
-                        "transactionTime": m.get("transactionTime"),
-                        "outputFileCount": count("output"),
-                        "deletedFileCount": count("deleted"),
-                        "errorFileCount": count("error"),
+                        "transactionTime": tt,
+                        "outputFileCount": output,
+                        "deletedFileCount": deleted,
+                        "errorFileCount": error,
                     }),
                 );
                 self.logged.status_complete = true;
-                self.write_manifest(&m)?;
+                self.write_manifest(ctl)?;
                 self.display.line(&format!(
                     "manifest: {} files, transactionTime {}",
-                    count("output") + count("error") + count("deleted"),
-                    m.get("transactionTime")
-                        .and_then(Value::as_str)
-                        .unwrap_or("-")
+                    output + error + deleted,
+                    tt.as_deref().unwrap_or("-")
                 ));
             }
         }
@@ -262,33 +373,35 @@ impl Run {
         }
         // Only what is new since the last look: a tick costs the files that changed, not the
         // manifest.
-        let new = ctl.files_from(self.files_seen);
-        self.files_seen += new.len();
-        self.outputs.sync_files(&new);
-        for f in &new {
-            // The server's hints: none when one is missing or they overflow.
-            self.expected_records = match (self.expected_records, f.count) {
-                (Some(sum), Some(c)) => sum.checked_add(c),
-                _ => None,
-            };
-            if self.logged.requested.insert(f.index) {
-                self.log.event(
-                    "download_request",
-                    json!({
-                        "fileUrl": redact_url(&f.url),
-                        "itemType": f.kind.name(),
-                        "resourceType": f.resource_type,
-                    }),
-                );
+        // In pieces: a manifest of 200,000 files is not copied at once.
+        loop {
+            let new = ctl.files_between(self.files_seen, self.files_seen + FILES_PER_LOOK);
+            if new.is_empty() {
+                break;
             }
+            self.files_seen += new.len();
+            self.learn_files(&new)?;
+        }
+        while self.files_seen > self.files_listed {
+            let end = self.files_seen.min(self.files_listed + FILES_PER_LOOK);
+            let lines = ctl.files_json_between(self.files_listed, end, true);
+            self.files_list.append(lines.as_bytes())?;
+            self.files_listed = end;
         }
         let done = ctl.completed_files_from(self.completed_seen);
         self.completed_seen += done.len();
         for i in done {
             if self.logged.completed.contains(&i) {
-                continue; // logged by the run this one resumes
+                // Logged by the run this one resumes (in the complete files' list unless that
+                // run wrote a version 1 checkpoint).
+                self.outputs.mark_done(i as usize);
+                if !self.journaled_done.contains(&i) {
+                    self.journal_done(i)?;
+                }
+                continue;
             }
             self.outputs.close_file(i as usize)?;
+            self.journal_done(i)?;
             let st = self
                 .outputs
                 .file_state(i as usize)
@@ -310,11 +423,55 @@ impl Run {
         Ok(())
     }
 
-    fn write_manifest(&self, m: &Value) -> Result<(), CliError> {
+    /// Files new to this run: output slots, the count hints, download_request events.
+    fn learn_files(&mut self, new: &[fhirbulk::FileInfo]) -> Result<(), CliError> {
+        self.outputs.sync_files(new);
+        for f in new {
+            // The server's hints: none when one is missing or they overflow.
+            self.expected_records = match (self.expected_records, f.count) {
+                (Some(sum), Some(c)) => sum.checked_add(c),
+                _ => None,
+            };
+            if f.index >= self.logged.requested_files {
+                self.logged.requested_files = f.index + 1;
+                self.log.event(
+                    "download_request",
+                    json!({
+                        "fileUrl": redact_url(&f.url),
+                        "itemType": f.kind.name(),
+                        "resourceType": f.resource_type,
+                    }),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn write_manifest(&self, ctl: &Controller) -> Result<(), CliError> {
         let path = self.out.join("manifest.json");
-        let text = serde_json::to_vec_pretty(m).unwrap_or_default();
-        util::write_atomic(&path, &text)
-            .map_err(|e| CliError::io(format_args!("cannot write {}", path.display()), &e))
+        // Streamed into the file (with 200,000 files the text is tens of MB).
+        util::write_atomic_with(&path, &mut |w| {
+            if !ctl.write_manifest(w)? {
+                w.write_all(b"null")?;
+            }
+            Ok(())
+        })
+        .map_err(|e| CliError::io(format_args!("cannot write {}", path.display()), &e))
+    }
+
+    /// Append file `i`'s output (complete) to the complete files' list.
+    fn journal_done(&mut self, i: u32) -> Result<(), CliError> {
+        let (path, state) = self.outputs.done_state(i as usize);
+        let mut line = serde_json::to_vec(&DoneLine {
+            index: i,
+            path,
+            state,
+        })
+        .unwrap_or_default();
+        line.push(b'\n');
+        self.done_list.append(&line)?;
+        self.journaled_done.insert(i);
+        Ok(())
     }
 
     /// Flush the output files, then write the checkpoint atomically with their lengths.
@@ -325,8 +482,28 @@ impl Run {
         let Some(cp) = export.checkpoint_unread(0) else {
             return Ok(false);
         };
+        // Every file the checkpoint counts is in the file list before it.
+        let known = cp.files_known() as usize;
+        while known > self.files_listed {
+            let end = known.min(self.files_listed + FILES_PER_LOOK);
+            let lines = export
+                .controller()
+                .files_json_between(self.files_listed, end, true);
+            self.files_list.append(lines.as_bytes())?;
+            self.files_listed = end;
+        }
         self.outputs.flush_all(true)?;
         let log_bytes = self.log.flush(true)?;
+        // The lists the checkpoint counts are on disk before it.
+        let files_list_bytes = self.files_list.sync()?;
+        let done_bytes = self.done_list.sync()?;
+        let logged = Logged {
+            kickoff: self.logged.kickoff,
+            status_complete: self.logged.status_complete,
+            requested: BTreeSet::new(),
+            completed: BTreeSet::new(),
+            requested_files: self.logged.requested_files,
+        };
         let doc = CliCheckpoint {
             fhirbulk_cli_checkpoint: CLI_CHECKPOINT_VERSION,
             request: self.request.clone(),
@@ -338,9 +515,11 @@ impl Run {
             gzip: self.gzip,
             checkpoint: serde_json::to_value(&cp).unwrap_or(Value::Null),
             files: self.outputs.states(),
+            files_list_bytes,
+            done_bytes,
             log_bytes,
             totals: self.outputs.totals.clone(),
-            logged: self.logged.clone(),
+            logged,
             since_auto: self.since_auto.clone(),
         };
         let path = self.out.join(CHECKPOINT_FILE);
@@ -481,7 +660,7 @@ fn run_export(a: &ExportArgs, t0: Instant, summary: &mut Value) -> Result<u8, Cl
 
     std::fs::create_dir_all(&out)
         .map_err(|e| CliError::io(format_args!("cannot create {}", out.display()), &e))?;
-    let (outputs, log, logged, export_id, started_at, resumed) = match previous {
+    let (outputs, log, logged, export_id, started_at, resumed, journals) = match previous {
         Some(prev) => {
             if prev.request != request {
                 return Err(CliError::usage(format!(
@@ -503,21 +682,58 @@ that started it to resume it, cancel it with `fhirbulk cancel --out {}`, or use 
                 Some(prev.log_bytes),
             )?;
             cfg.resume = Some(prev.checkpoint.clone());
-            let records: u64 = prev.files.values().map(|f| f.records).sum();
+            let mut logged = prev.logged.clone();
+            let mut files: std::collections::HashMap<String, FileState> =
+                prev.files.clone().into_iter().collect();
+            let journals = if prev.fhirbulk_cli_checkpoint >= 2 {
+                let list = Journal::read(&out.join(FILES_FILE), prev.files_list_bytes)?;
+                let listed = list.lines().count();
+                if !list.is_empty() {
+                    cfg.resume_files = Some(Value::String(list));
+                }
+                let done = Journal::read(&out.join(DONE_FILE), prev.done_bytes)?;
+                for line in done.lines() {
+                    let d: DoneLine = serde_json::from_str(line).map_err(|e| {
+                        CliError::usage(format!(
+                            "cannot resume: {} has a line that is not a complete file ({e}); remove the checkpoint to start over",
+                            out.join(DONE_FILE).display()
+                        ))
+                    })?;
+                    logged.completed.insert(d.index);
+                    files.insert(d.path, d.state);
+                }
+                let journaled = logged.completed.clone();
+                (
+                    Journal::open(&out.join(FILES_FILE), prev.files_list_bytes)?,
+                    Journal::open(&out.join(DONE_FILE), prev.done_bytes)?,
+                    listed,
+                    journaled,
+                )
+            } else {
+                // Version 1: the engine's checkpoint lists every file; the lists start now.
+                logged.requested_files = logged.requested.iter().next_back().map_or(0, |m| m + 1);
+                logged.requested.clear();
+                (
+                    Journal::open(&out.join(FILES_FILE), 0)?,
+                    Journal::open(&out.join(DONE_FILE), 0)?,
+                    0,
+                    BTreeSet::new(),
+                )
+            };
+            let records: u64 = files.values().map(|f| f.records).sum();
             notes.push(format!(
                 "resuming the export in {} from its checkpoint of {} ({records} records already written)",
                 out.display(),
                 prev.written_at
             ));
-            let files: std::collections::HashMap<String, FileState> =
-                prev.files.clone().into_iter().collect();
             (
                 Outputs::new(&out, a.gzip, files, prev.totals.clone()),
                 log,
-                prev.logged.clone(),
+                logged,
                 prev.export_id.clone(),
                 prev.started_at.clone(),
                 true,
+                journals,
             )
         }
         None => {
@@ -544,6 +760,12 @@ overwrite them, or another --out",
                 export_id,
                 util::now(),
                 false,
+                (
+                    Journal::open(&out.join(FILES_FILE), 0)?,
+                    Journal::open(&out.join(DONE_FILE), 0)?,
+                    0,
+                    BTreeSet::new(),
+                ),
             )
         }
     };
@@ -598,6 +820,10 @@ overwrite them, or another --out",
         expected_records: Some(0),
         checkpoint_written: false,
         broken: false,
+        files_list: journals.0,
+        done_list: journals.1,
+        files_listed: journals.2,
+        journaled_done: journals.3,
     };
     summary["resumed"] = json!(resumed);
 
@@ -751,15 +977,14 @@ fn drive(
         Outcome::Complete => {
             run.tick(&ctl)?;
             let files = run.outputs.finish()?;
-            let manifest = ctl.manifest().unwrap_or(Value::Null);
-            run.write_manifest(&manifest)?;
+            run.write_manifest(&ctl)?;
             let t = run.outputs.totals.clone();
             let resources = t.records.values().sum::<u64>() + t.error_records + t.deleted_records;
             let duration_ms = export_duration_ms(&run.started_at);
             run.log.event(
                 "export_complete",
                 json!({
-                    "files": files.len(),
+                    "files": files.files,
                     "resources": resources,
                     "bytes": t.ndjson_bytes,
                     "attachments": null,
@@ -772,8 +997,9 @@ fn drive(
                 std::fs::remove_file(&cp_path).map_err(|e| {
                     CliError::io(format_args!("cannot remove {}", cp_path.display()), &e)
                 })?;
-                util::sync_dir(&run.out);
             }
+            remove_lists(&run.out)?;
+            util::sync_dir(&run.out);
             // Only a valid FHIR instant may become the next _since (the engine warns of others).
             let tt = ctl.transaction_time();
             if let Some(s) = &run.since_auto {
@@ -795,7 +1021,13 @@ fn drive(
             summary["errorRecords"] = json!(t.error_records);
             summary["deletedRecords"] = json!(t.deleted_records);
             summary["bytes"] = json!(t.ndjson_bytes);
-            summary["bytesOnDisk"] = json!(files.iter().map(|f| f.state.bytes).sum::<u64>());
+            summary["bytesOnDisk"] = json!(files.bytes_on_disk);
+            // The per-file listing only for --json (with many files it is large).
+            let files = if a.json {
+                run.outputs.written(&ctl.files())
+            } else {
+                Vec::new()
+            };
             summary["files"] = Value::Array(
                 files
                     .iter()
@@ -834,6 +1066,24 @@ fn drive(
             Ok(Outcome::Failed(e))
         }
     }
+}
+
+/// Remove the file list and the complete files' list (the export is over).
+pub fn remove_lists(dir: &Path) -> Result<(), CliError> {
+    for name in [FILES_FILE, DONE_FILE] {
+        let p = dir.join(name);
+        match std::fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(CliError::io(
+                    format_args!("cannot remove {}", p.display()),
+                    &e,
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Milliseconds since the export started (across resumes), like the SMART client's `duration`.

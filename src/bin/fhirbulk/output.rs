@@ -10,13 +10,15 @@ use fhirbulk::{Batch, Controller, FileInfo, Kind};
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 /// Files kept open at once; more are closed least recently used first and reopened to append.
 const MAX_OPEN: usize = 64;
+/// The slot index of the skipped lines' file in `Outputs::open_list`.
+const SKIPPED: usize = usize::MAX;
 /// Where error records for skipped invalid lines (`--on-invalid-line skip`) go.
 const SKIPPED_LINES: &str = "error/fhirbulk-skipped-lines.ndjson";
 
@@ -50,16 +52,11 @@ pub struct WrittenFile {
     pub state: FileState,
 }
 
-impl Slot {
-    fn written(&self) -> WrittenFile {
-        WrittenFile {
-            rel: self.rel.clone(),
-            kind: self.kind,
-            resource_type: self.resource_type.clone(),
-            url: self.url.clone(),
-            state: self.state.clone(),
-        }
-    }
+/// What [`Outputs::finish`] counts.
+pub struct Finished {
+    /// Output files (manifest files, and the file of skipped lines if any).
+    pub files: usize,
+    pub bytes_on_disk: u64,
 }
 
 struct Writer {
@@ -99,12 +96,12 @@ impl Writer {
     }
 }
 
+/// One output file (about 100 bytes: with 200,000 files the slots stay small; the URL and
+/// type are the engine's).
 struct Slot {
-    rel: String,
+    rel: Box<str>,
     kind: Kind,
-    resource_type: Option<String>,
-    url: String,
-    writer: Option<Writer>,
+    writer: Option<Box<Writer>>,
     state: FileState,
     /// Written since the last flush / sync.
     dirty: bool,
@@ -116,18 +113,10 @@ struct Slot {
 
 impl Slot {
     /// A file not written in this run yet; `state` is what a resumed run had written.
-    fn new(
-        rel: String,
-        kind: Kind,
-        resource_type: Option<String>,
-        url: String,
-        state: FileState,
-    ) -> Slot {
+    fn new(rel: String, kind: Kind, state: FileState) -> Slot {
         Slot {
-            rel,
+            rel: rel.into(),
             kind,
-            resource_type,
-            url,
             writer: None,
             state,
             dirty: false,
@@ -147,7 +136,12 @@ pub struct Outputs {
     /// Lengths from the checkpoint this run resumes: these files were truncated to them and are
     /// appended to.
     resumed: HashMap<String, FileState>,
+    /// Slots written (or resumed) and not complete: what a checkpoint records.
+    active: BTreeSet<usize>,
     open: usize,
+    /// The slots with an open file (`SKIPPED` for the skipped lines' slot): eviction and
+    /// flushes look at these, not at every file.
+    open_list: Vec<usize>,
     clock: u64,
     pub totals: Totals,
 }
@@ -166,7 +160,9 @@ impl Outputs {
             skipped: None,
             per_name: HashMap::new(),
             resumed,
+            active: BTreeSet::new(),
             open: 0,
+            open_list: Vec::new(),
             clock: 0,
             totals,
         }
@@ -198,14 +194,14 @@ impl Outputs {
             let n = self.per_name.entry((f.kind, ty.clone())).or_insert(0);
             *n += 1;
             let rel = format!("{dir}{ty}.{n}.{ext}");
-            let state = self.resumed.get(&rel).cloned().unwrap_or_default();
-            self.slots.push(Slot::new(
-                rel,
-                f.kind,
-                f.resource_type.clone(),
-                f.url.clone(),
-                state,
-            ));
+            let state = match self.resumed.remove(&rel) {
+                Some(st) => {
+                    self.active.insert(self.slots.len());
+                    st
+                }
+                None => FileState::default(),
+            };
+            self.slots.push(Slot::new(rel, f.kind, state));
         }
     }
 
@@ -216,15 +212,8 @@ impl Outputs {
             SKIPPED_LINES.to_owned()
         };
         let state = self.resumed.get(&rel).cloned().unwrap_or_default();
-        self.skipped.get_or_insert_with(|| {
-            Slot::new(
-                rel,
-                Kind::Error,
-                Some("OperationOutcome".into()),
-                String::new(),
-                state,
-            )
-        })
+        self.skipped
+            .get_or_insert_with(|| Slot::new(rel, Kind::Error, state))
     }
 
     /// Write a batch (all records of one file) and count it.
@@ -281,6 +270,10 @@ impl Outputs {
             };
             open(&dir, gzip, slot)?;
             self.open += 1;
+            self.open_list.push(if synthetic { SKIPPED } else { index });
+        }
+        if !synthetic {
+            self.active.insert(index);
         }
         let dir = self.dir.clone();
         let slot = if synthetic {
@@ -295,7 +288,7 @@ impl Outputs {
             .write(data)
             .map_err(|e| {
                 CliError::io(
-                    format_args!("cannot write {}", dir.join(&slot.rel).display()),
+                    format_args!("cannot write {}", dir.join(&*slot.rel).display()),
                     &e,
                 )
             })?;
@@ -306,16 +299,29 @@ impl Outputs {
         Ok(())
     }
 
+    fn slot_mut(&mut self, i: usize) -> Option<&mut Slot> {
+        if i == SKIPPED {
+            self.skipped.as_mut()
+        } else {
+            self.slots.get_mut(i)
+        }
+    }
+
     fn evict(&mut self) -> Result<(), CliError> {
         let dir = self.dir.clone();
-        let victim = self
-            .slots
-            .iter_mut()
-            .chain(self.skipped.iter_mut())
-            .filter(|s| s.writer.is_some())
-            .min_by_key(|s| s.last_use);
-        if let Some(s) = victim {
-            close(&dir, s, true)?;
+        let victim = (0..self.open_list.len()).min_by_key(|&k| {
+            let i = self.open_list[k];
+            if i == SKIPPED {
+                self.skipped.as_ref().map_or(0, |s| s.last_use)
+            } else {
+                self.slots[i].last_use
+            }
+        });
+        if let Some(k) = victim {
+            let i = self.open_list.swap_remove(k);
+            if let Some(s) = self.slot_mut(i) {
+                close(&dir, s, true)?;
+            }
             self.open -= 1;
         }
         Ok(())
@@ -325,12 +331,16 @@ impl Outputs {
     /// their lengths can go into a checkpoint.
     pub fn flush_all(&mut self, sync: bool) -> Result<(), CliError> {
         let dir = self.dir.clone();
-        for s in self.slots.iter_mut().chain(self.skipped.iter_mut()) {
+        for k in 0..self.open_list.len() {
+            let i = self.open_list[k];
+            let Some(s) = self.slot_mut(i) else {
+                continue;
+            };
             if let Some(w) = s.writer.as_mut() {
                 if s.dirty {
                     s.state.bytes = w.flush().map_err(|e| {
                         CliError::io(
-                            format_args!("cannot write {}", dir.join(&s.rel).display()),
+                            format_args!("cannot write {}", dir.join(&*s.rel).display()),
                             &e,
                         )
                     })?;
@@ -339,7 +349,7 @@ impl Outputs {
                 if sync && s.unsynced {
                     w.sync().map_err(|e| {
                         CliError::io(
-                            format_args!("cannot sync {}", dir.join(&s.rel).display()),
+                            format_args!("cannot sync {}", dir.join(&*s.rel).display()),
                             &e,
                         )
                     })?;
@@ -352,44 +362,67 @@ impl Outputs {
 
     /// Close a file the engine delivered completely.
     pub fn close_file(&mut self, index: usize) -> Result<(), CliError> {
+        self.active.remove(&index);
         let dir = self.dir.clone();
         if let Some(s) = self.slots.get_mut(index) {
             if s.writer.is_some() {
                 close(&dir, s, true)?;
                 self.open -= 1;
+                if let Some(k) = self.open_list.iter().position(|&i| i == index) {
+                    self.open_list.swap_remove(k);
+                }
             }
         }
         Ok(())
     }
 
-    /// The per-file state for a checkpoint (call after [`Outputs::flush_all`]).
+    /// File `index` was complete before this run (its state came with the resume).
+    pub fn mark_done(&mut self, index: usize) {
+        self.active.remove(&index);
+    }
+
+    /// Path and state of file `index` (complete: for the complete files' list).
+    pub fn done_state(&self, index: usize) -> (String, FileState) {
+        self.slots
+            .get(index)
+            .map(|s| (s.rel.to_string(), s.state.clone()))
+            .unwrap_or_default()
+    }
+
+    /// The state of the files in progress, for a checkpoint (call after
+    /// [`Outputs::flush_all`]): the complete ones are in the complete files' list.
     pub fn states(&self) -> BTreeMap<String, FileState> {
+        // States resumed for files the engine has not listed again yet stay.
         let mut m: BTreeMap<String, FileState> = self
             .resumed
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        for s in self.slots.iter().chain(self.skipped.iter()) {
-            if s.opened || self.resumed.contains_key(&s.rel) {
-                m.insert(s.rel.clone(), s.state.clone());
+        for &i in &self.active {
+            let s = &self.slots[i];
+            m.insert(s.rel.to_string(), s.state.clone());
+        }
+        if let Some(s) = &self.skipped {
+            if s.opened || s.state != FileState::default() {
+                m.insert(s.rel.to_string(), s.state.clone());
             }
         }
         m
     }
 
     /// Close everything and create the files that got no record, so every manifest file has
-    /// its file. Returns (relative path, kind, type, url, state) per manifest file.
-    pub fn finish(&mut self) -> Result<Vec<WrittenFile>, CliError> {
+    /// its file.
+    pub fn finish(&mut self) -> Result<Finished, CliError> {
         let dir = self.dir.clone();
         let gzip = self.gzip;
         for s in self.slots.iter_mut().chain(self.skipped.iter_mut()) {
             if s.writer.is_some() {
                 close(&dir, s, true)?;
-            } else if s.state.records == 0 && !dir.join(&s.rel).exists() {
+            } else if s.state.records == 0 && !dir.join(&*s.rel).exists() {
                 // A file without records: create it (an empty gzip member for .gz).
                 open(&dir, gzip, s)?;
                 if gzip {
-                    if let Some(w) = s.writer.as_mut() {
+                    if let Some(w) = s.writer.as_deref_mut() {
                         w.gz = Some(GzEncoder::new(
                             w.idle.take().expect("file"),
                             Compression::default(),
@@ -400,11 +433,40 @@ impl Outputs {
             }
         }
         self.open = 0;
-        let mut out: Vec<WrittenFile> = self.slots.iter().map(Slot::written).collect();
+        self.open_list.clear();
+        self.active.clear();
+        let all = self.slots.iter().chain(self.skipped.iter());
+        Ok(Finished {
+            files: self.slots.len() + usize::from(self.skipped.is_some()),
+            bytes_on_disk: all.map(|s| s.state.bytes).sum(),
+        })
+    }
+
+    /// Every output file after [`Outputs::finish`], with the engine's `files` for their URL
+    /// and type.
+    pub fn written(&self, files: &[FileInfo]) -> Vec<WrittenFile> {
+        let mut out: Vec<WrittenFile> = self
+            .slots
+            .iter()
+            .zip(files)
+            .map(|(s, f)| WrittenFile {
+                rel: s.rel.to_string(),
+                kind: s.kind,
+                resource_type: f.resource_type.clone(),
+                url: f.url.clone(),
+                state: s.state.clone(),
+            })
+            .collect();
         if let Some(s) = &self.skipped {
-            out.push(s.written());
+            out.push(WrittenFile {
+                rel: s.rel.to_string(),
+                kind: Kind::Error,
+                resource_type: Some("OperationOutcome".into()),
+                url: String::new(),
+                state: s.state.clone(),
+            });
         }
-        Ok(out)
+        out
     }
 
     /// Records and uncompressed bytes written of file `index` (for the event log).
@@ -414,7 +476,7 @@ impl Outputs {
 }
 
 fn open(dir: &Path, gzip: bool, s: &mut Slot) -> Result<(), CliError> {
-    let path = dir.join(&s.rel);
+    let path = dir.join(&*s.rel);
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)
             .map_err(|e| CliError::io(format_args!("cannot create {}", parent.display()), &e))?;
@@ -428,18 +490,18 @@ fn open(dir: &Path, gzip: bool, s: &mut Slot) -> Result<(), CliError> {
         File::create(&path)
     }
     .map_err(|e| CliError::io(format_args!("cannot open {}", path.display()), &e))?;
-    s.writer = Some(Writer {
+    s.writer = Some(Box::new(Writer {
         idle: Some(BufWriter::with_capacity(256 * 1024, f)),
         gz: None,
         gzip,
-    });
+    }));
     s.opened = true;
     Ok(())
 }
 
 fn close(dir: &Path, s: &mut Slot, sync: bool) -> Result<(), CliError> {
     if let Some(mut w) = s.writer.take() {
-        let path = dir.join(&s.rel);
+        let path = dir.join(&*s.rel);
         s.state.bytes = w
             .flush()
             .map_err(|e| CliError::io(format_args!("cannot write {}", path.display()), &e))?;
@@ -531,7 +593,7 @@ mod tests {
         o.sync_files(&[file(3)]); // only the new one
         o.sync_files(&[file(5)]); // a gap: waits for 4
         o.sync_files(&(0..6).map(file).collect::<Vec<_>>());
-        let rels: Vec<&str> = o.slots.iter().map(|s| s.rel.as_str()).collect();
+        let rels: Vec<&str> = o.slots.iter().map(|s| &*s.rel).collect();
         assert_eq!(
             rels,
             (1..=6)
