@@ -4,7 +4,8 @@
 #               examples/c/export_summary.c and print the records per resource type
 #   make test   every test: rustfmt, clippy, Rust unit + integration tests, the generated
 #               header check, and the C tests (AddressSanitizer, UBSan, valgrind)
-#   make bench  the performance benchmark (bench/run.py): curl baseline, C, Python, Java, RSS
+#   make bench  the performance benchmark (bench/run.py): curl baseline, C, Python, Java, RSS,
+#               many small files (C ABI, CLI, curl), waiting exports, 10 exports at once
 #   make install PREFIX=/usr/local
 #               build the release library and install it for C and C++ programs (shared +
 #               static library, fhirbulk.h, fhirbulk.hpp, pkg-config and CMake files)
@@ -65,7 +66,8 @@ install:
 
 # ---- benchmark ------------------------------------------------------------------------------
 
-# The full benchmark (README, "Performance"): ~1 GB export, RSS at 1 and 4 GB, Python, Java.
+# The full benchmark (README, "Performance"; about 10 minutes): ~1 GB export, RSS at 1 and 4 GB,
+# Python, Java, 10k/50k/200k one-record files, 1/100/1000 waiting exports, 10 exports at once.
 bench:
 	python3 bench/run.py
 
@@ -118,8 +120,9 @@ test-java:
 test-packaging:
 	bash tests/packaging/run.sh
 
-# The benchmark as a smoke run (seconds: tiny sizes, debug build) so that it cannot rot; the
-# Python and Java parts have smoke tests in their own suites.
+# The benchmark as a smoke run (seconds: tiny sizes, 500 small files, 1 and 10 waiting exports,
+# 3 at once; debug build) so that it cannot rot; the Python and Java parts have smoke tests in
+# their own suites.
 test-bench: build
 	python3 bench/run.py --smoke --skip-python --skip-java
 

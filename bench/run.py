@@ -28,7 +28,20 @@ What it does, on this machine (the sandbox server runs here too, on 127.0.0.1):
    - Python (bench/python_bench.py) raw and parsed iteration next to plain Python reading the
      local files, and Java (bench/java_bench.sh) iteration as String next to a pure-Java read
      of the local files (skipped with --skip-python / --skip-java or when not available).
+   - many small files (--files, default 10,000, 50,000 and 200,000 one-record Patient files,
+     each size on a fresh sandbox): files/s, client CPU ms per file and peak RSS of the C ABI
+     (bench/consumer.c), the CLI (`fhirbulk export ... -o DIR`, to disk) and curl (`--parallel
+     --parallel-max 4`, to /dev/null and to disk) over the same file URLs; the growth of CPU
+     ms per file from the smallest to the largest size;
+   - waiting exports (--waiting, default 1, 100 and 1,000): threads and RSS of one process
+     (bench/waiting.c) holding that many exports that all wait for the server (202 with
+     Retry-After: 600), then cancelled;
+   - several exports at once (--multi, default 10): bench/multi.c downloads that many copies of
+     the throughput export at the same time, one consumer thread each; aggregate MB/s next to
+     one export alone, the most threads and the peak RSS.
 4. prints a table and writes everything as JSON (--json, default target/bench/results.json).
+
+--only PART,... runs some parts: throughput (3a-3c), multi, rss (3d, 3e), files, waiting.
 """
 
 from __future__ import annotations
@@ -47,6 +60,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BYTES_PER_PATIENT = 5_870  # sandbox system-level export, measured: ~1.06 GB for 180k patients
 CONCURRENCY = 4
+PARTS = ("throughput", "multi", "rss", "files", "waiting")
+# Keeps exports waiting (README, "The sandbox server"): "in progress" for a million polls, each
+# 202 asking to come back in 600 s (the engine's default poll_max_ms allows that long a wait).
+WAITING_SCENARIO = "polls=1000000;retry_after=600"
 
 
 def log(msg: str) -> None:
@@ -76,6 +93,25 @@ def run_child(cmd: list[str]) -> tuple[float, dict, bytes]:
             )
     # (ru_maxrss is not reported: it counts this Python process's image from before exec.)
     return wall, {"user_s": ru.ru_utime, "sys_s": ru.ru_stime}, text
+
+
+def run_measured(measure: Path, cmd: list[str]) -> tuple[dict, bytes]:
+    """Runs cmd under bench/measure.c: its wall seconds, CPU (user_s, sys_s), peak RSS
+    (maxrss_kb, not inflated by this process's image) and stdout."""
+    fd, path = tempfile.mkstemp(suffix=".json")
+    os.close(fd)
+    try:
+        _, _, out = run_child([str(measure), path, *cmd])
+        return json.loads(Path(path).read_text()), out
+    finally:
+        os.unlink(path)
+
+
+def parse_sizes(text: str) -> list[int]:
+    sizes = [int(x.replace("_", "")) for x in text.split(",") if x.strip()]
+    if any(n < 1 for n in sizes):
+        raise argparse.ArgumentTypeError(f"sizes must be positive: {text}")
+    return sizes
 
 
 class Sandbox:
@@ -112,9 +148,10 @@ class Sandbox:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def kickoff(base: str) -> list[str]:
+def kickoff(base: str, types: str | None = None) -> list[str]:
     """A plain system-level export: kick-off, poll, the manifest's output URLs."""
-    req = urllib.request.Request(f"{base}/$export", headers={
+    query = f"?_type={types}" if types else ""
+    req = urllib.request.Request(f"{base}/$export{query}", headers={
         "Accept": "application/fhir+json", "Prefer": "respond-async"})
     with urllib.request.urlopen(req) as r:
         status_url = r.headers["Content-Location"]
@@ -131,7 +168,7 @@ def curl_config(urls: list[str], out_dir: Path | None) -> Path:
     with os.fdopen(fd, "w") as f:
         for i, u in enumerate(urls):
             f.write(f'url = "{u}"\n')
-            target = "/dev/null" if out_dir is None else str(out_dir / f"{i:05d}.ndjson")
+            target = "/dev/null" if out_dir is None else str(out_dir / f"{i:06d}.ndjson")
             f.write(f'output = "{target}"\n')
     return Path(path)
 
@@ -189,8 +226,17 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3, help="best of N for the throughput rows")
     ap.add_argument("--records-per-file", type=int, default=20000)
     ap.add_argument("--long-line-mb", type=float, default=40, help="size of the long lines (MB)")
+    ap.add_argument("--files", type=parse_sizes, default=[10_000, 50_000, 200_000],
+                    metavar="N,N,...", help="sizes of the many-files rows (one-record files)")
+    ap.add_argument("--waiting", type=parse_sizes, default=[1, 100, 1_000], metavar="N,N,...",
+                    help="numbers of waiting exports held by one process")
+    ap.add_argument("--multi", type=int, default=10, metavar="N",
+                    help="exports downloading at once in one process")
+    ap.add_argument("--only", metavar="PART,...", help="run only these parts: "
+                    f"{', '.join(PARTS)} (default: all)")
     ap.add_argument("--smoke", action="store_true",
-                    help="a few seconds: 10 MB, RSS at 5 and 20 MB, one run, debug build")
+                    help="a few seconds: 10 MB, RSS at 5 and 20 MB, one run, 500 small files, "
+                    "1 and 10 waiting exports, 3 at once; debug build")
     ap.add_argument("--debug", action="store_true", help="use the debug build (target/debug)")
     ap.add_argument("--skip-python", action="store_true")
     ap.add_argument("--skip-java", action="store_true")
@@ -202,6 +248,13 @@ def main() -> int:
     if a.smoke:
         a.gb, a.rss_gb, a.runs, a.debug = 0.01, (0.005, 0.02), 1, True
         a.slow_mbps, a.records_per_file, a.long_line_mb = 20, 1000, 1
+        a.files, a.waiting, a.multi = [500], [1, 10], 3
+    parts = set(PARTS)
+    if a.only:
+        parts = {x.strip() for x in a.only.split(",") if x.strip()}
+        if parts - set(PARTS):
+            ap.error(f"--only: unknown part(s) {', '.join(sorted(parts - set(PARTS)))}; "
+                     f"parts are {', '.join(PARTS)}")
 
     target = Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
     if not target.is_absolute():
@@ -211,22 +264,49 @@ def main() -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = a.json or out_dir / ("smoke.json" if a.smoke else "results.json")
 
-    # 1. build
-    cargo = ["cargo", "build", "--features", "sandbox", "--lib", "--bin", "fhirbulk-sandbox"]
+    # 1. build (the library, the sandbox server, the CLI; the C programs of bench/)
+    cargo = ["cargo", "build", "--features", "sandbox,cli", "--lib", "--bin", "fhirbulk-sandbox",
+             "--bin", "fhirbulk"]
     run(cargo + ([] if a.debug else ["--release"]), cwd=REPO)
     libdir = target / profile
-    consumer = out_dir / f"consumer-{profile}"
-    run(["cc", "-std=c11", "-O3", "-Wall", "-Wextra", "-Werror", f"-I{REPO / 'include'}",
-         "-o", str(consumer), str(REPO / "bench" / "consumer.c"), f"-L{libdir}", "-lfhirbulk",
-         "-lpthread", f"-Wl,-rpath,{libdir}"])
+    programs = {}
+    for name in ("consumer", "waiting", "multi", "measure"):
+        programs[name] = out_dir / f"{name}-{profile}"
+        # bench/measure.c runs other programs: no library of its own.
+        lib = [] if name == "measure" else [f"-L{libdir}", "-lfhirbulk", "-lpthread",
+                                            f"-Wl,-rpath,{libdir}"]
+        run(["cc", "-std=c11", "-O3", "-Wall", "-Wextra", "-Werror", f"-I{REPO / 'include'}",
+             "-o", str(programs[name]), str(REPO / "bench" / f"{name}.c"), *lib])
+    consumer = programs["consumer"]
     sandbox_bin = libdir / "fhirbulk-sandbox"
 
     results: dict = {"machine": {"cpus": os.cpu_count(), "uname": " ".join(os.uname())},
                      "config": {"gb": a.gb, "rss_gb": list(a.rss_gb), "runs": a.runs,
                                 "slow_mbps": a.slow_mbps, "concurrency": CONCURRENCY,
-                                "profile": profile}}
+                                "profile": profile, "files": a.files, "waiting": a.waiting,
+                                "multi": a.multi, "parts": sorted(parts)}}
     rows: list[dict] = []
+    results["rows"] = rows
 
+    if parts & {"throughput", "multi"}:
+        throughput_part(a, parts, results, rows, sandbox_bin, programs, out_dir)
+    if "rss" in parts:
+        rss_part(a, results, sandbox_bin, consumer)
+    if "files" in parts:
+        results["many_files"] = [files_part(n, sandbox_bin, programs, libdir / "fhirbulk")
+                                 for n in a.files]
+    if "waiting" in parts:
+        results["waiting"] = waiting_part(a.waiting, sandbox_bin, programs)
+
+    print_table(results)
+    json_path.write_text(json.dumps(results, indent=2) + "\n")
+    log(f"wrote {json_path}")
+    return 0
+
+
+def throughput_part(a, parts: set[str], results: dict, rows: list[dict], sandbox_bin: Path,
+                    programs: dict, out_dir: Path) -> None:
+    consumer = programs["consumer"]
     # 2. the export, pre-rendered; the files once on local disk
     patients = max(10, int(a.gb * 1e9 / BYTES_PER_PATIENT))
     sb = Sandbox(sandbox_bin, patients, a.records_per_file, prerender=True)
@@ -245,73 +325,79 @@ def main() -> int:
         results["export"] = {"files": len(urls), "bytes": total, "records": records,
                              "patients": patients}
 
-        # 3a. curl baseline
-        cfg = curl_config(urls, None)
-        curl_runs = []
-        for _ in range(a.runs):
+        if "throughput" in parts:
+            # 3a. curl baseline
+            cfg = curl_config(urls, None)
+            curl_runs = []
+            for _ in range(a.runs):
+                wall, ru, _ = run_child(curl_cmd(cfg))
+                curl_runs.append({"seconds": wall, "bytes": total, "records": records, **ru})
+            cb = best(curl_runs)
+            # The same with one curl process per file, 4 at a time (what `xargs -P4 curl` does).
+            xargs = ["bash", "-c", "sed -n 's/^url = \"\\(.*\\)\"$/\\1/p' \"$0\" | "
+                     f"xargs -P {CONCURRENCY} -n 1 curl --silent --fail -o /dev/null", str(cfg)]
+            wall, ru, _ = run_child(xargs)
+            cfg.unlink()
+            curl_bps = total / cb["seconds"]
+            rows.append({"name": f"curl x{CONCURRENCY} (baseline)", "bytes": total,
+                         "records": records, "seconds": cb["seconds"], "bytes_per_s": curl_bps,
+                         "records_per_s": records / cb["seconds"],
+                         "cpu_s_per_gb": (cb["user_s"] + cb["sys_s"]) / (total / 1e9),
+                         "maxrss_mb": None, "ratio_to_curl": 1.0})
+            rows.append({"name": f"curl, {CONCURRENCY} processes (xargs)", "bytes": total,
+                         "records": records, "seconds": wall, "bytes_per_s": total / wall,
+                         "records_per_s": records / wall,
+                         "cpu_s_per_gb": (ru["user_s"] + ru["sys_s"]) / (total / 1e9),
+                         "maxrss_mb": None, "ratio_to_curl": total / wall / curl_bps})
+
+            # 3b. the C consumer
+            def check(r: dict) -> dict:
+                if r["records"] != records or r["bytes"] != total:
+                    raise RuntimeError(f"consumer delivered {r['records']} records / {r['bytes']} "
+                                       f"bytes; the export has {records} / {total}")
+                return r
+
+            c_runs = [check(consumer_run(consumer, base)) for _ in range(a.runs)]
+            cbest = best(c_runs)
+            rows.append(c_row("fhirbulk C, export_next_batch", cbest, curl_bps))
+            latencies = [x for x in (first_record_ms(sb, r) for r in c_runs) if x is not None]
+            results["first_record_ms"] = {"min": min(latencies), "max": max(latencies),
+                                          "runs": latencies} if latencies else None
+            rows.append(c_row("fhirbulk C, export_next_record",
+                              check(consumer_run(consumer, base, "--api", "record")), curl_bps))
+            rows.append(c_row("fhirbulk C, validate_json",
+                              check(consumer_run(consumer, base, "--validate")), curl_bps))
+            # A server without Content-Length (chunked transfer encoding, 8 KB chunks) and its own
+            # curl baseline.
+            urls_c = kickoff(sb.base("polls=0;chunked"))
+            cfg = curl_config(urls_c, None)
             wall, ru, _ = run_child(curl_cmd(cfg))
-            curl_runs.append({"seconds": wall, "bytes": total, "records": records, **ru})
-        cb = best(curl_runs)
-        # The same with one curl process per file, 4 at a time (what `xargs -P4 curl` does).
-        xargs = ["bash", "-c", "sed -n 's/^url = \"\\(.*\\)\"$/\\1/p' \"$0\" | "
-                 f"xargs -P {CONCURRENCY} -n 1 curl --silent --fail -o /dev/null", str(cfg)]
-        wall, ru, _ = run_child(xargs)
-        cfg.unlink()
-        curl_bps = total / cb["seconds"]
-        rows.append({"name": f"curl x{CONCURRENCY} (baseline)", "bytes": total, "records": records,
-                     "seconds": cb["seconds"], "bytes_per_s": curl_bps,
-                     "records_per_s": records / cb["seconds"],
-                     "cpu_s_per_gb": (cb["user_s"] + cb["sys_s"]) / (total / 1e9),
-                     "maxrss_mb": None, "ratio_to_curl": 1.0})
-        rows.append({"name": f"curl, {CONCURRENCY} processes (xargs)", "bytes": total,
-                     "records": records, "seconds": wall, "bytes_per_s": total / wall,
-                     "records_per_s": records / wall,
-                     "cpu_s_per_gb": (ru["user_s"] + ru["sys_s"]) / (total / 1e9),
-                     "maxrss_mb": None, "ratio_to_curl": total / wall / curl_bps})
+            cfg.unlink()
+            cc = {"seconds": wall, **ru}
+            rc = check(consumer_run(consumer, sb.base("polls=0;chunked")))
+            results["chunked"] = {
+                "curl_seconds": cc["seconds"],
+                "curl_cpu_s_per_gb": (cc["user_s"] + cc["sys_s"]) / (total / 1e9),
+                "fhirbulk": c_row("fhirbulk C, chunked", rc, total / cc["seconds"])}
+            rows.append(results["chunked"]["fhirbulk"])
+            # Content-Encoding: gzip, decoded by the engine (the sandbox compresses on the fly, on
+            # the same cores: a lower bound).
+            rows.append(c_row("fhirbulk C, gzip (decoded)",
+                              check(consumer_run(consumer, sb.base("polls=0;gzip"))), curl_bps))
 
-        # 3b. the C consumer
-        def check(r: dict) -> dict:
-            if r["records"] != records or r["bytes"] != total:
-                raise RuntimeError(f"consumer delivered {r['records']} records / {r['bytes']} "
-                                   f"bytes; the export has {records} / {total}")
-            return r
-
-        c_runs = [check(consumer_run(consumer, base)) for _ in range(a.runs)]
-        cbest = best(c_runs)
-        rows.append(c_row("fhirbulk C, export_next_batch", cbest, curl_bps))
-        latencies = [x for x in (first_record_ms(sb, r) for r in c_runs) if x is not None]
-        results["first_record_ms"] = {"min": min(latencies), "max": max(latencies),
-                                      "runs": latencies} if latencies else None
-        rows.append(c_row("fhirbulk C, export_next_record",
-                          check(consumer_run(consumer, base, "--api", "record")), curl_bps))
-        rows.append(c_row("fhirbulk C, validate_json",
-                          check(consumer_run(consumer, base, "--validate")), curl_bps))
-        # A server without Content-Length (chunked transfer encoding, 8 KB chunks) and its own
-        # curl baseline.
-        urls_c = kickoff(sb.base("polls=0;chunked"))
-        cfg = curl_config(urls_c, None)
-        wall, ru, _ = run_child(curl_cmd(cfg))
-        cfg.unlink()
-        cc = {"seconds": wall, **ru}
-        rc = check(consumer_run(consumer, sb.base("polls=0;chunked")))
-        results["chunked"] = {"curl_seconds": cc["seconds"],
-                              "curl_cpu_s_per_gb": (cc["user_s"] + cc["sys_s"]) / (total / 1e9),
-                              "fhirbulk": c_row("fhirbulk C, chunked", rc, total / cc["seconds"])}
-        rows.append(results["chunked"]["fhirbulk"])
-        # Content-Encoding: gzip, decoded by the engine (the sandbox compresses on the fly, on
-        # the same cores: a lower bound).
-        rows.append(c_row("fhirbulk C, gzip (decoded)",
-                          check(consumer_run(consumer, sb.base("polls=0;gzip"))), curl_bps))
-
-        # 3c. Python and Java, against the same pre-rendered export and local files
-        if not a.skip_python:
-            results["python"] = python_part(a, base, local, out_dir)
-        if not a.skip_java:
-            results["java"] = java_part(a, base, local)
+            # 3c. Python and Java, against the same pre-rendered export and local files
+            if not a.skip_python:
+                results["python"] = python_part(a, base, local, out_dir)
+            if not a.skip_java:
+                results["java"] = java_part(a, base, local)
+        if "multi" in parts and a.multi > 0:
+            results["multi"] = multi_part(a, programs, base, records, total)
     finally:
         sb.stop()
         shutil.rmtree(local, ignore_errors=True)
 
+
+def rss_part(a, results: dict, sandbox_bin: Path, consumer: Path) -> None:
     # 3d. memory: a slow consumer, two sizes four times apart, files rendered on the fly
     rss = []
     for gb in a.rss_gb:
@@ -343,12 +429,153 @@ def main() -> int:
                           "maxrss_mb": r["maxrss_kb"] / 1024})
         log(f"long lines, {name}: peak RSS {r['maxrss_kb'] / 1024:.1f} MB")
     results["rss_long_lines"] = long_rows
-    results["rows"] = rows
 
-    print_table(results)
-    json_path.write_text(json.dumps(results, indent=2) + "\n")
-    log(f"wrote {json_path}")
-    return 0
+
+def multi_part(a, programs: dict, base: str, records: int, total: int) -> dict:
+    """One export alone, then a.multi at once, each consumed on its own thread (bench/multi.c);
+    best of a.runs each."""
+    def once(n: int) -> dict:
+        m, out = run_measured(programs["measure"], [
+            str(programs["multi"]), base, "--exports", str(n),
+            "--concurrency", str(CONCURRENCY)])
+        r = json.loads(out)
+        for i, e in enumerate(r["per_export"]):
+            if e["records"] != records or e["bytes"] != total:
+                raise RuntimeError(f"{n} exports at once: export #{i} delivered {e['records']} "
+                                   f"records / {e['bytes']} bytes; the export has {records} / "
+                                   f"{total}")
+        if len(r["per_export"]) != n:
+            raise RuntimeError(f"{n} exports at once: {len(r['per_export'])} reported")
+        gb = r["bytes"] / 1e9
+        row = {"exports": n, "records": r["records"], "bytes": r["bytes"],
+               "seconds": r["seconds"], "bytes_per_s": r["bytes"] / r["seconds"],
+               "cpu_s_per_gb": (m["user_s"] + m["sys_s"]) / gb,
+               "peak_threads": r["peak_threads"], "maxrss_mb": r["maxrss_kb"] / 1024,
+               "slowest_export_s": max(e["seconds"] for e in r["per_export"])}
+        log(f"{n} export(s) at once: {row['bytes_per_s'] / 1e6:,.0f} MB/s, "
+            f"{row['peak_threads']} threads, peak RSS {row['maxrss_mb']:.1f} MB")
+        return row
+
+    single = best([once(1) for _ in range(a.runs)])
+    many = best([once(a.multi) for _ in range(a.runs)])
+    return {"single": single, "concurrent": many,
+            "ratio": many["bytes_per_s"] / single["bytes_per_s"]}
+
+
+def files_part(n: int, sandbox_bin: Path, programs: dict, cli: Path) -> dict:
+    """N one-record Patient files on a fresh sandbox: curl to disk (the reference: file, record
+    and byte counts), curl to /dev/null, the C ABI and the CLI over the same export."""
+    sb = Sandbox(sandbox_bin, n, 1, prerender=True)
+    work = Path(tempfile.mkdtemp(prefix="fhirbulk-bench-many-"))
+    cfgs: list[Path] = []
+    try:
+        base = sb.base()
+        urls = kickoff(base, "Patient")
+        if len(urls) != n:
+            raise RuntimeError(f"{n} patients, one per file: the manifest lists {len(urls)} files")
+        null_cfg = curl_config(urls, None)
+        cfgs.append(null_cfg)
+        # Warm-up (not measured): the sandbox renders each file once and keeps it.
+        t = time.perf_counter()
+        run_child(curl_cmd(null_cfg))
+        log(f"{n:,} files: rendered in {time.perf_counter() - t:.1f} s")
+        rows = []
+
+        def row(name: str, m: dict, **extra) -> dict:
+            cpu = m["user_s"] + m["sys_s"]
+            r = {"name": name, "seconds": m["seconds"], "files_per_s": n / m["seconds"],
+                 "cpu_ms_per_file": cpu * 1000 / n, "user_s": m["user_s"], "sys_s": m["sys_s"],
+                 "maxrss_mb": m["maxrss_kb"] / 1024, **extra}
+            log(f"{n:,} files, {name}: {r['files_per_s']:,.0f} files/s, "
+                f"{r['cpu_ms_per_file']:.3f} CPU ms/file, peak RSS {r['maxrss_mb']:.1f} MB")
+            rows.append(r)
+            return r
+
+        # curl to disk: what the export holds
+        disk = work / "curl"
+        disk.mkdir()
+        disk_cfg = curl_config(urls, disk)
+        cfgs.append(disk_cfg)
+        m, _ = run_measured(programs["measure"], curl_cmd(disk_cfg))
+        got = sorted(disk.iterdir())
+        total = sum(f.stat().st_size for f in got)
+        records = sum(f.read_bytes().count(b"\n") for f in got)
+        if len(got) != n or records != n:
+            raise RuntimeError(f"curl wrote {len(got)} files with {records} records; "
+                               f"expected {n} files of one record")
+        row("curl, to disk", m)
+        shutil.rmtree(disk)
+
+        # curl to /dev/null: one status code per transfer, all 200
+        write_out = ["--write-out", "%{http_code} %{size_download}\n"]
+        m, out = run_measured(programs["measure"], curl_cmd(null_cfg) + write_out)
+        answers = [line.split() for line in out.decode().splitlines() if line.strip()]
+        ok = sum(1 for code, _ in answers if code == "200")
+        size = sum(int(b) for _, b in answers)
+        if ok != n or size != total:
+            raise RuntimeError(f"curl to /dev/null: {ok} answers 200 of {len(answers)}, "
+                               f"{size} bytes; expected {n} and {total}")
+        row("curl, to /dev/null", m)
+
+        # the C ABI (bench/consumer.c; touches every byte, writes nothing)
+        m, out = run_measured(programs["measure"], [
+            str(programs["consumer"]), base, "--concurrency", str(CONCURRENCY),
+            "--type", "Patient"])
+        r = json.loads(out)
+        if r["records"] != n or r["bytes"] != total:
+            raise RuntimeError(f"C ABI: {r['records']} records / {r['bytes']} bytes; expected "
+                               f"{n} / {total}")
+        row("fhirbulk C ABI", m)
+
+        # the CLI, to disk
+        out_dir = work / "cli"
+        m, _ = run_measured(programs["measure"], [
+            str(cli), "export", "-u", base, "--type", "Patient", "-o", str(out_dir), "--quiet"])
+        got = sorted(out_dir.glob("Patient.*.ndjson"))
+        cli_bytes = sum(f.stat().st_size for f in got)
+        cli_records = sum(f.read_bytes().count(b"\n") for f in got)
+        if len(got) != n or cli_records != n or cli_bytes != total:
+            raise RuntimeError(f"CLI wrote {len(got)} files, {cli_records} records, {cli_bytes} "
+                               f"bytes; expected {n}, {n}, {total}")
+        row("fhirbulk CLI, to disk", m)
+        shutil.rmtree(out_dir)
+        return {"files": n, "records": n, "bytes": total, "rows": rows}
+    finally:
+        sb.stop()
+        for c in cfgs:
+            c.unlink(missing_ok=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def waiting_part(sizes: list[int], sandbox_bin: Path, programs: dict) -> list[dict]:
+    """Threads and RSS of one process holding N exports that all wait (bench/waiting.c), one
+    fresh process per N, one sandbox for all."""
+    sb = Sandbox(sandbox_bin, 10, 1000, prerender=False)
+    rows = []
+    try:
+        for n in sizes:
+            _, _, out = run_child([str(programs["waiting"]), sb.base(WAITING_SCENARIO),
+                                "--exports", str(n), "--timeout-s", str(120 + n // 5)])
+            r = json.loads(out)
+            if r["waiting"] != n:
+                raise RuntimeError(f"{n} waiting exports: only {r['waiting']} waited")
+            w = r["waiting_sample"]
+            row = {"exports": n, "threads": w["threads"], "rss_mb": w["rss_kb"] / 1024,
+                   "hwm_mb": w["hwm_kb"] / 1024, "rss_kb": w["rss_kb"],
+                   "before": r["before"], "after_free": r["after_free"],
+                   "start_s": r["start_s"], "all_waiting_s": r["all_waiting_s"],
+                   "cancel_s": r["cancel_s"], "free_s": r["free_s"]}
+            log(f"{n:,} waiting exports: {row['threads']} threads, RSS {row['rss_mb']:.1f} MB "
+                f"(started in {row['start_s']:.2f} s, freed in {row['free_s']:.2f} s)")
+            rows.append(row)
+    finally:
+        sb.stop()
+    one = next((r for r in rows if r["exports"] == 1), None)
+    for r in rows:
+        if one and r["exports"] > 1:
+            r["kb_per_export"] = (r["rss_kb"] - one["rss_kb"]) / (r["exports"] - 1)
+            r["threads_per_export"] = (r["threads"] - one["threads"]) / (r["exports"] - 1)
+    return rows
 
 
 def python_part(a, base: str, local: Path, out_dir: Path) -> dict | None:
@@ -380,11 +607,27 @@ def java_part(a, base: str, local: Path) -> dict | None:
 
 
 def print_table(res: dict) -> None:
+    e = res.get("export")
+    print(f"\n{res['machine']['cpus']} CPUs, sandbox on the same machine, "
+          f"{res['config']['profile']} build")
+    if e:
+        print(f"Export: {e['files']} files, {e['bytes'] / 1e9:.2f} GB, {e['records']:,} records")
+    if res["rows"]:
+        print_throughput(res)
+    print_memory(res)
+    if res.get("multi"):
+        print_multi(res)
+    if res.get("many_files"):
+        print_many_files(res)
+    if res.get("waiting"):
+        print_waiting(res)
+
+
+def print_throughput(res: dict) -> None:
     e = res["export"]
-    print(f"\nExport: {e['files']} files, {e['bytes'] / 1e9:.2f} GB, {e['records']:,} records; "
-          f"{res['machine']['cpus']} CPUs, sandbox on the same machine, "
-          f"{res['config']['profile']} build\n")
-    print(f"| {'':34} | {'MB/s':>7} | {'records/s':>11} | {'x curl':>6} | {'CPU s/GB':>8} | {'peak RSS':>8} |")
+    print()
+    print(f"| {'':34} | {'MB/s':>7} | {'records/s':>11} | {'x curl':>6} | {'CPU s/GB':>8} | "
+          f"{'peak RSS':>8} |")
     print(f"|{'-' * 36}|{'-' * 9}|{'-' * 13}|{'-' * 8}|{'-' * 10}|{'-' * 10}|")
     for r in res["rows"]:
         print(f"| {r['name']:34} | {r['bytes_per_s'] / 1e6:7,.0f} | {r['records_per_s']:11,.0f} | "
@@ -398,12 +641,6 @@ def print_table(res: dict) -> None:
     fr = res.get("first_record_ms")
     if fr:
         print(f"Manifest to first record: {fr['min']:.1f} ms (best), {fr['max']:.1f} ms (worst)")
-    for r in res["rss_slow_consumer"]:
-        print(f"Slow consumer ({res['config']['slow_mbps']:.0f} MB/s), {r['gb']:.2f} GB export: "
-              f"peak RSS {r['maxrss_mb']:.1f} MB")
-    for r in res.get("rss_long_lines", []):
-        print(f"Long lines of {r['line_mb']:.0f} MB, {r['name']} ({r['gb']:.2f} GB): "
-              f"peak RSS {r['maxrss_mb']:.1f} MB")
     py = res.get("python")
     if py:
         print("\nPython (records/s):")
@@ -419,6 +656,77 @@ def print_table(res: dict) -> None:
         print(f"  local readLine     {jv['local']['records_per_s']:12,.0f}")
         print(f"  ratio              {jv['ratio']:.2f}")
 
+
+def print_memory(res: dict) -> None:
+    if res.get("rss_slow_consumer") or res.get("rss_long_lines"):
+        print()
+    for r in res.get("rss_slow_consumer", []):
+        print(f"Slow consumer ({res['config']['slow_mbps']:.0f} MB/s), {r['gb']:.2f} GB export: "
+              f"peak RSS {r['maxrss_mb']:.1f} MB")
+    for r in res.get("rss_long_lines", []):
+        print(f"Long lines of {r['line_mb']:.0f} MB, {r['name']} ({r['gb']:.2f} GB): "
+              f"peak RSS {r['maxrss_mb']:.1f} MB")
+
+
+def print_multi(res: dict) -> None:
+    m = res["multi"]
+    one, many = m["single"], m["concurrent"]
+    print(f"\n{many['exports']} exports downloading at once in one process (bench/multi.c, one "
+          f"consumer thread each, {CONCURRENCY} downloads per export), the export above:\n")
+    print(f"| {'':24} | {'MB/s':>7} | {'CPU s/GB':>8} | {'threads':>7} | {'peak RSS':>9} |")
+    print(f"|{'-' * 26}|{'-' * 9}|{'-' * 10}|{'-' * 9}|{'-' * 11}|")
+    for name, r in (("one export alone", one), (f"{many['exports']} at once (aggregate)", many)):
+        print(f"| {name:24} | {r['bytes_per_s'] / 1e6:7,.0f} | {r['cpu_s_per_gb']:8.2f} | "
+              f"{r['peak_threads']:7} | {r['maxrss_mb']:6.1f} MB |")
+    print(f"Aggregate / alone: {m['ratio']:.2f}x")
+
+
+def print_many_files(res: dict) -> None:
+    print(f"\nMany small files (one Patient record per file, {CONCURRENCY} downloads at once, "
+          f"fresh sandbox per size; client process only):\n")
+    print(f"| {'files':>9} | {'client':24} | {'files/s':>9} | {'x curl':>6} | "
+          f"{'CPU ms/file':>11} | {'peak RSS':>10} |")
+    print(f"|{'-' * 11}|{'-' * 26}|{'-' * 11}|{'-' * 8}|{'-' * 13}|{'-' * 12}|")
+    for size in res["many_files"]:
+        by = {r["name"]: r for r in size["rows"]}
+        # The C ABI writes nothing (curl to /dev/null); the CLI writes files (curl to disk).
+        ref = {"fhirbulk C ABI": "curl, to /dev/null", "fhirbulk CLI, to disk": "curl, to disk"}
+        for r in size["rows"]:
+            base = by.get(ref.get(r["name"], ""))
+            x = f"{r['files_per_s'] / base['files_per_s']:6.2f}" if base else f"{'':6}"
+            print(f"| {size['files']:9,} | {r['name']:24} | {r['files_per_s']:9,.0f} | {x} | "
+                  f"{r['cpu_ms_per_file']:11.3f} | {r['maxrss_mb']:7.1f} MB |")
+    print("\nSmall files, engine vs curl (files/s; the C ABI consumes the records in memory, "
+          "curl writes them to /dev/null):")
+    for size in res["many_files"]:
+        by = {r["name"]: r for r in size["rows"]}
+        c, k = by["fhirbulk C ABI"], by["curl, to /dev/null"]
+        print(f"  {size['files']:9,} files: engine {c['files_per_s']:9,.0f}, curl "
+              f"{k['files_per_s']:9,.0f} ({c['files_per_s'] / k['files_per_s']:.2f}x)")
+    sizes = res["many_files"]
+    if len(sizes) > 1:
+        lo, hi = sizes[0], sizes[-1]
+        lo_by = {r["name"]: r for r in lo["rows"]}
+        parts = []
+        for r in hi["rows"]:
+            if r["name"].startswith("fhirbulk"):
+                ratio = r["cpu_ms_per_file"] / lo_by[r["name"]]["cpu_ms_per_file"]
+                parts.append(f"{r['name']} {ratio:.2f}x")
+        print(f"CPU ms per file at {hi['files']:,} files / at {lo['files']:,}: "
+              f"{', '.join(parts)} (issue 16 wants at most 1.5x)")
+
+
+def print_waiting(res: dict) -> None:
+    print("\nWaiting exports held by one process (bench/waiting.c; the server answers 202 with "
+          "Retry-After: 600):\n")
+    print(f"| {'exports':>7} | {'threads':>7} | {'RSS':>10} | {'KB per waiting export':>21} | "
+          f"{'start all':>9} | {'free all':>8} |")
+    print(f"|{'-' * 9}|{'-' * 9}|{'-' * 12}|{'-' * 23}|{'-' * 11}|{'-' * 10}|")
+    for r in res["waiting"]:
+        kb = f"{r['kb_per_export']:21,.0f}" if "kb_per_export" in r else f"{'-':>21}"
+        print(f"| {r['exports']:7,} | {r['threads']:7,} | {r['rss_mb']:7.1f} MB | {kb} | "
+              f"{r['start_s']:7.2f} s | {r['free_s']:6.2f} s |")
+    print("(KB per waiting export: (RSS at N - RSS at 1) / (N - 1).)")
 
 if __name__ == "__main__":
     sys.exit(main())
