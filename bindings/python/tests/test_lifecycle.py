@@ -197,3 +197,38 @@ def test_close_in_the_loop_body_ends_the_loop(sandbox, form):
             job.close()
         assert seen == 1
         assert list(it) == [] and fhirbulk.live_handles() == base
+
+
+def _threads() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    raise AssertionError("no Threads line")
+
+
+def test_many_waiting_exports_share_the_engines_threads(sandbox):
+    # Each waiting export once held 6 threads; now the exports of a process share a bounded set
+    # (8 control + max_downloads + the timer + one control client's runtime).
+    fhirbulk.set_max_downloads(4)
+    with pytest.raises(ValueError):
+        fhirbulk.set_max_downloads(-1)
+    baseline = _threads()
+    jobs = [
+        fhirbulk.export(sandbox.url("polls=1000000;retry_after=600"), group="g1", types="Patient")
+        for _ in range(60)
+    ]
+    try:
+        deadline = time.monotonic() + 60
+        while not all(j.progress.state == "waiting" and j.progress.polls >= 1 for j in jobs):
+            assert time.monotonic() < deadline, "the exports did not all wait"
+            time.sleep(0.05)
+        assert _threads() <= baseline + 8 + 4 + 1 + 1, (_threads(), baseline)
+        # A normal export still runs beside them, every record once.
+        total = sum(sandbox.truth(level="group", group="g1", _type="Patient").values())
+        with fhirbulk.export(sandbox.url(), group="g1", types="Patient") as job:
+            assert sum(1 for _ in job.raw()) == total
+    finally:
+        for j in jobs:
+            j.close()
+        fhirbulk.set_max_downloads(0)

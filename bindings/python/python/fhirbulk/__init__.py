@@ -52,6 +52,7 @@ from ._export import (
     export,
     library_version,
     live_handles,
+    set_max_downloads,
     status_name,
 )
 
@@ -90,5 +91,6 @@ __all__ = [
     "export",
     "library_version",
     "live_handles",
+    "set_max_downloads",
     "status_name",
 ]

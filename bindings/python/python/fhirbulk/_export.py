@@ -89,6 +89,19 @@ def status_name(status: int) -> str:
     return ffi.string(lib.fhirbulk_status_name(status)).decode("ascii", "replace")
 
 
+def set_max_downloads(n: int) -> None:
+    """Cap the files downloading at once over all exports of the process (0: the default, 32).
+
+    The exports of a process share the engine's threads: at most 8 control threads, one timer
+    for the exports waiting between polls (a waiting export holds no thread) and at most
+    ``n`` download threads. Each export still downloads at most its ``concurrency`` files at
+    once.
+    """
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0 or n > 0xFFFFFFFF:
+        raise ValueError(f"set_max_downloads: n must be an int from 0 to 2**32-1, not {n!r}")
+    lib.fhirbulk_set_max_downloads(n)
+
+
 def library_version() -> str:
     """The version of the bundled native library."""
     return ffi.string(lib.fhirbulk_version()).decode("ascii", "replace")

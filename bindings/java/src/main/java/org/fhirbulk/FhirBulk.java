@@ -38,6 +38,20 @@ public final class FhirBulk {
         return LibFhirBulk.fhirbulk_abi_version();
     }
 
+    /**
+     * Caps the files downloading at once over all exports of the process ({@code 0}: the
+     * default, 32). The exports of a process share the engine's threads: at most 8 control
+     * threads, one timer for the exports waiting between polls (a waiting export holds no
+     * thread) and at most {@code n} download threads; each export still downloads at most its
+     * {@code concurrency} files at once. Any thread, any time.
+     */
+    public static void setMaxDownloads(int n) {
+        if (n < 0) {
+            throw new IllegalArgumentException("setMaxDownloads: n must be at least 0, not " + n);
+        }
+        LibFhirBulk.fhirbulk_set_max_downloads(n);
+    }
+
     /** The absolute path the native library was loaded from (an extracted temporary file when
      *  it came from the jar). */
     public static String libraryLocation() {

@@ -195,6 +195,8 @@ final class LibFhirBulk {
 
     static native int fhirbulk_abi_version();
 
+    static native int fhirbulk_set_max_downloads(int n);
+
     static native Pointer fhirbulk_status_name(int status);
 
     // ---- helpers ----------------------------------------------------------------------------

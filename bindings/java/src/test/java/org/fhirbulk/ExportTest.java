@@ -38,6 +38,29 @@ class ExportTest {
     }
 
     @Test
+    void aProcessWideDownloadCapStillDeliversEveryRecordOnce(Sandbox sb) throws Exception {
+        assertThrows(IllegalArgumentException.class, () -> FhirBulk.setMaxDownloads(-1));
+        Map<String, Long> truth = sb.truth("group", "g1", "Patient,Observation");
+        FhirBulk.setMaxDownloads(1);
+        try {
+            Set<String> seen = new HashSet<>();
+            Map<String, Long> counts = new TreeMap<>();
+            try (Export export = FhirBulk.export(sb.url("polls=0"))
+                    .group("g1").types("Patient", "Observation")
+                    .option("concurrency", 4)
+                    .start()) {
+                for (Record r : export) {
+                    assertTrue(seen.add(r.resourceType() + "/" + idOf(r.json())), r.toString());
+                    counts.merge(r.resourceType(), 1L, Long::sum);
+                }
+            }
+            assertEquals(truth, counts);
+        } finally {
+            FhirBulk.setMaxDownloads(0);
+        }
+    }
+
+    @Test
     void groupExportDeliversExactlyTheTruth(Sandbox sb) throws Exception {
         Map<String, Long> truth = sb.truth("group", "g1", ALL_PATIENT_TYPES);
         Map<String, Long> counts = new TreeMap<>();
