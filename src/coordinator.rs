@@ -397,9 +397,24 @@ pub(crate) fn start(job: &Arc<Job>) -> Receiver<()> {
             engine::control().spawn(Box::new(move || check_finish(&job)));
         }
     }));
-    let job = job.clone();
-    engine::control().spawn(Box::new(move || control(job, Step::Start)));
+    let j = job.clone();
+    engine::control().spawn(Box::new(move || control(j, Step::Start)));
+    warm(job);
     done_rx
+}
+
+/// Start the download threads this export will use, each with its HTTP client, while the
+/// export kicks off: that keeps thread and client set-up off the path from the manifest to
+/// the first record. Threads already there are not warmed again.
+fn warm(job: &Arc<Job>) {
+    let pool = engine::downloads();
+    let want = job.config.concurrency.min(engine::max_downloads());
+    for _ in pool.threads()..want {
+        let job = job.clone();
+        pool.spawn(Box::new(move || {
+            let _ = job.http.with_file_client(|_| ());
+        }));
+    }
 }
 
 /// A control step of an export.
@@ -645,8 +660,25 @@ fn check_finish(job: &Arc<Job>) {
 }
 
 /// Set the final state (DELETE the server's job when configured), then close the record
-/// channel and signal the end.
+/// channel and signal the end (also after a panic: the consumer must not wait forever).
 fn finish(job: &Job) {
+    if catch_unwind(AssertUnwindSafe(|| settle(job))).is_err() {
+        job.monitor.set_error(Error::new(
+            ErrorCode::Internal,
+            "internal error: a panic while the export ended",
+        ));
+        job.monitor.set_state(State::Failed);
+    }
+    // Only now may the consumer see the channel close.
+    job.tx.lock().take();
+    let done = job.done_tx.lock().take();
+    if let Some(d) = done {
+        let _ = d.send(());
+    }
+}
+
+/// The final state (and the DELETE when configured).
+fn settle(job: &Job) {
     let control_error = job.queue.lock().control_error.take();
     let m = &job.monitor;
     if m.cancelled() {
@@ -669,12 +701,6 @@ fn finish(job: &Job) {
                 m.set_state(State::Failed);
             }
         }
-    }
-    // Only now may the consumer see the channel close.
-    job.tx.lock().take();
-    let done = job.done_tx.lock().take();
-    if let Some(d) = done {
-        let _ = d.send(());
     }
 }
 
