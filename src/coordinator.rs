@@ -15,8 +15,9 @@ use crate::download::{download, Context};
 use crate::engine;
 use crate::error::{redact_url, stopped, Error, ErrorCode, Result};
 use crate::files::{Files, Match, Session};
+use crate::http::retry::Budget;
 use crate::http::Http;
-use crate::kickoff::kickoff;
+use crate::kickoff::{kickoff, Kicked};
 use crate::manifest::{merge_top, Manifest, ManifestFile};
 use crate::monitor::{Monitor, State};
 use crate::ndjson::{Chunk, TypeName};
@@ -419,8 +420,10 @@ fn warm(job: &Arc<Job>) {
 
 /// A control step of an export.
 enum Step {
-    /// Kick-off, or continue from the checkpoint.
+    /// Continue from the checkpoint, or kick off.
     Start,
+    /// The next kick-off attempt (with its retry budget).
+    Kickoff(Option<Box<Budget>>),
     /// The next status poll.
     Poll(String, Box<Poller>),
 }
@@ -470,11 +473,27 @@ fn advance(job: &Arc<Job>, step: Step) -> Result<Option<(Duration, Option<u64>, 
     let mut dl = Downloads { job: job.clone() };
     let (status_url, mut poller) = match step {
         Step::Start => match begin(job, &mut dl)? {
-            Some(url) => {
+            Begun::Kickoff => return advance(job, Step::Kickoff(None)),
+            Begun::Poll(url) => {
                 job.monitor.set_state(State::Waiting);
                 (url, Box::new(Poller::new(&job.http)))
             }
-            None => return Ok(None),
+            Begun::Done => return Ok(None),
+        },
+        Step::Kickoff(mut budget) => match kickoff(&job.http, &mut budget)? {
+            Kicked::Again { wait, reason } => {
+                job.monitor.retries.fetch_add(1, Ordering::Relaxed);
+                let shown = job.monitor.show_wait(wait, &reason);
+                return Ok(Some((wait, shown, Step::Kickoff(budget))));
+            }
+            Kicked::Status(url) => {
+                job.info.lock().status_url = Some(url.clone());
+                if job.monitor.stopping() {
+                    return Err(stopped());
+                }
+                job.monitor.set_state(State::Waiting);
+                (url, Box::new(Poller::new(&job.http)))
+            }
         },
         Step::Poll(url, p) => (url, p),
     };
@@ -504,9 +523,18 @@ fn advance(job: &Arc<Job>, step: Step) -> Result<Option<(Duration, Option<u64>, 
     }
 }
 
-/// Kick off (or take the checkpoint's job): the status URL to poll, or None when the
-/// checkpoint had the complete manifest (its remaining pages are fetched here).
-fn begin(job: &Job, dl: &mut Downloads) -> Result<Option<String>> {
+/// Where the start of an export leads.
+enum Begun {
+    /// No checkpoint with a status URL: kick off.
+    Kickoff,
+    /// The checkpoint's job: poll its status URL.
+    Poll(String),
+    /// The checkpoint had the complete manifest (its remaining pages are fetched here).
+    Done,
+}
+
+/// Check the checkpoint, if any, and continue its job.
+fn begin(job: &Job, dl: &mut Downloads) -> Result<Begun> {
     let resume = match &job.config.resume {
         Some(v) => Some(Checkpoint::from_value(v)?),
         None => None,
@@ -519,20 +547,17 @@ fn begin(job: &Job, dl: &mut Downloads) -> Result<Option<String>> {
             )));
         }
     }
-    let status_url = match resume.as_ref().and_then(|c| c.status_url.clone()) {
-        Some(u) => u,
-        None => kickoff(&job.http)?,
+    let Some(cp) = resume.filter(|c| c.status_url.is_some()) else {
+        return Ok(Begun::Kickoff);
     };
+    let status_url = cp.status_url.clone().unwrap_or_default();
     job.info.lock().status_url = Some(status_url.clone());
     if job.monitor.stopping() {
         return Err(stopped());
     }
-    let Some(cp) = &resume else {
-        return Ok(Some(status_url));
-    };
-    dl.restore(job, cp)?;
+    dl.restore(job, &cp)?;
     if !cp.manifest_complete {
-        return Ok(Some(status_url));
+        return Ok(Begun::Poll(status_url));
     }
     job.monitor.set_state(State::Downloading);
     let mut session = job.files.lock().session(true);
@@ -546,7 +571,7 @@ fn begin(job: &Job, dl: &mut Downloads) -> Result<Option<String>> {
         let page = fetch_manifest_page(&job.http, &url)?;
         dl.fetch_pages(job, &mut session, page, &url, true)?;
     }
-    Ok(None)
+    Ok(Begun::Done)
 }
 
 /// Give the export its place in the download threads' queue when it has a file to start and

@@ -2,7 +2,8 @@
 //! `Parameters` resource for POST) and the `202 Accepted` that gives the status URL.
 
 use crate::config::{Config, Level, Method};
-use crate::error::{Error, Result};
+use crate::error::{stopped, Error, Result};
+use crate::http::retry::{self, Attempt, Budget};
 use crate::http::{Http, HttpResponse, ERROR_BODY_LIMIT};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
@@ -111,8 +112,22 @@ pub fn kickoff_parameters(c: &Config) -> Value {
     json!({"resourceType": "Parameters", "parameter": p})
 }
 
-/// Send the kick-off request; the status URL.
-pub(crate) fn kickoff(http: &Http) -> Result<String> {
+/// What one kick-off attempt found.
+pub(crate) enum Kicked {
+    /// The status URL.
+    Status(String),
+    /// The server refused the job for now (429, 5xx): try again after `wait`.
+    Again { wait: Duration, reason: String },
+}
+
+/// Send the kick-off request once: the status URL, or how long to wait before asking again
+/// (the wait is the caller's, so that it holds no thread). `budget`: the retry budget of the
+/// kick-off, carried from one attempt to the next.
+pub(crate) fn kickoff(http: &Http, budget: &mut Option<Box<Budget>>) -> Result<Kicked> {
+    const WHAT: &str = "export kick-off";
+    if http.stopping() {
+        return Err(stopped());
+    }
     let c = &*http.config;
     let post = c.method == Method::Post || (c.method == Method::Auto && !c.patients.is_empty());
     let mut url = kickoff_url(c);
@@ -143,24 +158,25 @@ pub(crate) fn kickoff(http: &Http) -> Result<String> {
             .header("Prefer", prefer.as_str())
             .timeout(Duration::from_millis(c.request_timeout_ms))
     };
+    let hint = |mut e: Error| {
+        if e.http_status == Some(429) {
+            e.message.push_str(KICKOFF_429_HINT);
+        }
+        e
+    };
     // A 429 or 5xx means the server refused the job: asking again is safe (with Retry-After and
     // the retry budget). A broken connection is not retried: the job may have started.
     let refused = |s: u16| s == 429 || s >= 500;
-    let resp = http
-        .send_retrying_on(
-            "export kick-off",
-            &url,
-            true,
-            &build,
-            &|s| !refused(s),
-            false,
-        )
-        .map_err(|mut e| {
-            if e.http_status == Some(429) {
-                e.message.push_str(KICKOFF_429_HINT);
-            }
-            e
-        })?;
+    let sent = http.send(WHAT, &url, true, &build);
+    let resp = match retry::classify(WHAT, &url, sent, &|s| !refused(s), false) {
+        Attempt::Done(r) => r,
+        Attempt::Fail(e) => return Err(hint(e)),
+        Attempt::Retry(e, after) => {
+            let b = budget.get_or_insert_with(|| Box::new(http.policy.budget()));
+            let (wait, reason) = b.delay(http.waiter(), e, after.as_ref()).map_err(hint)?;
+            return Ok(Kicked::Again { wait, reason });
+        }
+    };
     let status = resp.status().as_u16();
     if status == 202 {
         let loc = resp
@@ -180,7 +196,7 @@ pub(crate) fn kickoff(http: &Http) -> Result<String> {
                 ))
                 .with_url(&url)
             })?;
-        return Ok(abs.to_string());
+        return Ok(Kicked::Status(abs.to_string()));
     }
     if (200..300).contains(&status) {
         return Err(Error::protocol(format!(

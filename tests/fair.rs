@@ -1,8 +1,12 @@
+//! The threads the exports of a process share (its own test binary: the download cap is
+//! process-wide). A kick-off the server refuses for now waits without a thread, and a cancel
+//! ends the wait at once.
+//!
 //! Fairness: the exports of a process take the download threads in turn, so an export with
 //! thousands of files queued cannot starve one started after it. With the process-wide cap at
 //! one download thread, a 10-file export started while a 3,000-file export downloads ends long
 //! before the big one (in a queue of files, first come first served, it would wait for all
-//! 3,000). Both deliver exactly their truth. (Its own test binary: the cap is process-wide.)
+//! 3,000). Both deliver exactly their truth.
 
 use fhirbulk::sandbox::{Sandbox, SandboxOptions, TruthQuery};
 use fhirbulk::{engine, Config, Export, Next, State};
@@ -86,4 +90,53 @@ fn a_small_export_is_not_starved_by_a_big_one() {
     assert_eq!(big_ids, truth(&big_sb));
     assert_eq!(small_ids, truth(&small_sb));
     eprintln!("the small export ended after {big_files_at_small_end} of {BIG} big files");
+}
+
+#[test]
+fn kick_offs_refused_for_now_wait_without_a_thread_and_a_cancel_ends_them() {
+    let sb = sandbox(5);
+    let exports: Vec<Export> = (0..50)
+        .map(|_| {
+            let mut c = Config::new(sb.scenario_url("kickoff=429;error_retry_after=600"));
+            c.types = vec!["Patient".into()];
+            c.poll_max_ms = 600_000;
+            c.retry_max_wait_ms = 3_600_000;
+            Export::start(c).unwrap()
+        })
+        .collect();
+    let t = Instant::now();
+    // Each export shows its wait for the Retry-After of its refused kick-off.
+    while !exports
+        .iter()
+        .all(|e| e.progress().wait.is_some() && e.progress().retries >= 1)
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the kick-offs did not wait"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(exports
+        .iter()
+        .all(|e| e.progress().state == State::KickingOff));
+    assert!(
+        engine::waiting() >= 50,
+        "{} waits held by the timer",
+        engine::waiting()
+    );
+    assert!(engine::threads().0 <= engine::CONTROL_THREADS);
+    let t = Instant::now();
+    for e in &exports {
+        e.cancel();
+    }
+    for mut e in exports {
+        match e.next_record(Some(Duration::from_secs(30))).unwrap() {
+            Next::Cancelled => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "a cancel ends a wait of 600 s at once"
+    );
 }
