@@ -38,6 +38,11 @@ using Progress = FhirbulkProgress;  // state (FHIRBULK_STATE_*), files, bytes, s
 
 /// The library's version ("0.1.0"); FHIRBULK_VERSION is the header's.
 inline const char *version() noexcept { return fhirbulk_version(); }
+
+/// The process-wide cap on files downloading at once over all exports (0: the default, 32).
+/// The exports of a process share the engine's threads; each still downloads at most its
+/// `concurrency` files at once. Any thread, any time.
+inline void set_max_downloads(unsigned n) noexcept { (void)fhirbulk_set_max_downloads(n); }
 /// A short stable name for a status: "record", "not_found", ...
 inline const char *status_name(Status s) noexcept { return fhirbulk_status_name(s); }
 
