@@ -100,6 +100,20 @@ impl Pool {
     fn work(&'static self) {
         let mut counted = true;
         loop {
+            // Over the cap (it was lowered): leave, one thread at a time.
+            let n = self.threads.load(SeqCst);
+            if n > self.max.load(SeqCst)
+                && self
+                    .threads
+                    .compare_exchange(n, n - 1, SeqCst, SeqCst)
+                    .is_ok()
+            {
+                if counted {
+                    self.idle.fetch_sub(1, SeqCst);
+                }
+                self.grow();
+                return;
+            }
             if !counted {
                 self.idle.fetch_add(1, SeqCst);
             }
@@ -271,7 +285,7 @@ pub fn max_downloads() -> usize {
 }
 
 /// Set the process-wide cap on files downloading at once (at least 1; takes effect for the
-/// files started from now on).
+/// files started from now on: threads over a lowered cap leave after their file).
 pub fn set_max_downloads(n: usize) {
     DOWNLOADS.max.store(n.max(1), SeqCst);
     DOWNLOADS.grow();
@@ -316,6 +330,27 @@ mod tests {
             (0..50).collect::<Vec<_>>()
         );
         assert!(seen.iter().all(|s| s.1 <= 3), "{seen:?}");
+    }
+
+    static SHRINK: Lazy<Pool> = Lazy::new(|| Pool::new("shrink", 4));
+
+    #[test]
+    fn threads_over_a_lowered_cap_leave_after_their_task() {
+        let (tx, rx) = unbounded();
+        let run = |n: usize| {
+            for _ in 0..n {
+                let tx = tx.clone();
+                SHRINK.spawn(Box::new(move || {
+                    std::thread::sleep(Duration::from_millis(5));
+                    let _ = tx.send(SHRINK.threads());
+                }));
+            }
+            (0..n).map(|_| rx.recv().unwrap()).max().unwrap()
+        };
+        assert!(run(40) <= 4);
+        SHRINK.max.store(1, SeqCst);
+        // Each thread leaves after the next task it runs: soon one remains.
+        assert!((0..20).any(|_| run(8) == 1), "{} threads", SHRINK.threads());
     }
 
     #[test]
