@@ -199,6 +199,8 @@ pub struct Authorizer {
     timeout: Duration,
     /// The retry policy of token and discovery requests.
     policy: Policy,
+    /// Plain http:// token endpoints off loopback are allowed (config `allow_insecure_http`).
+    allow_insecure_http: bool,
     /// Token requests made (for progress and tests).
     pub(crate) token_requests: std::sync::atomic::AtomicU32,
 }
@@ -256,6 +258,7 @@ impl Authorizer {
             discovered: Mutex::new(None),
             timeout,
             policy: Policy::new(&crate::config::Config::new(base_url)),
+            allow_insecure_http: false,
             token_requests: Default::default(),
         })
     }
@@ -263,6 +266,13 @@ impl Authorizer {
     /// Use the export's retry policy for token and discovery requests.
     pub(crate) fn with_policy(mut self, policy: Policy) -> Authorizer {
         self.policy = policy;
+        self
+    }
+
+    /// Allow a plain http:// token endpoint that is not loopback (config
+    /// `allow_insecure_http`); refused by default, before the credentials are sent.
+    pub fn allow_insecure_http(mut self, allow: bool) -> Authorizer {
+        self.allow_insecure_http = allow;
         self
     }
 
@@ -397,6 +407,18 @@ impl Authorizer {
 
     fn fetch_token(&self, client: &Client, w: &dyn Waiter) -> Result<Token> {
         let (token_url, scopes_supported) = self.discover(client, w)?;
+        if !self.allow_insecure_http
+            && url::Url::parse(&token_url).is_ok_and(|u| crate::config::plain_http_off_loopback(&u))
+        {
+            return Err(Error::new(
+                ErrorCode::Auth,
+                format!(
+                    "refused to send the client's credentials to the plain http:// token endpoint {}: {}",
+                    crate::error::redact_url(&token_url),
+                    crate::config::INSECURE_WHY
+                ),
+            ));
+        }
         let scope = self
             .scope
             .clone()

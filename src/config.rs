@@ -228,6 +228,11 @@ pub struct Config {
     /// access token for file downloads.
     #[serde(default)]
     pub token_origins: Vec<String>,
+    /// Allow plain `http://` to hosts other than loopback (and redirects from https to http).
+    /// Off by default: the Bulk Data IG requires TLS, and the token and patient data would
+    /// travel in clear.
+    #[serde(default)]
+    pub allow_insecure_http: bool,
     /// Extra CA certificates (PEM file) trusted besides the system store.
     #[serde(default)]
     pub ca_bundle: Option<String>,
@@ -313,6 +318,27 @@ pub struct Config {
     /// DELETE the server's job after a completed export, so it can free the files.
     #[serde(default)]
     pub delete_on_complete: bool,
+}
+
+/// Why plain HTTP is refused (the end of the errors that refuse it).
+pub(crate) const INSECURE_WHY: &str = "the Bulk Data IG requires TLS, and the access token and \
+     patient data would travel in clear; use https://, or set allow_insecure_http: true \
+     (CLI --allow-insecure-http) if this network is trusted";
+
+/// Plain `http://` to a host that is not loopback (127.0.0.0/8, ::1, `localhost`).
+pub(crate) fn plain_http_off_loopback(u: &url::Url) -> bool {
+    if u.scheme() != "http" {
+        return false;
+    }
+    match u.host() {
+        Some(url::Host::Ipv4(ip)) => !ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => !ip.is_loopback(),
+        Some(url::Host::Domain(d)) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            d != "localhost" && !d.ends_with(".localhost")
+        }
+        None => true,
+    }
 }
 
 impl Config {
@@ -553,6 +579,13 @@ impl Config {
                     )));
                 }
             }
+        }
+        // Last, so that a config with other mistakes names them first.
+        if !self.allow_insecure_http && plain_http_off_loopback(&base) {
+            return Err(Error::config(format!(
+                "invalid config: base_url is plain http:// to {}, which is not loopback: {INSECURE_WHY}",
+                base.host_str().unwrap_or_default()
+            )));
         }
         Ok(())
     }

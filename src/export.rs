@@ -237,7 +237,8 @@ impl Export {
             &config.base_url,
             Duration::from_millis(config.request_timeout_ms),
         )?
-        .with_policy(Policy::new(&config));
+        .with_policy(Policy::new(&config))
+        .allow_insecure_http(config.allow_insecure_http);
         let http = Http::new(config.clone(), Box::new(auth), monitor.clone())?;
         let buffers = Arc::new(Buffers::new(
             config.chunk_bytes,

@@ -186,7 +186,9 @@ impl Http {
         let mut url = url.to_owned();
         let mut retried = false;
         let mut redirects = 0;
+        let mut from_https = false;
         loop {
+            self.check_secure(what, &url, from_https)?;
             let token = if use_token && self.trusted(&url) {
                 self.credentials.bearer(&self.client, self.waiter())?
             } else {
@@ -221,12 +223,39 @@ impl Http {
                         ))
                         .with_url(&url));
                     }
+                    from_https |= url.starts_with("https:");
                     url = next.to_string();
                     continue;
                 }
             }
             return Ok(resp);
         }
+    }
+
+    /// Refuse plain HTTP off loopback, and a redirect from https to http, unless the config
+    /// allows insecure HTTP (before anything is sent: no token or header goes out in clear).
+    fn check_secure(&self, what: &str, url: &str, from_https: bool) -> Result<()> {
+        if self.config.allow_insecure_http {
+            return Ok(());
+        }
+        let Ok(u) = url::Url::parse(url) else {
+            return Ok(());
+        };
+        let downgrade = from_https && u.scheme() == "http";
+        if !downgrade && !crate::config::plain_http_off_loopback(&u) {
+            return Ok(());
+        }
+        let how = if downgrade {
+            "a redirect from https:// to plain http://"
+        } else {
+            "plain http:// to a host that is not loopback"
+        };
+        Err(Error::protocol(format!(
+            "{what}: refused {how} ({}): {}",
+            u.host_str().unwrap_or_default(),
+            crate::config::INSECURE_WHY
+        ))
+        .with_url(url))
     }
 
     /// `send` under the retry policy: transport errors and retryable statuses (see
@@ -315,6 +344,34 @@ mod tests {
         assert!(!h.trusted("https://ehr.example.evil:8443/fhir"));
         assert!(!h.trusted("https://user@files.example.evil/"));
         assert!(!h.trusted("not a url"));
+    }
+
+    #[test]
+    fn plain_http_off_loopback_and_downgrades_are_refused_unless_allowed() {
+        let h = Http::new(
+            Arc::new(Config::new("https://ehr.example/fhir")),
+            Box::new(NoToken),
+            Arc::new(Quiet),
+        )
+        .unwrap();
+        assert!(h.check_secure("x", "https://ehr.example/a", false).is_ok());
+        assert!(h
+            .check_secure("x", "http://127.0.0.1:8080/a", false)
+            .is_ok());
+        let e = h
+            .check_secure("x", "http://files.example/a?sig=1", false)
+            .unwrap_err();
+        assert!(e.message.contains("not loopback"), "{}", e.message);
+        let e = h.check_secure("x", "http://127.0.0.1/a", true).unwrap_err();
+        assert!(
+            e.message.contains("from https:// to plain http://"),
+            "{}",
+            e.message
+        );
+        let mut c = Config::new("https://ehr.example/fhir");
+        c.allow_insecure_http = true;
+        let h = Http::new(Arc::new(c), Box::new(NoToken), Arc::new(Quiet)).unwrap();
+        assert!(h.check_secure("x", "http://files.example/a", true).is_ok());
     }
 
     #[test]

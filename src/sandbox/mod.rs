@@ -7,7 +7,7 @@
 //! `poll=CODE`, `transient=N`, `throttle=N`, `gzip`, `length`, `chunked`, `errors`,
 //! `deleted=N`, `partial`, `page=N`, `slow=MS`, `status_ct=TYPE`, `bad_manifest`,
 //! `file_ct=TYPE`, and for authorization `token_ttl=S`, `revoke_after=S`,
-//! `no_smart_config`, `token_error=CODE`, `files_elsewhere`, `redirect_files`,
+//! `no_smart_config`, `token_error=CODE`, `files_elsewhere`, `redirect_files`, `redirect_insecure`,
 //! `capability_urls` (unknown keys answer 400). Fault injection keys (the README's fault
 //! table says what each does; "first request" is per file path): files `drop=BYTES`,
 //! `no_ranges`, `file_error=CODE[:N]`, `storm=N`, `stall=MS`, `corrupt_gzip[=all]`,

@@ -93,6 +93,9 @@ pub struct Scenario {
     pub files_elsewhere: bool,
     /// File requests answer 307 to a signed object-store URL.
     pub redirect_files: bool,
+    /// File requests answer 307 to plain `http://files.invalid/...` (off loopback, never
+    /// resolvable): the engine must refuse to follow.
+    pub redirect_insecure: bool,
     /// Files need no token (`requiresAccessToken: false`) and reject any Authorization.
     pub capability_urls: bool,
     /// Fault injection (README, "Fault injection"); "first request" is per file path.
@@ -244,6 +247,7 @@ impl Default for Scenario {
             token_error: None,
             files_elsewhere: false,
             redirect_files: false,
+            redirect_insecure: false,
             capability_urls: false,
             faults: Faults::default(),
         }
@@ -324,6 +328,7 @@ impl Scenario {
                 }
                 "files_elsewhere" => s.files_elsewhere = flag(k, v)?,
                 "redirect_files" => s.redirect_files = flag(k, v)?,
+                "redirect_insecure" => s.redirect_insecure = flag(k, v)?,
                 "capability_urls" => s.capability_urls = flag(k, v)?,
                 "drop" => s.faults.drop = Some(num(k, v)?),
                 "no_ranges" => s.faults.no_ranges = flag(k, v)?,

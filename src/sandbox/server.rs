@@ -524,6 +524,7 @@ pub(crate) fn handle(sh: &Shared, mut req: Request) {
     };
     let capability = file_scen.as_ref().is_some_and(|s| s.capability_urls);
     let redirect = file_scen.as_ref().is_some_and(|s| s.redirect_files);
+    let insecure = file_scen.as_ref().is_some_and(|s| s.redirect_insecure);
     let protected = match route {
         Route::Kickoff(_) | Route::Status(_) | Route::Page(..) | Route::Partial(..) => true,
         Route::File(..) => !capability,
@@ -570,12 +571,17 @@ pub(crate) fn handle(sh: &Shared, mut req: Request) {
         )
         .into(),
         (_, Route::File(id, _))
-            if redirect
+            if (redirect || insecure)
                 && matches!(ctx.method.as_str(), "GET" | "HEAD")
                 && sh.job(id).is_some() =>
         {
             let path = ctx.raw_url.split('?').next().unwrap_or_default();
-            let to = format!("{}{}?sig={}", sh.store_root, path, random_hex(16));
+            let root = if insecure {
+                "http://files.invalid"
+            } else {
+                sh.store_root.as_str()
+            };
+            let to = format!("{root}{path}?sig={}", random_hex(16));
             Reply::new(307).header("Location", to).into()
         }
         (_, route) => match storm(sh, &scen, &ctx, &route) {

@@ -110,7 +110,8 @@ checkpoint: give the same --config (or the auth flags) to cancel",
         &cfg.auth,
         &cfg.base_url,
         Duration::from_millis(cfg.request_timeout_ms),
-    )?;
+    )?
+    .allow_insecure_http(cfg.allow_insecure_http);
     // The token and extra headers go only to the FHIR server's own origin.
     let same_origin = match (url::Url::parse(&status_url), url::Url::parse(&cfg.base_url)) {
         (Ok(s), Ok(b)) => s.origin() == b.origin(),

@@ -199,6 +199,10 @@ pub struct ExportArgs {
     /// PEM file with a client certificate chain and key (mutual TLS)
     #[arg(long, value_name = "PATH", help_heading = "Authorization")]
     pub client_cert: Option<String>,
+    /// Allow plain http:// to a host that is not loopback, and redirects from https to http
+    /// (refused by default: the token and patient data would travel in clear)
+    #[arg(long, help_heading = "Authorization")]
+    pub allow_insecure_http: bool,
 
     /// Files downloaded at once (1-64)
     #[arg(long, value_name = "N", help_heading = "Tuning")]

@@ -201,6 +201,7 @@ pub fn build(a: &ExportArgs) -> Result<(Map<String, Value>, Since), CliError> {
     set_list(&mut m, "token_origins", &a.token_origin);
     set_str(&mut m, "ca_bundle", &a.ca_bundle);
     set_str(&mut m, "client_cert", &a.client_cert);
+    set_flag(&mut m, "allow_insecure_http", a.allow_insecure_http);
     for (key, v) in [
         ("concurrency", a.concurrency),
         ("buffer_chunks", a.buffer_chunks),
