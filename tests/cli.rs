@@ -26,6 +26,12 @@ fn tempdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("fhirbulk-cli-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
+    // The owner's only, as fhirbulk wants an output directory (a more open one is warned of).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
     d
 }
 
@@ -789,5 +795,237 @@ fn a_long_wait_is_shown_not_an_eta() {
         .unwrap_or_else(|| panic!("no wait shown: {err}"));
     assert!(line.contains("HTTP 429"), "{line}");
     assert!(!line.contains("ETA"), "{line}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Run the command under this umask (set in the child before exec).
+#[cfg(unix)]
+fn umask(c: &mut Command, mask: libc::mode_t) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: umask is async-signal-safe and touches nothing but the child's own mask.
+    unsafe {
+        c.pre_exec(move || {
+            libc::umask(mask);
+            Ok(())
+        })
+    }
+}
+
+/// The permission bits of `p`.
+#[cfg(unix)]
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// Every file and directory under `root` (hidden ones too), relative, with its mode.
+#[cfg(unix)]
+fn modes_under(root: &Path) -> BTreeMap<String, (bool, u32)> {
+    let mut found = BTreeMap::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let is_dir = e.file_type().unwrap().is_dir();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            found.insert(rel, (is_dir, mode(&p)));
+            if is_dir {
+                stack.push(p);
+            }
+        }
+    }
+    found
+}
+
+/// Every file under `out` has `file`, every directory `dir`.
+#[cfg(unix)]
+fn assert_modes(out: &Path, file: u32, dir: u32) -> BTreeMap<String, (bool, u32)> {
+    let all = modes_under(out);
+    for (rel, (is_dir, m)) in &all {
+        let want = if *is_dir { dir } else { file };
+        assert_eq!(*m, want, "{rel} is {m:03o}, not {want:03o}: {all:?}");
+    }
+    all
+}
+
+#[cfg(unix)]
+#[test]
+fn files_on_disk_are_the_owners_only_whatever_the_umask() {
+    let sb = sandbox(20, 10);
+    let base = sb.scenario_url("retry_after=0;slow=120;errors");
+    let dir = tempdir("perm");
+    // Neither the output directory nor the state file's directories exist: fhirbulk makes them.
+    let out = dir.join("new").join("out");
+    let state = dir.join("state").join("fhirbulk").join("state.json");
+    let args = [
+        "-g",
+        "g1",
+        "-t",
+        TYPES,
+        "--concurrency",
+        "1",
+        "--checkpoint-interval-ms",
+        "50",
+        "--since",
+        "auto",
+    ];
+    let mut child = umask(&mut export_cmd(&base, &out), 0o022)
+        .args(args)
+        .arg("--state-file")
+        .arg(&state)
+        .arg("-q")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_checkpoint(&out, &mut child);
+    std::thread::sleep(Duration::from_millis(100));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Unfinished: the checkpoint, the two lists, the log and files in progress, all 0600.
+    let unfinished = assert_modes(&out, 0o600, 0o700);
+    for f in [
+        ".fhirbulk-checkpoint.json",
+        ".fhirbulk-files.ndjson",
+        ".fhirbulk-done.ndjson",
+        "log.ndjson",
+    ] {
+        assert!(unfinished.contains_key(f), "{f} written: {unfinished:?}");
+    }
+    assert!(unfinished
+        .keys()
+        .any(|k| k.ends_with(".ndjson") && !k.starts_with('.') && k != "log.ndjson"));
+    assert_eq!(mode(&out), 0o700, "the output directory fhirbulk created");
+    assert_eq!(mode(&dir.join("new")), 0o700, "its parent, created too");
+
+    // Resumed to the end (into the 0700 directory it made: no warning).
+    let o = run(umask(&mut export_cmd(&base, &out), 0o022)
+        .args(args)
+        .arg("--state-file")
+        .arg(&state));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(
+        !text(&o.stderr).contains("grants group or others"),
+        "{}",
+        text(&o.stderr)
+    );
+    let done = assert_modes(&out, 0o600, 0o700);
+    for f in ["manifest.json", "log.ndjson", "error"] {
+        assert!(done.contains_key(f), "{f} written: {done:?}");
+    }
+    assert!(done.keys().any(|k| k.starts_with("error/")), "{done:?}");
+    assert_eq!(mode(&out), 0o700);
+    // The --since auto state: the file 0600, the directories made for it 0700.
+    assert_eq!(mode(&state), 0o600);
+    assert_eq!(mode(state.parent().unwrap()), 0o700);
+    assert_eq!(mode(&dir.join("state")), 0o700);
+    assert_eq!(
+        std::fs::read_dir(state.parent().unwrap()).unwrap().count(),
+        1,
+        "no temporary file left next to the state file"
+    );
+
+    // --file-mode 640: group may read. The umask (077 here) narrows nothing: the modes are
+    // set exactly.
+    let g = dir.join("group").join("out");
+    let o = run(umask(&mut export_cmd(&base, &g), 0o077)
+        .args([
+            "-g",
+            "g1",
+            "-t",
+            "Patient",
+            "--gzip",
+            "--file-mode",
+            "640",
+            "--since",
+            "auto",
+            "--state-file",
+        ])
+        .arg(&state));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let all = assert_modes(&g, 0o640, 0o750);
+    assert!(all.keys().any(|k| k.ends_with(".ndjson.gz")), "{all:?}");
+    assert!(all.contains_key("manifest.json") && all.contains_key("log.ndjson"));
+    assert_eq!(mode(&g), 0o750);
+    assert_eq!(mode(&dir.join("group")), 0o750);
+    assert_eq!(
+        mode(&state),
+        0o640,
+        "the state file rewritten with --file-mode"
+    );
+
+    // An existing directory open to others: a warning (stderr and the log), not an error;
+    // its mode is left as it is, the files are still 0600.
+    let open = dir.join("open");
+    std::fs::create_dir(&open).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let o = run(umask(&mut export_cmd(&base, &open), 0o022).args(["-g", "g1", "-t", "Patient"]));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.contains("warning") && l.contains("grants group or others"))
+        .unwrap_or_else(|| panic!("no warning: {err}"));
+    assert!(line.contains(&open.display().to_string()), "{line}");
+    assert!(line.contains("755"), "{line}");
+    // In the log right after the kick-off (which stays the first event).
+    let events = read_log(&open);
+    assert_eq!(events[0]["eventId"], "kickoff", "{events:?}");
+    assert_eq!(events[1]["eventId"], "warning", "{events:?}");
+    let logged = events[1]["eventDetail"]["message"].as_str().unwrap();
+    assert!(
+        logged.contains("has mode 755") && logged.contains(&open.display().to_string()),
+        "{logged}"
+    );
+    assert_eq!(mode(&open), 0o755, "an existing directory is not changed");
+    assert_modes(&open, 0o600, 0o700);
+    // 750 is not more than --file-mode 640 allows: no warning.
+    let shared = dir.join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o750)).unwrap();
+    }
+    let o = run(umask(&mut export_cmd(&base, &shared), 0o022).args([
+        "-g",
+        "g1",
+        "-t",
+        "Patient",
+        "--file-mode",
+        "640",
+    ]));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(
+        !text(&o.stderr).contains("grants group or others"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert_modes(&shared, 0o640, 0o750);
+
+    // Bad modes are usage errors, before anything is written.
+    for (bad, why) in [
+        ("abc", "octal"),
+        ("680", "octal"),
+        ("1777", "more than 777"),
+        ("440", "owner read and write"),
+        ("200", "owner read and write"),
+    ] {
+        let nothing = dir.join("bad");
+        let o = run(export_cmd(&base, &nothing).args(["-g", "g1", "--file-mode", bad]));
+        assert_eq!(o.status.code(), Some(2), "{bad}: {}", text(&o.stderr));
+        let err = text(&o.stderr);
+        assert!(
+            err.contains("--file-mode") && err.contains(why),
+            "{bad}: {err}"
+        );
+        assert!(!nothing.exists());
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -255,6 +255,16 @@ pub struct ExportArgs {
     /// Overwrite the results of an earlier export in --out
     #[arg(long, help_heading = "Output")]
     pub force: bool,
+    /// Permissions of the files written (octal; group access e.g. 640); the directories
+    /// fhirbulk creates get the execute bits where read is granted (600: 700, 640: 750)
+    #[arg(
+        long,
+        value_name = "MODE",
+        default_value = "600",
+        value_parser = crate::util::Perms::parse,
+        help_heading = "Output"
+    )]
+    pub file_mode: crate::util::Perms,
     /// State file for --since auto [default: $XDG_STATE_HOME/fhirbulk/state.json]
     #[arg(long, value_name = "PATH", help_heading = "Output")]
     pub state_file: Option<PathBuf>,

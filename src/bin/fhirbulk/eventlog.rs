@@ -6,7 +6,7 @@
 
 use crate::util::{self, CliError};
 use serde_json::Value;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
@@ -26,22 +26,19 @@ impl EventLog {
         path: &Path,
         export_id: &str,
         resume_len: Option<u64>,
+        perms: util::Perms,
     ) -> Result<EventLog, CliError> {
         let err =
             |e: std::io::Error| CliError::io(format_args!("cannot open {}", path.display()), &e);
         let (file, len) = match resume_len {
             Some(len) => {
-                let f = OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(err)?;
+                let f = perms.open(path, true).map_err(err)?;
                 let actual = f.metadata().map_err(err)?.len();
                 let len = len.min(actual);
                 f.set_len(len).map_err(err)?;
                 (f, len)
             }
-            None => (File::create(path).map_err(err)?, 0),
+            None => (perms.open(path, false).map_err(err)?, 0),
         };
         Ok(EventLog {
             path: path.to_owned(),

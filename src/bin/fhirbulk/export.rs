@@ -185,6 +185,8 @@ enum Outcome {
 struct Run {
     out: PathBuf,
     gzip: bool,
+    /// `--file-mode`: what every file written gets.
+    perms: util::Perms,
     cfg_for_cancel: Value,
     config_has_credentials: bool,
     request: Value,
@@ -197,6 +199,8 @@ struct Run {
     display: Display,
     kickoff_detail: Value,
     last_polls: u32,
+    /// The CLI's own warnings, shown already, for the log after its first event (`kickoff`).
+    pending_warnings: Vec<String>,
     /// Engine warnings already shown and logged (this process's engine counts from 0).
     warnings_seen: usize,
     /// Files and completed files taken from the engine so far (each tick asks for the rest only).
@@ -224,15 +228,11 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Open `path` holding its first `keep` bytes (0: a new, empty file).
-    pub fn open(path: &Path, keep: u64) -> Result<Journal, CliError> {
+    /// Open `path` holding its first `keep` bytes (0: a new, empty file), with the file mode.
+    pub fn open(path: &Path, keep: u64, perms: util::Perms) -> Result<Journal, CliError> {
         let io =
             |e: std::io::Error| CliError::io(format_args!("cannot open {}", path.display()), &e);
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(io)?;
+        let f = perms.open(path, true).map_err(io)?;
         let len = f.metadata().map_err(io)?.len();
         if len < keep {
             return Err(CliError::usage(format!(
@@ -320,6 +320,7 @@ impl Run {
                 d["errorBody"] = Value::Null;
                 self.log.event("kickoff", d);
                 self.logged.kickoff = true;
+                self.log_pending_warnings();
                 self.display
                     .line(&format!("export started; status URL {}", redact_url(&url)));
             }
@@ -450,7 +451,7 @@ impl Run {
     fn write_manifest(&self, ctl: &Controller) -> Result<(), CliError> {
         let path = self.out.join("manifest.json");
         // Streamed into the file (with 200,000 files the text is tens of MB).
-        util::write_atomic_with(&path, &mut |w| {
+        util::write_atomic_with(&path, self.perms, &mut |w| {
             if !ctl.write_manifest(w)? {
                 w.write_all(b"null")?;
             }
@@ -524,10 +525,16 @@ impl Run {
         };
         let path = self.out.join(CHECKPOINT_FILE);
         let text = serde_json::to_vec(&doc).unwrap_or_default();
-        util::write_atomic(&path, &text)
+        util::write_atomic(&path, self.perms, &text)
             .map_err(|e| CliError::io(format_args!("cannot write {}", path.display()), &e))?;
         self.checkpoint_written = true;
         Ok(true)
+    }
+
+    fn log_pending_warnings(&mut self) {
+        for w in std::mem::take(&mut self.pending_warnings) {
+            self.log.event("warning", json!({ "message": w }));
+        }
     }
 
     /// The event for an error, in the log schema: where the export was decides which one.
@@ -551,6 +558,7 @@ impl Run {
             d["errorBody"] = if body.is_null() { json!(message) } else { body };
             self.log.event("kickoff", d);
             self.logged.kickoff = true;
+            self.log_pending_warnings();
         } else if !self.logged.status_complete {
             self.log.event(
                 "status_error",
@@ -658,8 +666,26 @@ fn run_export(a: &ExportArgs, t0: Instant, summary: &mut Value) -> Result<u8, Cl
         }
     }
 
-    std::fs::create_dir_all(&out)
+    // PHI: the directory fhirbulk creates is the owner's only (with --file-mode's group bits);
+    // one that exists already is left as it is, with a warning when it is more open.
+    let perms = a.file_mode;
+    let created = perms
+        .create_dir_all(&out)
         .map_err(|e| CliError::io(format_args!("cannot create {}", out.display()), &e))?;
+    let mut warnings: Vec<String> = Vec::new();
+    if !created {
+        if let Some(mode) = perms.too_open(&out) {
+            warnings.push(format!(
+                "the output directory {} has mode {mode:03o}, which grants group or others more \
+than {:03o} (--file-mode {:03o}); its files are written {:03o}, but consider chmod {:03o} on it",
+                out.display(),
+                perms.dir,
+                perms.file,
+                perms.file,
+                perms.dir
+            ));
+        }
+    }
     let (outputs, log, logged, export_id, started_at, resumed, journals) = match previous {
         Some(prev) => {
             if prev.request != request {
@@ -675,11 +701,12 @@ that started it to resume it, cancel it with `fhirbulk cancel --out {}`, or use 
                     out.display()
                 )));
             }
-            output::truncate_to_checkpoint(&out, &prev.files)?;
+            output::truncate_to_checkpoint(&out, perms, &prev.files)?;
             let log = EventLog::open(
                 &out.join("log.ndjson"),
                 &prev.export_id,
                 Some(prev.log_bytes),
+                perms,
             )?;
             cfg.resume = Some(prev.checkpoint.clone());
             let mut logged = prev.logged.clone();
@@ -704,8 +731,8 @@ that started it to resume it, cancel it with `fhirbulk cancel --out {}`, or use 
                 }
                 let journaled = logged.completed.clone();
                 (
-                    Journal::open(&out.join(FILES_FILE), prev.files_list_bytes)?,
-                    Journal::open(&out.join(DONE_FILE), prev.done_bytes)?,
+                    Journal::open(&out.join(FILES_FILE), prev.files_list_bytes, perms)?,
+                    Journal::open(&out.join(DONE_FILE), prev.done_bytes, perms)?,
                     listed,
                     journaled,
                 )
@@ -714,8 +741,8 @@ that started it to resume it, cancel it with `fhirbulk cancel --out {}`, or use 
                 logged.requested_files = logged.requested.iter().next_back().map_or(0, |m| m + 1);
                 logged.requested.clear();
                 (
-                    Journal::open(&out.join(FILES_FILE), 0)?,
-                    Journal::open(&out.join(DONE_FILE), 0)?,
+                    Journal::open(&out.join(FILES_FILE), 0, perms)?,
+                    Journal::open(&out.join(DONE_FILE), 0, perms)?,
                     0,
                     BTreeSet::new(),
                 )
@@ -727,7 +754,7 @@ that started it to resume it, cancel it with `fhirbulk cancel --out {}`, or use 
                 prev.written_at
             ));
             (
-                Outputs::new(&out, a.gzip, files, prev.totals.clone()),
+                Outputs::new(&out, a.gzip, perms, files, prev.totals.clone()),
                 log,
                 logged,
                 prev.export_id.clone(),
@@ -752,17 +779,17 @@ overwrite them, or another --out",
             }
             // 20 hex characters, like the SMART client's `exportId`.
             let export_id = fhirbulk::id::random_hex(10);
-            let log = EventLog::open(&out.join("log.ndjson"), &export_id, None)?;
+            let log = EventLog::open(&out.join("log.ndjson"), &export_id, None, perms)?;
             (
-                Outputs::new(&out, a.gzip, Default::default(), Totals::default()),
+                Outputs::new(&out, a.gzip, perms, Default::default(), Totals::default()),
                 log,
                 Logged::default(),
                 export_id,
                 util::now(),
                 false,
                 (
-                    Journal::open(&out.join(FILES_FILE), 0)?,
-                    Journal::open(&out.join(DONE_FILE), 0)?,
+                    Journal::open(&out.join(FILES_FILE), 0, perms)?,
+                    Journal::open(&out.join(DONE_FILE), 0, perms)?,
                     0,
                     BTreeSet::new(),
                 ),
@@ -799,9 +826,13 @@ overwrite them, or another --out",
     for n in &notes {
         display.line(n);
     }
+    for w in &warnings {
+        display.line(&format!("warning: {w}"));
+    }
     let mut run = Run {
         out: out.clone(),
         gzip: a.gzip,
+        perms,
         cfg_for_cancel: Value::Object(for_cancel),
         config_has_credentials: has_credentials,
         request,
@@ -814,6 +845,7 @@ overwrite them, or another --out",
         display,
         kickoff_detail,
         last_polls: 0,
+        pending_warnings: warnings,
         warnings_seen: 0,
         files_seen: 0,
         completed_seen: 0,
@@ -826,6 +858,10 @@ overwrite them, or another --out",
         journaled_done: journals.3,
     };
     summary["resumed"] = json!(resumed);
+    // The log starts with the kick-off (as the SMART client's does): the warnings follow it.
+    if run.logged.kickoff {
+        run.log_pending_warnings();
+    }
 
     install_interrupt_handler();
     let outcome = match Export::start(cfg) {
@@ -1005,7 +1041,7 @@ fn drive(
             if let Some(s) = &run.since_auto {
                 match &tt {
                     Some(tt) => {
-                        state::store(&s.state_file, &s.base_url, &s.target, tt)?;
+                        state::store(&s.state_file, run.perms, &s.base_url, &s.target, tt)?;
                         run.display.line(&format!(
                             "--since auto: next export of this target starts from {tt} ({})",
                             s.state_file.display()

@@ -5,7 +5,7 @@
 //! length recorded in the checkpoint is always a member boundary and truncating to it on resume
 //! leaves a valid file.
 
-use crate::util::{safe_name, CliError};
+use crate::util::{safe_name, CliError, Perms};
 use fhirbulk::{Batch, Controller, FileInfo, Kind};
 use flate2::write::GzEncoder;
 use flate2::Compression;
@@ -130,6 +130,8 @@ impl Slot {
 pub struct Outputs {
     dir: PathBuf,
     gzip: bool,
+    /// The mode of the files and of the subdirectories created (`error/`, `deleted/`).
+    perms: Perms,
     slots: Vec<Slot>,
     skipped: Option<Slot>,
     per_name: HashMap<(Kind, String), u32>,
@@ -150,12 +152,14 @@ impl Outputs {
     pub fn new(
         dir: &Path,
         gzip: bool,
+        perms: Perms,
         resumed: HashMap<String, FileState>,
         totals: Totals,
     ) -> Outputs {
         Outputs {
             dir: dir.to_owned(),
             gzip,
+            perms,
             slots: Vec::new(),
             skipped: None,
             per_name: HashMap::new(),
@@ -263,12 +267,13 @@ impl Outputs {
             }
             let dir = self.dir.clone();
             let gzip = self.gzip;
+            let perms = self.perms;
             let slot = if synthetic {
                 self.skipped_slot()
             } else {
                 &mut self.slots[index]
             };
-            open(&dir, gzip, slot)?;
+            open(&dir, perms, gzip, slot)?;
             self.open += 1;
             self.open_list.push(if synthetic { SKIPPED } else { index });
         }
@@ -415,12 +420,13 @@ impl Outputs {
     pub fn finish(&mut self) -> Result<Finished, CliError> {
         let dir = self.dir.clone();
         let gzip = self.gzip;
+        let perms = self.perms;
         for s in self.slots.iter_mut().chain(self.skipped.iter_mut()) {
             if s.writer.is_some() {
                 close(&dir, s, true)?;
             } else if s.state.records == 0 && !dir.join(&*s.rel).exists() {
                 // A file without records: create it (an empty gzip member for .gz).
-                open(&dir, gzip, s)?;
+                open(&dir, perms, gzip, s)?;
                 if gzip {
                     if let Some(w) = s.writer.as_deref_mut() {
                         w.gz = Some(GzEncoder::new(
@@ -475,21 +481,19 @@ impl Outputs {
     }
 }
 
-fn open(dir: &Path, gzip: bool, s: &mut Slot) -> Result<(), CliError> {
+fn open(dir: &Path, perms: Perms, gzip: bool, s: &mut Slot) -> Result<(), CliError> {
     let path = dir.join(&*s.rel);
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)
+        perms
+            .create_dir_all(parent)
             .map_err(|e| CliError::io(format_args!("cannot create {}", parent.display()), &e))?;
     }
     // Reopened in this run, or truncated to its checkpointed length at start: append.
     // Otherwise the file is new in this export: start it empty.
     let append = s.opened || s.state.bytes > 0 || s.state.records > 0;
-    let f = if append {
-        OpenOptions::new().append(true).create(true).open(&path)
-    } else {
-        File::create(&path)
-    }
-    .map_err(|e| CliError::io(format_args!("cannot open {}", path.display()), &e))?;
+    let f = perms
+        .open(&path, append)
+        .map_err(|e| CliError::io(format_args!("cannot open {}", path.display()), &e))?;
     s.writer = Some(Box::new(Writer {
         idle: Some(BufWriter::with_capacity(256 * 1024, f)),
         gz: None,
@@ -519,6 +523,7 @@ fn close(dir: &Path, s: &mut Slot, sync: bool) -> Result<(), CliError> {
 /// checkpoint is there twice. A file shorter than recorded was changed by someone else.
 pub fn truncate_to_checkpoint(
     dir: &Path,
+    perms: Perms,
     files: &BTreeMap<String, FileState>,
 ) -> Result<(), CliError> {
     for (rel, st) in files {
@@ -535,6 +540,9 @@ pub fn truncate_to_checkpoint(
                     .write(true)
                     .open(&path)
                     .map_err(|e| CliError::io(format_args!("cannot open {}", path.display()), &e))?;
+                perms
+                    .fix_file(&f)
+                    .map_err(|e| CliError::io(format_args!("cannot chmod {}", path.display()), &e))?;
                 f.set_len(st.bytes)
                     .map_err(|e| CliError::io(format_args!("cannot truncate {}", path.display()), &e))?;
                 f.sync_all()
@@ -585,6 +593,7 @@ mod tests {
         let mut o = Outputs::new(
             Path::new("/nonexistent"),
             false,
+            Perms::default(),
             HashMap::new(),
             Totals::default(),
         );

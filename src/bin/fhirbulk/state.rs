@@ -60,8 +60,15 @@ pub fn lookup(path: &Path, base: &str, target: &str) -> Result<Option<String>, C
         .map(str::to_owned))
 }
 
-/// Record a complete export's `transactionTime` (atomically; other targets are kept).
-pub fn store(path: &Path, base: &str, target: &str, tt: &str) -> Result<(), CliError> {
+/// Record a complete export's `transactionTime` (atomically; other targets are kept). The file
+/// gets the file mode, directories created for it the directory mode.
+pub fn store(
+    path: &Path,
+    perms: util::Perms,
+    base: &str,
+    target: &str,
+    tt: &str,
+) -> Result<(), CliError> {
     let mut m = read(path)?;
     m.insert("fhirbulk_state".into(), json!(1));
     let exports = m
@@ -83,11 +90,12 @@ pub fn store(path: &Path, base: &str, target: &str, tt: &str) -> Result<(), CliE
         json!({ "transactionTime": tt, "completedAt": util::now() }),
     );
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
+        perms
+            .create_dir_all(dir)
             .map_err(|e| CliError::io(format_args!("cannot create {}", dir.display()), &e))?;
     }
     let text = serde_json::to_vec_pretty(&Value::Object(m)).unwrap_or_default();
-    util::write_atomic(path, &text).map_err(|e| {
+    util::write_atomic(path, perms, &text).map_err(|e| {
         CliError::io(
             format_args!("cannot write state file {}", path.display()),
             &e,

@@ -153,15 +153,134 @@ pub fn now() -> String {
     rfc3339(SystemTime::now())
 }
 
-/// Write a file atomically: a temporary file in the same directory, fsync, rename, fsync the
-/// directory. The temporary file is removed when a step fails.
-pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    write_atomic_with(path, &mut |w| w.write_all(data))
+/// The permissions of what the CLI writes (`--file-mode`): files get `file`, directories it
+/// creates get `dir` (the file mode plus the execute bits where read is granted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Perms {
+    pub file: u32,
+    pub dir: u32,
+}
+
+impl Default for Perms {
+    fn default() -> Perms {
+        Perms::from_file_mode(0o600)
+    }
+}
+
+impl Perms {
+    pub fn from_file_mode(file: u32) -> Perms {
+        Perms {
+            file,
+            dir: file | ((file & 0o444) >> 2),
+        }
+    }
+
+    /// `--file-mode`: octal digits, at most 777, the owner can read and write.
+    pub fn parse(s: &str) -> Result<Perms, String> {
+        let digits = s.strip_prefix("0o").unwrap_or(s);
+        if digits.is_empty() || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+            return Err(format!(
+                "{s:?} is not an octal mode such as 600 or 640 (digits 0-7)"
+            ));
+        }
+        let mode = u32::from_str_radix(digits, 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| format!("{s:?} is more than 777 (only permission bits are allowed)"))?;
+        if mode & 0o600 != 0o600 {
+            return Err(format!(
+                "{s:?} does not let the owner read and write (fhirbulk must read its own files back)"
+            ));
+        }
+        Ok(Perms::from_file_mode(mode))
+    }
+
+    /// Give `f` exactly the file mode (creation modes are narrowed by the umask; this is not).
+    pub fn fix_file(&self, f: &std::fs::File) -> std::io::Result<()> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(std::fs::Permissions::from_mode(self.file))?;
+        }
+        #[cfg(not(unix))]
+        let _ = f;
+        Ok(())
+    }
+
+    /// Open `path` for writing with the file mode: created with it (then set exactly, whatever
+    /// the umask), and an existing file is set to it too. `append`: keep the content and
+    /// append; otherwise truncate.
+    pub fn open(&self, path: &Path, append: bool) -> std::io::Result<std::fs::File> {
+        let mut o = std::fs::OpenOptions::new();
+        o.create(true);
+        if append {
+            o.append(true);
+        } else {
+            o.write(true).truncate(true);
+        }
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut o, self.file);
+        let f = o.open(path)?;
+        self.fix_file(&f)?;
+        Ok(f)
+    }
+
+    /// `create_dir_all` giving every directory it creates the directory mode (set exactly,
+    /// whatever the umask); existing directories are left as they are. True when `path` itself
+    /// was created.
+    pub fn create_dir_all(&self, path: &Path) -> std::io::Result<bool> {
+        if path.as_os_str().is_empty() || path.is_dir() {
+            return Ok(false);
+        }
+        if let Some(parent) = path.parent() {
+            self.create_dir_all(parent)?;
+        }
+        let mut b = std::fs::DirBuilder::new();
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut b, self.dir);
+        match b.create(path) {
+            Ok(()) => {}
+            // Created meanwhile by someone else: theirs.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => {
+                return Ok(false)
+            }
+            Err(e) => return Err(e),
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(self.dir))?;
+        }
+        Ok(true)
+    }
+
+    /// The permission bits of an existing directory when they grant group or others more than
+    /// the directory mode (for a warning).
+    pub fn too_open(&self, dir: &Path) -> Option<u32> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir).ok()?.permissions().mode() & 0o777;
+            (mode & 0o077 & !self.dir != 0).then_some(mode)
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = dir;
+            None
+        }
+    }
+}
+
+/// Write a file atomically: a temporary file in the same directory (created with the file
+/// mode), fsync, rename, fsync the directory. The temporary file is removed when a step fails.
+pub fn write_atomic(path: &Path, perms: Perms, data: &[u8]) -> std::io::Result<()> {
+    write_atomic_with(path, perms, &mut |w| w.write_all(data))
 }
 
 /// [`write_atomic`] of what `write` writes (through a buffer).
 pub fn write_atomic_with(
     path: &Path,
+    perms: Perms,
     write: &mut dyn FnMut(&mut dyn Write) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
     let dir = match path.parent() {
@@ -176,10 +295,10 @@ pub fn write_atomic_with(
     );
     let mut builder = tempfile::Builder::new();
     builder.prefix(&prefix).suffix(".tmp");
-    // tempfile creates 0600 files; keep the mode `File::create` gives (0666 less the umask).
     #[cfg(unix)]
-    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(perms.file));
     let mut tmp = builder.tempfile_in(dir)?;
+    perms.fix_file(tmp.as_file())?;
     {
         let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
         write(&mut w)?;
@@ -230,8 +349,9 @@ mod tests {
     fn atomic_writes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
-        write_atomic(&path, b"one").unwrap();
-        write_atomic(&path, b"two").unwrap();
+        let perms = Perms::default();
+        write_atomic(&path, perms, b"one").unwrap();
+        write_atomic(&path, perms, b"two").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"two");
         let names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
@@ -241,13 +361,35 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let plain = dir.path().join("plain");
-            std::fs::File::create(&plain).unwrap();
-            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode();
-            assert_eq!(mode(&path), mode(&plain), "the mode File::create gives");
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&path), 0o600);
+            write_atomic(&path, Perms::from_file_mode(0o640), b"three").unwrap();
+            assert_eq!(mode(&path), 0o640);
         }
         let missing = dir.path().join("no-such-dir").join("x");
-        assert!(write_atomic(&missing, b"x").is_err());
+        assert!(write_atomic(&missing, perms, b"x").is_err());
+    }
+
+    #[test]
+    fn file_modes() {
+        assert_eq!(
+            Perms::default(),
+            Perms {
+                file: 0o600,
+                dir: 0o700
+            }
+        );
+        let p = |s: &str| Perms::parse(s).map(|p| (p.file, p.dir));
+        assert_eq!(p("600"), Ok((0o600, 0o700)));
+        assert_eq!(p("640"), Ok((0o640, 0o750)));
+        assert_eq!(p("0644"), Ok((0o644, 0o755)));
+        assert_eq!(p("0o660"), Ok((0o660, 0o770)));
+        assert_eq!(p("620"), Ok((0o620, 0o720)));
+        for bad in [
+            "", "abc", "648", "-600", "1600", "4755", "400", "200", "0", "+600",
+        ] {
+            assert!(Perms::parse(bad).is_err(), "{bad:?} is refused");
+        }
     }
 
     #[test]
