@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// Read a secret from where the config says it is. Errors name the config key and the file or
 /// variable, never the content.
 pub fn resolve(key: &str, src: &SecretSource) -> Result<Secret> {
-    let value = match src {
+    let value = zeroize::Zeroizing::new(match src {
         SecretSource::Inline(s) => s.clone(),
         SecretSource::File { file } => std::fs::read_to_string(file).map_err(|e| {
             Error::config(format!(
@@ -32,12 +32,29 @@ pub fn resolve(key: &str, src: &SecretSource) -> Result<Secret> {
                 "invalid config: {key}: environment variable {env:?} is not set (or not UTF-8)"
             ))
         })?,
-    };
-    let value = value.trim().to_owned();
+    });
+    let value = value.trim();
     if value.is_empty() {
         return Err(Error::config(format!("invalid config: {key} is empty")));
     }
     Ok(Secret::new(value))
+}
+
+/// A warning when the key file `path` can be read by its group or others (as ssh warns).
+fn readable_by_others(path: &str) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Some(format!(
+                "the private key file {path:?} has mode {mode:03o}: its group or others can read it; chmod 600 it"
+            ));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    None
 }
 
 /// A private key ready to sign client assertions.
@@ -201,6 +218,8 @@ pub struct Authorizer {
     policy: Policy,
     /// Plain http:// token endpoints off loopback are allowed (config `allow_insecure_http`).
     allow_insecure_http: bool,
+    /// What the caller should know about the credentials (a key file others can read).
+    warnings: Vec<String>,
     /// Token requests made (for progress and tests).
     pub(crate) token_requests: std::sync::atomic::AtomicU32,
 }
@@ -214,6 +233,7 @@ impl std::fmt::Debug for Authorizer {
 impl Authorizer {
     /// Build from the config, reading secrets and parsing keys now so errors come at start.
     pub fn new(auth: &Auth, base_url: &str, timeout: Duration) -> Result<Authorizer> {
+        let mut warnings = Vec::new();
         let (method, token_url, scope) = match auth {
             Auth::None => (Method::None, None, None),
             Auth::Bearer { token } => (Method::Static(resolve("auth.token", token)?), None, None),
@@ -229,6 +249,11 @@ impl Authorizer {
             } => {
                 let method = match (private_key, client_secret) {
                     (Some(pk), None) => {
+                        if let SecretSource::File { file } = pk {
+                            if let Some(w) = readable_by_others(file) {
+                                warnings.push(w);
+                            }
+                        }
                         let text = resolve("auth.private_key", pk)?;
                         Method::Jwt {
                             client_id: client_id.clone(),
@@ -259,6 +284,7 @@ impl Authorizer {
             timeout,
             policy: Policy::new(&crate::config::Config::new(base_url)),
             allow_insecure_http: false,
+            warnings,
             token_requests: Default::default(),
         })
     }
@@ -274,6 +300,12 @@ impl Authorizer {
     pub fn allow_insecure_http(mut self, allow: bool) -> Authorizer {
         self.allow_insecure_http = allow;
         self
+    }
+
+    /// What the caller should know about the credentials, taken once (a private-key file
+    /// readable by group or others).
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.warnings)
     }
 
     /// Whether requests carry a token at all.

@@ -232,13 +232,16 @@ impl Export {
         let config = Arc::new(config);
         let (monitor, cancel_rx) = Monitor::new();
         let monitor = Arc::new(monitor);
-        let auth = Authorizer::new(
+        let mut auth = Authorizer::new(
             &config.auth,
             &config.base_url,
             Duration::from_millis(config.request_timeout_ms),
         )?
         .with_policy(Policy::new(&config))
         .allow_insecure_http(config.allow_insecure_http);
+        for w in auth.take_warnings() {
+            monitor.warn(w);
+        }
         let http = Http::new(config.clone(), Box::new(auth), monitor.clone())?;
         let buffers = Arc::new(Buffers::new(
             config.chunk_bytes,

@@ -482,3 +482,38 @@ fn auth_config_from_json() {
         assert!(e.message.contains(needle), "{json}: {}", e.message);
     }
 }
+
+#[test]
+fn a_private_key_file_others_can_read_gives_a_warning() {
+    use std::os::unix::fs::PermissionsExt;
+    let sb = sandbox();
+    let dir = std::env::temp_dir().join(format!("fhirbulk-keymode-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let warnings = |mode: u32| {
+        let path = dir.join(format!("key-{mode:o}.pem"));
+        std::fs::copy(key_path("rsa384-private.pem"), &path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        let mut auth = jwt_auth("x", Some("rsa-test-1"));
+        if let Auth::ClientCredentials { private_key, .. } = &mut auth {
+            *private_key = Some(SecretSource::File {
+                file: path.to_string_lossy().into_owned(),
+            });
+        }
+        let mut e = Export::start(config(sb.base_url(), auth)).unwrap();
+        let w = e.controller().warnings();
+        let mut n = 0;
+        while let Next::Item(_) = e.next_record(Some(Duration::from_secs(30))).unwrap() {
+            n += 1;
+        }
+        assert_eq!(n, expected(&sb), "the export still runs");
+        w
+    };
+    let w = warnings(0o644);
+    assert!(
+        w.iter()
+            .any(|w| w.contains("has mode 644") && w.contains("chmod 600")),
+        "{w:?}"
+    );
+    assert!(warnings(0o600).is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -109,3 +109,49 @@ fn a_plain_http_token_endpoint_off_loopback_gets_no_credentials() {
     );
     assert!(!e.message.contains("basic-secret"));
 }
+
+#[test]
+fn checkpoints_and_reports_never_hold_the_token() {
+    const TOKEN: &str = "SENTINEL-TOKEN-7f3a9c";
+    let sb = Sandbox::start(SandboxOptions {
+        patients: 10,
+        records_per_file: 5,
+        bearer_token: Some(TOKEN.into()),
+        ..SandboxOptions::default()
+    })
+    .unwrap();
+    let mut c = Config::new(sb.scenario_url("polls=1;retry_after=0"));
+    c.types = vec!["Patient".into()];
+    c.auth = Auth::Bearer {
+        token: SecretSource::Inline(TOKEN.into()),
+    };
+    let mut e = Export::start(c.clone()).unwrap();
+    let ctl = e.controller();
+    let mut texts = vec![format!("{c:?}")];
+    let mut n = 0;
+    while let Next::Item(_) = e.next_record(Some(Duration::from_secs(30))).unwrap() {
+        n += 1;
+        if n == 3 {
+            texts.push(serde_json::to_string(&ctl.checkpoint().unwrap()).unwrap());
+        }
+    }
+    assert!(n > 3, "{n} records");
+    texts.push(serde_json::to_string(&ctl.checkpoint().unwrap()).unwrap());
+    texts.push(format!("{:?}", ctl.manifest()));
+    texts.push(format!(
+        "{:?} {:?} {:?}",
+        ctl.files(),
+        ctl.warnings(),
+        ctl.progress()
+    ));
+    for t in &texts {
+        assert!(!t.contains(TOKEN), "the token in {t}");
+    }
+    // A wrong token: the error does not quote it either.
+    c.auth = Auth::Bearer {
+        token: SecretSource::Inline(format!("{TOKEN}-wrong")),
+    };
+    let (_, err) = run(c);
+    let e = err.expect("rejected");
+    assert!(!format!("{e} {e:?} {}", e.to_json()).contains(TOKEN));
+}
