@@ -828,7 +828,7 @@ fn binary_serves_and_writes_port_file() {
         .expect("port");
     assert_eq!(
         line.trim(),
-        format!("fhirbulk-sandbox listening on http://127.0.0.1:{port}/fhir")
+        format!("fhirbulk-sandbox listening on http://127.0.0.1:{port}/fhir (loopback only)")
     );
     let t: BTreeMap<String, u64> = client()
         .get(format!(

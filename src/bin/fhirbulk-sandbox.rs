@@ -215,7 +215,12 @@ fn main() -> ExitCode {
         }
     }
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "fhirbulk-sandbox listening on {}", sandbox.base_url());
+    // It binds 127.0.0.1 only (src/sandbox): say so, so nobody takes it for a shared server.
+    let _ = writeln!(
+        out,
+        "fhirbulk-sandbox listening on {} (loopback only)",
+        sandbox.base_url()
+    );
     if args.has_auth {
         let _ = writeln!(out, "token endpoint {}", sandbox.token_url());
     }

@@ -157,7 +157,11 @@ fn serve(a: &SandboxArgs) -> Result<(), CliError> {
     let _ = ctrlc::set_handler(move || stop2.store(true, Ordering::SeqCst));
     {
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "fhirbulk sandbox listening on {}", sandbox.root_url());
+        let _ = writeln!(
+            out,
+            "fhirbulk sandbox listening on {} (loopback only)",
+            sandbox.root_url()
+        );
         let _ = writeln!(out, "base URL: {}", sandbox.base_url());
         if let Some(url) = &scenario_url {
             let _ = writeln!(out, "scenario URL: {url}");
