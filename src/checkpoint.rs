@@ -287,18 +287,7 @@ impl Checkpoint {
                     .get_mut(pos[k as usize])
                     .and_then(Option::take);
                 pos[k as usize] += 1;
-                ManifestFile {
-                    kind: k,
-                    resource_type: f.resource_type.clone(),
-                    url: f.url.clone(),
-                    count: f.count,
-                    continues_in_file: extra
-                        .as_ref()
-                        .and_then(|m| m.get("continuesInFile"))
-                        .and_then(Value::as_str)
-                        .map(str::to_owned),
-                    extra,
-                }
+                ManifestFile::new(k, f.resource_type.clone(), f.url.clone(), f.count, extra)
             })
             .collect()
     }
@@ -324,18 +313,13 @@ pub(crate) fn parse_file_list(v: &Value, known: u32) -> Result<Vec<ManifestFile>
             .ok_or_else(|| bad(format!("resume_files has a file of kind {:?}", f.kind)))?;
         check_url(&f.url, "resume_files")?;
         let extra = f.extra.filter(|m| !m.is_empty()).map(Box::new);
-        out.push(ManifestFile {
+        out.push(ManifestFile::new(
             kind,
-            resource_type: f.resource_type,
-            url: f.url,
-            count: f.count,
-            continues_in_file: extra
-                .as_ref()
-                .and_then(|m| m.get("continuesInFile"))
-                .and_then(Value::as_str)
-                .map(str::to_owned),
+            f.resource_type,
+            f.url,
+            f.count,
             extra,
-        });
+        ));
         Ok(true)
     };
     let err = |e: serde_json::Error| bad(format!("resume_files is not a file list: {e}"));

@@ -735,14 +735,13 @@ impl Files {
                 if let Some(&(files, by_identity)) = s.keys.get(&idents[i].hash) {
                     if by_identity && files > 1 {
                         let e = &self.entries[idx as usize];
-                        let f = ManifestFile {
-                            kind: e.kind,
-                            resource_type: self.type_name(e).map(str::to_owned),
-                            url: e.url.to_string(),
-                            count: None,
-                            continues_in_file: None,
-                            extra: None,
-                        };
+                        let f = ManifestFile::new(
+                            e.kind,
+                            self.type_name(e).map(str::to_owned),
+                            e.url.to_string(),
+                            None,
+                            None,
+                        );
                         return Err(ambiguous(
                             &f,
                             &format!(
@@ -778,14 +777,7 @@ mod tests {
     use super::*;
 
     fn f(ty: &str, url: &str) -> ManifestFile {
-        ManifestFile {
-            kind: Kind::Output,
-            resource_type: Some(ty.into()),
-            url: url.into(),
-            count: None,
-            continues_in_file: None,
-            extra: None,
-        }
+        ManifestFile::new(Kind::Output, Some(ty.into()), url.into(), None, None)
     }
 
     fn resolve(r: &mut Files, files: &[ManifestFile]) -> Result<Vec<Match>> {

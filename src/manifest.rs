@@ -56,6 +56,31 @@ pub struct ManifestFile {
     pub extra: Option<Box<Map<String, Value>>>,
 }
 
+impl ManifestFile {
+    /// An entry; `continues_in_file` comes from `extra`, where the entry's other fields are.
+    pub fn new(
+        kind: Kind,
+        resource_type: Option<String>,
+        url: String,
+        count: Option<u64>,
+        extra: Option<Box<Map<String, Value>>>,
+    ) -> ManifestFile {
+        let continues_in_file = extra
+            .as_ref()
+            .and_then(|m| m.get("continuesInFile"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        ManifestFile {
+            kind,
+            resource_type,
+            url,
+            count,
+            continues_in_file,
+            extra,
+        }
+    }
+}
+
 /// A parsed manifest (one page).
 #[derive(Clone, Debug)]
 pub struct Manifest {
@@ -152,18 +177,13 @@ impl Parse<'_> {
                 }
             },
         };
-        let continues_in_file = obj
-            .get("continuesInFile")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        Ok(ManifestFile {
+        Ok(ManifestFile::new(
             kind,
             resource_type,
-            url: resolved.into(),
+            resolved.into(),
             count,
-            continues_in_file,
-            extra: (!obj.is_empty()).then(|| Box::new(obj)),
-        })
+            (!obj.is_empty()).then(|| Box::new(obj)),
+        ))
     }
 }
 

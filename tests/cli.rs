@@ -330,6 +330,20 @@ fn since_auto_uses_the_last_transaction_time() {
 }
 
 /// Wait until the checkpoint records some written lines.
+/// Start `cmd` (output discarded), wait for its first checkpoint in `out`, let it write on for
+/// `ms` more, then kill -9 it.
+fn kill_after_checkpoint(cmd: &mut Command, out: &Path, ms: u64) {
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_checkpoint(out, &mut child);
+    std::thread::sleep(Duration::from_millis(ms));
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 fn wait_for_checkpoint(out: &Path, child: &mut std::process::Child) -> Value {
     let t0 = Instant::now();
     loop {
@@ -370,17 +384,7 @@ fn kill_9_then_rerun_resumes_without_duplicates_or_kickoff() {
         "50",
         "-q",
     ];
-    let mut child = export_cmd(&base, &out)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_checkpoint(&out, &mut child);
-    // Let it write past the checkpoint, then kill -9.
-    std::thread::sleep(Duration::from_millis(150));
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_after_checkpoint(export_cmd(&base, &out).args(args), &out, 150);
     assert!(out.join(".fhirbulk-checkpoint.json").exists());
     let before = kickoffs(&sb).len();
     assert_eq!(before, 1);
@@ -873,19 +877,15 @@ fn files_on_disk_are_the_owners_only_whatever_the_umask() {
         "--since",
         "auto",
     ];
-    let mut child = umask(&mut export_cmd(&base, &out), 0o022)
-        .args(args)
-        .arg("--state-file")
-        .arg(&state)
-        .arg("-q")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_checkpoint(&out, &mut child);
-    std::thread::sleep(Duration::from_millis(100));
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_after_checkpoint(
+        umask(&mut export_cmd(&base, &out), 0o022)
+            .args(args)
+            .arg("--state-file")
+            .arg(&state)
+            .arg("-q"),
+        &out,
+        100,
+    );
     // Unfinished: the checkpoint, the two lists, the log and files in progress, all 0600.
     let unfinished = assert_modes(&out, 0o600, 0o700);
     for f in [
