@@ -387,7 +387,9 @@ impl Authorizer {
                 }
                 problems.push(format!("{wk} has no token_endpoint"));
             }
-            Err(p) => problems.push(p),
+            // The server's TLS refuses this client: no other URL of it can do better.
+            Err(e) if e.permanent => return Err(e),
+            Err(e) => problems.push(e.message),
         }
         if w.stopping() {
             return Err(crate::error::stopped());
@@ -398,7 +400,8 @@ impl Authorizer {
                 Some(t) => return Ok((t, Vec::new())),
                 None => problems.push(format!("{md} has no OAuth token URL in rest.security")),
             },
-            Err(p) => problems.push(p),
+            Err(e) if e.permanent => return Err(e),
+            Err(e) => problems.push(e.message),
         }
         Err(Error::new(
             ErrorCode::Auth,
@@ -410,14 +413,8 @@ impl Authorizer {
     }
 
     /// GET a JSON document for discovery (retried per the policy, read within a cap); the
-    /// error says what went wrong with it.
-    fn get_json(
-        &self,
-        client: &Client,
-        url: &str,
-        accept: &str,
-        w: &dyn Waiter,
-    ) -> std::result::Result<Value, String> {
+    /// error's message says what went wrong with it.
+    fn get_json(&self, client: &Client, url: &str, accept: &str, w: &dyn Waiter) -> Result<Value> {
         let what = "discovery request";
         let r = retry::run(&self.policy, w, &mut || {
             let sent = client
@@ -427,14 +424,21 @@ impl Authorizer {
                 .send()
                 .map_err(|e| from_reqwest(what, url, &e));
             retry::classify(what, url, sent, &|s| s != 429 && s < 500, true)
-        })
-        .map_err(|e| e.message)?;
+        })?;
+        let problem = |m: String| Error::new(ErrorCode::Auth, m);
         if !r.status().is_success() {
-            return Err(format!("{url} answered HTTP {}", r.status().as_u16()));
+            return Err(problem(format!(
+                "{url} answered HTTP {}",
+                r.status().as_u16()
+            )));
         }
-        let body = read_capped(what, url, r, DISCOVERY_BODY_LIMIT).map_err(|e| e.message)?;
-        serde_json::from_slice(&body)
-            .map_err(|_| format!("{url} did not answer JSON{}", crate::bom::bom_hint(&body)))
+        let body = read_capped(what, url, r, DISCOVERY_BODY_LIMIT)?;
+        serde_json::from_slice(&body).map_err(|_| {
+            problem(format!(
+                "{url} did not answer JSON{}",
+                crate::bom::bom_hint(&body)
+            ))
+        })
     }
 
     fn fetch_token(&self, client: &Client, w: &dyn Waiter) -> Result<Token> {
@@ -501,7 +505,14 @@ impl Authorizer {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let resp = match rb.send() {
                 Ok(r) => r,
-                Err(e) => return Attempt::Retry(from_reqwest(what, &token_url, &e), None),
+                Err(e) => {
+                    let e = from_reqwest(what, &token_url, &e);
+                    return if e.permanent {
+                        Attempt::Fail(e)
+                    } else {
+                        Attempt::Retry(e, None)
+                    };
+                }
             };
             let status = resp.status().as_u16();
             let after = retry_after(resp.headers());

@@ -168,6 +168,10 @@ pub struct Error {
     /// The OAuth 2.0 `error` code of a failed token request (`invalid_client`, ...).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub oauth_error: Option<String>,
+    /// A failure no retry can change (a TLS refusal: certificate, protocol version): tried
+    /// once, never again.
+    #[serde(skip)]
+    pub(crate) permanent: bool,
 }
 
 /// Server text made safe for terminals and logs: control characters (C0 but tab, DEL, C1 —
@@ -211,6 +215,7 @@ impl Error {
             },
             issues: Vec::new(),
             oauth_error: None,
+            permanent: false,
         }
     }
 
@@ -269,6 +274,7 @@ impl Error {
             message,
             issues,
             oauth_error: None,
+            permanent: false,
         }
     }
 
@@ -312,17 +318,18 @@ pub fn redact_url(url: &str) -> String {
 pub fn from_reqwest(what: &str, url: &str, e: &reqwest::Error) -> Error {
     let code = if e.is_timeout() {
         ErrorCode::Timeout
-    } else if e.is_decode() || e.is_body() {
-        // A body that stopped mid-way: treat as network (the transfer broke).
-        ErrorCode::Network
     } else {
+        // Also a body that stopped mid-way (decode, body): the transfer broke.
         ErrorCode::Network
     };
     // reqwest's Display includes the URL with query; describe the source chain instead.
     let mut msg = format!("{what} failed: ");
     let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
     let mut parts = Vec::new();
-    if e.is_timeout() {
+    let refusal = tls_refusal(e);
+    if let Some(why) = refusal {
+        parts.push(format!("TLS handshake refused: {why}"));
+    } else if e.is_timeout() {
         parts.push("timed out".to_owned());
     } else if e.is_connect() {
         parts.push("could not connect".to_owned());
@@ -338,7 +345,73 @@ pub fn from_reqwest(what: &str, url: &str, e: &reqwest::Error) -> Error {
         parts.push("transport error".into());
     }
     msg.push_str(&parts.join(": "));
-    Error::new(code, msg).with_url(url)
+    let mut err = Error::new(code, msg).with_url(url);
+    err.permanent = refusal.is_some();
+    err
+}
+
+/// What a TLS refusal among a transport error's causes means, when there is one: the handshake
+/// failed in a way that trying again cannot change (the server's certificate, the protocol
+/// version, a client certificate the server wants). Other TLS failures (a connection cut
+/// mid-handshake, a garbled record) stay transient.
+fn tls_refusal(e: &reqwest::Error) -> Option<&'static str> {
+    use rustls::{AlertDescription as A, CertificateError as C, Error as T};
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        // rustls' error reaches here wrapped in io::Errors (one in another), whose source()
+        // skips the error they wrap: look inside them.
+        let mut inner: &(dyn std::error::Error + 'static) = s;
+        while let Some(wrapped) = inner
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            inner = wrapped;
+        }
+        let tls = inner.downcast_ref::<T>();
+        if let Some(t) = tls {
+            return match t {
+                T::InvalidCertificate(C::UnknownIssuer) => Some(
+                    "the server's certificate is not issued by a CA this client trusts (the \
+                     system's trust store, and ca_bundle when set)",
+                ),
+                T::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
+                    Some("the server's certificate is for another host name")
+                }
+                T::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+                    Some("the server's certificate has expired")
+                }
+                T::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => {
+                    Some("the server's certificate is not valid yet")
+                }
+                T::InvalidCertificate(C::Revoked) => Some("the server's certificate is revoked"),
+                T::InvalidCertificate(_) => Some("the server's certificate is not acceptable"),
+                T::AlertReceived(A::CertificateRequired) => {
+                    Some("the server requires a client certificate (client_cert)")
+                }
+                T::AlertReceived(
+                    A::BadCertificate
+                    | A::UnknownCA
+                    | A::CertificateUnknown
+                    | A::CertificateExpired
+                    | A::CertificateRevoked
+                    | A::UnsupportedCertificate
+                    | A::AccessDenied,
+                ) => Some("the server refused the client certificate (client_cert)"),
+                T::AlertReceived(A::ProtocolVersion) | T::PeerIncompatible(_) => {
+                    Some("the server does not speak TLS 1.2 or 1.3 (older versions are never used)")
+                }
+                T::AlertReceived(A::HandshakeFailure | A::InsufficientSecurity) => {
+                    Some("the server and this client share no acceptable TLS parameters")
+                }
+                T::NoCertificatesPresented | T::UnsupportedNameType => {
+                    Some("the server presented no usable certificate")
+                }
+                _ => None,
+            };
+        }
+        src = s.source();
+    }
+    None
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

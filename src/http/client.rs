@@ -66,6 +66,8 @@ macro_rules! configure_client {
             .pool_max_idle_per_host(IDLE_PER_HOST)
             .pool_idle_timeout(POOL_IDLE)
             .redirect(reqwest::redirect::Policy::none())
+            // rustls speaks nothing older; said here so that no build of it ever could.
+            .min_tls_version(reqwest::tls::Version::TLS_1_2)
             .user_agent(concat!("fhirbulk/", env!("CARGO_PKG_VERSION")));
         for c in &$tls.roots {
             b = b.add_root_certificate(c.clone());

@@ -270,7 +270,11 @@ pub(crate) fn classify<R: HttpResponse>(
                 Attempt::Fail(e)
             }
         }
-        Err(e) if network && matches!(e.code, ErrorCode::Network | ErrorCode::Timeout) => {
+        Err(e)
+            if network
+                && !e.permanent
+                && matches!(e.code, ErrorCode::Network | ErrorCode::Timeout) =>
+        {
             Attempt::Retry(e, None)
         }
         Err(e) => Attempt::Fail(e),

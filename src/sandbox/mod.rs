@@ -38,6 +38,7 @@ mod params;
 mod plan;
 mod scenario;
 mod server;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -53,6 +54,7 @@ pub use data::instant;
 /// The lines some fault scenarios put into output files (README, "The sandbox server").
 pub use faults::{BAD_LINE, BAD_UTF8_LINE, TRUNCATED_INNER_LINE, TRUNCATED_LINE};
 use server::Shared;
+pub use tls::{SandboxTls, ServerCert, TlsSession, TlsVersions};
 
 /// Sandbox configuration.
 #[derive(Clone, Debug)]
@@ -74,6 +76,10 @@ pub struct SandboxOptions {
     /// same export (same parameters) are served from memory at wire speed (benchmarks).
     /// Memory grows with the exports requested.
     pub prerender: bool,
+    /// Serve HTTPS instead of HTTP, on both listeners, with a test CA and certificates
+    /// generated at start ([`Sandbox::ca_pem`], [`Sandbox::client_identity_pem`]). The plain
+    /// listeners behind the TLS ones stay on loopback and are not advertised.
+    pub tls: Option<SandboxTls>,
 }
 
 impl Default for SandboxOptions {
@@ -86,6 +92,7 @@ impl Default for SandboxOptions {
             threads: 8,
             auth: None,
             prerender: false,
+            tls: None,
         }
     }
 }
@@ -146,6 +153,8 @@ pub struct TruthQuery {
 pub struct Sandbox {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
+    pki: Option<tls::Pki>,
+    sessions: Arc<parking_lot::Mutex<Vec<TlsSession>>>,
 }
 
 type Handler = fn(&Shared, tiny_http::Request);
@@ -172,12 +181,61 @@ impl Sandbox {
     /// Binds 127.0.0.1:`opts.port` (and an ephemeral port for the object store)
     /// and starts the worker threads.
     pub fn start(opts: SandboxOptions) -> io::Result<Sandbox> {
-        let (server, port) = listen(opts.port)?;
-        let (store, store_port) = listen(0)?;
-        let shared = Arc::new(Shared::new(&opts, port, store_port));
+        let stop = Arc::new(AtomicBool::new(false));
+        let sessions = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let mut fronts = Vec::new();
+        let (server, port, store, store_port, pki);
+        let roots = match &opts.tls {
+            None => {
+                (server, port) = listen(opts.port)?;
+                (store, store_port) = listen(0)?;
+                pki = None;
+                (
+                    format!("http://127.0.0.1:{port}"),
+                    format!("http://127.0.0.1:{store_port}"),
+                )
+            }
+            Some(t) => {
+                // The plain listeners on ephemeral ports; TLS on the port asked for.
+                (server, port) = listen(0)?;
+                (store, store_port) = listen(0)?;
+                let p = tls::Pki::generate(t.cert)?;
+                let mut public = [0u16; 2];
+                for (i, (name, at, backend)) in
+                    [("fhir", opts.port, port), ("store", 0, store_port)]
+                        .into_iter()
+                        .enumerate()
+                {
+                    let (h, bound) = tls::listen(
+                        name,
+                        at,
+                        backend,
+                        &p,
+                        t,
+                        Arc::clone(&stop),
+                        Arc::clone(&sessions),
+                    )
+                    .map_err(|e| {
+                        // Ends the listener started before this one.
+                        stop.store(true, Ordering::SeqCst);
+                        e
+                    })?;
+                    fronts.push(h);
+                    public[i] = bound;
+                }
+                pki = Some(p);
+                (
+                    format!("https://127.0.0.1:{}", public[0]),
+                    format!("https://127.0.0.1:{}", public[1]),
+                )
+            }
+        };
+        let shared = Arc::new(Shared::new(&opts, roots, (port, store_port), stop));
         let mut sandbox = Sandbox {
             shared,
-            workers: Vec::new(),
+            workers: fronts,
+            pki,
+            sessions,
         };
         let threads = opts.threads.max(1);
         let pools: [(&Arc<tiny_http::Server>, Handler, &str, usize); 2] = [
@@ -204,7 +262,23 @@ impl Sandbox {
         Ok(sandbox)
     }
 
-    /// `http://127.0.0.1:PORT`
+    /// The test CA's certificate (PEM) when serving HTTPS: what a client's `ca_bundle` needs.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.pki.as_ref().map(|p| p.ca_pem.as_str())
+    }
+
+    /// A client certificate issued by the test CA and its PKCS#8 private key (PEM, the form of
+    /// the `client_cert` config key) when serving HTTPS; what [`SandboxTls::client_auth`] asks.
+    pub fn client_identity_pem(&self) -> Option<&str> {
+        self.pki.as_ref().map(|p| p.client_pem.as_str())
+    }
+
+    /// Every TLS connection's handshake so far (both listeners), in the order accepted.
+    pub fn tls_sessions(&self) -> Vec<TlsSession> {
+        self.sessions.lock().clone()
+    }
+
+    /// `http://127.0.0.1:PORT` (`https://` when serving TLS)
     pub fn root_url(&self) -> String {
         self.shared.root.clone()
     }

@@ -53,10 +53,17 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub fn new(opts: &SandboxOptions, port: u16, store_port: u16) -> Self {
+    /// `roots`: the advertised roots of the FHIR server and the object store; `ports`: their
+    /// plain listeners' ports.
+    pub fn new(
+        opts: &SandboxOptions,
+        (root, store_root): (String, String),
+        (port, store_port): (u16, u16),
+        stop: Arc<AtomicBool>,
+    ) -> Self {
         Shared {
-            root: format!("http://127.0.0.1:{port}"),
-            store_root: format!("http://127.0.0.1:{store_port}"),
+            root,
+            store_root,
             port,
             store_port,
             counts: Mutex::new(HashMap::new()),
@@ -68,7 +75,7 @@ impl Shared {
             log: Mutex::new(Vec::new()),
             jobs: Mutex::new(HashMap::new()),
             next_job: AtomicU64::new(1),
-            stop: Arc::new(AtomicBool::new(false)),
+            stop,
             prerender: opts.prerender,
             rendered: Mutex::new(HashMap::new()),
         }

@@ -1,0 +1,278 @@
+//! TLS end to end (issue 17): every export here runs over HTTPS against the sandbox's TLS
+//! listeners, with a test CA and certificates the sandbox generates. The default trust store
+//! refuses the test CA, `ca_bundle` trusts it, a certificate for another host or an expired one
+//! is refused, mutual TLS needs `client_cert`, and no handshake ever offers or accepts a version
+//! below TLS 1.2. A refusal is tried once (no retry can change it) and its error says what the
+//! certificate problem is.
+
+mod common;
+
+use common::{run, run_exact, truth};
+use fhirbulk::sandbox::{
+    Sandbox, SandboxAuth, SandboxClient, SandboxOptions, SandboxTls, ServerCert, TlsSession,
+    TlsVersions,
+};
+use fhirbulk::{Auth, Config, ErrorCode, SecretSource};
+use std::path::PathBuf;
+
+/// A sandbox over HTTPS that is also the SMART authorization server (so that the first request
+/// of an export is the discovery GET, which is retried on network errors).
+fn https(tls: SandboxTls) -> Sandbox {
+    let sb = Sandbox::start(SandboxOptions {
+        patients: 30,
+        records_per_file: 25,
+        tls: Some(tls),
+        auth: Some(SandboxAuth {
+            clients: vec![SandboxClient {
+                client_id: "tls-client".into(),
+                jwks: None,
+                secret: Some("tls-secret".into()),
+            }],
+            ..SandboxAuth::default()
+        }),
+        ..SandboxOptions::default()
+    })
+    .expect("sandbox starts");
+    assert!(
+        sb.base_url().starts_with("https://127.0.0.1:"),
+        "{}",
+        sb.base_url()
+    );
+    sb
+}
+
+/// The fault suites' config, authorized with the sandbox's client secret.
+fn config(sb: &Sandbox, scenario: &str) -> Config {
+    let mut c = common::config(sb, scenario);
+    c.auth = Auth::ClientCredentials {
+        client_id: "tls-client".into(),
+        private_key: None,
+        client_secret: Some(SecretSource::from("tls-secret")),
+        kid: None,
+        jku: None,
+        alg: None,
+        scope: None,
+        token_url: None,
+    };
+    c
+}
+
+/// The sandbox's CA certificate and client identity as files (what the config takes).
+struct Pem {
+    _dir: tempfile::TempDir,
+    ca: PathBuf,
+    client: PathBuf,
+}
+
+fn pem(sb: &Sandbox) -> Pem {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    let client = dir.path().join("client.pem");
+    std::fs::write(&ca, sb.ca_pem().expect("TLS sandbox has a CA")).unwrap();
+    std::fs::write(&client, sb.client_identity_pem().expect("client identity")).unwrap();
+    Pem {
+        _dir: dir,
+        ca,
+        client,
+    }
+}
+
+fn trusting(sb: &Sandbox, scenario: &str, pem: &Pem) -> Config {
+    let mut c = config(sb, scenario);
+    c.ca_bundle = Some(pem.ca.display().to_string());
+    c
+}
+
+/// The export fails before any record with a network error naming `want` (lower-case match),
+/// after one handshake attempt: a refusal is not retried.
+fn refused(sb: &Sandbox, c: Config, want: &[&str]) -> fhirbulk::Error {
+    let (d, err) = run(c);
+    let e = err.expect("the handshake is refused");
+    assert_eq!(e.code, ErrorCode::Network, "{e}");
+    assert!(d.ids.is_empty(), "no record over a refused connection");
+    let msg = e.message.to_lowercase();
+    for w in want {
+        assert!(msg.contains(w), "{w:?} in {:?}", e.message);
+    }
+    let sessions = settled(sb);
+    assert_eq!(sessions.len(), 1, "a refusal is tried once: {sessions:?}");
+    assert!(sb.requests().is_empty(), "nothing reached the server");
+    e
+}
+
+/// The sessions once each has its outcome (the server learns of a refusal a moment after the
+/// client).
+fn settled(sb: &Sandbox) -> Vec<TlsSession> {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let s = sb.tls_sessions();
+        if s.iter().all(|s| s.version.is_some() || s.error.is_some())
+            || std::time::Instant::now() > until
+        {
+            return s;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Every handshake offered only TLS 1.2 or newer, and each that succeeded agreed on one.
+fn assert_modern(sessions: &[TlsSession]) {
+    assert!(!sessions.is_empty());
+    for s in sessions {
+        assert!(!s.offered.is_empty(), "a ClientHello was seen: {s:?}");
+        for v in &s.offered {
+            assert!(v == "TLSv1_2" || v == "TLSv1_3", "offered {v}: {s:?}");
+        }
+        if let Some(v) = &s.version {
+            assert!(v == "TLSv1_2" || v == "TLSv1_3", "agreed {v}: {s:?}");
+        }
+    }
+}
+
+#[test]
+fn the_default_trust_store_refuses_the_test_ca() {
+    let sb = https(SandboxTls::default());
+    let e = refused(
+        &sb,
+        config(&sb, ""),
+        &[
+            "tls handshake refused",
+            "not issued by a ca",
+            "ca_bundle",
+            "unknownissuer",
+        ],
+    );
+    assert!(
+        e.url
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("https://127.0.0.1:"),
+        "{e:?}"
+    );
+    let s = &settled(&sb)[0];
+    assert!(s.version.is_none(), "{s:?}");
+    assert!(
+        s.error.as_deref().unwrap_or("").contains("UnknownCA"),
+        "the client's alert: {s:?}"
+    );
+}
+
+#[test]
+fn ca_bundle_trusts_the_test_ca_for_the_server_the_store_and_the_token_endpoint() {
+    let sb = https(SandboxTls::default());
+    let p = pem(&sb);
+    // Files redirected to the object store (the second TLS listener), the token from the token
+    // endpoint.
+    let c = trusting(&sb, "redirect_files", &p);
+    let d = run_exact(&sb, c);
+    assert_eq!(d.retries(), 0);
+    assert_eq!(sb.tokens_issued(), 1);
+    assert_eq!(d.warnings, Vec::<String>::new());
+    let sessions = settled(&sb);
+    assert_modern(&sessions);
+    assert!(sessions.iter().all(|s| s.error.is_none()), "{sessions:?}");
+    assert!(sessions.iter().any(|s| s.server == "fhir"));
+    assert!(sessions.iter().any(|s| s.server == "store"));
+    // Every request went through TLS: the logged ones all came through a handshake that worked.
+    assert!(sb
+        .requests()
+        .iter()
+        .any(|r| r.path.ends_with("/auth/token")));
+    assert!(sb.requests().iter().any(|r| r.server == "store"));
+}
+
+#[test]
+fn a_certificate_for_another_host_is_refused() {
+    let sb = https(SandboxTls {
+        cert: ServerCert::OtherHost,
+        ..SandboxTls::default()
+    });
+    let p = pem(&sb);
+    refused(
+        &sb,
+        trusting(&sb, "", &p),
+        &["for another host name", "not valid for name", "127.0.0.1"],
+    );
+}
+
+#[test]
+fn an_expired_certificate_is_refused() {
+    let sb = https(SandboxTls {
+        cert: ServerCert::Expired,
+        ..SandboxTls::default()
+    });
+    let p = pem(&sb);
+    refused(&sb, trusting(&sb, "", &p), &["has expired", "expired"]);
+}
+
+#[test]
+fn mutual_tls_fails_without_client_cert_and_succeeds_with_it() {
+    for versions in [TlsVersions::Tls13, TlsVersions::Tls12] {
+        let sb = https(SandboxTls {
+            client_auth: true,
+            versions,
+            ..SandboxTls::default()
+        });
+        let p = pem(&sb);
+        let (d, err) = run(trusting(&sb, "", &p));
+        let e = err.unwrap_or_else(|| panic!("{versions:?}: a client certificate is required"));
+        assert_eq!(e.code, ErrorCode::Network, "{e}");
+        assert!(d.ids.is_empty());
+        assert!(
+            e.message.contains("client certificate (client_cert)"),
+            "{versions:?}: {e}"
+        );
+        let sessions = settled(&sb);
+        assert_eq!(sessions.len(), 1, "tried once: {sessions:?}");
+        assert!(sb.requests().is_empty(), "no request was served");
+        assert!(
+            !sessions[0].client_cert && sessions[0].error.is_some(),
+            "{sessions:?}"
+        );
+
+        let mut c = trusting(&sb, "", &p);
+        c.client_cert = Some(p.client.display().to_string());
+        let d = run_exact(&sb, c);
+        assert_eq!(d.sorted(), truth(&sb));
+        let sessions = settled(&sb);
+        assert_modern(&sessions);
+        let ok: Vec<_> = sessions.iter().skip(1).collect();
+        assert!(!ok.is_empty());
+        for s in ok {
+            assert!(s.client_cert && s.error.is_none(), "{s:?}");
+        }
+    }
+}
+
+#[test]
+fn tls_below_1_2_is_never_negotiated() {
+    // A server that only speaks TLS 1.1: refused, with a protocol_version alert (70).
+    let sb = https(SandboxTls {
+        versions: TlsVersions::Tls11,
+        ..SandboxTls::default()
+    });
+    let p = pem(&sb);
+    refused(&sb, trusting(&sb, "", &p), &["tls 1.2 or 1.3"]);
+    let s = &settled(&sb)[0];
+    assert_eq!(s.error.as_deref(), Some("client alert 70"), "{s:?}");
+    assert_modern(&settled(&sb));
+
+    // TLS 1.2 only and TLS 1.3 only: both work, each agreeing on its version.
+    for (versions, want) in [
+        (TlsVersions::Tls12, "TLSv1_2"),
+        (TlsVersions::Tls13, "TLSv1_3"),
+    ] {
+        let sb = https(SandboxTls {
+            versions,
+            ..SandboxTls::default()
+        });
+        let p = pem(&sb);
+        run_exact(&sb, trusting(&sb, "", &p));
+        let sessions = settled(&sb);
+        assert_modern(&sessions);
+        assert!(
+            sessions.iter().all(|s| s.version.as_deref() == Some(want)),
+            "{versions:?}: {sessions:?}"
+        );
+    }
+}
