@@ -1,6 +1,6 @@
 # fhirbulk: build, demo and test entry points.
 #
-#   make demo   build the release library + sandbox server, run a real export over HTTP with
+#   make demo   build the release library + sandbox server, run a real export over HTTPS with
 #               examples/c/export_summary.c and print the records per resource type
 #   make test   every test: rustfmt, clippy, Rust unit + integration tests, the generated
 #               header check, and the C tests (AddressSanitizer, UBSan, valgrind)
@@ -45,15 +45,16 @@ demo:
 	@set -euo pipefail; \
 	tmp=$$(mktemp -d); \
 	target/release/fhirbulk-sandbox --port 0 --patients $(DEMO_PATIENTS) \
-		--records-per-file $(DEMO_RECORDS_PER_FILE) --port-file "$$tmp/port" >"$$tmp/log" 2>&1 & \
+		--records-per-file $(DEMO_RECORDS_PER_FILE) --tls-dir "$$tmp/tls" \
+		--port-file "$$tmp/port" >"$$tmp/log" 2>&1 & \
 	pid=$$!; \
 	trap 'kill $$pid 2>/dev/null || true; wait $$pid 2>/dev/null || true; rm -rf "$$tmp"' EXIT; \
 	for _ in $$(seq 1 100); do [ -s "$$tmp/port" ] && break; sleep 0.1; done; \
 	if [ ! -s "$$tmp/port" ]; then echo "sandbox did not start:"; cat "$$tmp/log"; exit 1; fi; \
-	base="http://127.0.0.1:$$(cat "$$tmp/port")$(if $(DEMO_SCENARIO),/x/$(DEMO_SCENARIO))/fhir"; \
-	echo "sandbox: $$base ($(DEMO_PATIENTS) patients, $(DEMO_RECORDS_PER_FILE) records per file)"; \
-	echo "+ $(DEMO_DIR)/export_summary $$base $(DEMO_GROUP) $(DEMO_TYPES)"; \
-	$(DEMO_DIR)/export_summary "$$base" $(DEMO_GROUP) $(DEMO_TYPES)
+	base="https://127.0.0.1:$$(cat "$$tmp/port")$(if $(DEMO_SCENARIO),/x/$(DEMO_SCENARIO))/fhir"; \
+	echo "sandbox: $$base ($(DEMO_PATIENTS) patients, $(DEMO_RECORDS_PER_FILE) records per file; HTTPS with a test CA)"; \
+	echo "+ FHIRBULK_CA_BUNDLE=$$tmp/tls/ca.pem $(DEMO_DIR)/export_summary $$base $(DEMO_GROUP) $(DEMO_TYPES)"; \
+	FHIRBULK_CA_BUNDLE="$$tmp/tls/ca.pem" $(DEMO_DIR)/export_summary "$$base" $(DEMO_GROUP) $(DEMO_TYPES)
 
 # ---- install ------------------------------------------------------------------------------
 

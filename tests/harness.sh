@@ -26,17 +26,18 @@ step() {
 }
 
 # start_sandbox BIN VAR ARGS...: start the sandbox BIN on an ephemeral port and set VAR to
-# http://127.0.0.1:PORT (its process is stopped on exit).
+# http://127.0.0.1:PORT, or https:// when ARGS has --tls-dir (its process is stopped on exit).
 start_sandbox() {
     local bin=$1 var=$2
     shift 2
-    local portfile="$WORK/$var.port" log="$WORK/$var.log"
+    local portfile="$WORK/$var.port" log="$WORK/$var.log" scheme=http
+    case " $* " in *" --tls-dir "*) scheme=https ;; esac
     "$bin" --port 0 --port-file "$portfile" "$@" >"$log" 2>&1 &
     PIDS+=("$!")
     local pid=$!
     for _ in $(seq 1 200); do
         if [ -s "$portfile" ]; then
-            printf -v "$var" 'http://127.0.0.1:%s' "$(tr -d '[:space:]' <"$portfile")"
+            printf -v "$var" '%s://127.0.0.1:%s' "$scheme" "$(tr -d '[:space:]' <"$portfile")"
             echo "sandbox $var: ${!var} ($*)"
             return 0
         fi

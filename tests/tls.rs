@@ -276,3 +276,82 @@ fn tls_below_1_2_is_never_negotiated() {
         );
     }
 }
+
+#[test]
+fn the_sandbox_binary_serves_https_and_writes_its_ca_and_client_identity() {
+    use std::io::BufRead;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let tls_dir = dir.path().join("tls");
+    let port_file = dir.path().join("port");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fhirbulk-sandbox"))
+        .args([
+            "--patients",
+            "4",
+            "--records-per-file",
+            "3",
+            "--mtls",
+            "--tls-dir",
+        ])
+        .arg(&tls_dir)
+        .arg("--port-file")
+        .arg(&port_file)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let second = lines.next().unwrap().unwrap();
+    let port = std::fs::read_to_string(&port_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let root = format!("https://127.0.0.1:{port}");
+    assert_eq!(
+        first,
+        format!("fhirbulk-sandbox listening on {root}/fhir (loopback only)")
+    );
+    let (ca, client) = (tls_dir.join("ca.pem"), tls_dir.join("client.pem"));
+    assert_eq!(
+        second,
+        format!(
+            "test CA {} (ca_bundle), client certificate {} (client_cert)",
+            ca.display(),
+            client.display()
+        )
+    );
+    let mode = |p: &PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&client), 0o600, "the client key is its owner's only");
+    assert_eq!(mode(&ca), 0o644);
+
+    // The truth over mutual TLS, then the export through the engine with the two files.
+    let http = reqwest::blocking::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap())
+        .identity(reqwest::Identity::from_pem(&std::fs::read(&client).unwrap()).unwrap())
+        .build()
+        .unwrap();
+    let truth: std::collections::BTreeMap<String, u64> = serde_json::from_str(
+        &http
+            .get(format!(
+                "{root}/_sandbox/truth?level=system&_type=Patient,Observation"
+            ))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap(),
+    )
+    .unwrap();
+    let mut c = Config::new(format!("{root}/fhir"));
+    c.types = vec!["Patient".into(), "Observation".into()];
+    c.poll_min_ms = 10;
+    c.ca_bundle = Some(ca.display().to_string());
+    c.client_cert = Some(client.display().to_string());
+    let (d, err) = run(c);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(err.is_none(), "{err:?}");
+    assert!(d.ids.len() > 4);
+    assert_eq!(d.ids.len() as u64, truth.values().sum::<u64>());
+    // Each id once (the count matches the truth's).
+    d.assert_subset_of(&d.sorted());
+}

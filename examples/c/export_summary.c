@@ -7,6 +7,12 @@
  *     GROUP_ID  export one Group (Group/[id]/$export); omit or "-" for a system-level export
  *     TYPES     comma-separated resource types (_type), e.g. Patient,Observation
  *
+ *   environment (optional):
+ *     FHIRBULK_CA_BUNDLE    PEM file of CA certificates to trust besides the system's (the
+ *                           config's ca_bundle), e.g. a private CA or the sandbox's test CA
+ *     FHIRBULK_CLIENT_CERT  PEM file with a client certificate and its key (client_cert),
+ *                           for servers that require mutual TLS
+ *
  *   build:  cc -std=c11 export_summary.c -Iinclude -Ltarget/release -lfhirbulk \
  *              -Wl,-rpath,$PWD/target/release -o export_summary
  *
@@ -116,6 +122,17 @@ static int build_config(char *out, size_t cap, const char *base_url, const char 
             if (*p == ',') p++;
         }
         used += (size_t)snprintf(out + used, used < cap ? cap - used : 0, "]");
+    }
+    /* TLS settings from the environment (see the usage above). */
+    const char *tls_keys[2][2] = {{"FHIRBULK_CA_BUNDLE", "ca_bundle"},
+                                  {"FHIRBULK_CLIENT_CERT", "client_cert"}};
+    for (size_t i = 0; i < 2; i++) {
+        const char *path = getenv(tls_keys[i][0]);
+        if (path != NULL && path[0] != '\0') {
+            used += (size_t)snprintf(out + used, used < cap ? cap - used : 0, ", \"%s\": ",
+                                     tls_keys[i][1]);
+            used = json_string(out, cap, used, path, strlen(path));
+        }
     }
     /* Poll the status URL at least every 2 s; a server's Retry-After still wins within that. */
     used += (size_t)snprintf(out + used, used < cap ? cap - used : 0,

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::error::ErrorKind;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
-use fhirbulk::sandbox::{Sandbox, SandboxAuth, SandboxClient, SandboxOptions};
+use fhirbulk::sandbox::{Sandbox, SandboxAuth, SandboxClient, SandboxOptions, SandboxTls};
 
 const SMART: &str =
     "SMART Backend Services (token endpoint {root}/auth/token, smart-configuration)";
@@ -17,7 +17,7 @@ const SMART: &str =
     about = "Serves a FHIR Bulk Data ($export) sandbox on 127.0.0.1 until killed.",
     override_usage = "fhirbulk-sandbox [--port N] [--patients N] [--records-per-file N] \
 [--bearer-token T] [--port-file PATH] [--threads N] [--prerender]
-       [--client-id ID (--jwks PATH | --client-secret SECRET)]... [--token-ttl S]",
+       [--tls-dir DIR [--mtls]] [--client-id ID (--jwks PATH | --client-secret SECRET)]... [--token-ttl S]",
     // A flag given twice: the last value counts.
     args_override_self = true
 )]
@@ -44,6 +44,13 @@ struct Cli {
     /// served from memory (benchmarks; memory grows with them)
     #[arg(long)]
     prerender: bool,
+    /// serve HTTPS with a test CA generated at start; writes DIR/ca.pem (for the client's
+    /// ca_bundle) and DIR/client.pem (a client certificate and key, for client_cert)
+    #[arg(long, value_name = "DIR", allow_hyphen_values = true)]
+    tls_dir: Option<String>,
+    /// with --tls-dir: require a client certificate issued by the test CA (mutual TLS)
+    #[arg(long, requires = "tls_dir")]
+    mtls: bool,
     /// register a client (repeatable; the --jwks and --client-secret after it apply to it)
     #[arg(long, value_name = "ID", allow_hyphen_values = true, help_heading = SMART)]
     client_id: Vec<String>,
@@ -62,6 +69,7 @@ struct Args {
     opts: SandboxOptions,
     has_auth: bool,
     port_file: Option<String>,
+    tls_dir: Option<String>,
 }
 
 /// Values of a repeatable option with their positions on the command line.
@@ -148,11 +156,18 @@ fn parse_args(m: &ArgMatches) -> Result<Args, clap::Error> {
         }
         opts.auth = Some(auth);
     }
+    if cli.tls_dir.is_some() {
+        opts.tls = Some(SandboxTls {
+            client_auth: cli.mtls,
+            ..SandboxTls::default()
+        });
+    }
     let has_auth = opts.auth.is_some();
     Ok(Args {
         opts,
         has_auth,
         port_file: cli.port_file,
+        tls_dir: cli.tls_dir,
     })
 }
 
@@ -208,6 +223,17 @@ fn main() -> ExitCode {
         .next()
         .and_then(|p| p.parse().ok())
         .unwrap_or(0);
+    let mut tls_files = None;
+    if let Some(dir) = &args.tls_dir {
+        match sandbox.write_tls_files(Path::new(dir)) {
+            Ok(paths) => tls_files = Some(paths),
+            Err(e) => {
+                eprintln!("fhirbulk-sandbox: cannot write the TLS files into {dir}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    // The port file last: once it exists, everything a client needs is in place.
     if let Some(path) = &args.port_file {
         if let Err(e) = write_port_file(path, port) {
             eprintln!("fhirbulk-sandbox: cannot write port file {path}: {e}");
@@ -223,6 +249,14 @@ fn main() -> ExitCode {
     );
     if args.has_auth {
         let _ = writeln!(out, "token endpoint {}", sandbox.token_url());
+    }
+    if let Some((ca, client)) = &tls_files {
+        let _ = writeln!(
+            out,
+            "test CA {} (ca_bundle), client certificate {} (client_cert)",
+            ca.display(),
+            client.display()
+        );
     }
     let _ = out.flush();
     drop(out);

@@ -273,6 +273,40 @@ impl Sandbox {
         self.pki.as_ref().map(|p| p.client_pem.as_str())
     }
 
+    /// Writes [`Sandbox::ca_pem`] to `dir/ca.pem` and [`Sandbox::client_identity_pem`] to
+    /// `dir/client.pem` (its owner's only: it holds a private key), creating `dir`; what the
+    /// command-line servers' `--tls-dir` does. Returns the two paths; an error when not serving
+    /// HTTPS.
+    pub fn write_tls_files(
+        &self,
+        dir: &std::path::Path,
+    ) -> io::Result<(std::path::PathBuf, std::path::PathBuf)> {
+        let pki = self
+            .pki
+            .as_ref()
+            .ok_or_else(|| io::Error::other("the sandbox does not serve HTTPS"))?;
+        std::fs::create_dir_all(dir)?;
+        let write = |name: &str, text: &str, mode: u32| -> io::Result<std::path::PathBuf> {
+            let path = dir.join(name);
+            let mut o = std::fs::OpenOptions::new();
+            o.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut o, mode);
+            let mut f = o.open(&path)?;
+            // The mode of an existing file too, whatever the umask.
+            #[cfg(unix)]
+            f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+            #[cfg(not(unix))]
+            let _ = mode;
+            io::Write::write_all(&mut f, text.as_bytes())?;
+            Ok(path)
+        };
+        Ok((
+            write("ca.pem", &pki.ca_pem, 0o644)?,
+            write("client.pem", &pki.client_pem, 0o600)?,
+        ))
+    }
+
     /// Every TLS connection's handshake so far (both listeners), in the order accepted.
     pub fn tls_sessions(&self) -> Vec<TlsSession> {
         self.sessions.lock().clone()

@@ -46,11 +46,17 @@ done
 # Many small files (7 records per file) for the full export; large files for slow downloads.
 start_sandbox "$LIBDIR/fhirbulk-sandbox" SMALL --patients 50 --records-per-file 7
 start_sandbox "$LIBDIR/fhirbulk-sandbox" BIG --patients 300 --records-per-file 100000
+# HTTPS with the sandbox's test CA; the second also requires a client certificate.
+start_sandbox "$LIBDIR/fhirbulk-sandbox" TLS --patients 20 --records-per-file 7 --tls-dir "$WORK/tls"
+start_sandbox "$LIBDIR/fhirbulk-sandbox" MTLS --patients 20 --records-per-file 7 \
+    --tls-dir "$WORK/mtls" --mtls
 
 TYPES=Patient,Observation,Condition,Encounter
 TRUTH_TYPES=$(curl -fsS "$SMALL/_sandbox/truth?level=group&group=g1&_type=$TYPES")
 TRUTH_ALL=$(curl -fsS "$SMALL/_sandbox/truth?level=group&group=g1")
 echo "truth g1 ($TYPES): $TRUTH_TYPES"
+TRUTH_TLS=$(curl -fsS --cacert "$WORK/tls/ca.pem" "$TLS/_sandbox/truth?level=group&group=g1&_type=$TYPES")
+TYPES_JSON='["Patient","Observation","Condition","Encounter"]'
 echo "truth g1 (all):    $TRUTH_ALL"
 
 # ---- header ---------------------------------------------------------------------------------
@@ -64,7 +70,7 @@ run "header compiles as C++17" "$OUT/header-cxx.log" \
 CFLAGS=(-std=c11 -Wall -Wextra -Werror -Iinclude -g)
 SAN=(-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all)
 LDFLAGS=(-L"$LIBDIR" -lfhirbulk -lpthread -Wl,-rpath,"$LIBDIR")
-TESTS=(test_misuse test_errors test_full_export test_cancel test_threads)
+TESTS=(test_misuse test_errors test_full_export test_cancel test_threads test_tls)
 
 echo "== compile"
 for t in "${TESTS[@]}"; do
@@ -90,6 +96,7 @@ args_for() {
         test_full_export) printf '%s\n%s\n%s\n' "$SMALL" "$TRUTH_TYPES" "$TYPES" ;;
         test_cancel) printf '%s\n%s\n%s\n' "$SMALL" "$BIG" "$TRUTH_ALL" ;;
         test_threads) echo "$SMALL" ;;
+        test_tls) printf '%s\n' "$TLS" "$MTLS" "$WORK/tls" "$WORK/mtls" "$TRUTH_TLS" "$TYPES_JSON" ;;
     esac
 }
 
@@ -125,6 +132,13 @@ if [ -x "$OUT/export_summary" ]; then
         timeout 120 "$OUT/export_summary" "$SMALL/fhir" g1 "$TYPES"
     if [ -s "$OUT/export_summary.log" ] && ! grep -q '^total ' "$OUT/export_summary.log"; then
         fail "example export_summary prints a total line"
+    fi
+    # Over HTTPS, with the test CA and the client certificate from the environment.
+    run "example export_summary over HTTPS with mutual TLS" "$OUT/export_summary.tls.log" \
+        env FHIRBULK_CA_BUNDLE="$WORK/mtls/ca.pem" FHIRBULK_CLIENT_CERT="$WORK/mtls/client.pem" \
+        timeout 120 "$OUT/export_summary" "$MTLS/fhir" g1 "$TYPES"
+    if [ -s "$OUT/export_summary.tls.log" ] && ! grep -q '^total ' "$OUT/export_summary.tls.log"; then
+        fail "example export_summary over HTTPS prints a total line"
     fi
     # On failure: non-zero exit, the message and the JSON detail on stderr.
     rc=0

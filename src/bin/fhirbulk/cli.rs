@@ -347,4 +347,11 @@ pub struct SandboxArgs {
     /// Require this static bearer token, read from an environment variable
     #[arg(long, value_name = "VAR")]
     pub bearer_token_env: Option<String>,
+    /// Serve HTTPS with a test CA generated at start; writes DIR/ca.pem (give it as
+    /// --ca-bundle) and DIR/client.pem (a client certificate and key, for --client-cert)
+    #[arg(long, value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// With --tls-dir: require a client certificate issued by the test CA (mutual TLS)
+    #[arg(long, requires = "tls_dir")]
+    pub mtls: bool,
 }

@@ -2,7 +2,7 @@
 
 use crate::cli::SandboxArgs;
 use crate::util::{CliError, EXIT_OK};
-use fhirbulk::sandbox::{Sandbox, SandboxAuth, SandboxClient, SandboxOptions};
+use fhirbulk::sandbox::{Sandbox, SandboxAuth, SandboxClient, SandboxOptions, SandboxTls};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -125,18 +125,47 @@ fn serve(a: &SandboxArgs) -> Result<(), CliError> {
             }
         }
     }
+    if a.tls_dir.is_some() {
+        opts.tls = Some(SandboxTls {
+            client_auth: a.mtls,
+            ..SandboxTls::default()
+        });
+    }
     let has_auth = opts.auth.is_some();
     let sandbox = Sandbox::start(opts).map_err(|e| CliError::Local {
         exit: crate::util::EXIT_OTHER,
         message: format!("cannot listen on 127.0.0.1:{}: {e}", a.port),
     })?;
+    let tls_files = match &a.tls_dir {
+        Some(dir) => Some(sandbox.write_tls_files(dir).map_err(|e| CliError::Local {
+            exit: crate::util::EXIT_OTHER,
+            message: format!("cannot write the TLS files into {}: {e}", dir.display()),
+        })?),
+        None => None,
+    };
     let scenario_url = a
         .scenario
         .as_deref()
         .map(|s| sandbox.scenario_url(&encode_scenario(s)));
     if let Some(url) = &scenario_url {
         // The sandbox answers 400 to unknown scenario keys: say so now rather than at kick-off.
-        let check = reqwest::blocking::Client::new()
+        let mut client = reqwest::blocking::Client::builder();
+        if let Some(ca) = sandbox
+            .ca_pem()
+            .and_then(|p| reqwest::Certificate::from_pem(p.as_bytes()).ok())
+        {
+            client = client.add_root_certificate(ca);
+        }
+        if let Some(id) = sandbox
+            .client_identity_pem()
+            .filter(|_| a.mtls)
+            .and_then(|p| reqwest::Identity::from_pem(p.as_bytes()).ok())
+        {
+            client = client.identity(id);
+        }
+        let check = client
+            .build()
+            .unwrap_or_default()
             .get(format!("{url}/metadata"))
             .timeout(Duration::from_secs(5))
             .send();
@@ -168,6 +197,15 @@ fn serve(a: &SandboxArgs) -> Result<(), CliError> {
         }
         if has_auth {
             let _ = writeln!(out, "token endpoint: {}", sandbox.token_url());
+        }
+        if let Some((ca, client)) = &tls_files {
+            let _ = writeln!(out, "test CA: {} (--ca-bundle)", ca.display());
+            let _ = writeln!(
+                out,
+                "client certificate: {} (--client-cert{})",
+                client.display(),
+                if a.mtls { ", required" } else { "" }
+            );
         }
         let _ = writeln!(
             out,
