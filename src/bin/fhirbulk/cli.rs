@@ -37,7 +37,7 @@ pub enum Command {
     #[command(after_help = EXIT_CODES_HELP)]
     Cancel(Box<CancelArgs>),
     /// Run the sandbox Bulk Data server on 127.0.0.1 until Ctrl-C.
-    Sandbox(SandboxArgs),
+    Sandbox(Box<SandboxArgs>),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

@@ -32,7 +32,7 @@ fn main() -> ExitCode {
     let code = match args.command {
         cli::Command::Export(a) => export::run(*a),
         cli::Command::Cancel(a) => cancel::run(*a),
-        cli::Command::Sandbox(a) => sandbox::run(a),
+        cli::Command::Sandbox(a) => sandbox::run(*a),
     };
     ExitCode::from(code)
 }
