@@ -10,7 +10,6 @@ use crate::error::{escape_controls, from_reqwest, Error, ErrorCode, Result};
 use crate::http::retry::{self, retry_after, Attempt, Policy, Waiter};
 use crate::http::{read_capped, Credentials, DISCOVERY_BODY_LIMIT, TOKEN_BODY_LIMIT};
 pub use crate::secret::Secret;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use parking_lot::Mutex;
 use reqwest::blocking::Client;
 use reqwest::header::ACCEPT;
@@ -57,11 +56,52 @@ fn readable_by_others(path: &str) -> Option<String> {
     None
 }
 
-/// A private key ready to sign client assertions.
+/// A private key ready to sign client assertions, kept as the RustCrypto key types, which wipe
+/// their secret parts when dropped (`ZeroizeOnDrop`); an encoded copy of the key is never kept.
 struct SigningKey {
-    alg: Algorithm,
+    key: KeyMaterial,
     kid: String,
-    key: EncodingKey,
+}
+
+enum KeyMaterial {
+    /// RS384: RSASSA-PKCS1-v1_5 with SHA-384.
+    Rsa(Box<rsa::RsaPrivateKey>),
+    /// ES384: ECDSA on P-384 with SHA-384.
+    Ec(p384::SecretKey),
+}
+
+impl SigningKey {
+    /// The JWS `alg`.
+    fn alg(&self) -> &'static str {
+        match self.key {
+            KeyMaterial::Rsa(_) => "RS384",
+            KeyMaterial::Ec(_) => "ES384",
+        }
+    }
+
+    /// The JWS signature of `input` (RFC 7518 §3.3, §3.4: for ES384 the 96 bytes R || S).
+    fn sign(&self, input: &[u8]) -> Result<Vec<u8>> {
+        use rsa::signature::{RandomizedSigner, SignatureEncoding, Signer};
+        match &self.key {
+            KeyMaterial::Rsa(k) => {
+                // Blinded with fresh randomness, as the rsa crate advises for private-key use.
+                let signer = rsa::pkcs1v15::SigningKey::<sha2::Sha384>::new((**k).clone());
+                signer
+                    .try_sign_with_rng(&mut rand_core::OsRng, input)
+                    .map(|s| s.to_vec())
+                    .map_err(|_| {
+                        Error::new(ErrorCode::Auth, "cannot sign the client assertion (RS384)")
+                    })
+            }
+            KeyMaterial::Ec(k) => {
+                let signer = p384::ecdsa::SigningKey::from(k);
+                let sig: p384::ecdsa::Signature = signer.try_sign(input).map_err(|_| {
+                    Error::new(ErrorCode::Auth, "cannot sign the client assertion (ES384)")
+                })?;
+                Ok(sig.to_bytes().to_vec())
+            }
+        }
+    }
 }
 
 fn key_error(msg: impl std::fmt::Display) -> Error {
@@ -71,28 +111,27 @@ fn key_error(msg: impl std::fmt::Display) -> Error {
 /// Parse a private key given as PEM (PKCS#8, PKCS#1 RSA, SEC1 EC) or as a JWK / JWKS (JSON).
 /// RSA keys sign with RS384, P-384 keys with ES384 (the two algorithms SMART requires).
 fn parse_private_key(text: &str, kid: Option<&str>, alg: Option<&str>) -> Result<SigningKey> {
-    use p384::pkcs8::{DecodePrivateKey, EncodePrivateKey};
-    use rsa::pkcs1::{DecodeRsaPrivateKey, EncodeRsaPrivateKey};
-    let (family, der, jwk_kid) = if text.starts_with("-----BEGIN") {
+    use p384::pkcs8::DecodePrivateKey;
+    use rsa::pkcs1::DecodeRsaPrivateKey;
+    let (key, jwk_kid) = if text.starts_with("-----BEGIN") {
         if let Ok(k) = rsa::RsaPrivateKey::from_pkcs8_pem(text)
             .or_else(|_| rsa::RsaPrivateKey::from_pkcs1_pem(text))
         {
-            let der = k.to_pkcs1_der().map_err(key_error)?;
-            ("RSA", der.as_bytes().to_vec(), None)
+            (KeyMaterial::Rsa(Box::new(k)), None)
         } else if let Ok(k) =
             p384::SecretKey::from_pkcs8_pem(text).or_else(|_| p384::SecretKey::from_sec1_pem(text))
         {
-            let der = k.to_pkcs8_der().map_err(key_error)?;
-            ("EC", der.as_bytes().to_vec(), None)
+            (KeyMaterial::Ec(k), None)
         } else {
             return Err(key_error(
                 "the PEM is neither an RSA private key nor an EC P-384 private key (ES384 needs P-384)",
             ));
         }
     } else if text.starts_with('{') {
-        let v: Value =
-            serde_json::from_str(text).map_err(|e| key_error(format!("not valid JSON: {e}")))?;
-        let jwk = match v.get("keys").and_then(Value::as_array) {
+        let v = WipedJson(
+            serde_json::from_str(text).map_err(|e| key_error(format!("not valid JSON: {e}")))?,
+        );
+        let jwk = WipedJson(match v.0.get("keys").and_then(Value::as_array) {
             Some(keys) => keys
                 .iter()
                 .filter(|k| k.get("d").is_some())
@@ -102,8 +141,9 @@ fn parse_private_key(text: &str, kid: Option<&str>, alg: Option<&str>) -> Result
                     None => key_error("the JWKS has no private key (a JWK with \"d\")"),
                 })?
                 .clone(),
-            None => v,
-        };
+            None => v.0.clone(),
+        });
+        let jwk = &jwk.0;
         if jwk.get("d").is_none() {
             return Err(key_error(
                 "the JWK is a public key (no \"d\"); give the private key",
@@ -117,9 +157,9 @@ fn parse_private_key(text: &str, kid: Option<&str>, alg: Option<&str>) -> Result
                         .get(k)
                         .and_then(Value::as_str)
                         .ok_or_else(|| key_error(format!("the RSA JWK lacks \"{k}\"")))?;
-                    let b = b64url(s).ok_or_else(|| {
+                    let b = zeroize::Zeroizing::new(b64url(s).ok_or_else(|| {
                         key_error(format!("the RSA JWK's \"{k}\" is not base64url"))
-                    })?;
+                    })?);
                     Ok(rsa::BigUint::from_bytes_be(&b))
                 };
                 let k = rsa::RsaPrivateKey::from_components(
@@ -129,8 +169,7 @@ fn parse_private_key(text: &str, kid: Option<&str>, alg: Option<&str>) -> Result
                     vec![n("p")?, n("q")?],
                 )
                 .map_err(|e| key_error(format!("the RSA JWK is not a valid key: {e}")))?;
-                let der = k.to_pkcs1_der().map_err(key_error)?;
-                ("RSA", der.as_bytes().to_vec(), jwk_kid)
+                (KeyMaterial::Rsa(Box::new(k)), jwk_kid)
             }
             Some("EC") => {
                 if jwk.get("crv").and_then(Value::as_str) != Some("P-384") {
@@ -144,10 +183,11 @@ fn parse_private_key(text: &str, kid: Option<&str>, alg: Option<&str>) -> Result
                     .filter(|(k, _)| matches!(k.as_str(), "kty" | "crv" | "x" | "y" | "d"))
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
-                let k = p384::SecretKey::from_jwk_str(&Value::Object(bare).to_string())
+                let bare = WipedJson(Value::Object(bare));
+                let bare_text = zeroize::Zeroizing::new(bare.0.to_string());
+                let k = p384::SecretKey::from_jwk_str(&bare_text)
                     .map_err(|_| key_error("the EC JWK is not a valid P-384 private key"))?;
-                let der = k.to_pkcs8_der().map_err(key_error)?;
-                ("EC", der.as_bytes().to_vec(), jwk_kid)
+                (KeyMaterial::Ec(k), jwk_kid)
             }
             other => {
                 return Err(key_error(format!(
@@ -158,24 +198,36 @@ fn parse_private_key(text: &str, kid: Option<&str>, alg: Option<&str>) -> Result
     } else {
         return Err(key_error("expected a PEM private key or a JWK/JWKS (JSON)"));
     };
-    let (default_alg, key) = match family {
-        "RSA" => (Algorithm::RS384, EncodingKey::from_rsa_der(&der)),
-        _ => (Algorithm::ES384, EncodingKey::from_ec_der(&der)),
+    let (family, default_alg) = match key {
+        KeyMaterial::Rsa(_) => ("RSA", "RS384"),
+        KeyMaterial::Ec(_) => ("EC", "ES384"),
     };
-    let alg = match alg {
-        None => default_alg,
-        Some("RS384") if default_alg == Algorithm::RS384 => Algorithm::RS384,
-        Some("ES384") if default_alg == Algorithm::ES384 => Algorithm::ES384,
-        Some(a) => {
-            return Err(Error::config(format!(
-                "invalid config: auth.alg {a:?} does not fit the {family} key (RSA keys sign RS384, EC P-384 keys ES384)"
-            )))
-        }
-    };
+    if let Some(a) = alg.filter(|a| *a != default_alg) {
+        return Err(Error::config(format!(
+            "invalid config: auth.alg {a:?} does not fit the {family} key (RSA keys sign RS384, EC P-384 keys ES384)"
+        )));
+    }
     let kid = kid.map(str::to_owned).or(jwk_kid).ok_or_else(|| {
         Error::config("invalid config: auth.kid is required (the key id registered with the server) unless the JWK has a \"kid\"")
     })?;
-    Ok(SigningKey { alg, kid, key })
+    Ok(SigningKey { key, kid })
+}
+
+/// A JSON document holding key material: its strings are wiped when it is dropped.
+struct WipedJson(Value);
+
+impl Drop for WipedJson {
+    fn drop(&mut self) {
+        fn wipe(v: &mut Value) {
+            match v {
+                Value::String(s) => zeroize::Zeroize::zeroize(s),
+                Value::Array(a) => a.iter_mut().for_each(wipe),
+                Value::Object(o) => o.values_mut().for_each(wipe),
+                _ => {}
+            }
+        }
+        wipe(&mut self.0);
+    }
 }
 
 fn b64url(s: &str) -> Option<Vec<u8>> {
@@ -663,10 +715,10 @@ fn client_assertion(
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
-    let mut header = Header::new(key.alg);
-    header.typ = Some("JWT".into());
-    header.kid = Some(key.kid.clone());
-    header.jku = jku.map(str::to_owned);
+    let mut header = serde_json::json!({"alg": key.alg(), "typ": "JWT", "kid": key.kid});
+    if let Some(jku) = jku {
+        header["jku"] = jku.into();
+    }
     let claims = serde_json::json!({
         "iss": client_id,
         "sub": client_id,
@@ -674,12 +726,19 @@ fn client_assertion(
         "exp": now + 240,
         "jti": crate::id::random_hex(16),
     });
-    jsonwebtoken::encode(&header, &claims, &key.key).map_err(|e| {
-        Error::new(
-            ErrorCode::Auth,
-            format!("cannot sign the client assertion: {e}"),
-        )
-    })
+    // JWS compact serialization (RFC 7515 §7.1), signed here rather than by a JWT crate so
+    // that the key stays in the wiping key types above.
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let mut jwt = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let sig = key.sign(jwt.as_bytes())?;
+    jwt.push('.');
+    jwt.push_str(&b64(&sig));
+    Ok(jwt)
 }
 
 #[cfg(test)]
@@ -693,9 +752,9 @@ mod tests {
     #[test]
     fn keys_choose_their_algorithm() {
         let k = parse_private_key(RSA_PEM, Some("k1"), None).unwrap();
-        assert_eq!((k.alg, k.kid.as_str()), (Algorithm::RS384, "k1"));
+        assert_eq!((k.alg(), k.kid.as_str()), ("RS384", "k1"));
         let k = parse_private_key(EC_JWK, None, None).unwrap();
-        assert_eq!((k.alg, k.kid.as_str()), (Algorithm::ES384, "ec-test-1"));
+        assert_eq!((k.alg(), k.kid.as_str()), ("ES384", "ec-test-1"));
         let k = parse_private_key(RSA_JWK, None, Some("RS384")).unwrap();
         assert_eq!(k.kid, "rsa-test-1");
         let e = parse_private_key(RSA_PEM, None, None).err().unwrap();
@@ -743,6 +802,14 @@ mod tests {
             "system/*.read"
         );
         assert_eq!(default_scope(&["system/*.rs".into()]), "system/*.rs");
+    }
+
+    #[test]
+    fn signing_keys_are_wiped_when_dropped() {
+        fn wiped<T: zeroize::ZeroizeOnDrop>() {}
+        wiped::<rsa::RsaPrivateKey>();
+        wiped::<p384::SecretKey>();
+        wiped::<p384::ecdsa::SigningKey>();
     }
 
     #[test]
