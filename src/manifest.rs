@@ -143,7 +143,13 @@ impl Parse<'_> {
             Some(b) => b.join(&url),
             None => url::Url::parse(&url),
         }
-        .map_err(|e| format!("{key}[{i}].url {url:?} is not a URL: {e}"))?;
+        // Quoted without its query: a pre-signed URL's signature stays out of the error.
+        .map_err(|e| {
+            format!(
+                "{key}[{i}].url {:?} is not a URL: {e}",
+                crate::error::redact_url(&url)
+            )
+        })?;
         if resolved.scheme() != "http" && resolved.scheme() != "https" {
             return Err(format!(
                 "{key}[{i}].url uses scheme {:?}; only http and https are fetched",
@@ -487,5 +493,16 @@ mod tests {
             let e = Manifest::parse(body, "http://h/s").unwrap_err();
             assert!(e.message.contains(needle), "{} lacks {needle}", e.message);
         }
+        // A URL that does not parse is quoted without its query (a pre-signed signature).
+        let e = Manifest::parse(
+            br#"{"output":[{"url":"http://[::1/x.ndjson?sig=SENTINELSIG123"}]}"#,
+            "http://h/s",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("http://[::1/x.ndjson"), "{}", e.message);
+        assert!(
+            !format!("{e} {}", e.to_json()).contains("SENTINELSIG123"),
+            "{e}"
+        );
     }
 }

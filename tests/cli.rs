@@ -2,6 +2,9 @@
 //! and to the bytes served, `--since auto`, kill -9 and resume, Ctrl-C and cancel, the event log,
 //! the progress display on a pseudo-terminal, exit codes and the `--json` summary.
 
+mod common;
+
+use common::sig::{assert_no_sig, sandbox_saw_sig, sig_url, without_urls};
 use fhirbulk::sandbox::{Sandbox, SandboxAuth, SandboxClient, SandboxOptions, TruthQuery};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -1026,6 +1029,102 @@ fn files_on_disk_are_the_owners_only_whatever_the_umask() {
             "{bad}: {err}"
         );
         assert!(!nothing.exists());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Every file under `dir` (relative name, bytes), recursively.
+fn files_under(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut all = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            let sub = e.file_name().to_string_lossy().into_owned();
+            all.extend(
+                files_under(&p)
+                    .into_iter()
+                    .map(|(n, b)| (format!("{sub}/{n}"), b)),
+            );
+        } else {
+            all.push((
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            ));
+        }
+    }
+    all
+}
+
+/// Pre-signed file URLs (sandbox `sig=`) whose downloads are retried or fail: stdout (the
+/// `--json` summary), stderr, `log.ndjson`, the skipped-lines file and every other file never
+/// hold the signature; the checkpoint, its file lists and `manifest.json` (0600 files resume
+/// needs) only inside the files' URLs. The sandbox saw the signature in each run.
+#[test]
+fn signatures_in_file_urls_never_reach_the_log_or_the_terminal() {
+    let sb = sandbox(20, 10);
+    let dir = tempdir("sig");
+    for (i, (keys, code)) in [
+        // Retried (500, then a bad line skipped), refreshed (410: a new manifest), failed.
+        ("redirect_files;file_error=500:1;bad_line=2", 0),
+        ("resign;expire_files=1;drop=2000", 0),
+        ("redirect_files;file_error=503:20", 4),
+        ("resign;file_error=404:99", 4),
+        ("resign;bad_chunked", 5),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        sb.clear_requests();
+        let out = dir.join(i.to_string());
+        let base = sig_url(&sb, &format!("retry_after=0;{keys}"));
+        let o = run(export_cmd(&base, &out).args([
+            "-g",
+            "g1",
+            "-t",
+            TYPES,
+            "--on-invalid-line",
+            "skip",
+            "--retry-max-attempts",
+            "3",
+            "--json",
+        ]));
+        let stderr = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(code), "{keys}: {stderr}");
+        assert!(sandbox_saw_sig(&sb), "{keys}: the URLs carried no sentinel");
+        assert_no_sig(&format!("{keys}: stdout"), &text(&o.stdout));
+        assert_no_sig(&format!("{keys}: stderr"), &stderr);
+        let files = files_under(&out);
+        let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+        let want: &[&str] = if code == 0 {
+            &["log.ndjson", "manifest.json"]
+        } else {
+            &[
+                "log.ndjson",
+                ".fhirbulk-checkpoint.json",
+                ".fhirbulk-files.ndjson",
+            ]
+        };
+        for w in want {
+            assert!(names.contains(w), "{keys}: {w} in {names:?}");
+        }
+        if keys.contains("bad_line") {
+            assert!(
+                names.contains(&"error/fhirbulk-skipped-lines.ndjson"),
+                "{names:?}"
+            );
+        }
+        for (name, bytes) in &files {
+            let t = text(bytes);
+            let what = format!("{keys}: {name}");
+            if name.starts_with(".fhirbulk-") || name == "manifest.json" {
+                // JSON or NDJSON: searched without the strings that are URLs.
+                for doc in serde_json::Deserializer::from_str(&t).into_iter::<Value>() {
+                    assert_no_sig(&what, &without_urls(doc.expect("JSON")).to_string());
+                }
+            } else {
+                assert_no_sig(&what, &t);
+            }
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -2,6 +2,9 @@
 //! the config allows it, for the base URL, for a redirect the server sends, and for the token
 //! endpoint (before the client's credentials go out); loopback stays allowed.
 
+mod common;
+
+use common::sig::{assert_no_sig, sandbox_saw_sig, sig_url, without_urls, SIG};
 use fhirbulk::sandbox::{Sandbox, SandboxOptions};
 use fhirbulk::{Auth, Config, ErrorCode, Export, Next, SecretSource};
 use std::time::Duration;
@@ -154,4 +157,190 @@ fn checkpoints_and_reports_never_hold_the_token() {
     let (_, err) = run(c);
     let e = err.expect("rejected");
     assert!(!format!("{e} {e:?} {}", e.to_json()).contains(TOKEN));
+}
+
+/// Every text an error shows: Display, Debug, `message`, `url`, `to_json()`.
+fn error_texts(e: &fhirbulk::Error) -> Vec<String> {
+    vec![
+        e.to_string(),
+        format!("{e:?}"),
+        e.message.clone(),
+        e.url.clone().unwrap_or_default(),
+        e.to_json(),
+    ]
+}
+
+/// Run to the end, collecting every report the API gives along the way: error records, the
+/// progress, the warnings, the error (also the controller's), and the checkpoint, manifest and
+/// file list without their URLs. Returns (output records, the error, the texts).
+fn run_reporting(c: Config) -> (u64, Option<fhirbulk::Error>, Vec<String>) {
+    let mut e = match Export::start(c) {
+        Ok(e) => e,
+        Err(err) => return (0, Some(err.clone()), error_texts(&err)),
+    };
+    let ctl = e.controller();
+    let mut texts = Vec::new();
+    let mut n = 0;
+    let err = loop {
+        match e.next_record(Some(Duration::from_secs(60))) {
+            Ok(Next::Item(r)) => {
+                match r.kind {
+                    fhirbulk::Kind::Error => {
+                        texts.push(String::from_utf8_lossy(r.data).into_owned())
+                    }
+                    _ => n += 1,
+                }
+                texts.push(format!("{:?}", ctl.progress()));
+            }
+            Ok(Next::End) => break None,
+            Ok(other) => panic!("{other:?}"),
+            Err(err) => break Some(err),
+        }
+    };
+    texts.push(format!("{:?}", ctl.progress()));
+    texts.extend(ctl.warnings());
+    for err in err.iter().chain(ctl.error().as_ref()) {
+        texts.extend(error_texts(err));
+    }
+    let json = |t: &str| serde_json::from_str::<serde_json::Value>(t).expect("JSON");
+    texts.push(without_urls(json(&ctl.files_json_from(0, false))).to_string());
+    if let Some(m) = ctl.manifest() {
+        texts.push(without_urls(m).to_string());
+    }
+    if let Some(cp) = ctl.checkpoint() {
+        texts.push(without_urls(serde_json::to_value(cp).unwrap()).to_string());
+    }
+    (n, err, texts)
+}
+
+#[test]
+fn the_sig_scenario_signs_every_pre_signed_url_with_its_value() {
+    let sb = sandbox();
+    let http = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let get = |url: &str| http.get(url).send().unwrap();
+    // Kick-off, then the output URLs of the (complete) manifest.
+    let kickoff = |base: &str| {
+        let r = http
+            .get(format!("{base}/Patient/$export"))
+            .header("Accept", "application/fhir+json")
+            .header("Prefer", "respond-async")
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        let status = r.headers()["content-location"].to_str().unwrap().to_owned();
+        let m: serde_json::Value = serde_json::from_slice(&get(&status).bytes().unwrap()).unwrap();
+        m["output"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["url"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    for (keys, query) in [
+        ("polls=0;resign", format!("?sig={SIG}")),
+        ("polls=0;resign;expire_files=2", format!("&sig={SIG}")),
+    ] {
+        let urls = kickoff(&sig_url(&sb, keys));
+        assert!(urls.len() > 1, "{keys}: {urls:?}");
+        for u in &urls {
+            assert!(u.ends_with(&query), "{keys}: {u}");
+            assert_eq!(get(u).status(), 200, "{u}");
+        }
+    }
+    // Without `sig=`, `resign` signs at random.
+    let urls = kickoff(&sb.scenario_url("polls=0;resign"));
+    assert!(urls.iter().all(|u| u.contains("?sig=") && !u.contains(SIG)));
+    // The redirects of `redirect_files` and `redirect_insecure`.
+    for (keys, to) in [
+        ("polls=0;redirect_files", sb.store_url()),
+        ("polls=0;redirect_insecure", "http://files.invalid".into()),
+    ] {
+        let urls = kickoff(&sig_url(&sb, keys));
+        let r = get(&urls[0]);
+        assert_eq!(r.status(), 307, "{keys}");
+        let loc = r.headers()["location"].to_str().unwrap().to_owned();
+        assert!(
+            loc.starts_with(&to) && loc.ends_with(&format!("?sig={SIG}")),
+            "{loc}"
+        );
+        if keys.ends_with("redirect_files") {
+            // The object store serves the signed URL.
+            sb.clear_requests();
+            assert_eq!(get(&loc).status(), 200, "{loc}");
+            assert!(sandbox_saw_sig(&sb));
+        }
+    }
+    // Not a value for a query string: 400.
+    for bad in ["sig=", "sig=a%26b", "sig=a%20b"] {
+        let r = get(&format!("{}/metadata", sb.scenario_url(bad)));
+        assert_eq!(r.status(), 400, "{bad}");
+    }
+}
+
+/// Pre-signed file URLs whose requests go wrong (issue 17): errors, warnings, progress, error
+/// records and the non-URL parts of checkpoints, manifests and file lists never hold the
+/// signature, while the sandbox saw it in every scenario's query strings.
+#[test]
+fn signatures_in_file_urls_never_reach_errors_warnings_progress_or_records() {
+    let sb = sandbox();
+    // (scenario, whether the export fails)
+    let scenarios = [
+        // Recovered: retried, resumed, refreshed, skipped.
+        ("redirect_files;file_error=500:1", false),
+        ("redirect_files;file_error=429:2", false),
+        ("redirect_files;drop=300", false),
+        ("redirect_files;stall=1500;length", false),
+        ("redirect_files;bad_line=2;truncate_last", false),
+        ("resign;expire_files=1;drop=300", false),
+        ("resign;file_error=503:1;bad_line=1", false),
+        ("resign;trickle=400", false),
+        // Failed: a final error on a signed URL.
+        ("redirect_files;file_error=404:99", true),
+        ("redirect_files;file_error=503:9", true),
+        ("redirect_files;corrupt_gzip=all", true),
+        ("resign;file_error=404:99", true),
+        ("resign;file_error=500:9", true),
+        ("resign;gone_after=1", true),
+        ("resign;long_line=8000", true),
+        ("resign;bad_chunked", true),
+    ];
+    for (keys, fails) in scenarios {
+        sb.clear_requests();
+        let mut c = Config::new(sig_url(&sb, &format!("polls=0;retry_after=0;{keys}")));
+        c.types = vec!["Patient".into()];
+        c.retry_max_attempts = 3;
+        c.retry_backoff_min_ms = 10;
+        c.retry_backoff_max_ms = 50;
+        c.read_timeout_ms = 500;
+        c.min_bytes_per_s = 2000;
+        c.stall_window_ms = 300;
+        c.max_line_bytes = 4096;
+        c.chunk_bytes = 2048;
+        c.on_invalid_line = if keys.contains("bad_line") {
+            fhirbulk::config::InvalidLinePolicy::Skip
+        } else {
+            fhirbulk::config::InvalidLinePolicy::Fail
+        };
+        let (n, err, texts) = run_reporting(c);
+        match err {
+            // The failure is a signed file link's.
+            Some(e) => assert!(fails && e.to_string().contains("/files/"), "{keys}: {e}"),
+            None => assert!(!fails && n == 10, "{keys}: {n} records"),
+        }
+        assert!(sandbox_saw_sig(&sb), "{keys}: the URLs carried no sentinel");
+        for t in &texts {
+            assert_no_sig(keys, t);
+        }
+    }
+    // The refused redirect to plain http: its target is never requested.
+    let mut c = Config::new(sig_url(&sb, "polls=0;redirect_insecure"));
+    c.types = vec!["Patient".into()];
+    let (_, err, texts) = run_reporting(c);
+    assert_eq!(err.expect("refused").code, ErrorCode::Protocol);
+    for t in &texts {
+        assert_no_sig("redirect_insecure", t);
+    }
 }

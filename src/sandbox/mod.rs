@@ -8,7 +8,10 @@
 //! `deleted=N`, `partial`, `page=N`, `slow=MS`, `status_ct=TYPE`, `bad_manifest`,
 //! `file_ct=TYPE`, and for authorization `token_ttl=S`, `revoke_after=S`,
 //! `no_smart_config`, `token_error=CODE`, `files_elsewhere`, `redirect_files`, `redirect_insecure`,
-//! `capability_urls` (unknown keys answer 400). Fault injection keys (the README's fault
+//! `capability_urls`, `sig=VALUE` (every signature the scenario puts into a query string, the
+//! `?sig=` of those redirects and of `resign`, is VALUE instead of a random value: a sentinel to
+//! search outputs for; percent-encode it in the path, `sig=%53ENTINEL`, so that only the query
+//! strings carry it verbatim) (unknown keys answer 400). Fault injection keys (the README's fault
 //! table says what each does; "first request" is per file path): files `drop=BYTES`,
 //! `no_ranges`, `file_error=CODE[:N]`, `storm=N`, `stall=MS`, `corrupt_gzip[=all]`,
 //! `gzip_members=N`, `encoding=NAME`, `stored_gzip`, `short_ranges=BYTES`, `bad_range`,

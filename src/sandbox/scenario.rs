@@ -98,6 +98,10 @@ pub struct Scenario {
     pub redirect_insecure: bool,
     /// Files need no token (`requiresAccessToken: false`) and reject any Authorization.
     pub capability_urls: bool,
+    /// The signature every pre-signed URL of this scenario carries (`?sig=` of the
+    /// `redirect_files` / `redirect_insecure` redirects, `sig=` of `resign` manifests) instead
+    /// of a random one: a sentinel tests search the client's outputs for.
+    pub sig: Option<String>,
     /// Fault injection (README, "Fault injection"); "first request" is per file path.
     pub faults: Faults,
 }
@@ -249,6 +253,7 @@ impl Default for Scenario {
             redirect_files: false,
             redirect_insecure: false,
             capability_urls: false,
+            sig: None,
             faults: Faults::default(),
         }
     }
@@ -330,6 +335,19 @@ impl Scenario {
                 "redirect_files" => s.redirect_files = flag(k, v)?,
                 "redirect_insecure" => s.redirect_insecure = flag(k, v)?,
                 "capability_urls" => s.capability_urls = flag(k, v)?,
+                "sig" => {
+                    let t = text(k, v)?;
+                    // It goes into query strings verbatim: unreserved characters only.
+                    if !t
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+                    {
+                        return Err(
+                            "scenario key 'sig' needs letters, digits, '-', '.', '_' or '~'".into(),
+                        );
+                    }
+                    s.sig = Some(t);
+                }
                 "drop" => s.faults.drop = Some(num(k, v)?),
                 "no_ranges" => s.faults.no_ranges = flag(k, v)?,
                 "file_error" => {
@@ -492,6 +510,17 @@ mod tests {
         assert_eq!(s.token_error.as_deref(), Some("invalid_grant"));
         assert!(s.no_smart_config && s.files_elsewhere && s.redirect_files && s.capability_urls);
         assert!(Scenario::parse("token_error=Bad<x>").is_err());
+        assert_eq!(
+            Scenario::parse("sig=SENTINEL-sig_1.~;redirect_files")
+                .expect("valid")
+                .sig
+                .as_deref(),
+            Some("SENTINEL-sig_1.~")
+        );
+        assert_eq!(Scenario::parse("").expect("valid").sig, None);
+        for bad in ["sig", "sig=", "sig=a&b", "sig=a b", "sig=a%20b", "sig=a#b"] {
+            assert!(Scenario::parse(bad).is_err(), "{bad}");
+        }
         let f = Scenario::parse("drop=100;no_ranges;file_error=503:2;storm=3;stall=500;corrupt_gzip=all;bad_line=4;long_line=9000;truncate_last;foreign_scheme;expire_files=1;gone_after=2;no_output;endless")
             .expect("valid")
             .faults;

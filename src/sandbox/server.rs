@@ -588,7 +588,8 @@ pub(crate) fn handle(sh: &Shared, mut req: Request) {
             } else {
                 sh.store_root.as_str()
             };
-            let to = format!("{root}{path}?sig={}", random_hex(16));
+            let sig = scen.sig.clone().unwrap_or_else(|| random_hex(16));
+            let to = format!("{root}{path}?sig={sig}");
             Reply::new(307).header("Location", to).into()
         }
         (_, route) => match storm(sh, &scen, &ctx, &route) {
@@ -1043,12 +1044,15 @@ fn page_of(entries: &[Entry], size: Option<usize>, page: usize) -> Option<(&[Ent
 /// A manifest document listing `entries`, with an optional `next` link.
 fn manifest(sh: &Shared, job: &Job, entries: &[Entry], next: Option<String>) -> String {
     let fl = &job.scen.faults;
-    // resign: one fresh signature per file and document (a duplicate entry shares its twin's).
+    // resign: one fresh signature per file and document (a duplicate entry shares its twin's);
+    // scenario key `sig=VALUE`: always VALUE.
     let mut sigs: HashMap<usize, String> = HashMap::new();
     let mut url_of = |n: usize| {
-        let sig = fl
-            .resign
-            .then(|| sigs.entry(n).or_insert_with(|| random_hex(16)).clone());
+        let sig = fl.resign.then(|| {
+            sigs.entry(n)
+                .or_insert_with(|| job.scen.sig.clone().unwrap_or_else(|| random_hex(16)))
+                .clone()
+        });
         file_url(sh, job, n, sig.as_deref())
     };
     let first_output = job.files.iter().find_map(|f| match &f.kind {

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod sig;
+
 use fhirbulk::config::InvalidLinePolicy;
 use fhirbulk::sandbox::{LoggedRequest, Sandbox, SandboxOptions, TruthQuery};
 use fhirbulk::{Config, Error, Export, Kind, Level, Next, Progress};
