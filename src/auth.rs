@@ -6,7 +6,7 @@
 //! `***`, and never enter error messages.
 
 use crate::config::{Auth, SecretSource};
-use crate::error::{escape_controls, from_reqwest, Error, ErrorCode, Result};
+use crate::error::{escape_controls, from_reqwest, redact_url, Error, ErrorCode, Result};
 use crate::http::retry::{self, retry_after, Attempt, Policy, Waiter};
 use crate::http::{read_capped, Credentials, DISCOVERY_BODY_LIMIT, TOKEN_BODY_LIMIT};
 pub use crate::secret::Secret;
@@ -437,7 +437,7 @@ impl Authorizer {
                         .unwrap_or_default();
                     return Ok((t.to_owned(), scopes));
                 }
-                problems.push(format!("{wk} has no token_endpoint"));
+                problems.push(format!("{} has no token_endpoint", redact_url(&wk)));
             }
             // The server's TLS refuses this client: no other URL of it can do better.
             Err(e) if e.permanent => return Err(e),
@@ -450,7 +450,10 @@ impl Authorizer {
         match self.get_json(client, &md, "application/fhir+json", w) {
             Ok(v) => match token_from_capability_statement(&v) {
                 Some(t) => return Ok((t, Vec::new())),
-                None => problems.push(format!("{md} has no OAuth token URL in rest.security")),
+                None => problems.push(format!(
+                    "{} has no OAuth token URL in rest.security",
+                    redact_url(&md)
+                )),
             },
             Err(e) if e.permanent => return Err(e),
             Err(e) => problems.push(e.message),
@@ -480,14 +483,16 @@ impl Authorizer {
         let problem = |m: String| Error::new(ErrorCode::Auth, m);
         if !r.status().is_success() {
             return Err(problem(format!(
-                "{url} answered HTTP {}",
+                "{} answered HTTP {}",
+                redact_url(url),
                 r.status().as_u16()
             )));
         }
         let body = read_capped(what, url, r, DISCOVERY_BODY_LIMIT)?;
         serde_json::from_slice(&body).map_err(|_| {
             problem(format!(
-                "{url} did not answer JSON{}",
+                "{} did not answer JSON{}",
+                redact_url(url),
                 crate::bom::bom_hint(&body)
             ))
         })

@@ -355,3 +355,29 @@ fn the_sandbox_binary_serves_https_and_writes_its_ca_and_client_identity() {
     // Each id once (the count matches the truth's).
     d.assert_subset_of(&d.sorted());
 }
+
+#[test]
+fn faults_over_https_still_deliver_every_record_once() {
+    // A connection cut inside a TLS stream (no close_notify), a resumed range, a short range,
+    // expired links, retried statuses: the same guarantees as over plain HTTP.
+    let sb = https(SandboxTls::default());
+    let p = pem(&sb);
+    for scenario in [
+        "drop=3000",
+        "corrupt_gzip",
+        "stall=1500;length",
+        "short_ranges=700;drop=2000",
+        "expire_files=1;resign;drop=3000",
+        "file_error=503:2;transient=2",
+        "redirect_files;drop=3000",
+    ] {
+        let mut c = trusting(&sb, scenario, &p);
+        c.read_timeout_ms = 500;
+        let (d, err) = run(c);
+        assert!(err.is_none(), "{scenario}: {err:?}");
+        assert_eq!(d.sorted(), truth(&sb), "{scenario}: delivered ids differ");
+        // The fault did happen: the engine had to try again.
+        assert!(d.retries() > 0, "{scenario}: {:?}", d.progress);
+    }
+    assert_modern(&settled(&sb));
+}
