@@ -2,6 +2,7 @@
  * bench/consumer.c: the C consumer of the benchmark (bench/run.py builds and runs it).
  *
  *   consumer BASE_URL [--api batch|record] [--validate] [--concurrency N] [--slow-mbps N]
+ *            [--ca-bundle PEM]
  *            [--chunk-bytes N] [--buffer-chunks N] [--type TYPE]
  *
  * Runs a system-level export of BASE_URL through libfhirbulk's C ABI and touches every byte of
@@ -53,7 +54,8 @@ static void pace(double start, uint64_t bytes, double mbps) {
 
 static int usage(void) {
     fprintf(stderr, "usage: consumer BASE_URL [--api batch|record] [--validate] [--concurrency N] "
-                    "[--slow-mbps N] [--chunk-bytes N] [--buffer-chunks N] [--type TYPE]\n");
+                    "[--slow-mbps N] [--chunk-bytes N] [--buffer-chunks N] [--type TYPE] "
+                    "[--ca-bundle PEM]\n");
     return 2;
 }
 
@@ -62,7 +64,7 @@ int main(int argc, char **argv) {
     const char *base = argv[1];
     int per_record = 0, validate = 0, concurrency = 4;
     long chunk_bytes = 0, buffer_chunks = 0;
-    const char *type = NULL;
+    const char *type = NULL, *ca_bundle = NULL;
     double slow_mbps = 0;
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "--api") && i + 1 < argc) {
@@ -75,6 +77,8 @@ int main(int argc, char **argv) {
             chunk_bytes = atol(argv[++i]);
         } else if (!strcmp(argv[i], "--buffer-chunks") && i + 1 < argc) {
             buffer_chunks = atol(argv[++i]);
+        } else if (!strcmp(argv[i], "--ca-bundle") && i + 1 < argc) {
+            ca_bundle = argv[++i];
         } else if (!strcmp(argv[i], "--type") && i + 1 < argc) {
             type = argv[++i];
         } else if (!strcmp(argv[i], "--slow-mbps") && i + 1 < argc) {
@@ -83,7 +87,7 @@ int main(int argc, char **argv) {
             return usage();
         }
     }
-    char config[1024], extra[256] = "";
+    char config[2048], extra[1024] = "";
     if (chunk_bytes > 0)
         snprintf(extra, sizeof extra, ",\"chunk_bytes\":%ld", chunk_bytes);
     if (buffer_chunks > 0)
@@ -92,6 +96,9 @@ int main(int argc, char **argv) {
     if (type)
         snprintf(extra + strlen(extra), sizeof extra - strlen(extra), ",\"types\":[\"%s\"]",
                  type);
+    if (ca_bundle)
+        snprintf(extra + strlen(extra), sizeof extra - strlen(extra), ",\"ca_bundle\":\"%s\"",
+                 ca_bundle);
     snprintf(config, sizeof config,
              "{\"base_url\":\"%s\",\"poll_min_ms\":10,\"concurrency\":%d,\"validate_json\":%s%s}",
              base, concurrency, validate ? "true" : "false", extra);

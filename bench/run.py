@@ -39,9 +39,11 @@ What it does, on this machine (the sandbox server runs here too, on 127.0.0.1):
    - several exports at once (--multi, default 10): bench/multi.c downloads that many copies of
      the throughput export at the same time, one consumer thread each; aggregate MB/s next to
      one export alone, the most threads and the peak RSS.
+   - the throughput export over HTTPS (the sandbox's TLS listener with its test CA): curl
+     (`--cacert`) and the C consumer (`ca_bundle`), the ratio to curl over HTTPS.
 4. prints a table and writes everything as JSON (--json, default target/bench/results.json).
 
---only PART,... runs some parts: throughput (3a-3c), multi, rss (3d, 3e), files, waiting.
+--only PART,... runs some parts: throughput (3a-3c), tls, multi, rss (3d, 3e), files, waiting.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ import argparse
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -60,7 +63,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BYTES_PER_PATIENT = 5_870  # sandbox system-level export, measured: ~1.06 GB for 180k patients
 CONCURRENCY = 4
-PARTS = ("throughput", "multi", "rss", "files", "waiting")
+PARTS = ("throughput", "tls", "multi", "rss", "files", "waiting")
 # Keeps exports waiting (README, "The sandbox server"): "in progress" for a million polls, each
 # 202 asking to come back in 600 s (the engine's default poll_max_ms allows that long a wait).
 WAITING_SCENARIO = "polls=1000000;retry_after=600"
@@ -115,13 +118,17 @@ def parse_sizes(text: str) -> list[int]:
 
 
 class Sandbox:
-    def __init__(self, binary: Path, patients: int, rpf: int, prerender: bool):
+    def __init__(self, binary: Path, patients: int, rpf: int, prerender: bool, tls: bool = False):
         self.dir = Path(tempfile.mkdtemp(prefix="fhirbulk-bench-"))
         port_file = self.dir / "port"
         cmd = [str(binary), "--port", "0", "--port-file", str(port_file),
                "--patients", str(patients), "--records-per-file", str(rpf)]
         if prerender:
             cmd.append("--prerender")
+        # HTTPS: the sandbox writes its test CA here (what clients trust).
+        self.ca = self.dir / "tls" / "ca.pem" if tls else None
+        if tls:
+            cmd += ["--tls-dir", str(self.dir / "tls")]
         self.log = open(self.dir / "log", "wb")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
         for _ in range(200):
@@ -132,13 +139,15 @@ class Sandbox:
             time.sleep(0.05)
         else:
             raise RuntimeError("sandbox did not start")
-        self.root = f"http://127.0.0.1:{port_file.read_text().strip()}"
+        scheme = "https" if tls else "http"
+        self.root = f"{scheme}://127.0.0.1:{port_file.read_text().strip()}"
+        self.ssl = ssl.create_default_context(cafile=str(self.ca)) if tls else None
 
     def base(self, scenario: str = "polls=0") -> str:
         return f"{self.root}/x/{scenario}/fhir"
 
     def requests(self) -> list[dict]:
-        with urllib.request.urlopen(f"{self.root}/_sandbox/requests") as r:
+        with urllib.request.urlopen(f"{self.root}/_sandbox/requests", context=self.ssl) as r:
             return json.load(r)
 
     def stop(self) -> None:
@@ -148,15 +157,15 @@ class Sandbox:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def kickoff(base: str, types: str | None = None) -> list[str]:
+def kickoff(base: str, types: str | None = None, context=None) -> list[str]:
     """A plain system-level export: kick-off, poll, the manifest's output URLs."""
     query = f"?_type={types}" if types else ""
     req = urllib.request.Request(f"{base}/$export{query}", headers={
         "Accept": "application/fhir+json", "Prefer": "respond-async"})
-    with urllib.request.urlopen(req) as r:
+    with urllib.request.urlopen(req, context=context) as r:
         status_url = r.headers["Content-Location"]
     while True:
-        with urllib.request.urlopen(status_url) as r:
+        with urllib.request.urlopen(status_url, context=context) as r:
             if r.status == 200:
                 manifest = json.load(r)
                 return [o["url"] for o in manifest["output"]]
@@ -173,9 +182,10 @@ def curl_config(urls: list[str], out_dir: Path | None) -> Path:
     return Path(path)
 
 
-def curl_cmd(cfg: Path) -> list[str]:
+def curl_cmd(cfg: Path, cacert: Path | None = None) -> list[str]:
     return ["curl", "--silent", "--show-error", "--no-progress-meter", "--fail", "--parallel",
-            "--parallel-max", str(CONCURRENCY), "--config", str(cfg)]
+            "--parallel-max", str(CONCURRENCY), "--config", str(cfg),
+            *(["--cacert", str(cacert)] if cacert else [])]
 
 
 def best(results: list[dict], key: str = "seconds") -> dict:
@@ -290,6 +300,8 @@ def main() -> int:
 
     if parts & {"throughput", "multi"}:
         throughput_part(a, parts, results, rows, sandbox_bin, programs, out_dir)
+    if "tls" in parts:
+        results["tls"] = tls_part(a, rows, sandbox_bin, consumer)
     if "rss" in parts:
         rss_part(a, results, sandbox_bin, consumer)
     if "files" in parts:
@@ -395,6 +407,50 @@ def throughput_part(a, parts: set[str], results: dict, rows: list[dict], sandbox
     finally:
         sb.stop()
         shutil.rmtree(local, ignore_errors=True)
+
+
+def tls_part(a, rows: list[dict], sandbox_bin: Path, consumer: Path) -> dict:
+    """The throughput export over HTTPS (the sandbox's TLS listener, TLS 1.3, its test CA):
+    curl with --cacert and the C consumer with ca_bundle, best of --runs each; the ratio is to
+    curl over HTTPS."""
+    patients = max(10, int(a.gb * 1e9 / BYTES_PER_PATIENT))
+    sb = Sandbox(sandbox_bin, patients, a.records_per_file, prerender=True, tls=True)
+    try:
+        base = sb.base()
+        urls = kickoff(base, context=sb.ssl)
+        # Render every file once (pre-rendered from then on), and count what curl must move.
+        local = Path(tempfile.mkdtemp(prefix="fhirbulk-bench-tls-"))
+        cfg = curl_config(urls, local)
+        run(curl_cmd(cfg, sb.ca))
+        cfg.unlink()
+        total = sum(p.stat().st_size for p in local.iterdir())
+        records = sum(p.read_bytes().count(b"\n") for p in local.iterdir())
+        shutil.rmtree(local, ignore_errors=True)
+        cfg = curl_config(urls, None)
+        curl_runs = []
+        for _ in range(a.runs):
+            wall, ru, _ = run_child(curl_cmd(cfg, sb.ca))
+            curl_runs.append({"seconds": wall, **ru})
+        cfg.unlink()
+        cb = best(curl_runs)
+        curl_bps = total / cb["seconds"]
+        rows.append({"name": f"curl x{CONCURRENCY}, HTTPS (baseline)", "bytes": total,
+                     "records": records, "seconds": cb["seconds"], "bytes_per_s": curl_bps,
+                     "records_per_s": records / cb["seconds"],
+                     "cpu_s_per_gb": (cb["user_s"] + cb["sys_s"]) / (total / 1e9),
+                     "maxrss_mb": None, "ratio_to_curl": 1.0})
+        runs = []
+        for _ in range(a.runs):
+            r = consumer_run(consumer, base, "--ca-bundle", str(sb.ca))
+            if r["records"] != records or r["bytes"] != total:
+                raise RuntimeError(f"consumer over HTTPS delivered {r['records']} records / "
+                                   f"{r['bytes']} bytes; the export has {records} / {total}")
+            runs.append(r)
+        row = c_row("fhirbulk C, HTTPS", best(runs), curl_bps)
+        rows.append(row)
+        return {"bytes": total, "records": records, "curl_bytes_per_s": curl_bps, "fhirbulk": row}
+    finally:
+        sb.stop()
 
 
 def rss_part(a, results: dict, sandbox_bin: Path, consumer: Path) -> None:
@@ -624,7 +680,7 @@ def print_table(res: dict) -> None:
 
 
 def print_throughput(res: dict) -> None:
-    e = res["export"]
+    e = res.get("export") or res.get("tls")
     print()
     print(f"| {'':34} | {'MB/s':>7} | {'records/s':>11} | {'x curl':>6} | {'CPU s/GB':>8} | "
           f"{'peak RSS':>8} |")
