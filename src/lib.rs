@@ -20,6 +20,8 @@
 // The protocol: `kickoff`, `status` (polling, pages, links fetched again), `coordinator` (runs
 // them and queues files), `files` (the files by identity, their delivery progress). `engine`:
 // the threads every export of the process shares (control steps, waits, downloads).
+#[cfg(feature = "arrow")]
+pub mod arrow;
 pub mod auth;
 mod bom;
 mod buffers;
