@@ -41,6 +41,61 @@
 /** Version of this header; fhirbulk_version() gives the library's. */
 #define FHIRBULK_VERSION "0.1.0"
 
+/*
+ * The Arrow C Data Interface and C Stream Interface (arrow.apache.org/docs/format/
+ * CDataInterface.html, CStreamInterface.html), as the specification gives them; the guards let
+ * Arrow C++, nanoarrow or another library's copy come first. Used by export_next_arrow_batch,
+ * export_arrow_stream and fhirbulk_arrow_schema (fhirbulk_has_arrow() says whether this build
+ * has them). Ownership per the specification: the caller releases what it receives by calling
+ * its release callback; a moved struct has its release set to NULL.
+ */
+#ifndef ARROW_C_DATA_INTERFACE
+#define ARROW_C_DATA_INTERFACE
+
+#define ARROW_FLAG_DICTIONARY_ORDERED 1
+#define ARROW_FLAG_NULLABLE 2
+#define ARROW_FLAG_MAP_KEYS_SORTED 4
+
+struct ArrowSchema {
+  const char* format;
+  const char* name;
+  const char* metadata;
+  int64_t flags;
+  int64_t n_children;
+  struct ArrowSchema** children;
+  struct ArrowSchema* dictionary;
+  void (*release)(struct ArrowSchema*);
+  void* private_data;
+};
+
+struct ArrowArray {
+  int64_t length;
+  int64_t null_count;
+  int64_t offset;
+  int64_t n_buffers;
+  int64_t n_children;
+  const void** buffers;
+  struct ArrowArray** children;
+  struct ArrowArray* dictionary;
+  void (*release)(struct ArrowArray*);
+  void* private_data;
+};
+
+#endif  /* ARROW_C_DATA_INTERFACE */
+
+#ifndef ARROW_C_STREAM_INTERFACE
+#define ARROW_C_STREAM_INTERFACE
+
+struct ArrowArrayStream {
+  int (*get_schema)(struct ArrowArrayStream*, struct ArrowSchema* out);
+  int (*get_next)(struct ArrowArrayStream*, struct ArrowArray* out);
+  const char* (*get_last_error)(struct ArrowArrayStream*);
+  void (*release)(struct ArrowArrayStream*);
+  void* private_data;
+};
+
+#endif  /* ARROW_C_STREAM_INTERFACE */
+
 
 /**
  * ABI version of this header and library; bindings check that both agree.
@@ -489,6 +544,57 @@ FhirbulkStatus fhirbulk_set_max_downloads(uint32_t n);
  * Static string.
  */
 const char *fhirbulk_status_name(FhirbulkStatus s);
+
+/**
+ * 1 when this library was built with Arrow support (the `arrow` feature), else 0.
+ */
+uint32_t fhirbulk_has_arrow(void);
+
+/**
+ * The Arrow schema of a FHIR R4 resource type (NUL-terminated name), the same for every batch
+ * and every export: one field per element, then `_remainder`. On `FHIRBULK_OK`, `*out_schema`
+ * is a new ArrowSchema the caller owns (call its `release`).
+ *
+ * # Safety
+ * `resource_type` is NULL or a NUL-terminated string; `out_schema` is NULL or points to
+ * writable memory for one `struct ArrowSchema` (its old content is not released).
+ */
+FhirbulkStatus fhirbulk_arrow_schema(const char *resource_type, struct ArrowSchema *out_schema);
+
+/**
+ * Pull the next Arrow record batch: up to `max_rows` rows, all of one resource type, in the
+ * schema of `fhirbulk_arrow_schema` for that type (the first call's `max_rows` applies to the
+ * rest of the export). A type's batch comes when it is full, every type's last one at the end.
+ * Returns `FHIRBULK_RECORD` and fills `*out_array` and `*out_schema` (a struct array of the
+ * rows and its schema, both owned by the caller: call their `release`) and `type_buf` (the
+ * resource type, snprintf semantics; 64 bytes hold every FHIR type), or the outcomes of
+ * `export_next_batch`. Error and deleted records are not decoded (read them with
+ * `export_next_record` on another export). Records pulled as Arrow are not seen by
+ * `export_next_record`/`export_next_batch`, and the reverse.
+ *
+ * # Safety
+ * `out_array` / `out_schema` are NULL or point to writable memory for one `struct ArrowArray`
+ * / `struct ArrowSchema`; `type_buf` is NULL or valid for `type_buf_len` bytes.
+ */
+FhirbulkStatus export_next_arrow_batch(struct FhirbulkExport *h, size_t max_rows, int32_t timeout_ms, struct ArrowArray *out_array, struct ArrowSchema *out_schema, char *type_buf, size_t type_buf_len);
+
+/**
+ * An Arrow C stream of one resource type's batches (up to `max_rows` rows each): what
+ * pyarrow's `RecordBatchReader._import_from_c`, Polars, DuckDB, Arrow C++/Java and nanoarrow
+ * read. On `FHIRBULK_OK`, `*out_stream` is a new stream the caller owns: call its `release`
+ * when done (after or before the end). `get_next` waits for the export (no timeout; a cancel
+ * or `export_free` ends the wait with an error) and ends with a released array once every
+ * batch of the type was handed out. Batches of other types that come meanwhile are kept for
+ * their own streams (or `export_next_arrow_batch`) until taken: for a bounded memory, read an
+ * export of several types with one stream per type, each on its own thread (they take turns),
+ * or with `export_next_arrow_batch`. The stream keeps what it needs alive: it stays valid after
+ * `export_free` (its `get_next` then fails saying so). One thread at a time per stream.
+ *
+ * # Safety
+ * `resource_type` is NULL or NUL-terminated; `out_stream` is NULL or points to writable
+ * memory for one `struct ArrowArrayStream`.
+ */
+FhirbulkStatus export_arrow_stream(struct FhirbulkExport *h, const char *resource_type, size_t max_rows, struct ArrowArrayStream *out_stream);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -26,25 +26,14 @@ pub const DEFAULT_BATCH_ROWS: usize = 8192;
 /// ([`ArrowBatches::skipped`]) and can be read with the record API.
 pub struct ArrowBatches {
     export: Export,
-    batch_rows: usize,
-    decoders: HashMap<String, Decoder>,
-    /// Types in the order first seen, so that the final flush is deterministic.
-    order: Vec<String>,
-    ready: VecDeque<(String, RecordBatch)>,
-    ended: bool,
-    skipped: u64,
+    reader: ArrowReader,
 }
 
 impl ArrowBatches {
     pub fn new(export: Export, batch_rows: usize) -> ArrowBatches {
         ArrowBatches {
             export,
-            batch_rows: batch_rows.max(1),
-            decoders: HashMap::new(),
-            order: Vec::new(),
-            ready: VecDeque::new(),
-            ended: false,
-            skipped: 0,
+            reader: ArrowReader::new(batch_rows),
         }
     }
 
@@ -55,13 +44,52 @@ impl ArrowBatches {
 
     /// Error and deleted records passed over.
     pub fn skipped(&self) -> u64 {
-        self.skipped
+        self.reader.skipped
     }
 
     /// The next batch and its resource type; `End` when the export completed and every batch
-    /// was handed out. A resource that is not a JSON object of its file's type fails the
-    /// export's read with a protocol error naming the file and line.
+    /// was handed out. A resource that is not a JSON object of its file's type fails the read
+    /// with a protocol error naming the file and line.
     pub fn next_batch(&mut self, timeout: Option<Duration>) -> Result<Next<(String, RecordBatch)>> {
+        self.reader.next_batch(&mut self.export, timeout)
+    }
+}
+
+/// [`ArrowBatches`] without the export: the per-type decoders, fed from an export the caller
+/// keeps (the C ABI's handle).
+pub struct ArrowReader {
+    batch_rows: usize,
+    decoders: HashMap<String, Decoder>,
+    /// Types in the order first seen, so that the final flush is deterministic.
+    order: Vec<String>,
+    ready: VecDeque<(String, RecordBatch)>,
+    ended: bool,
+    skipped: u64,
+}
+
+impl ArrowReader {
+    pub fn new(batch_rows: usize) -> ArrowReader {
+        ArrowReader {
+            batch_rows: batch_rows.max(1),
+            decoders: HashMap::new(),
+            order: Vec::new(),
+            ready: VecDeque::new(),
+            ended: false,
+            skipped: 0,
+        }
+    }
+
+    /// Error and deleted records passed over.
+    pub fn skipped(&self) -> u64 {
+        self.skipped
+    }
+
+    /// See [`ArrowBatches::next_batch`].
+    pub fn next_batch(
+        &mut self,
+        export: &mut Export,
+        timeout: Option<Duration>,
+    ) -> Result<Next<(String, RecordBatch)>> {
         loop {
             if let Some(b) = self.ready.pop_front() {
                 return Ok(Next::Item(b));
@@ -69,7 +97,7 @@ impl ArrowBatches {
             if self.ended {
                 return Ok(Next::End);
             }
-            let batch = match self.export.next_batch(self.batch_rows, timeout)? {
+            let batch = match export.next_batch(self.batch_rows, timeout)? {
                 Next::Item(b) => b,
                 Next::End => {
                     self.ended = true;

@@ -10,6 +10,9 @@
 //!   (`export_next_record`, `export_next_batch`) from one thread at a time (a second concurrent
 //!   consumer gets `FHIRBULK_ERR_BUSY`).
 
+mod arrow;
+pub use arrow::*;
+
 use crate::error::{Error, ErrorCode};
 use crate::export::{Controller, Export};
 use crate::stream::Next;
@@ -171,6 +174,9 @@ pub struct FhirbulkProgress {
 struct Consumer {
     export: Export,
     batch: BatchViews,
+    /// The Arrow side (`export_next_arrow_batch`, `export_arrow_stream`), made at first use.
+    #[cfg(feature = "arrow")]
+    arrow: Option<arrow::imp::State>,
 }
 
 /// The record views of the last batch handed out.
@@ -322,6 +328,8 @@ pub unsafe extern "C" fn export_start(
             consumer: Mutex::new(Some(Consumer {
                 export,
                 batch: BatchViews(Vec::new()),
+                #[cfg(feature = "arrow")]
+                arrow: None,
             })),
         });
         let id = NEXT_ID.fetch_add(16, Ordering::Relaxed);
@@ -451,6 +459,7 @@ pub unsafe extern "C" fn export_next_batch(
             let Consumer {
                 export,
                 batch: BatchViews(batch),
+                ..
             } = c;
             let next = export.next_batch(max_records, timeout(timeout_ms))?;
             let status = next_status(&next);

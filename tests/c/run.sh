@@ -3,7 +3,7 @@
 # AddressSanitizer + UndefinedBehaviorSanitizer, the full export once more under valgrind, and
 # the example program, all against real sandbox servers on ephemeral ports.
 #
-#   bash tests/c/run.sh            (from anywhere; builds with `cargo build --features sandbox`)
+#   bash tests/c/run.sh            (from anywhere; builds with `cargo build --features sandbox,arrow`)
 #
 # Environment:
 #   FHIRBULK_SKIP_CARGO_BUILD=1   use target/debug as it is
@@ -34,11 +34,11 @@ run() {
 
 # ---- build ----------------------------------------------------------------------------------
 if [ "${FHIRBULK_SKIP_CARGO_BUILD:-0}" != 1 ]; then
-    echo "== cargo build --features sandbox"
-    cargo build --features sandbox
+    echo "== cargo build --features sandbox,arrow"
+    cargo build --features sandbox,arrow
 fi
 for f in "$LIBDIR/libfhirbulk.so" "$LIBDIR/fhirbulk-sandbox" include/fhirbulk.h; do
-    [ -e "$f" ] || { echo "missing $f (run: cargo build --features sandbox)" >&2; exit 1; }
+    [ -e "$f" ] || { echo "missing $f (run: cargo build --features sandbox,arrow)" >&2; exit 1; }
 done
 
 # ---- sandbox servers ------------------------------------------------------------------------
@@ -57,6 +57,7 @@ TRUTH_ALL=$(curl -fsS "$SMALL/_sandbox/truth?level=group&group=g1")
 echo "truth g1 ($TYPES): $TRUTH_TYPES"
 TRUTH_TLS=$(curl -fsS --cacert "$WORK/tls/ca.pem" "$TLS/_sandbox/truth?level=group&group=g1&_type=$TYPES")
 TYPES_JSON='["Patient","Observation","Condition","Encounter"]'
+TRUTH_PO=$(curl -fsS "$SMALL/_sandbox/truth?level=group&group=g1&_type=Patient,Observation")
 echo "truth g1 (all):    $TRUTH_ALL"
 
 # ---- header ---------------------------------------------------------------------------------
@@ -70,7 +71,7 @@ run "header compiles as C++17" "$OUT/header-cxx.log" \
 CFLAGS=(-std=c11 -Wall -Wextra -Werror -Iinclude -g)
 SAN=(-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all)
 LDFLAGS=(-L"$LIBDIR" -lfhirbulk -lpthread -Wl,-rpath,"$LIBDIR")
-TESTS=(test_misuse test_errors test_full_export test_cancel test_threads test_tls)
+TESTS=(test_misuse test_errors test_full_export test_cancel test_threads test_tls test_arrow)
 
 echo "== compile"
 for t in "${TESTS[@]}"; do
@@ -96,6 +97,7 @@ args_for() {
         test_full_export) printf '%s\n%s\n%s\n' "$SMALL" "$TRUTH_TYPES" "$TYPES" ;;
         test_cancel) printf '%s\n%s\n%s\n' "$SMALL" "$BIG" "$TRUTH_ALL" ;;
         test_threads) echo "$SMALL" ;;
+        test_arrow) printf '%s\n' "$SMALL" "$TRUTH_PO" '["Patient","Observation"]' ;;
         test_tls) printf '%s\n' "$TLS" "$MTLS" "$WORK/tls" "$WORK/mtls" "$TRUTH_TLS" "$TYPES_JSON" ;;
     esac
 }

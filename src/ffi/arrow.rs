@@ -1,0 +1,313 @@
+//! The export's records as Arrow record batches through the Arrow C Data Interface and the
+//! Arrow C Stream Interface (feature `arrow`; without it these calls return
+//! `FHIRBULK_ERR_INVALID_ARGUMENT` saying so, and `fhirbulk_has_arrow()` is 0).
+
+#[cfg(feature = "arrow")]
+use super::FHIRBULK_OK;
+use super::{boundary, invalid_argument, lookup, FhirbulkExport, FhirbulkStatus};
+use libc::c_char;
+
+/// `struct ArrowArray` of the Arrow C Data Interface (defined in fhirbulk.h as the Arrow
+/// specification gives it).
+pub struct ArrowArray {
+    _private: [u8; 0],
+}
+
+/// `struct ArrowSchema` of the Arrow C Data Interface.
+pub struct ArrowSchema {
+    _private: [u8; 0],
+}
+
+/// `struct ArrowArrayStream` of the Arrow C Stream Interface.
+pub struct ArrowArrayStream {
+    _private: [u8; 0],
+}
+
+/// 1 when this library was built with Arrow support (the `arrow` feature), else 0.
+#[no_mangle]
+pub extern "C" fn fhirbulk_has_arrow() -> u32 {
+    u32::from(cfg!(feature = "arrow"))
+}
+
+#[cfg(not(feature = "arrow"))]
+fn no_arrow() -> crate::error::Error {
+    invalid_argument("this libfhirbulk was built without Arrow support (cargo feature `arrow`)")
+}
+
+/// The Arrow schema of a FHIR R4 resource type (NUL-terminated name), the same for every batch
+/// and every export: one field per element, then `_remainder`. On `FHIRBULK_OK`, `*out_schema`
+/// is a new ArrowSchema the caller owns (call its `release`).
+///
+/// # Safety
+/// `resource_type` is NULL or a NUL-terminated string; `out_schema` is NULL or points to
+/// writable memory for one `struct ArrowSchema` (its old content is not released).
+#[no_mangle]
+pub unsafe extern "C" fn fhirbulk_arrow_schema(
+    resource_type: *const c_char,
+    out_schema: *mut ArrowSchema,
+) -> FhirbulkStatus {
+    boundary(|| {
+        if resource_type.is_null() || out_schema.is_null() {
+            return Err(invalid_argument("resource_type or out_schema is NULL"));
+        }
+        #[cfg(feature = "arrow")]
+        {
+            // SAFETY: non-NULL and NUL-terminated per the contract.
+            let t = unsafe { std::ffi::CStr::from_ptr(resource_type) }
+                .to_str()
+                .map_err(|_| invalid_argument("resource_type is not UTF-8"))?;
+            let schema = crate::arrow::schema_for(t).arrow_schema();
+            let ffi = imp::schema_to_ffi(&schema)?;
+            // SAFETY: `out_schema` is writable for one ArrowSchema per the contract; the
+            // write moves ownership to the caller (nothing is dropped here).
+            unsafe {
+                out_schema
+                    .cast::<arrow_schema::ffi::FFI_ArrowSchema>()
+                    .write(ffi)
+            };
+            Ok(FHIRBULK_OK)
+        }
+        #[cfg(not(feature = "arrow"))]
+        Err(no_arrow())
+    })
+}
+
+/// Pull the next Arrow record batch: up to `max_rows` rows, all of one resource type, in the
+/// schema of `fhirbulk_arrow_schema` for that type (the first call's `max_rows` applies to the
+/// rest of the export). A type's batch comes when it is full, every type's last one at the end.
+/// Returns `FHIRBULK_RECORD` and fills `*out_array` and `*out_schema` (a struct array of the
+/// rows and its schema, both owned by the caller: call their `release`) and `type_buf` (the
+/// resource type, snprintf semantics; 64 bytes hold every FHIR type), or the outcomes of
+/// `export_next_batch`. Error and deleted records are not decoded (read them with
+/// `export_next_record` on another export). Records pulled as Arrow are not seen by
+/// `export_next_record`/`export_next_batch`, and the reverse.
+///
+/// # Safety
+/// `out_array` / `out_schema` are NULL or point to writable memory for one `struct ArrowArray`
+/// / `struct ArrowSchema`; `type_buf` is NULL or valid for `type_buf_len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn export_next_arrow_batch(
+    h: *mut FhirbulkExport,
+    max_rows: usize,
+    timeout_ms: i32,
+    out_array: *mut ArrowArray,
+    out_schema: *mut ArrowSchema,
+    type_buf: *mut c_char,
+    type_buf_len: usize,
+) -> FhirbulkStatus {
+    boundary(|| {
+        lookup(h)?;
+        if out_array.is_null() || out_schema.is_null() {
+            return Err(invalid_argument("out_array or out_schema is NULL"));
+        }
+        if max_rows == 0 {
+            return Err(invalid_argument("max_rows is 0"));
+        }
+        #[cfg(feature = "arrow")]
+        {
+            super::with_consumer(h, |c| {
+                let next = imp::next_any(c, max_rows, super::timeout(timeout_ms))?;
+                let status = super::next_status(&next);
+                if let crate::stream::Next::Item((t, batch)) = next {
+                    let (array, schema) = imp::batch_to_ffi(batch)?;
+                    // SAFETY: the outputs are writable per the contract; the writes move
+                    // ownership to the caller; `type_buf` holds `type_buf_len` bytes.
+                    unsafe {
+                        out_array
+                            .cast::<arrow_array::ffi::FFI_ArrowArray>()
+                            .write(array);
+                        out_schema
+                            .cast::<arrow_schema::ffi::FFI_ArrowSchema>()
+                            .write(schema);
+                        super::copy_out(&t, type_buf, type_buf_len);
+                    }
+                }
+                Ok(status)
+            })
+        }
+        #[cfg(not(feature = "arrow"))]
+        {
+            let _ = (timeout_ms, type_buf, type_buf_len);
+            Err(no_arrow())
+        }
+    })
+}
+
+/// An Arrow C stream of one resource type's batches (up to `max_rows` rows each): what
+/// pyarrow's `RecordBatchReader._import_from_c`, Polars, DuckDB, Arrow C++/Java and nanoarrow
+/// read. On `FHIRBULK_OK`, `*out_stream` is a new stream the caller owns: call its `release`
+/// when done (after or before the end). `get_next` waits for the export (no timeout; a cancel
+/// or `export_free` ends the wait with an error) and ends with a released array once every
+/// batch of the type was handed out. Batches of other types that come meanwhile are kept for
+/// their own streams (or `export_next_arrow_batch`) until taken: for a bounded memory, read an
+/// export of several types with one stream per type, each on its own thread (they take turns),
+/// or with `export_next_arrow_batch`. The stream keeps what it needs alive: it stays valid after
+/// `export_free` (its `get_next` then fails saying so). One thread at a time per stream.
+///
+/// # Safety
+/// `resource_type` is NULL or NUL-terminated; `out_stream` is NULL or points to writable
+/// memory for one `struct ArrowArrayStream`.
+#[no_mangle]
+pub unsafe extern "C" fn export_arrow_stream(
+    h: *mut FhirbulkExport,
+    resource_type: *const c_char,
+    max_rows: usize,
+    out_stream: *mut ArrowArrayStream,
+) -> FhirbulkStatus {
+    boundary(|| {
+        let handle = lookup(h)?;
+        if resource_type.is_null() || out_stream.is_null() {
+            return Err(invalid_argument("resource_type or out_stream is NULL"));
+        }
+        if max_rows == 0 {
+            return Err(invalid_argument("max_rows is 0"));
+        }
+        #[cfg(feature = "arrow")]
+        {
+            // SAFETY: non-NULL and NUL-terminated per the contract.
+            let t = unsafe { std::ffi::CStr::from_ptr(resource_type) }
+                .to_str()
+                .map_err(|_| invalid_argument("resource_type is not UTF-8"))?;
+            let stream = imp::stream(handle, t, max_rows);
+            // SAFETY: `out_stream` is writable per the contract; the write moves ownership.
+            unsafe {
+                out_stream
+                    .cast::<arrow_array::ffi_stream::FFI_ArrowArrayStream>()
+                    .write(stream)
+            };
+            Ok(FHIRBULK_OK)
+        }
+        #[cfg(not(feature = "arrow"))]
+        {
+            let _ = handle;
+            Err(no_arrow())
+        }
+    })
+}
+
+#[cfg(feature = "arrow")]
+pub(super) mod imp {
+    use super::super::{Consumer, Handle};
+    use crate::arrow::{schema_for, ArrowReader};
+    use crate::error::{Error, ErrorCode};
+    use crate::stream::Next;
+    use arrow_array::ffi::FFI_ArrowArray;
+    use arrow_array::ffi_stream::FFI_ArrowArrayStream;
+    use arrow_array::{Array, RecordBatch, RecordBatchReader, StructArray};
+    use arrow_schema::ffi::FFI_ArrowSchema;
+    use arrow_schema::{ArrowError, Schema, SchemaRef};
+    use std::collections::VecDeque;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// A handle's Arrow side: the decoders and the batches a type's stream passed over.
+    pub(in crate::ffi) struct State {
+        reader: ArrowReader,
+        held: VecDeque<(String, RecordBatch)>,
+    }
+
+    impl State {
+        fn new(max_rows: usize) -> State {
+            State {
+                reader: ArrowReader::new(max_rows),
+                held: VecDeque::new(),
+            }
+        }
+    }
+
+    fn arrow_failed(e: ArrowError) -> Error {
+        Error::new(ErrorCode::Internal, format!("Arrow export failed: {e}"))
+    }
+
+    pub(super) fn schema_to_ffi(schema: &Schema) -> Result<FFI_ArrowSchema, Error> {
+        FFI_ArrowSchema::try_from(schema).map_err(arrow_failed)
+    }
+
+    pub(super) fn batch_to_ffi(b: RecordBatch) -> Result<(FFI_ArrowArray, FFI_ArrowSchema), Error> {
+        let schema = schema_to_ffi(b.schema().as_ref())?;
+        let array = FFI_ArrowArray::new(&StructArray::from(b).to_data());
+        Ok((array, schema))
+    }
+
+    /// The next batch of any type: those a stream passed over first.
+    pub(super) fn next_any(
+        c: &mut Consumer,
+        max_rows: usize,
+        timeout: Option<Duration>,
+    ) -> Result<Next<(String, RecordBatch)>, Error> {
+        let Consumer { export, arrow, .. } = c;
+        let s = arrow.get_or_insert_with(|| State::new(max_rows));
+        if let Some(b) = s.held.pop_front() {
+            return Ok(Next::Item(b));
+        }
+        s.reader.next_batch(export, timeout)
+    }
+
+    /// How long a stream waits for the export in one turn of the consumer lock.
+    const TURN: Duration = Duration::from_millis(50);
+
+    /// One type's batches, pulled from the handle's export under its consumer lock.
+    struct TypeStream {
+        handle: Arc<Handle>,
+        resource_type: String,
+        max_rows: usize,
+        schema: SchemaRef,
+    }
+
+    impl Iterator for TypeStream {
+        type Item = Result<RecordBatch, ArrowError>;
+
+        fn next(&mut self) -> Option<Self::Item> {
+            let external = |e: Error| ArrowError::ExternalError(Box::new(e));
+            loop {
+                // The handle's consumer lock is taken for one short pull at a time, so that
+                // the streams of other types (other threads) get their turns and take the
+                // batches this one passes over.
+                let mut guard = self.handle.consumer.lock();
+                let Some(c) = guard.as_mut() else {
+                    return Some(Err(external(Error::new(
+                        ErrorCode::InvalidHandle,
+                        "the export was freed (export_free) before its stream ended",
+                    ))));
+                };
+                let Consumer { export, arrow, .. } = c;
+                let s = arrow.get_or_insert_with(|| State::new(self.max_rows));
+                if let Some(at) = s.held.iter().position(|(t, _)| *t == self.resource_type) {
+                    return s.held.remove(at).map(|(_, b)| Ok(b));
+                }
+                match s.reader.next_batch(export, Some(TURN)) {
+                    Ok(Next::Item((t, b))) if t == self.resource_type => return Some(Ok(b)),
+                    Ok(Next::Item(other)) => s.held.push_back(other),
+                    Ok(Next::End) => return None,
+                    Ok(Next::Timeout) => {}
+                    Ok(Next::Cancelled) => {
+                        return Some(Err(external(Error::new(
+                            ErrorCode::Internal,
+                            "the export was cancelled",
+                        ))))
+                    }
+                    Err(e) => return Some(Err(external(e))),
+                }
+            }
+        }
+    }
+
+    impl RecordBatchReader for TypeStream {
+        fn schema(&self) -> SchemaRef {
+            Arc::clone(&self.schema)
+        }
+    }
+
+    pub(super) fn stream(
+        handle: Arc<Handle>,
+        resource_type: &str,
+        max_rows: usize,
+    ) -> FFI_ArrowArrayStream {
+        FFI_ArrowArrayStream::new(Box::new(TypeStream {
+            handle,
+            resource_type: resource_type.to_owned(),
+            max_rows,
+            schema: schema_for(resource_type).arrow_schema(),
+        }))
+    }
+}
