@@ -1,7 +1,7 @@
 /*
  * bench/consumer.c: the C consumer of the benchmark (bench/run.py builds and runs it).
  *
- *   consumer BASE_URL [--api batch|record] [--validate] [--concurrency N] [--slow-mbps N]
+ *   consumer BASE_URL [--api batch|record|arrow] [--validate] [--concurrency N] [--slow-mbps N]
  *            [--ca-bundle PEM]
  *            [--chunk-bytes N] [--buffer-chunks N] [--type TYPE]
  *
@@ -53,7 +53,7 @@ static void pace(double start, uint64_t bytes, double mbps) {
 }
 
 static int usage(void) {
-    fprintf(stderr, "usage: consumer BASE_URL [--api batch|record] [--validate] [--concurrency N] "
+    fprintf(stderr, "usage: consumer BASE_URL [--api batch|record|arrow] [--validate] [--concurrency N] "
                     "[--slow-mbps N] [--chunk-bytes N] [--buffer-chunks N] [--type TYPE] "
                     "[--ca-bundle PEM]\n");
     return 2;
@@ -62,13 +62,15 @@ static int usage(void) {
 int main(int argc, char **argv) {
     if (argc < 2) return usage();
     const char *base = argv[1];
-    int per_record = 0, validate = 0, concurrency = 4;
+    int per_record = 0, arrow = 0, validate = 0, concurrency = 4;
     long chunk_bytes = 0, buffer_chunks = 0;
     const char *type = NULL, *ca_bundle = NULL;
     double slow_mbps = 0;
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "--api") && i + 1 < argc) {
-            per_record = !strcmp(argv[++i], "record");
+            i++;
+            per_record = !strcmp(argv[i], "record");
+            arrow = !strcmp(argv[i], "arrow");
         } else if (!strcmp(argv[i], "--validate")) {
             validate = 1;
         } else if (!strcmp(argv[i], "--concurrency") && i + 1 < argc) {
@@ -114,7 +116,19 @@ int main(int argc, char **argv) {
     }
     uint64_t records = 0, bytes = 0, sum = 0, first_us = 0;
     for (;;) {
-        if (per_record) {
+        if (arrow) {
+            /* Typed Arrow batches (export_next_arrow_batch): rows counted, buffers released. */
+            struct ArrowArray a;
+            struct ArrowSchema sc;
+            char ty[64];
+            st = export_next_arrow_batch(h, 65536, -1, &a, &sc, ty, sizeof ty);
+            if (st != FHIRBULK_RECORD) break;
+            if (!first_us) first_us = unix_us();
+            records += (uint64_t)a.length;
+            sum += (uint64_t)a.n_children;
+            a.release(&a);
+            sc.release(&sc);
+        } else if (per_record) {
             FhirbulkRecord r;
             st = export_next_record(h, -1, &r);
             if (st != FHIRBULK_RECORD) break;
@@ -145,6 +159,7 @@ int main(int argc, char **argv) {
     FhirbulkProgress p;
     export_poll(h, &p);
     export_free(h);
+    if (arrow) bytes = p.bytes_downloaded; /* the NDJSON the batches came from */
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     /* Peak RSS of this program's own address space: ru_maxrss would also count the parent's

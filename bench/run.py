@@ -275,7 +275,7 @@ def main() -> int:
     json_path = a.json or out_dir / ("smoke.json" if a.smoke else "results.json")
 
     # 1. build (the library, the sandbox server, the CLI; the C programs of bench/)
-    cargo = ["cargo", "build", "--features", "sandbox,cli", "--lib", "--bin", "fhirbulk-sandbox",
+    cargo = ["cargo", "build", "--features", "sandbox,cli,arrow", "--lib", "--bin", "fhirbulk-sandbox",
              "--bin", "fhirbulk"]
     run(cargo + ([] if a.debug else ["--release"]), cwd=REPO)
     libdir = target / profile
@@ -379,6 +379,10 @@ def throughput_part(a, parts: set[str], results: dict, rows: list[dict], sandbox
                               check(consumer_run(consumer, base, "--api", "record")), curl_bps))
             rows.append(c_row("fhirbulk C, validate_json",
                               check(consumer_run(consumer, base, "--validate")), curl_bps))
+            # Typed Arrow batches (the FHIR R4 schema, the remainder column), decoded in the
+            # engine: bytes are the NDJSON they came from.
+            rows.append(c_row("fhirbulk C, Arrow batches",
+                              check(consumer_run(consumer, base, "--api", "arrow")), curl_bps))
             # A server without Content-Length (chunked transfer encoding, 8 KB chunks) and its own
             # curl baseline.
             urls_c = kickoff(sb.base("polls=0;chunked"))
