@@ -121,7 +121,7 @@ int main(int argc, char **argv) {
             struct ArrowArray a;
             struct ArrowSchema sc;
             char ty[64];
-            st = export_next_arrow_batch(h, 65536, -1, &a, &sc, ty, sizeof ty);
+            st = export_next_arrow_batch(h, 8192, -1, &a, &sc, ty, sizeof ty);
             if (st != FHIRBULK_RECORD) break;
             if (!first_us) first_us = unix_us();
             records += (uint64_t)a.length;

@@ -1,9 +1,11 @@
 //! NDJSON resources of one type into Arrow record batches of its [`TypeSchema`], and back.
 //!
-//! Each resource is parsed (serde_json, decimals kept as their text) and walked against the
-//! column tree: what a column holds is appended to it; what none does (an element the schema
-//! has no column for, a value of the wrong JSON type, an explicit `null`) goes to the row's
-//! `_remainder`, a JSON document shaped like the resource that holds only those parts
+//! Each resource is parsed once to check it (syntax, `resourceType`), then parsed again straight
+//! into the column tree (serde's `DeserializeSeed`: no tree of the resource is built, strings
+//! without escapes are copied from the line into the columns, numbers are taken by their text):
+//! what a column holds is appended to it; what none does (an element the schema has no column
+//! for, a value of the wrong JSON type, an explicit `null`) goes, as its JSON text, to the
+//! row's `_remainder`, a JSON document shaped like the resource that holds only those parts
 //! (arrays keep their positions, with `null` where an item is wholly in the columns).
 //! [`rebuild`] puts a row and its remainder back together: the resource, equal as JSON to the
 //! line it came from.
@@ -14,10 +16,20 @@ use arrow_array::{
 };
 use arrow_buffer::{BooleanBufferBuilder, Buffer, NullBufferBuilder, OffsetBuffer, ScalarBuffer};
 use arrow_schema::{ArrowError, DataType, Field, Fields};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Number, Value};
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
 use std::sync::Arc;
 
-/// One column's values while a batch fills.
+/// One column's values while a batch fills. A column is filled lazily: a struct's member that
+/// a resource does not have gets no entry then; it is padded with nulls up to the struct's
+/// length when it next gets a value, or when the batch is finished. So a row costs what its
+/// JSON holds, not the width of the schema (FHIR schemas are wide and sparse: an Observation's
+/// has hundreds of leaves).
 enum Col {
     Bool(BooleanBufferBuilder, NullBufferBuilder),
     Int(Vec<i32>, NullBufferBuilder),
@@ -28,7 +40,9 @@ enum Col {
         nulls: NullBufferBuilder,
     },
     Struct {
-        members: Vec<(String, Col)>,
+        members: Vec<Col>,
+        /// Member position by JSON key.
+        index: HashMap<String, usize>,
         nulls: NullBufferBuilder,
         len: usize,
     },
@@ -53,9 +67,11 @@ impl Col {
                 nulls: NullBufferBuilder::new(0),
             },
             Node::Struct(members) => Col::Struct {
-                members: members
+                members: members.iter().map(|m| Col::new(&m.node)).collect(),
+                index: members
                     .iter()
-                    .map(|m| (m.key.clone(), Col::new(&m.node)))
+                    .enumerate()
+                    .map(|(i, m)| (m.key.clone(), i))
                     .collect(),
                 nulls: NullBufferBuilder::new(0),
                 len: 0,
@@ -68,151 +84,75 @@ impl Col {
         }
     }
 
-    fn null(&mut self) {
+    fn len(&self) -> usize {
         match self {
-            Col::Bool(v, n) => {
-                v.append(false);
-                n.append_null();
+            Col::Bool(_, n) | Col::Int(_, n) => n.len(),
+            Col::Str { offsets, .. } | Col::List { offsets, .. } => offsets.len() - 1,
+            Col::Struct { len, .. } => *len,
+        }
+    }
+
+    /// Appends nulls up to `n` entries (a struct's members are padded when finished).
+    fn pad_to(&mut self, n: usize) {
+        let k = n.saturating_sub(self.len());
+        if k == 0 {
+            return;
+        }
+        match self {
+            Col::Bool(v, nulls) => {
+                v.append_n(k, false);
+                nulls.append_n_nulls(k);
             }
-            Col::Int(v, n) => {
-                v.push(0);
-                n.append_null();
+            Col::Int(v, nulls) => {
+                v.resize(v.len() + k, 0);
+                nulls.append_n_nulls(k);
             }
-            Col::Str { offsets, nulls, .. } => {
-                offsets.push(*offsets.last().unwrap_or(&0));
-                nulls.append_null();
+            Col::Str { offsets, nulls, .. } | Col::List { offsets, nulls, .. } => {
+                let last = *offsets.last().unwrap_or(&0);
+                offsets.resize(offsets.len() + k, last);
+                nulls.append_n_nulls(k);
             }
-            Col::Struct {
-                members,
-                nulls,
-                len,
-            } => {
-                for (_, c) in members {
-                    c.null();
-                }
-                nulls.append_null();
-                *len += 1;
-            }
-            Col::List { offsets, nulls, .. } => {
-                offsets.push(*offsets.last().unwrap_or(&0));
-                nulls.append_null();
+            Col::Struct { nulls, len, .. } => {
+                nulls.append_n_nulls(k);
+                *len += k;
             }
         }
     }
 
-    /// Appends `v` (None: absent); returns what the column could not hold.
-    fn push(&mut self, v: Option<&Value>) -> Option<Value> {
-        let Some(v) = v else {
-            self.null();
-            return None;
-        };
-        let taken = match (&mut *self, v) {
-            (Col::Bool(b, n), Value::Bool(x)) => {
-                b.append(*x);
-                n.append_non_null();
-                true
-            }
-            (Col::Int(vals, n), Value::Number(x)) => {
-                match x.as_i64().and_then(|i| i32::try_from(i).ok()) {
-                    Some(i) if x.to_string() == i.to_string() => {
-                        vals.push(i);
-                        n.append_non_null();
-                        true
-                    }
-                    _ => false,
+    fn null(&mut self) {
+        let n = self.len() + 1;
+        self.pad_to(n);
+    }
+
+    /// Appends a JSON number given as its text (an integer column takes a 32-bit integer
+    /// written as one, a decimal column any number); else the column gets null and the text
+    /// is what is left (`null` included).
+    fn push_number(&mut self, text: &str) -> Left {
+        let number = text.starts_with(|c: char| c == '-' || c.is_ascii_digit());
+        match self {
+            Col::Int(vals, n) if number => {
+                // Only an integer written as one (not `1.0`, `1e2` or `-0`): its text comes back.
+                if let Some(i) = text.parse::<i32>().ok().filter(|i| i.to_string() == text) {
+                    vals.push(i);
+                    n.append_non_null();
+                    return None;
                 }
             }
-            (
-                Col::Str {
-                    decimal: false,
-                    offsets,
-                    data,
-                    nulls,
-                },
-                Value::String(s),
-            ) => {
-                data.extend_from_slice(s.as_bytes());
+            Col::Str {
+                decimal: true,
+                offsets,
+                data,
+                nulls,
+            } if number => {
+                data.extend_from_slice(text.as_bytes());
                 offsets.push(data.len() as i32);
                 nulls.append_non_null();
-                true
+                return None;
             }
-            (
-                Col::Str {
-                    decimal: true,
-                    offsets,
-                    data,
-                    nulls,
-                },
-                Value::Number(x),
-            ) => {
-                // The number's own text (serde_json's arbitrary_precision).
-                data.extend_from_slice(x.to_string().as_bytes());
-                offsets.push(data.len() as i32);
-                nulls.append_non_null();
-                true
-            }
-            (
-                Col::Struct {
-                    members,
-                    nulls,
-                    len,
-                },
-                Value::Object(map),
-            ) => {
-                let mut rem = Map::new();
-                let mut found = 0;
-                for (key, col) in members.iter_mut() {
-                    let v = map.get(key.as_str());
-                    found += usize::from(v.is_some());
-                    if let Some(left) = col.push(v) {
-                        rem.insert(key.clone(), left);
-                    }
-                }
-                if found < map.len() {
-                    // Keys no column has (unknown elements, `_primitive` siblings, ...).
-                    for (k, x) in map {
-                        if !members.iter().any(|(key, _)| key == k) {
-                            rem.insert(k.clone(), x.clone());
-                        }
-                    }
-                }
-                nulls.append_non_null();
-                *len += 1;
-                return (!rem.is_empty()).then_some(Value::Object(rem));
-            }
-            (
-                Col::List {
-                    child,
-                    offsets,
-                    nulls,
-                },
-                Value::Array(items),
-            ) => {
-                let mut rem: Vec<Value> = Vec::new();
-                let mut any = false;
-                for item in items {
-                    // A null item is data in a list (primitive arrays align with `_name`).
-                    let left = if item.is_null() {
-                        child.push(None)
-                    } else {
-                        child.push(Some(item))
-                    };
-                    any |= left.is_some();
-                    rem.push(left.unwrap_or(Value::Null));
-                }
-                offsets.push(*offsets.last().unwrap_or(&0) + items.len() as i32);
-                nulls.append_non_null();
-                return any.then_some(Value::Array(rem));
-            }
-            _ => false,
-        };
-        if taken {
-            None
-        } else {
-            // The wrong JSON type (or an explicit null): the column gets null, the value stays.
-            self.null();
-            Some(v.clone())
+            _ => {}
         }
+        self.null();
+        Some(text.to_owned())
     }
 
     /// The column's values as an array; the column is left unusable (make a new one).
@@ -239,6 +179,7 @@ impl Col {
                 Col::Struct {
                     mut members,
                     mut nulls,
+                    len,
                     ..
                 },
                 DataType::Struct(fields),
@@ -246,7 +187,10 @@ impl Col {
                 let arrays: Vec<ArrayRef> = members
                     .iter_mut()
                     .zip(fields.iter())
-                    .map(|((_, c), f)| c.finish(f))
+                    .map(|(c, f)| {
+                        c.pad_to(len);
+                        c.finish(f)
+                    })
                     .collect();
                 Arc::new(StructArray::new(fields.clone(), arrays, nulls.finish()))
             }
@@ -309,43 +253,56 @@ impl Decoder {
         self.rows
     }
 
-    /// Appends one resource (one NDJSON line). A line that is not a JSON object is an error
-    /// and appends nothing.
+    /// Appends one resource (one NDJSON line). A line that is not a JSON object of this
+    /// decoder's resource type is an error and appends nothing.
     pub fn push_line(&mut self, line: &[u8]) -> Result<(), ArrowError> {
-        let v: Value = serde_json::from_slice(line)
+        // A first, cheap pass checks the syntax and the type, so that the pass that fills the
+        // columns cannot fail half-way through a row.
+        let mut probe = serde_json::Deserializer::from_slice(line);
+        let ty = probe
+            .deserialize_map(TypeProbe)
+            .and_then(|t| probe.end().map(|()| t))
             .map_err(|e| ArrowError::JsonError(format!("a resource line is not JSON: {e}")))?;
-        self.push(&v)
-    }
-
-    /// Appends one resource.
-    pub fn push(&mut self, resource: &Value) -> Result<(), ArrowError> {
-        let Value::Object(map) = resource else {
-            return Err(ArrowError::JsonError(
-                "a resource is not a JSON object".into(),
-            ));
-        };
-        match map.get("resourceType") {
-            Some(Value::String(t)) if *t == self.schema.resource_type => {}
-            other => {
-                return Err(ArrowError::JsonError(format!(
-                    "a resource of type {other:?} in the {} table",
-                    self.schema.resource_type
-                )))
-            }
+        if ty.as_deref() != Some(self.schema.resource_type.as_str()) {
+            return Err(ArrowError::JsonError(format!(
+                "a resource of type {ty:?} in the {} table",
+                self.schema.resource_type
+            )));
         }
-        let left = self.root.push(Some(resource));
-        // `resourceType` is the table's: not a remainder.
-        let left = match left {
-            Some(Value::Object(mut m)) => {
-                m.remove("resourceType");
-                (!m.is_empty()).then_some(Value::Object(m))
+        let mut de = serde_json::Deserializer::from_slice(line);
+        let left = Seed {
+            col: &mut self.root,
+            item: false,
+            root: true,
+        }
+        .deserialize(&mut de)
+        .map_err(|e| ArrowError::JsonError(format!("a resource line is not JSON: {e}")))?;
+        match left {
+            Some(text) => {
+                let Col::Str {
+                    offsets,
+                    data,
+                    nulls,
+                    ..
+                } = &mut self.remainder
+                else {
+                    unreachable!("the remainder is a string column")
+                };
+                data.extend_from_slice(text.as_bytes());
+                offsets.push(data.len() as i32);
+                nulls.append_non_null();
             }
-            other => other,
-        };
-        let text = left.map(|l| Value::String(l.to_string()));
-        self.remainder.push(text.as_ref());
+            None => self.remainder.null(),
+        }
         self.rows += 1;
         Ok(())
+    }
+
+    /// Appends one resource given as a JSON value.
+    pub fn push(&mut self, resource: &Value) -> Result<(), ArrowError> {
+        let line = serde_json::to_vec(resource)
+            .map_err(|e| ArrowError::JsonError(format!("cannot serialize a resource: {e}")))?;
+        self.push_line(&line)
     }
 
     /// The rows pushed since the last flush as one batch (None when there are none).
@@ -383,6 +340,258 @@ impl Decoder {
         columns.push(remainder);
         self.rows = 0;
         Some(RecordBatch::try_new(schema, columns).expect("columns match their schema"))
+    }
+}
+
+/// What a column could not hold, as JSON text for the remainder.
+type Left = Option<String>;
+
+/// Fills `col` from one JSON value as it is parsed (no tree of the resource is built): what
+/// the column holds goes into it, the rest comes back as JSON text. `item`: the value is a
+/// list item (a `null` there is data). `root`: the resource itself (its `resourceType` is the
+/// table's).
+struct Seed<'c> {
+    col: &'c mut Col,
+    item: bool,
+    root: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for Seed<'_> {
+    type Value = Left;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Left, D::Error> {
+        match self.col {
+            // Numbers by their text (a decimal's precision is in it).
+            Col::Int(..) | Col::Str { decimal: true, .. } => {
+                let raw = <&RawValue>::deserialize(d)?;
+                if self.item && raw.get() == "null" {
+                    self.col.null();
+                    return Ok(None);
+                }
+                Ok(self.col.push_number(raw.get()))
+            }
+            _ => d.deserialize_any(self),
+        }
+    }
+}
+
+/// JSON text of a string.
+fn quoted(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+impl Seed<'_> {
+    /// The value does not fit the column: null there, the value to the remainder.
+    fn reject(self, text: String) -> Left {
+        self.col.null();
+        Some(text)
+    }
+}
+
+impl<'de> Visitor<'de> for Seed<'_> {
+    type Value = Left;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, b: bool) -> Result<Left, E> {
+        if let Col::Bool(v, n) = self.col {
+            v.append(b);
+            n.append_non_null();
+            return Ok(None);
+        }
+        Ok(self.reject(b.to_string()))
+    }
+
+    fn visit_i64<E: de::Error>(self, x: i64) -> Result<Left, E> {
+        Ok(self.reject(x.to_string()))
+    }
+
+    fn visit_u64<E: de::Error>(self, x: u64) -> Result<Left, E> {
+        Ok(self.reject(x.to_string()))
+    }
+
+    fn visit_f64<E: de::Error>(self, x: f64) -> Result<Left, E> {
+        Ok(self.reject(serde_json::to_string(&x).unwrap_or_else(|_| "null".into())))
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Left, E> {
+        if let Col::Str {
+            decimal: false,
+            offsets,
+            data,
+            nulls,
+        } = self.col
+        {
+            data.extend_from_slice(s.as_bytes());
+            offsets.push(data.len() as i32);
+            nulls.append_non_null();
+            return Ok(None);
+        }
+        Ok(self.reject(quoted(s)))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Left, E> {
+        if self.item {
+            self.col.null();
+            return Ok(None);
+        }
+        // An explicit null: kept, so that the resource comes back as it was.
+        Ok(self.reject("null".into()))
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Left, E> {
+        self.visit_unit()
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Left, A::Error> {
+        let Col::Struct {
+            members,
+            index,
+            nulls,
+            len,
+        } = self.col
+        else {
+            let v = Value::deserialize(de::value::MapAccessDeserializer::new(map))?;
+            return Ok(self.reject(v.to_string()));
+        };
+        let row = *len;
+        let mut rem = String::new();
+        let left = |rem: &mut String, key: &str, text: &str| {
+            rem.push(if rem.is_empty() { '{' } else { ',' });
+            rem.push_str(&quoted(key));
+            rem.push(':');
+            rem.push_str(text);
+        };
+        while let Some(key) = map.next_key_seed(KeySeed)? {
+            if self.root && key == "resourceType" {
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            }
+            match index.get(key.as_ref()).map(|&i| &mut members[i]) {
+                // A member with a value for this row already (a key given twice) goes to the
+                // remainder: as when the JSON is read, the last one counts.
+                Some(col) if col.len() <= row => {
+                    col.pad_to(row);
+                    let seed = Seed {
+                        col,
+                        item: false,
+                        root: false,
+                    };
+                    if let Some(text) = map.next_value_seed(seed)? {
+                        left(&mut rem, &key, &text);
+                    }
+                }
+                // No column (an unknown element, a `_primitive` sibling, ...): as it came.
+                _ => {
+                    let raw = map.next_value::<&RawValue>()?;
+                    left(&mut rem, &key, raw.get());
+                }
+            }
+        }
+        nulls.append_non_null();
+        *len += 1;
+        if rem.is_empty() {
+            return Ok(None);
+        }
+        rem.push('}');
+        Ok(Some(rem))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Left, A::Error> {
+        let Col::List {
+            child,
+            offsets,
+            nulls,
+        } = self.col
+        else {
+            let v = Value::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
+            return Ok(self.reject(v.to_string()));
+        };
+        let mut items: Vec<Left> = Vec::new();
+        let mut n = 0;
+        let mut any = false;
+        loop {
+            let seed = Seed {
+                col: child,
+                item: true,
+                root: false,
+            };
+            match seq.next_element_seed(seed)? {
+                Some(left) => {
+                    n += 1;
+                    any |= left.is_some();
+                    items.push(left);
+                }
+                None => break,
+            }
+        }
+        offsets.push(*offsets.last().unwrap_or(&0) + n);
+        nulls.append_non_null();
+        if !any {
+            return Ok(None);
+        }
+        // Positions kept: `null` where an item is wholly in the columns.
+        let mut rem = String::from("[");
+        for (i, l) in items.iter().enumerate() {
+            if i > 0 {
+                rem.push(',');
+            }
+            rem.push_str(l.as_deref().unwrap_or("null"));
+        }
+        rem.push(']');
+        Ok(Some(rem))
+    }
+}
+
+/// An object key, borrowed from the line when it has no escapes.
+struct KeySeed;
+
+impl<'de> DeserializeSeed<'de> for KeySeed {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a key")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(s))
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(s.to_owned()))
+    }
+}
+
+/// A resource's `resourceType`, and that the line is one JSON object.
+struct TypeProbe;
+
+impl<'de> Visitor<'de> for TypeProbe {
+    type Value = Option<String>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut ty = None;
+        while let Some(key) = map.next_key_seed(KeySeed)? {
+            if key == "resourceType" {
+                ty = Some(map.next_value::<String>()?);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(ty)
     }
 }
 
@@ -544,14 +753,49 @@ mod tests {
     #[test]
     fn decimals_keep_their_text() {
         let mut d = Decoder::new("Observation");
-        d.push_line(br#"{"resourceType":"Observation","valueQuantity":{"value":1.50}}"#)
+        d.push_line(
+            br#"{"resourceType":"Observation","valueQuantity":{"value":1.50},"valueInteger":1.0}"#,
+        )
+        .unwrap();
+        let b = d.flush().unwrap();
+        let q = b
+            .column_by_name("valueQuantity")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StructArray>()
+            .unwrap()
+            .column_by_name("value")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap()
+            .value(0)
+            .to_owned();
+        assert_eq!(q, "1.50");
+        // `1.0` is no 32-bit integer as written: the remainder keeps its text.
+        let rem = b.column_by_name(REMAINDER).unwrap();
+        let rem = rem.as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!(rem.value(0), r#"{"valueInteger":1.0}"#);
+        let e = d.push_line(br#"{"resourceType":"Patient"}"#).unwrap_err();
+        assert!(e.to_string().contains("Observation table"), "{e}");
+        let e = d
+            .push_line(br#"{"resourceType":"Observation""#)
+            .unwrap_err();
+        assert!(e.to_string().contains("not JSON"), "{e}");
+        assert_eq!(d.rows(), 0, "a bad line appends nothing");
+    }
+
+    #[test]
+    fn keys_given_twice_and_escapes() {
+        round_trip(&[json!({"resourceType": "Patient", "id": "a\"b\u{e9}", "gender": "x\ny"})]);
+        let mut d = Decoder::new("Patient");
+        d.push_line(br#"{"resourceType":"Patient","id":"1","id":"2","birthDate":"2000"}"#)
             .unwrap();
         let b = d.flush().unwrap();
         assert_eq!(
-            rebuild(&b, 0).to_string(),
-            r#"{"resourceType":"Observation","valueQuantity":{"value":1.50}}"#
+            rebuild(&b, 0)["id"],
+            "2",
+            "the last key counts, as serde_json reads it"
         );
-        let e = d.push_line(br#"{"resourceType":"Patient"}"#).unwrap_err();
-        assert!(e.to_string().contains("Observation table"), "{e}");
     }
 }
