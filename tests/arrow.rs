@@ -45,8 +45,12 @@ fn lines(sb: &Sandbox) -> BTreeMap<String, Value> {
 }
 
 /// Every row of the export as Arrow, rebuilt, by `Type/id`; and each type's schema.
-fn rows(sb: &Sandbox, batch_rows: usize) -> (BTreeMap<String, Value>, BTreeMap<String, String>) {
-    let mut a = ArrowBatches::new(Export::start(config(sb)).unwrap(), batch_rows);
+fn rows(
+    sb: &Sandbox,
+    batch_rows: usize,
+    threads: usize,
+) -> (BTreeMap<String, Value>, BTreeMap<String, String>) {
+    let mut a = ArrowBatches::with_threads(Export::start(config(sb)).unwrap(), batch_rows, threads);
     let mut out = BTreeMap::new();
     let mut schemas = BTreeMap::new();
     let mut remainders = 0;
@@ -80,13 +84,14 @@ fn every_resource_rebuilds_from_its_row() {
     let types: std::collections::BTreeSet<&str> =
         want.keys().map(|k| k.split('/').next().unwrap()).collect();
     assert!(types.len() >= 5, "{types:?}");
-    let (got, schemas) = rows(&sb, 100);
+    // Decoded on the reader's thread, then on 3 decode threads.
+    let (got, schemas) = rows(&sb, 100, 1);
     assert_eq!(got.len(), want.len());
     for (k, v) in &want {
         assert_eq!(got.get(k), Some(v), "{k}");
     }
-    // A second export, other batch sizes: the same schemas.
-    let (again, schemas2) = rows(&sb, 7);
+    // A second export, other batch sizes, several threads: the same rows and schemas.
+    let (again, schemas2) = rows(&sb, 7, 3);
     assert_eq!(again, got);
     assert_eq!(schemas, schemas2);
 }

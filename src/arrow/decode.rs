@@ -12,16 +12,17 @@
 
 use super::schema::{schema_for, Kind, Member, Node, TypeSchema, FHIR_TYPE, REMAINDER};
 use arrow_array::{
-    Array, ArrayRef, BooleanArray, Int32Array, ListArray, RecordBatch, StringArray, StructArray,
+    new_null_array, Array, ArrayRef, BooleanArray, Int32Array, ListArray, RecordBatch, StringArray,
+    StructArray,
 };
 use arrow_buffer::{BooleanBufferBuilder, Buffer, NullBufferBuilder, OffsetBuffer, ScalarBuffer};
 use arrow_schema::{ArrowError, DataType, Field, Fields};
+use rustc_hash::FxHashMap;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Number, Value};
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -41,8 +42,9 @@ enum Col {
     },
     Struct {
         members: Vec<Col>,
-        /// Member position by JSON key.
-        index: HashMap<String, usize>,
+        /// Member position by JSON key (FxHash: keys are short, and looked up for every key of
+        /// every object).
+        index: FxHashMap<String, usize>,
         nulls: NullBufferBuilder,
         len: usize,
     },
@@ -188,6 +190,11 @@ impl Col {
                     .iter_mut()
                     .zip(fields.iter())
                     .map(|(c, f)| {
+                        if c.len() == 0 {
+                            // A member no row of the batch had (most of a wide FHIR schema):
+                            // a null array of zeroed buffers, nothing written row by row.
+                            return new_null_array(f.data_type(), len);
+                        }
                         c.pad_to(len);
                         c.finish(f)
                     })

@@ -3,6 +3,7 @@
 //! and [`ArrowBatches`], which turns an [`Export`] into batches of one type each.
 
 pub mod decode;
+mod pool;
 pub mod schema;
 
 pub use decode::{rebuild, Decoder};
@@ -37,6 +38,14 @@ impl ArrowBatches {
         }
     }
 
+    /// [`ArrowBatches::new`] with `threads` decode threads (1: on the caller's thread).
+    pub fn with_threads(export: Export, batch_rows: usize, threads: usize) -> ArrowBatches {
+        ArrowBatches {
+            export,
+            reader: ArrowReader::with_threads(batch_rows, threads),
+        }
+    }
+
     /// The export (progress, controller, checkpoints).
     pub fn export(&self) -> &Export {
         &self.export
@@ -55,26 +64,39 @@ impl ArrowBatches {
     }
 }
 
-/// [`ArrowBatches`] without the export: the per-type decoders, fed from an export the caller
-/// keeps (the C ABI's handle).
+/// [`ArrowBatches`] without the export: the decoders, fed from an export the caller keeps (the
+/// C ABI's handle). With more than one core, the lines are decoded on up to 4 threads of the
+/// reader's own ([`pool`]); rows then come in no particular order within a type.
 pub struct ArrowReader {
     batch_rows: usize,
+    threads: usize,
+    pool: Option<pool::Pool>,
     decoders: HashMap<String, Decoder>,
     /// Types in the order first seen, so that the final flush is deterministic.
     order: Vec<String>,
     ready: VecDeque<(String, RecordBatch)>,
     ended: bool,
+    failed: Option<Error>,
     skipped: u64,
 }
 
 impl ArrowReader {
     pub fn new(batch_rows: usize) -> ArrowReader {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        ArrowReader::with_threads(batch_rows, cores.min(4))
+    }
+
+    /// `threads` decode threads; 1 decodes on the caller's thread.
+    pub fn with_threads(batch_rows: usize, threads: usize) -> ArrowReader {
         ArrowReader {
             batch_rows: batch_rows.max(1),
+            threads: threads.max(1),
+            pool: None,
             decoders: HashMap::new(),
             order: Vec::new(),
             ready: VecDeque::new(),
             ended: false,
+            failed: None,
             skipped: 0,
         }
     }
@@ -86,6 +108,109 @@ impl ArrowReader {
 
     /// See [`ArrowBatches::next_batch`].
     pub fn next_batch(
+        &mut self,
+        export: &mut Export,
+        timeout: Option<Duration>,
+    ) -> Result<Next<(String, RecordBatch)>> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        if self.threads > 1 && self.pool.is_none() && !self.ended {
+            self.pool = pool::Pool::new(self.threads, self.batch_rows).ok();
+        }
+        let r = if self.pool.is_some() {
+            self.next_pooled(export, timeout)
+        } else {
+            self.next_inline(export, timeout)
+        };
+        if let Err(e) = &r {
+            self.failed = Some(e.clone());
+        }
+        r
+    }
+
+    fn next_pooled(
+        &mut self,
+        export: &mut Export,
+        timeout: Option<Duration>,
+    ) -> Result<Next<(String, RecordBatch)>> {
+        let pool = self.pool.as_mut().expect("checked by the caller");
+        let take = |o: pool::Out, ready: &mut VecDeque<(String, RecordBatch)>| -> Result<()> {
+            match o {
+                pool::Out::Batch(t, b) => ready.push_back((t, b)),
+                pool::Out::Failed(e) => return Err(e),
+                pool::Out::Done | pool::Out::Flushed => {}
+            }
+            Ok(())
+        };
+        loop {
+            if let Some(b) = self.ready.pop_front() {
+                return Ok(Next::Item(b));
+            }
+            while let Some(o) = pool.try_recv() {
+                take(o, &mut self.ready)?;
+            }
+            if !self.ready.is_empty() {
+                continue;
+            }
+            if self.ended {
+                if pool.all_flushed() && pool.in_flight == 0 {
+                    return Ok(Next::End);
+                }
+                match pool.recv(timeout) {
+                    Some(o) => take(o, &mut self.ready)?,
+                    None => return Ok(Next::Timeout),
+                }
+                continue;
+            }
+            if !pool.has_room() {
+                match pool.recv(timeout) {
+                    Some(o) => take(o, &mut self.ready)?,
+                    None => return Ok(Next::Timeout),
+                }
+                continue;
+            }
+            let batch = match export.next_batch(self.batch_rows, timeout)? {
+                Next::Item(b) => b,
+                Next::End => {
+                    self.ended = true;
+                    pool.flush();
+                    continue;
+                }
+                Next::Timeout => return Ok(Next::Timeout),
+                Next::Cancelled => return Ok(Next::Cancelled),
+            };
+            // One run of lines per resource type in the batch (one, unless a file without a
+            // type in the manifest mixes them).
+            let mut runs: Vec<pool::Lines> = Vec::new();
+            for r in batch.iter() {
+                if r.kind != Kind::Output {
+                    self.skipped += 1;
+                    continue;
+                }
+                let run = match runs.iter_mut().find(|l| l.resource_type == r.resource_type) {
+                    Some(l) => l,
+                    None => {
+                        runs.push(pool::Lines {
+                            resource_type: r.resource_type.to_owned(),
+                            data: Vec::with_capacity(batch.data().len()),
+                            file_index: r.file_index,
+                            line_numbers: Vec::new(),
+                        });
+                        runs.last_mut().expect("pushed")
+                    }
+                };
+                run.data.extend_from_slice(r.data);
+                run.data.push(b'\n');
+                run.line_numbers.push(r.line);
+            }
+            for run in runs {
+                pool.send(run);
+            }
+        }
+    }
+
+    fn next_inline(
         &mut self,
         export: &mut Export,
         timeout: Option<Duration>,

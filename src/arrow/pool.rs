@@ -1,0 +1,187 @@
+//! Decoding on several threads: the reader hands each run of lines (one file's, one type) to
+//! the next of a few decode threads, each with its own per-type [`Decoder`]s, and takes their
+//! batches as they fill. Parsing JSON is most of the cost of a batch; the download threads
+//! mostly wait on the network, so the decode threads get the cores.
+//!
+//! Rows of a type come in batches from different threads: each batch holds rows in file order,
+//! the batches of a type interleave. Every row comes once.
+
+use super::decode::Decoder;
+use crate::error::{Error, ErrorCode};
+use arrow_array::RecordBatch;
+use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
+use std::collections::HashMap;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Runs of lines queued per decode thread (each is one pull from the export: at most
+/// `batch_rows` lines).
+const QUEUE: usize = 2;
+
+pub(crate) struct Lines {
+    pub resource_type: String,
+    /// The lines, each followed by `\n`.
+    pub data: Vec<u8>,
+    pub file_index: u32,
+    /// Each line's number in its file.
+    pub line_numbers: Vec<u64>,
+}
+
+enum Job {
+    Lines(Lines),
+    /// Hand out every filling batch, then say so.
+    Flush,
+}
+
+pub(crate) enum Out {
+    Batch(String, RecordBatch),
+    Failed(Error),
+    /// One `Lines` job is done.
+    Done,
+    /// A thread flushed.
+    Flushed,
+}
+
+pub(crate) struct Pool {
+    jobs: Vec<Sender<Job>>,
+    results: Receiver<Out>,
+    handles: Vec<JoinHandle<()>>,
+    next: usize,
+    pub in_flight: usize,
+    flushed: usize,
+}
+
+impl Pool {
+    /// `threads` decode threads (at least 2; fewer is the reader's own thread).
+    pub fn new(threads: usize, batch_rows: usize) -> std::io::Result<Pool> {
+        let (out_tx, results) = unbounded();
+        let mut jobs = Vec::new();
+        let mut handles = Vec::new();
+        for n in 0..threads {
+            let (tx, rx) = bounded::<Job>(QUEUE);
+            let out = out_tx.clone();
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("fhirbulk-arrow-{n}"))
+                    .spawn(move || decode_thread(rx, out, batch_rows))?,
+            );
+            jobs.push(tx);
+        }
+        Ok(Pool {
+            jobs,
+            results,
+            handles,
+            next: 0,
+            in_flight: 0,
+            flushed: 0,
+        })
+    }
+
+    /// Whether another run of lines may be queued without waiting.
+    pub fn has_room(&self) -> bool {
+        self.in_flight < QUEUE * self.jobs.len()
+    }
+
+    pub fn send(&mut self, lines: Lines) {
+        let n = self.next % self.jobs.len();
+        self.next += 1;
+        self.in_flight += 1;
+        // A decode thread only ends when its sender is dropped (or it panicked: then the
+        // results channel reports it as a failure below).
+        if self.jobs[n].send(Job::Lines(lines)).is_err() {
+            self.in_flight -= 1;
+        }
+    }
+
+    /// Asks every thread to hand out what it holds.
+    pub fn flush(&mut self) {
+        for j in &self.jobs {
+            let _ = j.send(Job::Flush);
+        }
+    }
+
+    /// Whether every thread has flushed.
+    pub fn all_flushed(&self) -> bool {
+        self.flushed >= self.jobs.len()
+    }
+
+    /// The next result (None: waited `timeout` in vain). A thread that died is a failure.
+    pub fn recv(&mut self, timeout: Option<Duration>) -> Option<Out> {
+        let got = match timeout {
+            None => self
+                .results
+                .recv()
+                .map_err(|_| RecvTimeoutError::Disconnected),
+            Some(t) => self.results.recv_timeout(t),
+        };
+        match got {
+            Ok(o) => Some(self.account(o)),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => Some(Out::Failed(Error::new(
+                ErrorCode::Internal,
+                "internal error: an Arrow decode thread ended",
+            ))),
+        }
+    }
+
+    pub fn try_recv(&mut self) -> Option<Out> {
+        self.results.try_recv().ok().map(|o| self.account(o))
+    }
+
+    fn account(&mut self, o: Out) -> Out {
+        match &o {
+            Out::Done => self.in_flight = self.in_flight.saturating_sub(1),
+            Out::Flushed => self.flushed += 1,
+            _ => {}
+        }
+        o
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.jobs.clear();
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+fn decode_thread(jobs: Receiver<Job>, out: Sender<Out>, batch_rows: usize) {
+    let mut decoders: HashMap<String, Decoder> = HashMap::new();
+    let mut order: Vec<String> = Vec::new();
+    for job in jobs {
+        match job {
+            Job::Lines(l) => {
+                if !decoders.contains_key(&l.resource_type) {
+                    order.push(l.resource_type.clone());
+                    decoders.insert(l.resource_type.clone(), Decoder::new(&l.resource_type));
+                }
+                let d = decoders.get_mut(&l.resource_type).expect("inserted above");
+                let lines = l.data.split(|b| *b == b'\n').filter(|s| !s.is_empty());
+                for (line, n) in lines.zip(&l.line_numbers) {
+                    if let Err(e) = d.push_line(line) {
+                        let _ = out.send(Out::Failed(Error::new(
+                            ErrorCode::Protocol,
+                            format!("file {} line {n}: {e}", l.file_index),
+                        )));
+                        continue;
+                    }
+                    if d.rows() >= batch_rows {
+                        let b = d.flush().expect("rows were pushed");
+                        let _ = out.send(Out::Batch(l.resource_type.clone(), b));
+                    }
+                }
+                let _ = out.send(Out::Done);
+            }
+            Job::Flush => {
+                for t in &order {
+                    if let Some(b) = decoders.get_mut(t).and_then(Decoder::flush) {
+                        let _ = out.send(Out::Batch(t.clone(), b));
+                    }
+                }
+                let _ = out.send(Out::Flushed);
+            }
+        }
+    }
+}
