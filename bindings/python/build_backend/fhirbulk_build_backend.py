@@ -39,7 +39,10 @@ def cffi_clean_header(text: str) -> str:
     """The header without preprocessor lines cffi cannot parse.
 
     Keeps integer ``#define``s (cffi turns them into ``lib.NAME`` constants), drops every other
-    directive, and drops whatever sits inside ``#ifdef __cplusplus`` blocks.
+    directive, and drops whatever sits inside ``#ifdef __cplusplus`` blocks.  What sits inside
+    other conditionals stays: the Arrow C Data and C Stream Interface structs inside their
+    ``#ifndef ARROW_C_DATA_INTERFACE`` / ``ARROW_C_STREAM_INTERFACE`` guards reach cffi
+    (``ffi.new("struct ArrowArray *")``).
     """
     out = []
     depth_cpp = 0  # >0 while inside an #ifdef __cplusplus ... #endif block

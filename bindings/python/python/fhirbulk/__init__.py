@@ -14,11 +14,17 @@ is a thin Python layer over its C functions::
 Errors are raised as :class:`ExportError` subclasses (see :mod:`fhirbulk._errors` for the
 hierarchy), each with ``code``, ``name``, ``http_status``, ``url``, ``message`` and the
 server's OperationOutcome ``issues``.
+
+Tables: ``job.to_arrow()``, ``job.to_polars()``, ``job.to_pandas()``, ``job.write_parquet(dir)``,
+``job.arrow_batches()`` and ``job.arrow_reader(type)`` read the export as typed Arrow record
+batches decoded by the native library (pyarrow needed); :func:`arrow_schema` gives a type's
+schema and :func:`rebuild` a row's resource.
 """
 
 from __future__ import annotations
 
 from ._abi import ABI_VERSION, check_abi
+from ._arrow import DEFAULT_ARROW_BATCH_ROWS, arrow_schema, has_arrow, rebuild, rebuild_all
 from ._errors import (
     AuthError,
     BadRequestError,
@@ -64,6 +70,7 @@ __all__ = [
     "BadRequestError",
     "BusyError",
     "ConfigError",
+    "DEFAULT_ARROW_BATCH_ROWS",
     "DEFAULT_BATCH_SIZE",
     "Export",
     "ExportError",
@@ -86,11 +93,15 @@ __all__ = [
     "UnprocessableError",
     "UnsupportedMediaTypeError",
     "UsageError",
+    "arrow_schema",
     "build_config",
     "check_abi",
     "export",
+    "has_arrow",
     "library_version",
     "live_handles",
+    "rebuild",
+    "rebuild_all",
     "set_max_downloads",
     "status_name",
 ]

@@ -35,10 +35,13 @@ from typing import (
 )
 
 from ._abi import ffi, lib
+from ._arrow import DEFAULT_ARROW_BATCH_ROWS, DEFAULT_PARQUET_BATCH_ROWS
 from ._errors import ConfigError, ExportError, error_from_detail
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas
+    import polars
+    import pyarrow
 
 #: Records pulled per ``export_next_batch`` call.
 DEFAULT_BATCH_SIZE = 4096
@@ -766,14 +769,145 @@ class Export:
         p = self._poll()
         return f"<fhirbulk.Export {p.state} files {p.files_done}/{p.files_total} records {p.records}>"
 
-    # ---- extras (optional dependencies imported lazily) ---------------------------------------
+    # ---- Arrow: typed tables (pyarrow, polars, pandas imported lazily) ---------------------
 
-    def to_pandas(self, *, kinds: Sequence[str] = ("output",)) -> "Dict[str, pandas.DataFrame]":
-        """Read the rest of the export into one DataFrame per resource type
-        (``pandas.json_normalize``).  Needs pandas."""
-        from ._extras import to_pandas
+    def arrow_batches(
+        self, resource_type: Optional[str] = None, *, batch_rows: int = DEFAULT_ARROW_BATCH_ROWS
+    ) -> "Union[Iterator[Tuple[str, pyarrow.RecordBatch]], Iterator[pyarrow.RecordBatch]]":
+        """The rest of the export's output resources as ``pyarrow.RecordBatch`` objects
+        decoded by the native library, imported without a copy.  Needs pyarrow.
 
-        return to_pandas(self, kinds=kinds)
+        ``resource_type=None``: ``(type, batch)`` pairs, each batch of one type with at most
+        ``batch_rows`` rows, in the order they fill (``export_next_arrow_batch``); memory is
+        one filling batch per type.  With a type: that type's batches only, from its Arrow C
+        stream (``export_arrow_stream``); the batches of *other* types that come meanwhile are
+        held in memory for their own streams, so export only the types you read
+        (``types=[...]``) or read all with ``resource_type=None``.
+
+        Every batch has the schema :func:`fhirbulk.arrow_schema` gives for its type;
+        :func:`fhirbulk.rebuild` turns a row back into its resource.  Error and deleted records
+        are not decoded (read them with :meth:`records` on another export).  Records read as
+        Arrow are not seen by the record iterators (``for r in job``, :meth:`raw`,
+        :meth:`records`), and the reverse: read one export one way.  The first Arrow call's
+        ``batch_rows`` applies to the rest of the export.  :meth:`checkpoint` counts records
+        the library decoded, including rows of batches still filling: resume from checkpoints
+        only with the record iterators.  Ctrl-C during a wait cancels and frees the export,
+        as for the record iterators; :meth:`cancel` or :meth:`close` end the loop.
+        """
+        from ._arrow import arrow_batches
+
+        return arrow_batches(self, resource_type, batch_rows)
+
+    def arrow_reader(
+        self, resource_type: str, *, batch_rows: int = DEFAULT_ARROW_BATCH_ROWS
+    ) -> "pyarrow.RecordBatchReader":
+        """One resource type's batches as a ``pyarrow.RecordBatchReader`` over the library's
+        Arrow C stream (``export_arrow_stream``), for DuckDB
+        (``duckdb.sql("select count(*) from reader")``), Polars (``pl.from_arrow(reader)``),
+        ``reader.read_all()``, ...  Needs pyarrow.
+
+        The reader owns the stream and reads it on whatever thread the consumer uses; a read
+        waits for the export without returning to Python, so Ctrl-C is delivered only when a
+        batch (or the end) comes; :meth:`cancel` from another thread ends the wait with an
+        error.  After :meth:`close` the reader stays safe: reading it raises an error saying
+        the export was freed.  The notes of :meth:`arrow_batches` apply (other types' batches
+        are held; records read as Arrow are not seen by the record iterators)."""
+        from ._arrow import arrow_reader
+
+        return arrow_reader(self, resource_type, batch_rows)
+
+    def to_arrow(
+        self, resource_type: Optional[str] = None, *, batch_rows: int = DEFAULT_ARROW_BATCH_ROWS
+    ) -> "Union[pyarrow.Table, Dict[str, pyarrow.Table]]":
+        """The rest of the export as ``pyarrow.Table``: for one ``resource_type`` its table
+        (with its schema even when it had no rows), else ``{type: Table}`` for the types that
+        had rows.  Needs pyarrow.  See :meth:`arrow_batches`."""
+        from ._arrow import to_arrow
+
+        return to_arrow(self, resource_type, batch_rows)
+
+    def to_polars(
+        self, resource_type: Optional[str] = None, *, batch_rows: int = DEFAULT_ARROW_BATCH_ROWS
+    ) -> "Union[polars.DataFrame, Dict[str, polars.DataFrame]]":
+        """:meth:`to_arrow` as ``polars.DataFrame`` (one, or ``{type: DataFrame}``); nested
+        elements are Polars structs and lists.  Needs polars and pyarrow."""
+        from ._arrow import to_polars
+
+        return to_polars(self, resource_type, batch_rows)
+
+    def to_pandas(
+        self,
+        resource_type: Optional[str] = None,
+        *,
+        kinds: Optional[Sequence[str]] = None,
+        batch_rows: int = DEFAULT_ARROW_BATCH_ROWS,
+        **to_pandas_kwargs: Any,
+    ) -> "Union[pandas.DataFrame, Dict[str, pandas.DataFrame]]":
+        """:meth:`to_arrow` as pandas: ``table.to_pandas(**to_pandas_kwargs)`` (one DataFrame,
+        or ``{type: DataFrame}``).  Columns are the schema's top-level elements; nested
+        elements are dicts and lists, decimals their exact text; pass
+        ``types_mapper=pandas.ArrowDtype`` for Arrow-backed columns.  Needs pandas and pyarrow.
+
+        ``kinds=(...)`` selects the old JSON path instead: ``pandas.json_normalize`` of the
+        records of those kinds (``"output"``, ``"error"``, ``"deleted"``), flat dotted columns,
+        ``{type: DataFrame}`` (or one type's DataFrame), the whole export parsed into Python
+        dicts first.  It is the only table path that includes error and deleted records."""
+        if kinds is not None:
+            if to_pandas_kwargs:
+                raise TypeError("to_pandas(kinds=...) takes no to_pandas keyword arguments")
+            from ._extras import to_pandas_json
+
+            frames = to_pandas_json(self, kinds=kinds)
+            if resource_type is None:
+                return frames
+            if resource_type in frames:
+                return frames[resource_type]
+            import pandas as pd
+
+            return pd.DataFrame()
+        from ._arrow import to_pandas
+
+        return to_pandas(self, resource_type, batch_rows, **to_pandas_kwargs)
+
+    def write_parquet(
+        self,
+        directory: Union[str, "os.PathLike[str]"],
+        *,
+        batch_rows: int = DEFAULT_PARQUET_BATCH_ROWS,
+        kinds: Optional[Sequence[str]] = None,
+        **writer_kwargs: Any,
+    ) -> Dict[str, int]:
+        """Stream the rest of the export into ``<directory>/<Type>.parquet``, one file per
+        resource type in the Arrow schema of :func:`fhirbulk.arrow_schema` (nested structs and
+        lists; schema and field metadata kept, so :func:`fhirbulk.rebuild` works on what
+        ``pyarrow.parquet.read_table`` gives back).  Bounded memory: written batch by batch
+        (one row group per batch of ``batch_rows``, default 8192), never a whole table; the
+        library holds one filling batch per type, and each open writer its column buffers.  Files appear when
+        the export completed (``.<Type>.parquet.partial`` until then; removed on a failure).
+        ``writer_kwargs`` go to ``pyarrow.parquet.ParquetWriter`` (``compression="zstd"``,
+        ...).  Returns rows per resource type.  Needs pyarrow.
+
+        Deprecated: ``kinds=(...)`` writes the old way (the whole export through pandas
+        ``json_normalize`` into memory, nested lists as JSON text) and returns rows per file
+        name."""
+        if kinds is not None:
+            warnings.warn(
+                "write_parquet(kinds=...) is deprecated: it reads the whole export into memory "
+                "through pandas.json_normalize; write_parquet(directory) streams typed Arrow "
+                "tables (output resources only)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            if writer_kwargs:
+                raise TypeError("write_parquet(kinds=...) takes no ParquetWriter arguments")
+            from ._extras import write_parquet_json
+
+            return write_parquet_json(self, directory, kinds=kinds)
+        from ._arrow import write_parquet
+
+        return write_parquet(self, directory, batch_rows, **writer_kwargs)
+
+    # ---- other extras ------------------------------------------------------------------------
 
     def write_ndjson(self, directory: Union[str, "os.PathLike[str]"]) -> Dict[str, int]:
         """Write the rest of the export to ``<directory>/<Type>.ndjson`` (error records to
@@ -782,16 +916,6 @@ class Export:
         from ._extras import write_ndjson
 
         return write_ndjson(self, directory)
-
-    def write_parquet(
-        self, directory: Union[str, "os.PathLike[str]"], *, kinds: Sequence[str] = ("output",)
-    ) -> Dict[str, int]:
-        """Write the rest of the export to ``<directory>/<Type>.parquet``, one flattened table
-        per resource type (nested lists become JSON text); returns rows per file name.  Needs
-        pandas and pyarrow."""
-        from ._extras import write_parquet
-
-        return write_parquet(self, directory, kinds=kinds)
 
     # ---- progress bar ------------------------------------------------------------------------
 

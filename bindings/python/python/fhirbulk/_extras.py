@@ -1,4 +1,7 @@
-"""Optional helpers: pandas DataFrames, NDJSON and Parquet files per resource type.
+"""Optional helpers on the record iterators: NDJSON files per resource type, and the JSON path
+to pandas and Parquet (``pandas.json_normalize``), which the Arrow path (``_arrow``) replaced
+for output resources and which stays for ``to_pandas(kinds=...)`` (the only table path that
+includes error and deleted records) and the deprecated ``write_parquet(kinds=...)``.
 
 pandas and pyarrow are imported only when one of these is called.
 """
@@ -33,7 +36,7 @@ def _grouped(job: "Export", kinds: Sequence[str]) -> Dict[str, List[Dict[str, An
     return by_type
 
 
-def to_pandas(job: "Export", *, kinds: Sequence[str] = ("output",)) -> "Dict[str, pandas.DataFrame]":
+def to_pandas_json(job: "Export", *, kinds: Sequence[str] = ("output",)) -> "Dict[str, pandas.DataFrame]":
     pd = _need("pandas", "pandas")
     return {
         ty: pd.json_normalize(rows) for ty, rows in sorted(_grouped(job, kinds).items())
@@ -80,11 +83,11 @@ def _flatten_for_parquet(df: "pandas.DataFrame") -> "pandas.DataFrame":
     return df
 
 
-def write_parquet(
+def write_parquet_json(
     job: "Export", directory: Union[str, "os.PathLike[str]"], *, kinds: Sequence[str] = ("output",)
 ) -> Dict[str, int]:
     _need("pyarrow", "parquet")
-    frames = to_pandas(job, kinds=kinds)
+    frames = to_pandas_json(job, kinds=kinds)
     os.makedirs(directory, exist_ok=True)
     counts: Dict[str, int] = {}
     for ty, df in frames.items():

@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""Time and peak RSS of the table helpers, the JSON path (before) against the Arrow path (after).
+
+Starts a sandbox (release build when there is one, ``--prerender``) with about ``--records``
+records at system level and runs each mode in a fresh child process under ``/usr/bin/time -v``
+(peak RSS: "Maximum resident set size"), one export each:
+
+- ``raw``: ``for line in job.raw()``, the export alone (a baseline);
+- ``pandas_json``: ``job.to_pandas(kinds=("output",))``, the old path (records parsed into
+  dicts, ``pandas.json_normalize`` per type; the same code as before the Arrow path);
+- ``pandas_arrow``: ``job.to_pandas()``, Arrow tables from the native decoder, ``to_pandas``;
+- ``pandas_arrowdtype``: ``job.to_pandas(types_mapper=pandas.ArrowDtype)`` (Arrow-backed
+  columns: no Python object per value);
+- ``parquet_json``: ``job.write_parquet(dir, kinds=("output",))``, the old path (the whole
+  export through pandas, then ``to_parquet`` per type);
+- ``parquet_arrow``: ``job.write_parquet(dir)``, streamed batch by batch;
+- ``arrow``: ``job.to_arrow()`` (Arrow tables only).
+
+Prints a Markdown table to stdout (and the numbers as JSON with ``--json``).
+
+Usage: python bench_arrow.py [--records 100000] [--runs 1] [--modes raw,pandas_json,...]
+       [--batch-rows N] [--sandbox PATH] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+RECORDS_PER_PATIENT = 8.5  # sandbox system-level export: ~8.5 resources per patient
+MODES = ("raw", "pandas_json", "pandas_arrow", "pandas_arrowdtype", "parquet_json",
+         "parquet_arrow", "arrow")
+
+
+def find_sandbox(explicit: str | None) -> Path:
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("FHIRBULK_SANDBOX_BIN"):
+        return Path(os.environ["FHIRBULK_SANDBOX_BIN"])
+    target = Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
+    for profile in ("release", "debug"):
+        p = target / profile / "fhirbulk-sandbox"
+        if p.is_file():
+            return p
+    sys.exit("no fhirbulk-sandbox binary: cargo build --release --features sandbox --bin fhirbulk-sandbox")
+
+
+def start_sandbox(binary: Path, patients: int, tmp: Path) -> tuple[subprocess.Popen, str]:
+    port_file = tmp / "port"
+    cmd = [str(binary), "--port", "0", "--port-file", str(port_file),
+           "--patients", str(patients), "--records-per-file", "20000", "--prerender"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (port_file.exists() and port_file.read_text().strip()):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            sys.exit("the sandbox did not start")
+        time.sleep(0.05)
+    return proc, f"http://127.0.0.1:{int(port_file.read_text())}/x/polls=0/fhir"
+
+
+def child(mode: str, url: str, out_dir: str, batch_rows: int) -> None:
+    """One measurement, in this process: prints {"records", "seconds"} as JSON."""
+    import fhirbulk
+
+    rows = {"batch_rows": batch_rows} if batch_rows else {}  # 0: each call's default
+
+    t0 = time.perf_counter()
+    with fhirbulk.export(url) as job:
+        if mode == "raw":
+            n = sum(1 for _ in job.raw())
+        elif mode == "pandas_json":
+            n = sum(len(df) for df in job.to_pandas(kinds=("output",)).values())
+        elif mode == "pandas_arrow":
+            n = sum(len(df) for df in job.to_pandas(**rows).values())
+        elif mode == "pandas_arrowdtype":
+            import pandas as pd
+
+            frames = job.to_pandas(types_mapper=pd.ArrowDtype, **rows)
+            n = sum(len(df) for df in frames.values())
+        elif mode == "parquet_json":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                n = sum(job.write_parquet(out_dir, kinds=("output",)).values())
+        elif mode == "parquet_arrow":
+            n = sum(job.write_parquet(out_dir, **rows).values())
+        elif mode == "arrow":
+            n = sum(t.num_rows for t in job.to_arrow(**rows).values())
+        else:
+            raise SystemExit(f"unknown mode {mode}")
+    seconds = time.perf_counter() - t0
+    size = sum(p.stat().st_size for p in Path(out_dir).glob("*.parquet")) if mode.startswith("parquet") else 0
+    print(json.dumps({"records": n, "seconds": seconds, "parquet_bytes": size}))
+
+
+_RSS = re.compile(r"Maximum resident set size \(kbytes\): (\d+)")
+
+
+def measure(mode: str, url: str, tmp: Path, batch_rows: int) -> dict:
+    out_dir = tmp / f"out-{mode}"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir()
+    cmd = ["/usr/bin/time", "-v", sys.executable, __file__, "--child", mode, "--url", url,
+           "--dir", str(out_dir), "--batch-rows", str(batch_rows)]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.exit(f"{mode} failed:\n{p.stderr}")
+    result = json.loads(p.stdout.strip().splitlines()[-1])
+    m = _RSS.search(p.stderr)
+    result["peak_rss_mb"] = int(m.group(1)) / 1024 if m else None
+    shutil.rmtree(out_dir, ignore_errors=True)
+    return result
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--records", type=int, default=100_000, help="about this many records")
+    ap.add_argument("--runs", type=int, default=1, help="best of N runs (time; RSS of that run)")
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--batch-rows", type=int, default=0,
+                    help="batch_rows of the Arrow calls (default: each call's own)")
+    ap.add_argument("--sandbox", help="the fhirbulk-sandbox binary")
+    ap.add_argument("--json", action="store_true", help="also print the numbers as JSON")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--url", help=argparse.SUPPRESS)
+    ap.add_argument("--dir", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(args.child, args.url, args.dir, args.batch_rows)
+        return 0
+    if not Path("/usr/bin/time").is_file():
+        sys.exit("needs /usr/bin/time (Debian: apt-get install time)")
+
+    binary = find_sandbox(args.sandbox)
+    tmp = Path(tempfile.mkdtemp(prefix="fhirbulk-bench-arrow-"))
+    proc, url = start_sandbox(binary, max(1, int(args.records / RECORDS_PER_PATIENT)), tmp)
+    results = {}
+    try:
+        print(f"sandbox: {binary}", file=sys.stderr)
+        # A first export renders the sandbox's files (--prerender renders on the first request):
+        # not part of any measurement.
+        measure("raw", url, tmp, args.batch_rows)
+        for mode in args.modes.split(","):
+            best = None
+            for _ in range(args.runs):
+                r = measure(mode, url, tmp, args.batch_rows)
+                if best is None or r["seconds"] < best["seconds"]:
+                    best = r
+            results[mode] = best
+            print(f"{mode}: {best}", file=sys.stderr)
+    finally:
+        proc.kill()
+        proc.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    print("| mode | records | seconds | peak RSS (MB) |")
+    print("|---|---|---|---|")
+    for mode, r in results.items():
+        print(f"| {mode} | {r['records']:,} | {r['seconds']:.2f} | {r['peak_rss_mb']:.0f} |")
+    if args.json:
+        print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
