@@ -271,8 +271,12 @@ impl Decoder {
             .and_then(|t| probe.end().map(|()| t))
             .map_err(|e| ArrowError::JsonError(format!("a resource line is not JSON: {e}")))?;
         if ty.as_deref() != Some(self.schema.resource_type.as_str()) {
+            let found = match &ty {
+                Some(t) => format!("of type {t:?}"),
+                None => "without a resourceType".to_owned(),
+            };
             return Err(ArrowError::JsonError(format!(
-                "a resource of type {ty:?} in the {} table",
+                "a resource {found} in the {} table",
                 self.schema.resource_type
             )));
         }
