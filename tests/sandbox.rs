@@ -243,7 +243,165 @@ fn group_export_matches_truth() {
     let sys = sb.truth(&TruthQuery::default());
     assert_eq!(sys["Organization"], 3);
     assert_eq!(sys["Practitioner"], 5);
-    assert_eq!(sys.len(), 7);
+    assert_eq!(sys.len(), 12);
+}
+
+/// The patient-compartment types added for issue 18 follow `_type`, `_since`, `_typeFilter`,
+/// `_elements`, `patient`, groups and organized output like the first ones.
+#[test]
+fn every_type_follows_the_kick_off_parameters() {
+    let sb = sandbox(30, 9);
+    let c = client();
+    let added = [
+        "DiagnosticReport",
+        "DocumentReference",
+        "Procedure",
+        "Immunization",
+        "AllergyIntolerance",
+    ];
+    // Without _type: every type, at every level.
+    let m = manifest(
+        &c,
+        &location(&kickoff(
+            &c,
+            &format!("{}/$export", sb.scenario_url("polls=0")),
+        )),
+    );
+    let got = download_all(&c, &m, 9);
+    assert_eq!(got, sb.truth(&TruthQuery::default()));
+    assert_eq!(got.len(), 12);
+    let m = manifest(
+        &c,
+        &location(&kickoff(
+            &c,
+            &format!("{}/Patient/$export", sb.scenario_url("polls=0")),
+        )),
+    );
+    let got = download_all(&c, &m, 9);
+    let truth = sb.truth(&TruthQuery {
+        level: "patient".into(),
+        ..TruthQuery::default()
+    });
+    assert_eq!(got, truth);
+    assert_eq!(got.len(), 10);
+    for t in added {
+        assert!(got[t] > 0, "{t}");
+    }
+
+    // g2, three patients, _since and filters on scalar elements of the new types.
+    let since = "2024-03-01T00:00:00+00:00";
+    let r = post_kickoff(
+        &c,
+        &format!("{}/Group/g2/$export", sb.scenario_url("polls=0")),
+        json!([
+            {"name": "_type", "valueString": added.join(",")},
+            {"name": "_since", "valueInstant": since},
+            {"name": "_typeFilter", "valueString": "Immunization?status=completed"},
+            {"name": "_typeFilter", "valueString": "AllergyIntolerance?criticality=high,low"},
+            {"name": "_typeFilter", "valueString": "DiagnosticReport?status=final"},
+            {"name": "patient", "valueReference": {"reference": "Patient/p2"}},
+            {"name": "patient", "valueReference": {"reference": "Patient/p3"}},
+            {"name": "patient", "valueReference": {"reference": "Patient/p7"}},
+            {"name": "patient", "valueReference": {"reference": "Patient/p10"}},
+        ]),
+    );
+    let m = manifest(&c, &location(&r));
+    let got = download_all(&c, &m, 9);
+    let truth = sb.truth(&TruthQuery {
+        level: "group".into(),
+        group: Some("g2".into()),
+        types: strs(&added),
+        since: Some(since.into()),
+        type_filters: strs(&[
+            "Immunization?status=completed",
+            "AllergyIntolerance?criticality=high,low",
+            "DiagnosticReport?status=final",
+        ]),
+        patients: strs(&["Patient/p2", "Patient/p3", "Patient/p7", "Patient/p10"]),
+        ..TruthQuery::default()
+    });
+    let nonzero: BTreeMap<_, _> = truth.into_iter().filter(|(_, n)| *n > 0).collect();
+    assert_eq!(got, nonzero);
+    assert!(!got.is_empty());
+    for o in m["output"].as_array().expect("output") {
+        for r in lines(&c, o["url"].as_str().expect("url")) {
+            assert!(r["meta"]["lastUpdated"].as_str().expect("lastUpdated") > "2024-03-01");
+            let owner = r["subject"]["reference"]
+                .as_str()
+                .or(r["patient"]["reference"].as_str());
+            assert!(
+                ["Patient/p2", "Patient/p10"].contains(&owner.unwrap_or_default()),
+                "only p2 and p10 are in g2: {r}"
+            );
+            match r["resourceType"].as_str() {
+                Some("Immunization") => assert_eq!(r["status"], "completed"),
+                Some("DiagnosticReport") => assert_eq!(r["status"], "final"),
+                Some("AllergyIntolerance") => {
+                    assert!(r["criticality"] == "high" || r["criticality"] == "low")
+                }
+                _ => {}
+            }
+        }
+    }
+
+    // _elements: the listed elements of each type, tagged SUBSETTED.
+    let url = format!(
+        "{}/Patient/$export?_type=Immunization,Procedure&_elements=Immunization.status,patient,Procedure.code",
+        sb.scenario_url("polls=0")
+    );
+    let m = manifest(&c, &location(&kickoff(&c, &url)));
+    for o in m["output"].as_array().expect("output") {
+        for r in lines(&c, o["url"].as_str().expect("url")) {
+            let mut keys: Vec<&String> = r.as_object().expect("object").keys().collect();
+            keys.sort();
+            match r["resourceType"].as_str() {
+                Some("Immunization") => {
+                    assert_eq!(keys, ["id", "meta", "patient", "resourceType", "status"])
+                }
+                _ => assert_eq!(keys, ["code", "id", "meta", "resourceType"]),
+            }
+            assert_eq!(r["meta"]["tag"][0]["code"], "SUBSETTED");
+        }
+    }
+
+    // Organized by patient: each resource in its patient's block.
+    let url = format!(
+        "{}/Group/g1/$export?_type=Patient,{}&organizeOutputBy=Patient",
+        sb.scenario_url("polls=0"),
+        added.join(",")
+    );
+    let m = manifest(&c, &location(&kickoff(&c, &url)));
+    let mut current = None;
+    let mut resources = 0;
+    for o in m["output"].as_array().expect("output") {
+        for r in lines(&c, o["url"].as_str().expect("url")) {
+            if r["resourceType"] == "Parameters" {
+                current = r["parameter"][0]["valueReference"]["reference"]
+                    .as_str()
+                    .map(String::from);
+                continue;
+            }
+            resources += 1;
+            let owner = match r["resourceType"].as_str() {
+                Some("Patient") => format!("Patient/{}", r["id"].as_str().unwrap_or_default()),
+                _ => r["subject"]["reference"]
+                    .as_str()
+                    .or(r["patient"]["reference"].as_str())
+                    .unwrap_or_default()
+                    .to_string(),
+            };
+            assert_eq!(Some(owner), current);
+        }
+    }
+    let mut types = vec!["Patient"];
+    types.extend(added);
+    let truth = sb.truth(&TruthQuery {
+        level: "group".into(),
+        group: Some("g1".into()),
+        types: strs(&types),
+        ..TruthQuery::default()
+    });
+    assert_eq!(resources, truth.values().sum::<u64>());
 }
 
 #[test]
