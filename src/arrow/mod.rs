@@ -21,8 +21,9 @@ use std::time::Duration;
 pub const DEFAULT_BATCH_ROWS: usize = 8192;
 
 /// The output resources of an export as record batches, each of one resource type, with at
-/// most `batch_rows` rows. A type's batch is handed out when it is full, and every type's last
-/// one at the end of the export; memory is one filling batch per type seen. Error and deleted
+/// most `batch_rows` rows. A type's batch is handed out when it is full, and what is left at the
+/// end of the export (one short batch per decode thread at most); memory is one filling batch
+/// per type seen and decode thread. Error and deleted
 /// records (the manifest's `error` and `deleted` files) are not decoded: they are counted
 /// ([`ArrowBatches::skipped`]) and can be read with the record API.
 pub struct ArrowBatches {

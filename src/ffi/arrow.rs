@@ -74,7 +74,7 @@ pub unsafe extern "C" fn fhirbulk_arrow_schema(
 
 /// Pull the next Arrow record batch: up to `max_rows` rows, all of one resource type, in the
 /// schema of `fhirbulk_arrow_schema` for that type (the first call's `max_rows` applies to the
-/// rest of the export). A type's batch comes when it is full, every type's last one at the end.
+/// rest of the export). A type's batch comes when it is full; at the end each decode thread (up to 4) hands out what it holds.
 /// Returns `FHIRBULK_RECORD` and fills `*out_array` and `*out_schema` (a struct array of the
 /// rows and its schema, both owned by the caller: call their `release`) and `type_buf` (the
 /// resource type, snprintf semantics; 64 bytes hold every FHIR type), or the outcomes of

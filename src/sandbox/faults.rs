@@ -117,6 +117,18 @@ impl<S: LineSource> FaultLines<S> {
         if self.f.contained_first {
             // Lines start with '{'; a source call may yield more than one line (headers).
             for line in self.scratch.split_inclusive('\n') {
+                // A resource with contained resources of its own (MedicationRequest's
+                // Medication) gets the Basic first in its array: one `contained` member.
+                if let Some(at) = line.find("\"contained\":[") {
+                    let at = at + "\"contained\":[".len();
+                    let own =
+                        &CONTAINED_MEMBER["\"contained\":[".len()..CONTAINED_MEMBER.len() - 1];
+                    self.raw.extend_from_slice(line[..at].as_bytes());
+                    self.raw.extend_from_slice(own.as_bytes());
+                    self.raw.push(b',');
+                    self.raw.extend_from_slice(line[at..].as_bytes());
+                    continue;
+                }
                 match line.strip_prefix('{') {
                     Some(rest) => {
                         self.raw.push(b'{');
@@ -711,6 +723,17 @@ mod tests {
             assert_eq!(v["id"], id);
             assert_eq!(v["contained"][0]["id"], "sandbox-contained");
         }
+        // A resource with contained resources of its own: one `contained`, the Basic first.
+        let src = ["{\"resourceType\":\"MedicationRequest\",\"contained\":[{\"resourceType\":\"Medication\",\"id\":\"med1\"}]}"];
+        let f = LineFaults {
+            contained_first: true,
+            ..LineFaults::default()
+        };
+        let out = String::from_utf8(render(f, &src)).expect("utf8");
+        assert_eq!(out.matches("\"contained\"").count(), 1, "{out}");
+        let v: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
+        assert_eq!(v["contained"][0]["id"], "sandbox-contained");
+        assert_eq!(v["contained"][1]["id"], "med1");
         let faults = Faults {
             change_file: true,
             truncate_last: Some(Truncate::Plain),

@@ -5,6 +5,7 @@ on Arrow; stable schemas; streams safe after close()."""
 from __future__ import annotations
 
 import collections
+import os
 import decimal
 import json
 import signal
@@ -187,10 +188,13 @@ def test_arrow_batches_are_bounded(sandbox):
             sizes[t].append(b.num_rows)
         assert job.progress.state == "done"
     assert {t: sum(s) for t, s in sizes.items()} == truth
+    threads = min(os.cpu_count() or 1, 4)  # the engine's decode threads
     for t, s in sizes.items():
-        # A type's batch comes when it is full; only its last one may be shorter.
-        assert all(n == 25 for n in s[:-1]) and 0 < s[-1] <= 25, (t, s)
-        assert len(s) == -(-truth[t] // 25)
+        # A type's batch comes when it is full; at the end each decode thread hands out
+        # what it holds, so up to one short batch per thread.
+        assert all(0 < n <= 25 for n in s), (t, s)
+        assert sum(1 for n in s if n < 25) <= threads, (t, s)
+        assert -(-truth[t] // 25) <= len(s) <= -(-truth[t] // 25) + threads, (t, s)
 
 
 def test_arrow_batches_of_one_type_then_the_other(sandbox):
@@ -314,7 +318,10 @@ def test_write_parquet(sandbox, tmp_path):
     for t, n in written.items():
         f = pq.ParquetFile(tmp_path / "pq" / f"{t}.parquet")
         assert f.metadata.num_rows == n
-        assert f.metadata.num_row_groups == -(-n // 40)  # written batch by batch
+        # Written batch by batch (a batch of at most 40 rows is a row group; up to one short
+        # batch per decode thread).
+        groups = f.metadata.num_row_groups
+        assert -(-n // 40) <= groups <= -(-n // 40) + min(os.cpu_count() or 1, 4), (t, groups)
         tables[t] = f.read()
         # The schema and field metadata come back (list items are named "element", as
         # Parquet's nested types name them).
