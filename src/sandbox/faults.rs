@@ -123,10 +123,10 @@ impl<S: LineSource> FaultLines<S> {
                     let at = at + "\"contained\":[".len();
                     let own =
                         &CONTAINED_MEMBER["\"contained\":[".len()..CONTAINED_MEMBER.len() - 1];
-                    self.raw.extend_from_slice(line[..at].as_bytes());
+                    self.raw.extend_from_slice(&line.as_bytes()[..at]);
                     self.raw.extend_from_slice(own.as_bytes());
                     self.raw.push(b',');
-                    self.raw.extend_from_slice(line[at..].as_bytes());
+                    self.raw.extend_from_slice(&line.as_bytes()[at..]);
                     continue;
                 }
                 match line.strip_prefix('{') {
