@@ -151,37 +151,57 @@ fn decode_thread(jobs: Receiver<Job>, out: Sender<Out>, batch_rows: usize) {
     let mut decoders: HashMap<String, Decoder> = HashMap::new();
     let mut order: Vec<String> = Vec::new();
     for job in jobs {
-        match job {
-            Job::Lines(l) => {
-                if !decoders.contains_key(&l.resource_type) {
-                    order.push(l.resource_type.clone());
-                    decoders.insert(l.resource_type.clone(), Decoder::new(&l.resource_type));
-                }
-                let d = decoders.get_mut(&l.resource_type).expect("inserted above");
-                let lines = l.data.split(|b| *b == b'\n').filter(|s| !s.is_empty());
-                for (line, n) in lines.zip(&l.line_numbers) {
-                    if let Err(e) = d.push_line(line) {
-                        let _ = out.send(Out::Failed(Error::new(
-                            ErrorCode::Protocol,
-                            format!("file {} line {n}: {e}", l.file_index),
-                        )));
-                        continue;
-                    }
-                    if d.rows() >= batch_rows {
-                        let b = d.flush().expect("rows were pushed");
-                        let _ = out.send(Out::Batch(l.resource_type.clone(), b));
-                    }
-                }
-                let _ = out.send(Out::Done);
+        // A panic (a bug) fails the read instead of leaving the reader waiting for this job.
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_job(job, &mut decoders, &mut order, &out, batch_rows)
+        }));
+        if run.is_err() {
+            let _ = out.send(Out::Failed(Error::new(
+                ErrorCode::Internal,
+                "internal error: a panic in an Arrow decode thread was caught",
+            )));
+            return;
+        }
+    }
+}
+
+fn run_job(
+    job: Job,
+    decoders: &mut HashMap<String, Decoder>,
+    order: &mut Vec<String>,
+    out: &Sender<Out>,
+    batch_rows: usize,
+) {
+    match job {
+        Job::Lines(l) => {
+            if !decoders.contains_key(&l.resource_type) {
+                order.push(l.resource_type.clone());
+                decoders.insert(l.resource_type.clone(), Decoder::new(&l.resource_type));
             }
-            Job::Flush => {
-                for t in &order {
-                    if let Some(b) = decoders.get_mut(t).and_then(Decoder::flush) {
-                        let _ = out.send(Out::Batch(t.clone(), b));
-                    }
+            let d = decoders.get_mut(&l.resource_type).expect("inserted above");
+            let lines = l.data.split(|b| *b == b'\n').filter(|s| !s.is_empty());
+            for (line, n) in lines.zip(&l.line_numbers) {
+                if let Err(e) = d.push_line(line) {
+                    let _ = out.send(Out::Failed(Error::new(
+                        ErrorCode::Protocol,
+                        format!("file {} line {n}: {e}", l.file_index),
+                    )));
+                    continue;
                 }
-                let _ = out.send(Out::Flushed);
+                if d.rows() >= batch_rows {
+                    let b = d.flush().expect("rows were pushed");
+                    let _ = out.send(Out::Batch(l.resource_type.clone(), b));
+                }
             }
+            let _ = out.send(Out::Done);
+        }
+        Job::Flush => {
+            for t in order.iter() {
+                if let Some(b) = decoders.get_mut(t).and_then(Decoder::flush) {
+                    let _ = out.send(Out::Batch(t.clone(), b));
+                }
+            }
+            let _ = out.send(Out::Flushed);
         }
     }
 }
