@@ -26,8 +26,11 @@ What it does, on this machine (the sandbox server runs here too, on 127.0.0.1):
    - peak RSS with long lines: 24 lines of --long-line-mb MB in one file, and one such line in
      each of 24 files (4 downloads at once); and a gzip-encoded export (the engine decodes);
    - Python (bench/python_bench.py) raw and parsed iteration next to plain Python reading the
-     local files, and Java (bench/java_bench.sh) iteration as String next to a pure-Java read
-     of the local files (skipped with --skip-python / --skip-java or when not available).
+     local files, and (bench/tables_bench.py) the export to typed Arrow batches and to Parquet
+     next to pyarrow.json.read_json, read_json + write_table and DuckDB read_json_auto on the
+     local files, each in its own process with its peak RSS; and Java (bench/java_bench.sh)
+     iteration as String next to a pure-Java read of the local files (skipped with
+     --skip-python / --skip-java or when not available).
    - many small files (--files, default 10,000, 50,000 and 200,000 one-record Patient files,
      each size on a fresh sandbox): files/s, client CPU ms per file and peak RSS of the C ABI
      (bench/consumer.c), the CLI (`fhirbulk export ... -o DIR`, to disk) and curl (`--parallel
@@ -653,9 +656,21 @@ def python_part(a, base: str, local: Path, out_dir: Path) -> dict | None:
         run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
              "--disable-pip-version-check", str(REPO / "bindings" / "python")])
         py = str(venv / "bin" / "python")
+        # The tables part's other routes (optional: skipped when they do not install).
+        subprocess.run([py, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                        "pyarrow", "duckdb"], check=False, timeout=600)
     _, _, out = run_child([py, str(script), "--base", base, "--local", str(local),
                            "--runs", str(a.runs)])
-    return json.loads(out)
+    res = json.loads(out)
+    # From the export to typed tables: fhirbulk's Arrow and Parquet next to pyarrow's and
+    # DuckDB's routes from the local files (bench/tables_bench.py).
+    tables = REPO / "bench" / "tables_bench.py"
+    p = subprocess.run([py, str(tables), "--base", base, "--local", str(local)],
+                       capture_output=True, text=True)
+    sys.stderr.write(p.stderr)
+    if p.returncode == 0 and p.stdout.strip():
+        res["tables"] = json.loads(p.stdout.strip().splitlines()[-1])
+    return res
 
 
 def java_part(a, base: str, local: Path) -> dict | None:
@@ -711,6 +726,11 @@ def print_throughput(res: dict) -> None:
                 print(f"  {k:18} {py[k]['records_per_s']:12,.0f}")
         if "parsed_vs_json_loads" in py:
             print(f"  parsed / json.loads on a local file: {py['parsed_vs_json_loads']:.2f}")
+        tb = py.get("tables")
+        if tb:
+            print("\nTo typed tables (fhirbulk: from the server; the others: from local files):")
+            for k, r in tb.items():
+                print(f"  {k:18} {r['seconds']:8.2f} s {r['rows']:12,} rows {r['maxrss_mb']:8.0f} MB")
     jv = res.get("java")
     if jv:
         print("\nJava (records/s):")
