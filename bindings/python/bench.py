@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
 import python_bench  # noqa: E402  (bench/python_bench.py)
 
-RECORDS_PER_PATIENT = 8.5  # sandbox system-level export: ~8.5 resources per patient
+RECORDS_PER_PATIENT = 13  # sandbox system-level export: ~13 resources per patient
 
 
 def find_sandbox(explicit: str | None) -> Path:

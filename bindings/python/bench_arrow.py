@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -36,37 +35,18 @@ import time
 import warnings
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-RECORDS_PER_PATIENT = 8.5  # sandbox system-level export: ~8.5 resources per patient
+# The sandbox helpers of bindings/python/bench.py (beside this file).
+from bench import RECORDS_PER_PATIENT, find_sandbox  # noqa: E402
+from bench import start_sandbox as _start_sandbox  # noqa: E402
+
 MODES = ("raw", "pandas_json", "pandas_arrow", "pandas_arrowdtype", "parquet_json",
          "parquet_arrow", "arrow")
 
 
-def find_sandbox(explicit: str | None) -> Path:
-    if explicit:
-        return Path(explicit)
-    if os.environ.get("FHIRBULK_SANDBOX_BIN"):
-        return Path(os.environ["FHIRBULK_SANDBOX_BIN"])
-    target = Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
-    for profile in ("release", "debug"):
-        p = target / profile / "fhirbulk-sandbox"
-        if p.is_file():
-            return p
-    sys.exit("no fhirbulk-sandbox binary: cargo build --release --features sandbox --bin fhirbulk-sandbox")
-
-
 def start_sandbox(binary: Path, patients: int, tmp: Path) -> tuple[subprocess.Popen, str]:
-    port_file = tmp / "port"
-    cmd = [str(binary), "--port", "0", "--port-file", str(port_file),
-           "--patients", str(patients), "--records-per-file", "20000", "--prerender"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not (port_file.exists() and port_file.read_text().strip()):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            sys.exit("the sandbox did not start")
-        time.sleep(0.05)
-    return proc, f"http://127.0.0.1:{int(port_file.read_text())}/x/polls=0/fhir"
+    """bench.py's sandbox (pre-rendered files); the base URL whose first poll has the manifest."""
+    proc, root = _start_sandbox(binary, patients, tmp)
+    return proc, f"{root}/x/polls=0/fhir"
 
 
 def child(mode: str, url: str, out_dir: str, batch_rows: int) -> None:

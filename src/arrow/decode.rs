@@ -68,21 +68,35 @@ impl Col {
                 data: Vec::new(),
                 nulls: NullBufferBuilder::new(0),
             },
-            Node::Struct(members) => Col::Struct {
-                members: members.iter().map(|m| Col::new(&m.node)).collect(),
-                index: members
-                    .iter()
-                    .enumerate()
-                    .map(|(i, m)| (m.key.clone(), i))
-                    .collect(),
-                nulls: NullBufferBuilder::new(0),
-                len: 0,
-            },
+            Node::Struct(members) => Col::struct_of(members),
             Node::List(child) => Col::List {
                 child: Box::new(Col::new(child)),
                 offsets: vec![0],
                 nulls: NullBufferBuilder::new(0),
             },
+        }
+    }
+
+    fn struct_of(members: &[Member]) -> Col {
+        Col::Struct {
+            members: members.iter().map(|m| Col::new(&m.node)).collect(),
+            index: members
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (m.key.clone(), i))
+                .collect(),
+            nulls: NullBufferBuilder::new(0),
+            len: 0,
+        }
+    }
+
+    /// A plain string column (the remainder).
+    fn text() -> Col {
+        Col::Str {
+            decimal: false,
+            offsets: vec![0],
+            data: Vec::new(),
+            nulls: NullBufferBuilder::new(0),
         }
     }
 
@@ -146,9 +160,7 @@ impl Col {
                 data,
                 nulls,
             } if number => {
-                data.extend_from_slice(text.as_bytes());
-                offsets.push(data.len() as i32);
-                nulls.append_non_null();
+                append_str(offsets, data, nulls, text);
                 return None;
             }
             _ => {}
@@ -228,26 +240,25 @@ pub struct Decoder {
     root: Col,
     remainder: Col,
     rows: usize,
+    /// Bytes of the lines pushed since the last flush (bounds every column's data).
+    line_bytes: usize,
+    byte_limit: usize,
 }
+
+/// A batch holds less than this many bytes of NDJSON lines: Arrow's Utf8 columns have 32-bit
+/// offsets, and no column can hold more than the lines it came from.
+pub const MAX_BATCH_BYTES: usize = 1 << 30;
 
 impl Decoder {
     pub fn new(resource_type: &str) -> Decoder {
         let schema = schema_for(resource_type);
-        let root = Col::new(&Node::Struct(
-            schema
-                .members
-                .iter()
-                .map(|m| Member {
-                    key: m.key.clone(),
-                    node: clone_node(&m.node),
-                })
-                .collect(),
-        ));
         Decoder {
+            root: Col::struct_of(&schema.members),
             schema,
-            root,
-            remainder: Col::new(&Node::Prim(Kind::Str, "string".into())),
+            remainder: Col::text(),
             rows: 0,
+            line_bytes: 0,
+            byte_limit: MAX_BATCH_BYTES,
         }
     }
 
@@ -260,9 +271,22 @@ impl Decoder {
         self.rows
     }
 
+    /// Whether the rows waiting make a batch: `batch_rows` of them, or lines of half
+    /// [`MAX_BATCH_BYTES`] (one line is less than half, so a batch stays below it).
+    pub fn full(&self, batch_rows: usize) -> bool {
+        self.rows >= batch_rows || self.line_bytes >= self.byte_limit / 2
+    }
+
     /// Appends one resource (one NDJSON line). A line that is not a JSON object of this
     /// decoder's resource type is an error and appends nothing.
     pub fn push_line(&mut self, line: &[u8]) -> Result<(), ArrowError> {
+        if line.len() >= self.byte_limit / 2 {
+            return Err(ArrowError::JsonError(format!(
+                "a resource of {} bytes is too large for an Arrow batch (at most {} bytes)",
+                line.len(),
+                self.byte_limit / 2 - 1
+            )));
+        }
         // A first, cheap pass checks the syntax and the type, so that the pass that fills the
         // columns cannot fail half-way through a row.
         let mut probe = serde_json::Deserializer::from_slice(line);
@@ -299,13 +323,12 @@ impl Decoder {
                 else {
                     unreachable!("the remainder is a string column")
                 };
-                data.extend_from_slice(text.as_bytes());
-                offsets.push(data.len() as i32);
-                nulls.append_non_null();
+                append_str(offsets, data, nulls, &text);
             }
             None => self.remainder.null(),
         }
         self.rows += 1;
+        self.line_bytes += line.len();
         Ok(())
     }
 
@@ -329,20 +352,11 @@ impl Decoder {
         let root = self
             .root
             .finish(&Field::new("root", DataType::Struct(fields), true));
-        self.root = Col::new(&Node::Struct(
-            self.schema
-                .members
-                .iter()
-                .map(|m| Member {
-                    key: m.key.clone(),
-                    node: clone_node(&m.node),
-                })
-                .collect(),
-        ));
+        self.root = Col::struct_of(&self.schema.members);
         let remainder = self
             .remainder
             .finish(&Field::new(REMAINDER, DataType::Utf8, true));
-        self.remainder = Col::new(&Node::Prim(Kind::Str, "string".into()));
+        self.remainder = Col::text();
         let root = root
             .as_any()
             .downcast_ref::<StructArray>()
@@ -350,6 +364,7 @@ impl Decoder {
         let mut columns: Vec<ArrayRef> = root.columns().to_vec();
         columns.push(remainder);
         self.rows = 0;
+        self.line_bytes = 0;
         Some(RecordBatch::try_new(schema, columns).expect("columns match their schema"))
     }
 }
@@ -435,9 +450,7 @@ impl<'de> Visitor<'de> for Seed<'_> {
             nulls,
         } = self.col
         {
-            data.extend_from_slice(s.as_bytes());
-            offsets.push(data.len() as i32);
-            nulls.append_non_null();
+            append_str(offsets, data, nulls, s);
             return Ok(None);
         }
         Ok(self.reject(quoted(s)))
@@ -606,19 +619,12 @@ impl<'de> Visitor<'de> for TypeProbe {
     }
 }
 
-fn clone_node(n: &Node) -> Node {
-    match n {
-        Node::Prim(k, t) => Node::Prim(*k, t.clone()),
-        Node::Struct(ms) => Node::Struct(
-            ms.iter()
-                .map(|m| Member {
-                    key: m.key.clone(),
-                    node: clone_node(&m.node),
-                })
-                .collect(),
-        ),
-        Node::List(c) => Node::List(Box::new(clone_node(c))),
-    }
+/// Appends one string value. The offsets are 32-bit: a batch holds less than
+/// [`MAX_BATCH_BYTES`] of lines, so no column's data reaches 2 GiB.
+fn append_str(offsets: &mut Vec<i32>, data: &mut Vec<u8>, nulls: &mut NullBufferBuilder, s: &str) {
+    data.extend_from_slice(s.as_bytes());
+    offsets.push(data.len() as i32);
+    nulls.append_non_null();
 }
 
 /// The resource of `row`: its columns and its remainder put back together, with
@@ -794,6 +800,29 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("not JSON"), "{e}");
         assert_eq!(d.rows(), 0, "a bad line appends nothing");
+    }
+
+    #[test]
+    fn batches_stay_below_the_byte_limit() {
+        let mut d = Decoder::new("Patient");
+        d.byte_limit = 200;
+        let line = br#"{"resourceType":"Patient","id":"a-patient-with-a-long-id-0001"}"#;
+        d.push_line(line).unwrap();
+        assert!(!d.full(1000));
+        d.push_line(line).unwrap();
+        assert!(
+            d.full(1000),
+            "{} bytes of lines make a batch",
+            2 * line.len()
+        );
+        let big = format!(r#"{{"resourceType":"Patient","id":"{}"}}"#, "x".repeat(100));
+        let e = d.push_line(big.as_bytes()).unwrap_err();
+        assert!(
+            e.to_string().contains("too large for an Arrow batch"),
+            "{e}"
+        );
+        assert_eq!(d.flush().unwrap().num_rows(), 2);
+        assert!(!d.full(1000));
     }
 
     #[test]

@@ -257,7 +257,7 @@ impl ArrowReader {
                         format!("file {} line {}: {e}", r.file_index, r.line),
                     )
                 })?;
-                if d.rows() >= self.batch_rows {
+                if d.full(self.batch_rows) {
                     let b = d.flush().expect("rows were pushed");
                     self.ready.push_back((r.resource_type.to_owned(), b));
                 }

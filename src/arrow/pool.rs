@@ -188,7 +188,7 @@ fn run_job(
                     )));
                     continue;
                 }
-                if d.rows() >= batch_rows {
+                if d.full(batch_rows) {
                     let b = d.flush().expect("rows were pushed");
                     let _ = out.send(Out::Batch(l.resource_type.clone(), b));
                 }
