@@ -2,17 +2,21 @@
 //! resource type ([`schema`]), the resources decoded into it with nothing lost ([`decode`]),
 //! and [`ArrowBatches`], which turns an [`Export`] into batches of one type each.
 
+#[cfg(feature = "parquet")]
+pub mod dataset;
 pub mod decode;
 mod pool;
 pub mod schema;
 
+#[cfg(feature = "parquet")]
+pub use dataset::{ParquetCompression, ParquetDataset, ParquetOptions, PartsState, TypeParts};
 pub use decode::{rebuild, Decoder};
 pub use schema::{schema_for, TypeSchema, REMAINDER};
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::export::Export;
 use crate::manifest::Kind;
-use crate::stream::Next;
+use crate::stream::{Batch, Next};
 use arrow_array::RecordBatch;
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -113,155 +117,187 @@ impl ArrowReader {
         export: &mut Export,
         timeout: Option<Duration>,
     ) -> Result<Next<(String, RecordBatch)>> {
-        if let Some(e) = &self.failed {
-            return Err(e.clone());
-        }
-        if self.threads > 1 && self.pool.is_none() && !self.ended {
-            self.pool = pool::Pool::new(self.threads, self.batch_rows).ok();
-        }
-        let r = if self.pool.is_some() {
-            self.next_pooled(export, timeout)
-        } else {
-            self.next_inline(export, timeout)
-        };
+        let r = self.next_unchecked(export, timeout);
         if let Err(e) = &r {
             self.failed = Some(e.clone());
         }
         r
     }
 
-    fn next_pooled(
-        &mut self,
-        export: &mut Export,
-        timeout: Option<Duration>,
-    ) -> Result<Next<(String, RecordBatch)>> {
-        let pool = self.pool.as_mut().expect("checked by the caller");
-        let take = |o: pool::Out, ready: &mut VecDeque<(String, RecordBatch)>| -> Result<()> {
-            match o {
-                pool::Out::Batch(t, b) => ready.push_back((t, b)),
-                pool::Out::Failed(e) => return Err(e),
-                pool::Out::Done | pool::Out::Flushed => {}
-            }
-            Ok(())
-        };
-        loop {
-            if let Some(b) = self.ready.pop_front() {
-                return Ok(Next::Item(b));
-            }
-            while let Some(o) = pool.try_recv() {
-                take(o, &mut self.ready)?;
-            }
-            if !self.ready.is_empty() {
-                continue;
-            }
-            if self.ended {
-                if pool.all_flushed() && pool.in_flight == 0 {
-                    return Ok(Next::End);
-                }
-                match pool.recv(timeout) {
-                    Some(o) => take(o, &mut self.ready)?,
-                    None => return Ok(Next::Timeout),
-                }
-                continue;
-            }
-            if !pool.has_room() {
-                match pool.recv(timeout) {
-                    Some(o) => take(o, &mut self.ready)?,
-                    None => return Ok(Next::Timeout),
-                }
-                continue;
-            }
-            let batch = match export.next_batch(self.batch_rows, timeout)? {
-                Next::Item(b) => b,
-                Next::End => {
-                    self.ended = true;
-                    pool.flush();
-                    continue;
-                }
-                Next::Timeout => return Ok(Next::Timeout),
-                Next::Cancelled => return Ok(Next::Cancelled),
-            };
-            // One run of lines per resource type in the batch (one, unless a file without a
-            // type in the manifest mixes them).
-            let mut runs: Vec<pool::Lines> = Vec::new();
-            for r in batch.iter() {
-                if r.kind != Kind::Output {
-                    self.skipped += 1;
-                    continue;
-                }
-                let run = match runs.iter_mut().find(|l| l.resource_type == r.resource_type) {
-                    Some(l) => l,
-                    None => {
-                        runs.push(pool::Lines {
-                            resource_type: r.resource_type.to_owned(),
-                            data: Vec::with_capacity(batch.data().len()),
-                            file_index: r.file_index,
-                            line_numbers: Vec::new(),
-                        });
-                        runs.last_mut().expect("pushed")
-                    }
-                };
-                run.data.extend_from_slice(r.data);
-                run.data.push(b'\n');
-                run.line_numbers.push(r.line);
-            }
-            for run in runs {
-                pool.send(run);
-            }
-        }
-    }
-
-    fn next_inline(
+    fn next_unchecked(
         &mut self,
         export: &mut Export,
         timeout: Option<Duration>,
     ) -> Result<Next<(String, RecordBatch)>> {
         loop {
-            if let Some(b) = self.ready.pop_front() {
+            if let Some(b) = self.pop()? {
                 return Ok(Next::Item(b));
             }
             if self.ended {
                 return Ok(Next::End);
             }
-            let batch = match export.next_batch(self.batch_rows, timeout)? {
-                Next::Item(b) => b,
-                Next::End => {
-                    self.ended = true;
-                    for t in &self.order {
-                        if let Some(b) = self.decoders.get_mut(t).and_then(Decoder::flush) {
-                            self.ready.push_back((t.clone(), b));
-                        }
+            // With the decode threads busy, wait for one of their batches rather than queue more.
+            if let Some(pool) = self.pool.as_mut() {
+                if !pool.has_room() {
+                    match pool.recv(timeout) {
+                        Some(o) => take(o, &mut self.ready)?,
+                        None => return Ok(Next::Timeout),
                     }
                     continue;
                 }
+            }
+            match export.next_batch(self.batch_rows, timeout)? {
+                Next::Item(b) => self.push(&b)?,
+                Next::End => {
+                    self.drain()?;
+                    self.ended = true;
+                }
                 Next::Timeout => return Ok(Next::Timeout),
                 Next::Cancelled => return Ok(Next::Cancelled),
-            };
-            for r in batch.iter() {
-                if r.kind != Kind::Output {
-                    self.skipped += 1;
-                    continue;
-                }
-                if !self.decoders.contains_key(r.resource_type) {
-                    self.order.push(r.resource_type.to_owned());
-                    self.decoders
-                        .insert(r.resource_type.to_owned(), Decoder::new(r.resource_type));
-                }
-                let d = self
-                    .decoders
-                    .get_mut(r.resource_type)
-                    .expect("inserted above");
-                d.push_line(r.data).map_err(|e| {
-                    Error::new(
-                        ErrorCode::Protocol,
-                        format!("file {} line {}: {e}", r.file_index, r.line),
-                    )
-                })?;
-                if d.full(self.batch_rows) {
-                    let b = d.flush().expect("rows were pushed");
-                    self.ready.push_back((r.resource_type.to_owned(), b));
-                }
             }
         }
     }
+
+    /// Decode the output records of `batch` (error and deleted records are counted in
+    /// [`ArrowReader::skipped`]). With decode threads, this waits while they are all busy; their
+    /// batches are then kept for [`ArrowReader::pop`]. For a caller that pulls from the export
+    /// itself (the CLI, which also writes the error records).
+    pub fn push(&mut self, batch: &Batch<'_>) -> Result<()> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        let r = self.push_unchecked(batch);
+        if let Err(e) = &r {
+            self.failed = Some(e.clone());
+        }
+        r
+    }
+
+    fn push_unchecked(&mut self, batch: &Batch<'_>) -> Result<()> {
+        if self.threads > 1 && self.pool.is_none() {
+            self.pool = pool::Pool::new(self.threads, self.batch_rows).ok();
+        }
+        let Some(pool) = self.pool.as_mut() else {
+            return self.push_inline(batch);
+        };
+        // One run of lines per resource type in the batch (one, unless a file without a type in
+        // the manifest mixes them).
+        let mut runs: Vec<pool::Lines> = Vec::new();
+        for r in batch.iter() {
+            if r.kind != Kind::Output {
+                self.skipped += 1;
+                continue;
+            }
+            let run = match runs.iter_mut().find(|l| l.resource_type == r.resource_type) {
+                Some(l) => l,
+                None => {
+                    runs.push(pool::Lines {
+                        resource_type: r.resource_type.to_owned(),
+                        data: Vec::with_capacity(batch.data().len()),
+                        file_index: r.file_index,
+                        line_numbers: Vec::new(),
+                    });
+                    runs.last_mut().expect("pushed")
+                }
+            };
+            run.data.extend_from_slice(r.data);
+            run.data.push(b'\n');
+            run.line_numbers.push(r.line);
+        }
+        for run in runs {
+            while !pool.has_room() {
+                if let Some(o) = pool.recv(None) {
+                    take(o, &mut self.ready)?;
+                }
+            }
+            pool.send(run);
+        }
+        Ok(())
+    }
+
+    fn push_inline(&mut self, batch: &Batch<'_>) -> Result<()> {
+        for r in batch.iter() {
+            if r.kind != Kind::Output {
+                self.skipped += 1;
+                continue;
+            }
+            if !self.decoders.contains_key(r.resource_type) {
+                self.order.push(r.resource_type.to_owned());
+                self.decoders
+                    .insert(r.resource_type.to_owned(), Decoder::new(r.resource_type));
+            }
+            let d = self
+                .decoders
+                .get_mut(r.resource_type)
+                .expect("inserted above");
+            d.push_line(r.data).map_err(|e| {
+                Error::new(
+                    ErrorCode::Protocol,
+                    format!("file {} line {}: {e}", r.file_index, r.line),
+                )
+            })?;
+            if d.full(self.batch_rows) {
+                let b = d.flush().expect("rows were pushed");
+                self.ready.push_back((r.resource_type.to_owned(), b));
+            }
+        }
+        Ok(())
+    }
+
+    /// A batch that is full (or drained), without waiting.
+    pub fn pop(&mut self) -> Result<Option<(String, RecordBatch)>> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        if let Some(pool) = self.pool.as_mut() {
+            while let Some(o) = pool.try_recv() {
+                if let Err(e) = take(o, &mut self.ready) {
+                    self.failed = Some(e.clone());
+                    return Err(e);
+                }
+            }
+        }
+        Ok(self.ready.pop_front())
+    }
+
+    /// Make every row pushed so far ready for [`ArrowReader::pop`], in short batches where a
+    /// type's batch is not full: waits for the decode threads to finish what they were given.
+    /// Pushing may go on afterwards (the CLI drains at each checkpoint).
+    pub fn drain(&mut self) -> Result<()> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        let r = self.drain_unchecked();
+        if let Err(e) = &r {
+            self.failed = Some(e.clone());
+        }
+        r
+    }
+
+    fn drain_unchecked(&mut self) -> Result<()> {
+        for t in &self.order {
+            if let Some(b) = self.decoders.get_mut(t).and_then(Decoder::flush) {
+                self.ready.push_back((t.clone(), b));
+            }
+        }
+        if let Some(pool) = self.pool.as_mut() {
+            pool.flush();
+            // Each thread's flush comes after the jobs it was given before it.
+            while !(pool.all_flushed() && pool.in_flight == 0) {
+                if let Some(o) = pool.recv(None) {
+                    take(o, &mut self.ready)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn take(o: pool::Out, ready: &mut VecDeque<(String, RecordBatch)>) -> Result<()> {
+    match o {
+        pool::Out::Batch(t, b) => ready.push_back((t, b)),
+        pool::Out::Failed(e) => return Err(e),
+        pool::Out::Done | pool::Out::Flushed => {}
+    }
+    Ok(())
 }

@@ -93,8 +93,10 @@ impl Pool {
         }
     }
 
-    /// Asks every thread to hand out what it holds.
+    /// Asks every thread to hand out what it holds ([`Pool::all_flushed`] counts the answers;
+    /// call again only after it said yes).
     pub fn flush(&mut self) {
+        self.flushed = 0;
         for j in &self.jobs {
             let _ = j.send(Job::Flush);
         }
