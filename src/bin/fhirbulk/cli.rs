@@ -40,6 +40,24 @@ pub enum Command {
     Sandbox(Box<SandboxArgs>),
 }
 
+/// What `--out` gets: the NDJSON files, a Parquet dataset, or both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    /// One NDJSON file per manifest file (`<Type>.<n>.ndjson`)
+    Ndjson,
+    /// A Parquet dataset, `<Type>/part-<n>.parquet` (error and deleted records stay NDJSON)
+    Parquet,
+    /// Both
+    Both,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ParquetCompressionArg {
+    Snappy,
+    Zstd,
+    None,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum MethodArg {
     Auto,
@@ -252,6 +270,13 @@ pub struct ExportArgs {
     /// Write gzip-compressed files (.ndjson.gz)
     #[arg(long, help_heading = "Output")]
     pub gzip: bool,
+    /// The output resources as NDJSON files, as a Parquet dataset of typed tables
+    /// (`<Type>/part-<n>.parquet`, one table per resource type), or both
+    #[arg(long, value_enum, default_value = "ndjson", help_heading = "Output")]
+    pub format: FormatArg,
+    /// Compression of the Parquet column chunks
+    #[arg(long, value_enum, default_value = "snappy", help_heading = "Output")]
+    pub parquet_compression: ParquetCompressionArg,
     /// Overwrite the results of an earlier export in --out
     #[arg(long, help_heading = "Output")]
     pub force: bool,
@@ -268,22 +293,14 @@ pub struct ExportArgs {
     /// State file for --since auto [default: $XDG_STATE_HOME/fhirbulk/state.json]
     #[arg(long, value_name = "PATH", help_heading = "Output")]
     pub state_file: Option<PathBuf>,
-    /// Checkpoint at least this often
-    #[arg(
-        long,
-        value_name = "MS",
-        default_value_t = 1000,
-        help_heading = "Output"
-    )]
-    pub checkpoint_interval_ms: u64,
-    /// Checkpoint at least every N records
-    #[arg(
-        long,
-        value_name = "N",
-        default_value_t = 100_000,
-        help_heading = "Output"
-    )]
-    pub checkpoint_records: u64,
+    /// Checkpoint at least this often [default: 1000; with --format parquet or both 60000:
+    /// each checkpoint closes the Parquet parts being written]
+    #[arg(long, value_name = "MS", help_heading = "Output")]
+    pub checkpoint_interval_ms: Option<u64>,
+    /// Checkpoint at least every N records [default: 100000; with --format parquet or both
+    /// 1000000]
+    #[arg(long, value_name = "N", help_heading = "Output")]
+    pub checkpoint_records: Option<u64>,
     /// Print a JSON summary on stdout at the end
     #[arg(long, help_heading = "Output")]
     pub json: bool,

@@ -1,12 +1,14 @@
 //! `fhirbulk export`: run (or resume) an export into a directory.
 
-use crate::cli::ExportArgs;
+use crate::cli::{ExportArgs, FormatArg, ParquetCompressionArg};
 use crate::config::{self, Since};
 use crate::eventlog::EventLog;
 use crate::output::{self, FileState, Outputs, Totals};
+use crate::parquet::{self, ParquetOut};
 use crate::progress::{Display, Written};
 use crate::state;
 use crate::util::{self, CliError, EXIT_INTERRUPTED, EXIT_OK};
+use fhirbulk::arrow::{ParquetCompression, PartsState};
 use fhirbulk::error::redact_url;
 use fhirbulk::kickoff::{kickoff_query, kickoff_url};
 use fhirbulk::{Config, Controller, Export, Method, Next, State};
@@ -93,6 +95,10 @@ pub struct CliCheckpoint {
     pub logged: Logged,
     #[serde(default)]
     pub since_auto: Option<SinceAuto>,
+    /// `--format parquet|both`: the Parquet parts committed with this checkpoint (a resumed
+    /// run removes the others).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parquet: Option<PartsState>,
 }
 
 pub fn read_checkpoint(path: &Path) -> Result<Option<CliCheckpoint>, CliError> {
@@ -114,15 +120,34 @@ pub fn read_checkpoint(path: &Path) -> Result<Option<CliCheckpoint>, CliError> {
 }
 
 /// What must match for a run to continue the export a checkpoint describes.
-fn request_fingerprint(c: &Config, gzip: bool) -> Value {
-    json!({
+fn request_fingerprint(c: &Config, gzip: bool, format: FormatArg) -> Value {
+    let mut v = json!({
         "base_url": c.base_url.trim_end_matches('/'),
         "kickoff": kickoff_url(c),
         "query": kickoff_query(c),
         "patients": c.patients,
         "method": format!("{:?}", c.method),
         "gzip": gzip,
-    })
+    });
+    // (Only when not NDJSON: checkpoints written before --format existed still match.)
+    if format != FormatArg::Ndjson {
+        v["format"] = json!(format!("{format:?}").to_lowercase());
+    }
+    v
+}
+
+/// How often to checkpoint: `(records, interval)`. With Parquet output pending, a checkpoint
+/// closes the open parts, so by default it comes every 1,000,000 records or 60 s.
+fn cadence(a: &ExportArgs, parquet_pending: bool) -> (u64, Duration) {
+    let (records, ms) = if parquet_pending {
+        (1_000_000, 60_000)
+    } else {
+        (100_000, 1000)
+    };
+    (
+        a.checkpoint_records.unwrap_or(records),
+        Duration::from_millis(a.checkpoint_interval_ms.unwrap_or(ms).max(10)),
+    )
 }
 
 /// Does the directory hold the results of an earlier export?
@@ -149,6 +174,7 @@ fn previous_results(dir: &Path) -> Vec<String> {
             }
         }
     }
+    found.extend(parquet::previous_parts(dir));
     found.sort();
     found
 }
@@ -209,6 +235,8 @@ struct Run {
     /// The sum of the manifest's `count` hints; None once one is missing or they overflow.
     expected_records: Option<u64>,
     checkpoint_written: bool,
+    /// `--format parquet|both`.
+    parquet: Option<ParquetOut>,
     /// Set when a local write failed: the checkpoint on disk must stay as it is.
     broken: bool,
     /// The file list and the complete files, appended to (see `FILES_FILE`, `DONE_FILE`).
@@ -493,6 +521,11 @@ impl Run {
             self.files_list.append(lines.as_bytes())?;
             self.files_listed = end;
         }
+        // Every record delivered so far is in a closed part before the checkpoint counts it.
+        let parquet = match self.parquet.as_mut() {
+            Some(p) => Some(p.commit()?),
+            None => None,
+        };
         self.outputs.flush_all(true)?;
         let log_bytes = self.log.flush(true)?;
         // The lists the checkpoint counts are on disk before it.
@@ -522,6 +555,7 @@ impl Run {
             totals: self.outputs.totals.clone(),
             logged,
             since_auto: self.since_auto.clone(),
+            parquet,
         };
         let path = self.out.join(CHECKPOINT_FILE);
         let text = serde_json::to_vec(&doc).unwrap_or_default();
@@ -643,7 +677,7 @@ fn run_export(a: &ExportArgs, t0: Instant, summary: &mut Value) -> Result<u8, Cl
         None
     };
     let mut cfg = Config::from_json(&Value::Object(map.clone()).to_string())?;
-    let request = request_fingerprint(&cfg, a.gzip);
+    let request = request_fingerprint(&cfg, a.gzip, a.format);
     let (for_cancel, has_credentials) = config::without_inline_secrets(&map);
 
     let mut notes: Vec<String> = Vec::new();
@@ -686,6 +720,7 @@ than {:03o} (--file-mode {:03o}); its files are written {:03o}, but consider chm
             ));
         }
     }
+    let mut committed_parts = PartsState::new();
     let (outputs, log, logged, export_id, started_at, resumed, journals) = match previous {
         Some(prev) => {
             if prev.request != request {
@@ -702,6 +737,7 @@ that started it to resume it, cancel it with `fhirbulk cancel --out {}`, or use 
                 )));
             }
             output::truncate_to_checkpoint(&out, perms, &prev.files)?;
+            committed_parts = prev.parquet.clone().unwrap_or_default();
             let log = EventLog::open(
                 &out.join("log.ndjson"),
                 &prev.export_id,
@@ -747,7 +783,16 @@ that started it to resume it, cancel it with `fhirbulk cancel --out {}`, or use 
                     BTreeSet::new(),
                 )
             };
-            let records: u64 = files.values().map(|f| f.records).sum();
+            let records: u64 = if a.format == FormatArg::Parquet {
+                committed_parts.values().map(|p| p.rows).sum::<u64>()
+                    + files
+                        .iter()
+                        .filter(|(rel, _)| rel.starts_with("error/") || rel.starts_with("deleted/"))
+                        .map(|(_, f)| f.records)
+                        .sum::<u64>()
+            } else {
+                files.values().map(|f| f.records).sum()
+            };
             notes.push(format!(
                 "resuming the export in {} from its checkpoint of {} ({records} records already written)",
                 out.display(),
@@ -795,6 +840,27 @@ overwrite them, or another --out",
                 ),
             )
         }
+    };
+
+    let outputs = if a.format == FormatArg::Parquet {
+        outputs.without_output_files()
+    } else {
+        outputs
+    };
+    let parquet = if a.format == FormatArg::Ndjson {
+        None
+    } else {
+        let compression = match a.parquet_compression {
+            ParquetCompressionArg::Snappy => ParquetCompression::Snappy,
+            ParquetCompressionArg::Zstd => ParquetCompression::Zstd,
+            ParquetCompressionArg::None => ParquetCompression::None,
+        };
+        Some(ParquetOut::open(
+            &out,
+            perms,
+            compression,
+            &committed_parts,
+        )?)
     };
 
     let query = kickoff_query(&cfg);
@@ -851,6 +917,7 @@ overwrite them, or another --out",
         completed_seen: 0,
         expected_records: Some(0),
         checkpoint_written: false,
+        parquet,
         broken: false,
         files_list: journals.0,
         done_list: journals.1,
@@ -960,7 +1027,6 @@ fn drive(
     summary: &mut Value,
 ) -> Result<Outcome, CliError> {
     let ctl = export.controller();
-    let interval = Duration::from_millis(a.checkpoint_interval_ms.max(10));
     let mut last_tick = Instant::now() - TICK;
     let mut last_cp = Instant::now();
     let mut since_cp: u64 = 0;
@@ -975,6 +1041,13 @@ fn drive(
                 if let Err(e) = run.outputs.write_batch(&batch, &ctl) {
                     run.broken = true;
                     break Outcome::Failed(e);
+                }
+                if let Some(p) = run.parquet.as_mut() {
+                    if let Err(e) = p.push(&batch) {
+                        // The parts written since the last checkpoint are dropped by a rerun.
+                        run.broken = true;
+                        break Outcome::Failed(e.into());
+                    }
                 }
                 since_cp += n;
             }
@@ -996,7 +1069,8 @@ fn drive(
             p.files_total as usize,
             p.state as u32,
         );
-        let due = since_cp >= a.checkpoint_records
+        let (every, interval) = cadence(a, run.parquet.as_ref().is_some_and(|p| p.pending() > 0));
+        let due = since_cp >= every
             || (last_cp.elapsed() >= interval && (since_cp > 0 || signature != cp_signature))
             || (signature.0 && !run.checkpoint_written);
         if due {
@@ -1012,6 +1086,9 @@ fn drive(
     match outcome {
         Outcome::Complete => {
             run.tick(&ctl)?;
+            if let Some(p) = run.parquet.as_mut() {
+                p.commit()?;
+            }
             let files = run.outputs.finish()?;
             run.write_manifest(&ctl)?;
             let t = run.outputs.totals.clone();
@@ -1080,6 +1157,14 @@ fn drive(
                     })
                     .collect(),
             );
+            if let Some(p) = &run.parquet {
+                let parts = p.state();
+                summary["parquet"] = json!({
+                    "parts": parts.values().map(|t| t.parts).sum::<u32>(),
+                    "types": parts,
+                    "files": if a.json { json!(p.files()) } else { json!([]) },
+                });
+            }
             summary["retries"] = json!(ctl.progress().retries);
             Ok(Outcome::Complete)
         }

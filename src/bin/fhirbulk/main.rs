@@ -12,6 +12,7 @@ mod config;
 mod eventlog;
 mod export;
 mod output;
+mod parquet;
 mod progress;
 mod sandbox;
 mod state;

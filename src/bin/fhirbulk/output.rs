@@ -146,6 +146,9 @@ pub struct Outputs {
     open_list: Vec<usize>,
     clock: u64,
     pub totals: Totals,
+    /// False with `--format parquet`: output records are counted, not written (the Parquet
+    /// dataset holds them); error and deleted records are written all the same.
+    write_output: bool,
 }
 
 impl Outputs {
@@ -169,7 +172,14 @@ impl Outputs {
             open_list: Vec::new(),
             clock: 0,
             totals,
+            write_output: true,
         }
+    }
+
+    /// Output records are counted but not written (`--format parquet`).
+    pub fn without_output_files(mut self) -> Outputs {
+        self.write_output = false;
+        self
     }
 
     fn ext(&self) -> &'static str {
@@ -254,6 +264,13 @@ impl Outputs {
         self.totals.ndjson_bytes += data.len() as u64;
         // Error records for skipped invalid lines carry the index of the file they came from.
         let synthetic = first.kind != slot_kind;
+        if !self.write_output && first.kind == Kind::Output {
+            self.active.insert(index);
+            let slot = &mut self.slots[index];
+            slot.state.records += count;
+            slot.state.ndjson_bytes += data.len() as u64;
+            return Ok(());
+        }
         self.clock += 1;
         let clock = self.clock;
         let need_open = if synthetic {
@@ -421,7 +438,11 @@ impl Outputs {
         let dir = self.dir.clone();
         let gzip = self.gzip;
         let perms = self.perms;
+        let write_output = self.write_output;
         for s in self.slots.iter_mut().chain(self.skipped.iter_mut()) {
+            if !write_output && s.kind == Kind::Output {
+                continue;
+            }
             if s.writer.is_some() {
                 close(&dir, s, true)?;
             } else if s.state.records == 0 && !dir.join(&*s.rel).exists() {
@@ -441,9 +462,10 @@ impl Outputs {
         self.open = 0;
         self.open_list.clear();
         self.active.clear();
-        let all = self.slots.iter().chain(self.skipped.iter());
+        let written = |s: &&Slot| write_output || s.kind != Kind::Output;
+        let all = self.slots.iter().chain(self.skipped.iter()).filter(written);
         Ok(Finished {
-            files: self.slots.len() + usize::from(self.skipped.is_some()),
+            files: self.slots.iter().filter(written).count() + usize::from(self.skipped.is_some()),
             bytes_on_disk: all.map(|s| s.state.bytes).sum(),
         })
     }
@@ -455,6 +477,7 @@ impl Outputs {
             .slots
             .iter()
             .zip(files)
+            .filter(|(s, _)| self.write_output || s.kind != Kind::Output)
             .map(|(s, f)| WrittenFile {
                 rel: s.rel.to_string(),
                 kind: s.kind,
