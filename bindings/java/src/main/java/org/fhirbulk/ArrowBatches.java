@@ -167,7 +167,13 @@ public final class ArrowBatches implements Iterator<ArrowBatch>, Iterable<ArrowB
     /** One batch, or null at the end. */
     private ArrowBatch pull() {
         ArrowArray array = ArrowArray.allocateNew(allocator);
-        ArrowSchema schema = ArrowSchema.allocateNew(allocator);
+        ArrowSchema schema;
+        try {
+            schema = ArrowSchema.allocateNew(allocator);
+        } catch (RuntimeException | Error e) {
+            array.close();
+            throw e;
+        }
         boolean arrayFilled = false;
         boolean schemaFilled = false;
         try {
