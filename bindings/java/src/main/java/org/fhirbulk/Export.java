@@ -350,6 +350,129 @@ public final class Export implements AutoCloseable, Iterable<Record> {
         }
     }
 
+    // ---- Arrow (FhirBulkArrow): the same pull loop, with the Arrow functions ---------------
+
+    /**
+     * One {@code export_next_arrow_batch} pull, waiting in slices like {@link #pull()}: returns
+     * {@link LibFhirBulk#RECORD} (the structs at {@code outArray} / {@code outSchema} and
+     * {@code typeBuf} are filled) or {@link LibFhirBulk#END}; throws on failure, cancel,
+     * close and interrupt exactly as the record iteration does. The addresses are Arrow Java
+     * structs; this class does not know it.
+     */
+    int pullArrow(long maxRows, long outArray, long outSchema, byte[] typeBuf) {
+        State s = st;
+        try {
+            while (true) {
+                if (Thread.interrupted()) {
+                    Thread.currentThread().interrupt();
+                    throw new CancelledException("fhirbulk: interrupted while waiting for records "
+                            + "(the export goes on until it is closed)");
+                }
+                int status;
+                s.lock.lock();
+                try {
+                    s.invalidateLocked();
+                    if (s.closed) {
+                        s.freeLocked();
+                        throw new CancelledException("fhirbulk: export closed");
+                    }
+                    s.consumer = Thread.currentThread();
+                    status = LibFhirBulk.export_next_arrow_batch(s.handle, maxRows, WAIT_SLICE_MS,
+                            outArray, outSchema, typeBuf, typeBuf.length);
+                    if (status == LibFhirBulk.RECORD) {
+                        return status;
+                    }
+                    if (status != LibFhirBulk.TIMEOUT && status != LibFhirBulk.END
+                            && status != LibFhirBulk.CANCELLED) {
+                        String detail = LibFhirBulk.text(LibFhirBulk::export_last_error_json, s.handle);
+                        FhirBulkException e = FhirBulkException.fromDetail(status, detail);
+                        LOG.log(System.Logger.Level.DEBUG, "fhirbulk: export failed ({0}): {1}",
+                                s.description, e.getMessage());
+                        throw e;
+                    }
+                } finally {
+                    s.lock.unlock();
+                }
+                if (status == LibFhirBulk.END) {
+                    return status;
+                }
+                if (status == LibFhirBulk.CANCELLED) {
+                    throw new CancelledException(s.closed ? "fhirbulk: export closed" : "fhirbulk: export cancelled");
+                }
+                // TIMEOUT: next slice.
+            }
+        } finally {
+            Reference.reachabilityFence(this);
+        }
+    }
+
+    /**
+     * {@code export_arrow_stream} into the struct at {@code outStream}.
+     *
+     * @throws IllegalStateException after {@link #close()}
+     */
+    void openArrowStream(byte[] resourceType, long maxRows, long outStream) {
+        State s = st;
+        try {
+            s.lock.lock();
+            try {
+                if (s.closed) {
+                    throw closedException();
+                }
+                int status = LibFhirBulk.export_arrow_stream(s.handle, resourceType, maxRows, outStream);
+                if (status != LibFhirBulk.OK) {
+                    throw FhirBulkException.fromDetail(status,
+                            LibFhirBulk.text(LibFhirBulk::export_last_error_json, s.handle));
+                }
+            } finally {
+                s.lock.unlock();
+            }
+        } finally {
+            Reference.reachabilityFence(this);
+        }
+    }
+
+    /**
+     * What a failed {@code get_next} of an Arrow stream of this export means (the C stream
+     * carries only text): {@link CancelledException} when the export was closed or cancelled,
+     * the export's own failure when it failed, a {@link ProtocolException} for the decoder's
+     * "file N line M: ..." (the one error a stream reports that the export does not), else a
+     * {@link FhirBulkException} named {@code arrow_stream} with the stream's message.
+     */
+    FhirBulkException arrowStreamFailure(String message) {
+        try {
+            if (st.closed) {
+                return new CancelledException("fhirbulk: export closed");
+            }
+            Progress p = progressOrNull();
+            if (p == null) {
+                return new CancelledException("fhirbulk: export closed");
+            }
+            if (p.state() == Progress.State.CANCELLED) {
+                return new CancelledException("fhirbulk: export cancelled");
+            }
+            if (p.state() == Progress.State.FAILED && p.errorCode() != 0) {
+                String detail = textOrNull(LibFhirBulk::export_last_error_json);
+                return FhirBulkException.fromDetail(p.errorCode(), detail == null ? "" : detail);
+            }
+        } catch (IllegalStateException closed) {
+            return new CancelledException("fhirbulk: export closed");
+        } finally {
+            Reference.reachabilityFence(this);
+        }
+        String text = message == null ? "" : message;
+        java.util.regex.Matcher m = DECODE_ERROR.matcher(text);
+        if (m.find()) {
+            return FhirBulkException.create(LibFhirBulk.ERR_PROTOCOL, LibFhirBulk.statusName(LibFhirBulk.ERR_PROTOCOL),
+                    0, null, text.substring(m.start()), java.util.List.of());
+        }
+        return new FhirBulkException(0, "arrow_stream", 0, null, "fhirbulk: the Arrow stream failed: " + text,
+                java.util.List.of());
+    }
+
+    private static final java.util.regex.Pattern DECODE_ERROR =
+            java.util.regex.Pattern.compile("file \\d+ line \\d+: ");
+
     /** Reads the FhirbulkBatch just written: one Record per line (no native access later). */
     private static Batch readBatch(State s) {
         ByteBuffer v = s.batchView;

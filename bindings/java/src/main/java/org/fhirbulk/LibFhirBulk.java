@@ -199,6 +199,20 @@ final class LibFhirBulk {
 
     static native Pointer fhirbulk_status_name(int status);
 
+    // The Arrow C Data / Stream Interface functions. The struct pointers are the memory
+    // addresses of Arrow Java's ArrowArray / ArrowSchema / ArrowArrayStream (their
+    // memoryAddress()), so this class never refers to an Arrow class: FhirBulkArrow does.
+
+    static native int fhirbulk_has_arrow();
+
+    /** {@code resourceType} is NUL-terminated UTF-8; {@code outSchema} a struct ArrowSchema. */
+    static native int fhirbulk_arrow_schema(byte[] resourceType, long outSchema);
+
+    static native int export_next_arrow_batch(long h, long maxRows, int timeoutMs, long outArray,
+            long outSchema, byte[] typeBuf, long typeBufLen);
+
+    static native int export_arrow_stream(long h, byte[] resourceType, long maxRows, long outStream);
+
     // ---- helpers ----------------------------------------------------------------------------
 
     /** One of the text functions: (handle, buffer, length) -> full length. */

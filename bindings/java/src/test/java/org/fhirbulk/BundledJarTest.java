@@ -24,7 +24,9 @@ import org.junit.jupiter.api.extension.ExtendWith;
 /**
  * Runs after the jar is built (surefire execution in phase package): a separate JVM with a clean
  * classpath — the jar and JNA, nothing else, no library path — runs examples/java/ExportSummary.java
- * against the sandbox. The library must come out of the jar.
+ * against the sandbox. The library must come out of the jar. examples/java/ExportParquet.java runs
+ * the same way with Arrow Java and parquet-java added, and no Hadoop: the record API needs no
+ * Arrow class, and the Parquet writer no Hadoop class.
  */
 @ExtendWith(SandboxExtension.class)
 @Timeout(120)
@@ -46,14 +48,20 @@ class BundledJarTest {
     }
 
     static Result run(List<String> jvmArgs, String... args) throws Exception {
+        return run("ExportSummary.java", List.of(), jvmArgs, args);
+    }
+
+    /** Runs examples/java/{@code example} with the jar, JNA and {@code extraJars} as class path. */
+    static Result run(String example, List<Path> extraJars, List<String> jvmArgs, String... args) throws Exception {
         Path java = Path.of(System.getProperty("java.home"), "bin", "java");
-        Path example = Sandbox.repoRoot().resolve("examples/java/ExportSummary.java");
+        List<String> cp = new ArrayList<>(List.of(jar().toString(), jnaJar().toString()));
+        extraJars.forEach(j -> cp.add(j.toString()));
         List<String> cmd = new ArrayList<>();
         cmd.add(java.toString());
         cmd.addAll(jvmArgs);
         cmd.add("-cp");
-        cmd.add(jar() + File.pathSeparator + jnaJar());
-        cmd.add(example.toString());
+        cmd.add(String.join(File.pathSeparator, cp));
+        cmd.add(Sandbox.repoRoot().resolve("examples/java/" + example).toString());
         cmd.addAll(List.of(args));
         Path work = Files.createTempDirectory("fhirbulk-jar-test");
         ProcessBuilder pb = new ProcessBuilder(cmd).directory(work.toFile()).redirectErrorStream(true);
@@ -96,6 +104,61 @@ class BundledJarTest {
         assertEquals(0, r.exit(), r.out());
         assertTrue(r.out().contains("library: " + dir.resolve("libfhirbulk.so")), r.out());
         assertEquals(sb.truth("group", "g2", "Patient"), counts(r.out()), r.out());
+    }
+
+    /**
+     * The jars a user of the Arrow and Parquet API adds: Arrow Java and parquet-java with their
+     * dependencies, from this build's class path — without Hadoop (only javac needs its API jar),
+     * JUnit or the build's class directories.
+     */
+    static List<Path> arrowAndParquetJars() {
+        List<Path> out = new ArrayList<>();
+        // Surefire's own java.class.path may be a manifest-only booter jar; it gives the real one.
+        String classPath = System.getProperty("surefire.test.class.path", System.getProperty("java.class.path"));
+        for (String e : classPath.split(File.pathSeparator)) {
+            String n = e.replace('\\', '/');
+            if (!n.endsWith(".jar") || n.contains("/org/apache/hadoop/") || n.contains("/junit")
+                    || n.contains("/opentest4j/") || n.contains("/apiguardian/") || n.contains("/net/java/dev/jna/")
+                    || n.contains("/surefire") || n.contains("/maven/")) {
+                continue;
+            }
+            out.add(Path.of(e));
+        }
+        assertTrue(out.stream().anyMatch(p -> p.toString().contains("arrow-c-data")), out.toString());
+        assertTrue(out.stream().anyMatch(p -> p.toString().contains("parquet-hadoop")), out.toString());
+        return out;
+    }
+
+    @Test
+    void theParquetExampleRunsWithoutHadoop(Sandbox sb) throws Exception {
+        Path dir = Files.createTempDirectory("fhirbulk-parquet-example");
+        try {
+            List<Path> jars = arrowAndParquetJars();
+            Result r = run("ExportParquet.java", jars, List.of("--add-opens=java.base/java.nio=ALL-UNNAMED"),
+                    sb.url("polls=0"), "g1", "Patient,Observation", dir.toString());
+            assertEquals(0, r.exit(), r.out());
+            Map<String, Long> truth = sb.truth("group", "g1", "Patient,Observation");
+            Map<String, Long> rows = new TreeMap<>();
+            Matcher m = Pattern.compile("(?m)^(\\w+)\\s+(\\d+) rows\\s+(\\d+) bytes").matcher(r.out());
+            while (m.find()) {
+                rows.put(m.group(1), Long.parseLong(m.group(2)));
+                assertTrue(Files.size(dir.resolve(m.group(1) + ".parquet")) == Long.parseLong(m.group(3)));
+            }
+            assertEquals(truth, rows, r.out());
+            assertTrue(r.out().contains("first Observation batch:"), r.out());
+            assertTrue(r.out().contains(truth.values().stream().mapToLong(Long::longValue).sum() + " rows"), r.out());
+            assertFalse(r.out().toLowerCase().contains("hadoop"), r.out());
+
+            // Without the flag Arrow Java's memory cannot start on Java 17+: the README says to add it.
+            Result noFlag = run("ExportParquet.java", jars, List.of(), sb.url("polls=0"), "g1", "Patient",
+                    dir.resolve("no-flag").toString());
+            assertNotEquals(0, noFlag.exit(), noFlag.out());
+            assertTrue(noFlag.out().contains("java.nio"), noFlag.out());
+        } finally {
+            try (var files = Files.walk(dir)) {
+                files.sorted(java.util.Comparator.reverseOrder()).forEach(p -> p.toFile().delete());
+            }
+        }
     }
 
     @Test

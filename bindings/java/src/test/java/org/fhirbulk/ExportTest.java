@@ -25,7 +25,9 @@ import org.junit.jupiter.api.extension.ExtendWith;
 @ExtendWith(SandboxExtension.class)
 @Timeout(60)
 class ExportTest {
-    static final String ALL_PATIENT_TYPES = "Patient,Encounter,Observation,Condition,MedicationRequest";
+    /** The sandbox's patient-compartment types (src/sandbox/data.rs TYPES[..N_PATIENT_TYPES]). */
+    static final String ALL_PATIENT_TYPES = "Patient,Encounter,Observation,Condition,MedicationRequest,"
+            + "DiagnosticReport,DocumentReference,Procedure,Immunization,AllergyIntolerance";
 
     @Test
     void libraryLoadsWithTheExpectedAbi() {
@@ -63,6 +65,10 @@ class ExportTest {
     @Test
     void groupExportDeliversExactlyTheTruth(Sandbox sb) throws Exception {
         Map<String, Long> truth = sb.truth("group", "g1", ALL_PATIENT_TYPES);
+        // Every patient-compartment type the sandbox serves (it serves 12, the last two,
+        // Organization and Practitioner, at system level only).
+        assertEquals(sb.truth("group", "g1", null).keySet(), truth.keySet());
+        assertEquals(10, truth.size(), truth.toString());
         Map<String, Long> counts = new TreeMap<>();
         Map<Integer, Long> lastLine = new HashMap<>();
         long total = 0;
