@@ -68,7 +68,7 @@ REPO = Path(__file__).resolve().parents[1]
 # 60k patients; 5,870 before issue 18 made the resources richer).
 BYTES_PER_PATIENT = 16_820
 CONCURRENCY = 4
-PARTS = ("throughput", "tls", "multi", "rss", "files", "waiting")
+PARTS = ("throughput", "tls", "multi", "rss", "files", "waiting", "parquet")
 # Keeps exports waiting (README, "The sandbox server"): "in progress" for a million polls, each
 # 202 asking to come back in 600 s (the engine's default poll_max_ms allows that long a wait).
 WAITING_SCENARIO = "polls=1000000;retry_after=600"
@@ -303,7 +303,7 @@ def main() -> int:
     rows: list[dict] = []
     results["rows"] = rows
 
-    if parts & {"throughput", "multi"}:
+    if parts & {"throughput", "multi", "parquet"}:
         throughput_part(a, parts, results, rows, sandbox_bin, programs, out_dir)
     if "tls" in parts:
         results["tls"] = tls_part(a, rows, sandbox_bin, consumer)
@@ -413,6 +413,9 @@ def throughput_part(a, parts: set[str], results: dict, rows: list[dict], sandbox
                 results["java"] = java_part(a, base, local)
         if "multi" in parts and a.multi > 0:
             results["multi"] = multi_part(a, programs, base, records, total)
+        if "parquet" in parts:
+            results["parquet"] = parquet_part(a, programs, sandbox_bin, libdir_of(sandbox_bin),
+                                              base, local, records)
     finally:
         sb.stop()
         shutil.rmtree(local, ignore_errors=True)
@@ -494,6 +497,96 @@ def rss_part(a, results: dict, sandbox_bin: Path, consumer: Path) -> None:
                           "maxrss_mb": r["maxrss_kb"] / 1024})
         log(f"long lines, {name}: peak RSS {r['maxrss_kb'] / 1024:.1f} MB")
     results["rss_long_lines"] = long_rows
+
+
+def libdir_of(sandbox_bin: Path) -> Path:
+    return sandbox_bin.parent
+
+
+def parquet_part(a, programs: dict, sandbox_bin: Path, libdir: Path, base: str, local: Path,
+                 records: int) -> dict:
+    """Export -> Parquet dataset on disk: `fhirbulk export --format parquet` against the
+    two-step route (`--format ndjson`, then pyarrow read_json + write_table or DuckDB COPY over
+    the files, each measured on its own: run them with a Python that has pyarrow/duckdb); then
+    the CLI's peak RSS for a.rss_gb exports (rendered on the fly)."""
+    cli = libdir / "fhirbulk"
+    work = Path(tempfile.mkdtemp(prefix="fhirbulk-bench-parquet-"))
+    res: dict = {}
+
+    def export(fmt: str, url: str, *extra: str) -> dict:
+        out = work / fmt
+        shutil.rmtree(out, ignore_errors=True)
+        m, stdout = run_measured(programs["measure"], [
+            str(cli), "export", "--base-url", url, "--out", str(out), "--format", fmt, "-q",
+            "--json", *extra])
+        summary = json.loads(stdout)
+        got = sum(summary["records"].values())
+        disk = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+        shutil.rmtree(out, ignore_errors=True)
+        return {"seconds": m["seconds"], "cpu_s": m["user_s"] + m["sys_s"],
+                "maxrss_mb": m["maxrss_kb"] / 1024, "records": got, "disk_bytes": disk}
+
+    try:
+        for fmt in ("ndjson", "parquet"):
+            r = best([export(fmt, base) for _ in range(a.runs)])
+            if r["records"] != records:
+                raise RuntimeError(f"--format {fmt} wrote {r['records']} records of {records}")
+            res[f"cli_{fmt}"] = r
+            log(f"fhirbulk export --format {fmt}: {r['seconds']:.2f} s, "
+                f"{r['cpu_s']:.1f} CPU s, {r['maxrss_mb']:.0f} MB, {r['disk_bytes'] / 1e6:.0f} MB")
+        # The second step of the two-step route, on the files of the same export.
+        py = a.python or os.environ.get("FHIRBULK_BENCH_PYTHON") or sys.executable
+        venv = libdir.parent / "bench" / "venv" / "bin" / "python"
+        if not a.python and venv.exists():
+            py = str(venv)
+        for route in ("pyarrow_parquet", "duckdb_parquet"):
+            p = subprocess.run([py, str(REPO / "bench" / "tables_bench.py"), "--base", base,
+                                "--local", str(local), "--only", route],
+                               capture_output=True, text=True)
+            if p.returncode == 0 and p.stdout.strip():
+                r = json.loads(p.stdout.strip().splitlines()[-1]).get(route)
+                if r:
+                    res[route] = r
+                    log(f"{route} (local files): {r['seconds']:.2f} s, {r['maxrss_mb']:.0f} MB")
+        rss = []
+        for gb in a.rss_gb:
+            s = Sandbox(sandbox_bin, max(10, int(gb * 1e9 / BYTES_PER_PATIENT)),
+                        a.records_per_file, prerender=False)
+            try:
+                r = export("parquet", s.base())
+            finally:
+                s.stop()
+            rss.append({"gb": gb, **r})
+            log(f"--format parquet, {gb:.2f} GB export: peak RSS {r['maxrss_mb']:.0f} MB")
+        res["rss"] = rss
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return res
+
+
+def print_parquet(res: dict) -> None:
+    pq = res["parquet"]
+    print("\nExport -> Parquet dataset on disk (this export; two-step = --format ndjson, then "
+          "the local conversion):")
+    nd, cli = pq.get("cli_ndjson"), pq.get("cli_parquet")
+    if cli:
+        print(f"  fhirbulk export --format parquet  {cli['seconds']:7.2f} s  "
+              f"{cli['cpu_s']:6.1f} CPU s  {cli['maxrss_mb']:6.0f} MB  "
+              f"{cli['disk_bytes'] / 1e6:7.0f} MB on disk")
+    if nd:
+        print(f"  fhirbulk export --format ndjson   {nd['seconds']:7.2f} s  "
+              f"{nd['cpu_s']:6.1f} CPU s  {nd['maxrss_mb']:6.0f} MB  "
+              f"{nd['disk_bytes'] / 1e6:7.0f} MB on disk")
+        for route in ("pyarrow_parquet", "duckdb_parquet"):
+            r = pq.get(route)
+            if r:
+                total = nd["seconds"] + r["seconds"]
+                ratio = f" ({total / cli['seconds']:.2f}x the one step)" if cli else ""
+                print(f"  two-step, then {route:17} {total:7.2f} s  ({r['seconds']:.2f} s "
+                      f"convert, {r['maxrss_mb']:.0f} MB){ratio}")
+    for r in pq.get("rss", []):
+        print(f"  --format parquet, {r['gb']:.2f} GB export (rendered on the fly): peak RSS "
+              f"{r['maxrss_mb']:.0f} MB, {r['seconds']:.1f} s")
 
 
 def multi_part(a, programs: dict, base: str, records: int, total: int) -> dict:
@@ -698,6 +791,8 @@ def print_table(res: dict) -> None:
         print_many_files(res)
     if res.get("waiting"):
         print_waiting(res)
+    if res.get("parquet"):
+        print_parquet(res)
 
 
 def print_throughput(res: dict) -> None:

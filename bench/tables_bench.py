@@ -12,6 +12,7 @@ a fresh process, so its peak RSS is its own:
   fhirbulk_parquet        job.write_parquet(out)                  export -> Parquet per type
   pyarrow_read_json       pyarrow.json.read_json(file), each file  local NDJSON -> Arrow
   pyarrow_parquet         read_json + pyarrow.parquet.write_table  local NDJSON -> Parquet
+  duckdb_parquet          COPY (read_json_auto(file)) TO parquet  local NDJSON -> Parquet
   duckdb_arrow            read_json_auto(file) -> Arrow, each file local NDJSON -> Arrow
 
 The fhirbulk figures include the download; the others start from files already on disk (the
@@ -46,11 +47,25 @@ rows = sum(pj.read_json(f).num_rows for f in sorted(glob.glob(LOCAL + "/*.ndjson
 """,
     "pyarrow_parquet": """
 import glob, os, pyarrow.json as pj, pyarrow.parquet as pq
-rows = 0
+rows, failed = 0, []
 for i, f in enumerate(sorted(glob.glob(LOCAL + "/*.ndjson"))):
     t = pj.read_json(f)
-    pq.write_table(t, os.path.join(OUT, f"{i}.parquet"))
+    try:
+        pq.write_table(t, os.path.join(OUT, f"{i}.parquet"))
+    except Exception as e:  # pyarrow 26's read_json makes an invalid table of some files
+        failed.append(f"{os.path.basename(f)}: {str(e)[:80]}")
+        continue
     rows += t.num_rows
+EXTRA["failed_files"] = failed
+""",
+    "duckdb_parquet": """
+import glob, os, duckdb
+rows = 0
+for i, f in enumerate(sorted(glob.glob(LOCAL + "/*.ndjson"))):
+    dest = os.path.join(OUT, f"{i}.parquet")
+    duckdb.sql(f"copy (select * from read_json_auto('{f}', maximum_object_size=100000000)) "
+               f"to '{dest}' (format parquet)")
+    rows += duckdb.sql(f"select count(*) from '{dest}'").fetchall()[0][0]
 """,
     "duckdb_arrow": """
 import glob, duckdb
@@ -66,10 +81,10 @@ def measure(name: str, base: str, local: str) -> dict | None:
     with tempfile.TemporaryDirectory() as out:
         prelude = f"BASE, LOCAL, OUT = {base!r}, {local!r}, {out!r}\n"
         timer = (
-            "import time, resource, json\nt0 = time.perf_counter()\n"
+            "import time, resource, json\nEXTRA = {}\nt0 = time.perf_counter()\n"
             + CODE[name]
             + "\nprint(json.dumps({'seconds': time.perf_counter() - t0, 'rows': rows,"
-            " 'maxrss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
+            " 'maxrss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **EXTRA}))\n"
         )
         p = subprocess.run([sys.executable, "-c", prelude + timer], capture_output=True, text=True)
         if p.returncode != 0:
@@ -82,9 +97,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", required=True)
     ap.add_argument("--local", required=True)
+    ap.add_argument("--only", help="comma-separated measurements (default: all)")
     a = ap.parse_args()
     res = {}
-    for name in CODE:
+    names = [n for n in CODE if not a.only or n in a.only.split(",")]
+    for name in names:
         r = measure(name, a.base, a.local)
         if r is not None:
             res[name] = r

@@ -142,26 +142,36 @@ fn parquet_rows(dir: &std::path::Path) -> BTreeMap<String, Value> {
     out
 }
 
-/// The export written as a Parquet dataset (the CLI's way: the reader fed batch by batch and
-/// drained at commits), read back: every resource, once, rebuilt equal; then a crash after a
-/// commit (parts closed and in progress after it) and a reopen with the committed state: only
-/// the committed rows are left.
+/// The export written as a Parquet dataset in `dir`, committed every 4 pulls: either the
+/// reader's batches written on this thread, or (`threaded`) the decode threads writing their
+/// own parts (the CLI's way). The state of the end, and of a commit in the middle.
 #[cfg(feature = "parquet")]
-#[test]
-fn parquet_dataset_round_trips_and_resumes_from_a_commit() {
-    use fhirbulk::arrow::{ArrowReader, ParquetDataset, ParquetOptions};
-    let sb = sandbox();
-    let want = lines(&sb);
-    let dir = tempfile::tempdir().unwrap();
-    let opts = ParquetOptions {
-        part_bytes: 200_000,
-        ..ParquetOptions::default()
+fn write_dataset(
+    sb: &Sandbox,
+    dir: &std::path::Path,
+    opts: &fhirbulk::arrow::ParquetOptions,
+    threaded: bool,
+) -> (fhirbulk::arrow::PartsState, fhirbulk::arrow::PartsState) {
+    use fhirbulk::arrow::{ArrowReader, ParquetDataset};
+    let mut ds = ParquetDataset::open(dir, opts.clone(), &Default::default()).unwrap();
+    let mut reader = if threaded {
+        ArrowReader::to_parquet(&ds, 64, 3)
+    } else {
+        ArrowReader::with_threads(64, 2)
     };
-    let mut ds = ParquetDataset::open(dir.path(), opts.clone(), &Default::default()).unwrap();
-    let mut reader = ArrowReader::with_threads(64, 2);
-    let mut e = Export::start(config(&sb)).unwrap();
+    let mut e = Export::start(config(sb)).unwrap();
     let mut pulls = 0;
     let mut committed = None;
+    let drain = |reader: &mut ArrowReader, ds: &mut ParquetDataset| {
+        reader.drain().unwrap();
+        while let Some((t, b)) = reader.pop().unwrap() {
+            assert!(!threaded, "a Parquet reader hands nothing out");
+            ds.write(&t, &b).unwrap();
+        }
+        let state = ds.commit().unwrap();
+        assert_eq!(ds.uncommitted_rows(), 0);
+        state
+    };
     loop {
         match e.next_batch(100, Some(Duration::from_secs(30))).unwrap() {
             Next::Item(b) => reader.push(&b).unwrap(),
@@ -173,46 +183,57 @@ fn parquet_dataset_round_trips_and_resumes_from_a_commit() {
         }
         pulls += 1;
         if pulls % 4 == 0 {
-            reader.drain().unwrap();
-            while let Some((t, b)) = reader.pop().unwrap() {
-                ds.write(&t, &b).unwrap();
-            }
-            let state = ds.commit().unwrap();
-            assert_eq!(ds.uncommitted_rows(), 0);
+            let state = drain(&mut reader, &mut ds);
             if committed.is_none() && pulls >= 8 {
                 committed = Some(state);
             }
         }
     }
-    reader.drain().unwrap();
-    while let Some((t, b)) = reader.pop().unwrap() {
-        ds.write(&t, &b).unwrap();
-    }
-    let end = ds.commit().unwrap();
-    assert!(
-        end.values().any(|p| p.parts > 1),
-        "parts roll at part_bytes: {end:?}"
-    );
-    let got = parquet_rows(dir.path());
-    assert_eq!(got.len(), want.len());
-    for (k, v) in &want {
-        assert_eq!(got.get(k), Some(v), "{k}");
-    }
-    // Crash: a part in progress beside the parts closed after the earlier commit.
-    let committed = committed.expect("a commit in the middle");
-    let (t, _) = end.iter().next().unwrap();
-    std::fs::write(
-        dir.path().join(t).join(".part-00099.parquet.inprogress"),
-        b"PAR1",
-    )
-    .unwrap();
-    let ds = ParquetDataset::open(dir.path(), opts, &committed).unwrap();
-    assert_eq!(ds.state(), committed);
-    let left = parquet_rows(dir.path());
-    let rows: u64 = committed.values().map(|p| p.rows).sum();
-    assert_eq!(left.len() as u64, rows);
-    assert!(rows > 0 && (rows as usize) < want.len(), "{rows}");
-    for (k, v) in &left {
-        assert_eq!(want.get(k), Some(v), "{k}");
+    let end = drain(&mut reader, &mut ds);
+    (end, committed.expect("a commit in the middle"))
+}
+
+/// The export written as a Parquet dataset (inline, and by the decode threads), read back:
+/// every resource, once, rebuilt equal; then a crash after a commit (parts closed and in
+/// progress after it) and a reopen with the committed state: only the committed rows are left.
+#[cfg(feature = "parquet")]
+#[test]
+fn parquet_dataset_round_trips_and_resumes_from_a_commit() {
+    use fhirbulk::arrow::{ParquetDataset, ParquetOptions};
+    let sb = sandbox();
+    let want = lines(&sb);
+    for threaded in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = ParquetOptions {
+            part_bytes: 200_000,
+            max_open_parts: 3,
+            ..ParquetOptions::default()
+        };
+        let (end, committed) = write_dataset(&sb, dir.path(), &opts, threaded);
+        assert!(
+            end.values().any(|p| p.parts > 1),
+            "parts roll at part_bytes and max_open_parts: {end:?}"
+        );
+        let got = parquet_rows(dir.path());
+        assert_eq!(got.len(), want.len());
+        for (k, v) in &want {
+            assert_eq!(got.get(k), Some(v), "{k}");
+        }
+        // Crash: a part in progress beside the parts closed after the earlier commit.
+        let (t, _) = end.iter().next().unwrap();
+        std::fs::write(
+            dir.path().join(t).join(".part-00099.parquet.inprogress"),
+            b"PAR1",
+        )
+        .unwrap();
+        let ds = ParquetDataset::open(dir.path(), opts, &committed).unwrap();
+        assert_eq!(ds.state(), committed);
+        let left = parquet_rows(dir.path());
+        let rows: u64 = committed.values().map(|p| p.rows).sum();
+        assert_eq!(left.len() as u64, rows);
+        assert!(rows > 0 && (rows as usize) < want.len(), "{rows}");
+        for (k, v) in &left {
+            assert_eq!(want.get(k), Some(v), "{k}");
+        }
     }
 }

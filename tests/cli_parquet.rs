@@ -254,7 +254,10 @@ fn kill_9_in_the_middle_of_parts_then_rerun_gives_every_resource_once() {
     std::thread::sleep(Duration::from_millis(250));
     child.kill().unwrap();
     let status = child.wait().unwrap();
-    assert!(status.code().is_none(), "killed in the middle, not ended: {status}");
+    assert!(
+        status.code().is_none(),
+        "killed in the middle, not ended: {status}"
+    );
     assert!(cp["request"]["format"] == "parquet", "{}", cp["request"]);
 
     // What a crash can leave beside the committed parts: a part in progress and a part

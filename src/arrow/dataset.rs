@@ -12,6 +12,7 @@
 
 use crate::error::{Error, ErrorCode, Result};
 use arrow_array::RecordBatch;
+use parking_lot::Mutex;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
@@ -20,6 +21,7 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The compression of the column chunks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +57,11 @@ pub struct ParquetOptions {
     pub row_group_bytes: usize,
     /// A part is closed (and the next one begun) when it has this many bytes on disk.
     pub part_bytes: u64,
+    /// Parts open at once, at most: opening another closes the one written to least recently.
+    /// Each open part holds its column writers' buffers (about 20-30 MB for a FHIR resource
+    /// type's 500-1000 leaf columns), so this bounds the memory however many types an export
+    /// has; a type's rows then span more parts when more types than this interleave.
+    pub max_open_parts: usize,
     /// Mode of the files written and of the directories created (Unix).
     pub file_mode: u32,
     pub dir_mode: u32,
@@ -64,9 +71,10 @@ impl Default for ParquetOptions {
     fn default() -> ParquetOptions {
         ParquetOptions {
             compression: ParquetCompression::Snappy,
-            row_group_rows: 1 << 20,
+            row_group_rows: 65536,
             row_group_bytes: 64 << 20,
             part_bytes: 512 << 20,
+            max_open_parts: 4,
             file_mode: 0o644,
             dir_mode: 0o755,
         }
@@ -88,30 +96,61 @@ struct OpenPart {
     tmp: PathBuf,
     writer: ArrowWriter<BufWriter<File>>,
     rows: u64,
+    /// When it was last written to (its writer's write count).
+    last_write: u64,
 }
 
+/// A type's part numbers and rows, shared by the dataset's writers.
 #[derive(Default)]
-struct TypeState {
-    /// Closed parts: `0..closed` (the last commit counted `committed.parts` of them).
+struct TypeCount {
+    /// The next part number (parts `0..next` are taken).
+    next: u32,
+    /// Parts closed of those, and their rows.
     closed: u32,
     closed_rows: u64,
+    /// Rows written (to closed and open parts).
+    written_rows: u64,
     committed: TypeParts,
-    open: Option<OpenPart>,
 }
 
-/// A Parquet dataset being written: one open part at most per resource type.
-pub struct ParquetDataset {
+struct Shared {
     dir: PathBuf,
     options: ParquetOptions,
     props: WriterProperties,
-    types: BTreeMap<String, TypeState>,
+    types: Mutex<BTreeMap<String, TypeCount>>,
+}
+
+/// A Parquet dataset being written: `<dir>/<Type>/part-<n>.parquet`. Written through its own
+/// [`PartWriter`] ([`ParquetDataset::write`]) and through any number of others
+/// ([`ParquetDataset::writer`], one per thread: the decode threads write their batches
+/// themselves); part numbers are the dataset's, so every writer's parts have their own.
+pub struct ParquetDataset {
+    shared: Arc<Shared>,
+    own: PartWriter,
 }
 
 impl std::fmt::Debug for ParquetDataset {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ParquetDataset")
-            .field("dir", &self.dir)
-            .field("types", &self.types.len())
+            .field("dir", &self.shared.dir)
+            .finish()
+    }
+}
+
+/// Writes batches into parts of a dataset: one open part per resource type, at most
+/// `max_open_parts` open at once. Dropped without [`PartWriter::close_all`], it removes the
+/// parts it had open (never complete; a crash leaves them to the next
+/// [`ParquetDataset::open`]).
+pub struct PartWriter {
+    shared: Arc<Shared>,
+    open: BTreeMap<String, OpenPart>,
+    writes: u64,
+}
+
+impl std::fmt::Debug for PartWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartWriter")
+            .field("open", &self.open.len())
             .finish()
     }
 }
@@ -217,21 +256,22 @@ impl ParquetDataset {
             }
             types.insert(
                 t.clone(),
-                TypeState {
+                TypeCount {
+                    next: c.parts,
                     closed: c.parts,
                     closed_rows: c.rows,
+                    written_rows: c.rows,
                     committed: c.clone(),
-                    open: None,
                 },
             );
         }
-        let ds = ParquetDataset {
+        let shared = Arc::new(Shared {
             dir: dir.to_owned(),
             props: properties(&options),
             options,
-            types,
-        };
-        ds.remove_uncommitted()?;
+            types: Mutex::new(types),
+        });
+        remove_uncommitted(&shared)?;
         for (t, c) in committed {
             for i in 0..c.parts {
                 let p = dir.join(t).join(part_name(i));
@@ -247,61 +287,137 @@ impl ParquetDataset {
                 }
             }
         }
-        Ok(ds)
-    }
-
-    /// Remove the parts of every type directory that the committed state does not count.
-    fn remove_uncommitted(&self) -> Result<()> {
-        let entries = match std::fs::read_dir(&self.dir) {
-            Ok(e) => e,
-            Err(e) => {
-                return Err(io_error(
-                    format_args!("cannot read {}", self.dir.display()),
-                    &e,
-                ))
-            }
-        };
-        for e in entries.flatten() {
-            let name = e.file_name();
-            let Some(t) = name.to_str().filter(|t| valid_type(t)) else {
-                continue;
-            };
-            if !e.file_type().is_ok_and(|f| f.is_dir()) {
-                continue;
-            }
-            let keep = self.types.get(t).map_or(0, |s| s.committed.parts);
-            let sub = e.path();
-            let Ok(files) = std::fs::read_dir(&sub) else {
-                continue;
-            };
-            let mut removed = false;
-            for f in files.flatten() {
-                let fname = f.file_name();
-                let Some(i) = fname.to_str().and_then(part_index) else {
-                    continue;
-                };
-                let in_progress = fname.to_str().is_some_and(|n| n.starts_with('.'));
-                if in_progress || i >= keep {
-                    std::fs::remove_file(f.path()).map_err(|e| {
-                        io_error(format_args!("cannot remove {}", f.path().display()), &e)
-                    })?;
-                    removed = true;
-                }
-            }
-            if removed {
-                sync_dir(&sub);
-            }
-        }
-        Ok(())
+        Ok(ParquetDataset {
+            own: PartWriter::new(&shared),
+            shared,
+        })
     }
 
     /// The dataset's directory.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.shared.dir
     }
 
-    /// Append a batch of `resource_type` (a FHIR type name) to its open part, opening one (the
-    /// type's directory too) if none is.
+    /// Another writer of this dataset (for another thread).
+    pub fn writer(&self) -> PartWriter {
+        PartWriter::new(&self.shared)
+    }
+
+    /// Append a batch through the dataset's own writer ([`PartWriter::write`]).
+    pub fn write(&mut self, resource_type: &str, batch: &RecordBatch) -> Result<()> {
+        self.own.write(resource_type, batch)
+    }
+
+    /// Rows written and not committed yet.
+    pub fn uncommitted_rows(&self) -> u64 {
+        self.shared
+            .types
+            .lock()
+            .values()
+            .map(|c| c.written_rows - c.committed.rows)
+            .sum()
+    }
+
+    /// Close the own writer's open parts and commit every part: written, synced, renamed to
+    /// its final name. The other writers must have closed theirs ([`PartWriter::close_all`])
+    /// and write nothing meanwhile: a part still open fails the commit.
+    pub fn commit(&mut self) -> Result<PartsState> {
+        self.own.close_all()?;
+        let mut types = self.shared.types.lock();
+        for (t, c) in types.iter() {
+            if c.closed != c.next || c.closed_rows != c.written_rows {
+                return Err(Error::new(
+                    ErrorCode::Internal,
+                    format!("internal error: a Parquet part of {t} is still open at a commit"),
+                ));
+            }
+        }
+        for c in types.values_mut() {
+            c.committed = TypeParts {
+                parts: c.closed,
+                rows: c.closed_rows,
+            };
+        }
+        drop(types);
+        Ok(self.state())
+    }
+
+    /// What the last [`ParquetDataset::commit`] (or [`ParquetDataset::open`]) committed.
+    pub fn state(&self) -> PartsState {
+        self.shared
+            .types
+            .lock()
+            .iter()
+            .filter(|(_, c)| c.committed.parts > 0)
+            .map(|(t, c)| (t.clone(), c.committed.clone()))
+            .collect()
+    }
+
+    /// The committed part files, relative to the dataset's directory
+    /// (`Observation/part-00000.parquet`).
+    pub fn committed_files(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        for (t, c) in self.shared.types.lock().iter() {
+            for i in 0..c.committed.parts {
+                v.push(format!("{t}/{}", part_name(i)));
+            }
+        }
+        v
+    }
+}
+
+/// Remove the parts of every type directory that the committed state does not count.
+fn remove_uncommitted(shared: &Shared) -> Result<()> {
+    let dir = &shared.dir;
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| io_error(format_args!("cannot read {}", dir.display()), &e))?;
+    let types = shared.types.lock();
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(t) = name.to_str().filter(|t| valid_type(t)) else {
+            continue;
+        };
+        if !e.file_type().is_ok_and(|f| f.is_dir()) {
+            continue;
+        }
+        let keep = types.get(t).map_or(0, |c| c.committed.parts);
+        let sub = e.path();
+        let Ok(files) = std::fs::read_dir(&sub) else {
+            continue;
+        };
+        let mut removed = false;
+        for f in files.flatten() {
+            let fname = f.file_name();
+            let Some(i) = fname.to_str().and_then(part_index) else {
+                continue;
+            };
+            let in_progress = fname.to_str().is_some_and(|n| n.starts_with('.'));
+            if in_progress || i >= keep {
+                std::fs::remove_file(f.path()).map_err(|e| {
+                    io_error(format_args!("cannot remove {}", f.path().display()), &e)
+                })?;
+                removed = true;
+            }
+        }
+        if removed {
+            sync_dir(&sub);
+        }
+    }
+    Ok(())
+}
+
+impl PartWriter {
+    fn new(shared: &Arc<Shared>) -> PartWriter {
+        PartWriter {
+            shared: Arc::clone(shared),
+            open: BTreeMap::new(),
+            writes: 0,
+        }
+    }
+
+    /// Append a batch of `resource_type` (a FHIR type name) to this writer's open part of the
+    /// type, opening one (and the type's directory) if none is; the part written to least
+    /// recently is closed first when `max_open_parts` are open.
     pub fn write(&mut self, resource_type: &str, batch: &RecordBatch) -> Result<()> {
         if !valid_type(resource_type) {
             return Err(Error::new(
@@ -312,112 +428,118 @@ impl ParquetDataset {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        if !self.types.contains_key(resource_type) {
-            self.types
-                .insert(resource_type.to_owned(), TypeState::default());
-        }
-        let dir = self.dir.join(resource_type);
-        let st = self.types.get_mut(resource_type).expect("inserted above");
-        if st.open.is_none() {
-            create_dir(&dir, self.options.dir_mode)
+        let sh = Arc::clone(&self.shared);
+        let dir = sh.dir.join(resource_type);
+        if !self.open.contains_key(resource_type) {
+            if self.open.len() >= sh.options.max_open_parts.max(1) {
+                let lru = self
+                    .open
+                    .iter()
+                    .map(|(t, p)| (p.last_write, t.clone()))
+                    .min();
+                if let Some((_, t)) = lru {
+                    self.close(&t)?;
+                }
+            }
+            create_dir(&dir, sh.options.dir_mode)
                 .map_err(|e| io_error(format_args!("cannot create {}", dir.display()), &e))?;
-            let tmp = dir.join(tmp_name(st.closed));
-            let f = create_file(&tmp, self.options.file_mode)
+            let index = {
+                let mut types = sh.types.lock();
+                let c = types.entry(resource_type.to_owned()).or_default();
+                c.next += 1;
+                c.next - 1
+            };
+            let tmp = dir.join(tmp_name(index));
+            let f = create_file(&tmp, sh.options.file_mode)
                 .map_err(|e| io_error(format_args!("cannot create {}", tmp.display()), &e))?;
             let writer = ArrowWriter::try_new(
                 BufWriter::with_capacity(1 << 20, f),
                 batch.schema(),
-                Some(self.props.clone()),
-            )
-            .map_err(|e| io_error(format_args!("cannot write {}", tmp.display()), &e))?;
-            st.open = Some(OpenPart {
-                index: st.closed,
-                tmp,
-                writer,
-                rows: 0,
-            });
+                Some(sh.props.clone()),
+            );
+            let writer = match writer {
+                Ok(w) => w,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(io_error(format_args!("cannot write {}", tmp.display()), &e));
+                }
+            };
+            self.open.insert(
+                resource_type.to_owned(),
+                OpenPart {
+                    index,
+                    tmp,
+                    writer,
+                    rows: 0,
+                    last_write: 0,
+                },
+            );
         }
-        let part = st.open.as_mut().expect("opened above");
+        self.writes += 1;
+        let part = self.open.get_mut(resource_type).expect("opened above");
+        part.last_write = self.writes;
         part.writer
             .write(batch)
             .map_err(|e| io_error(format_args!("cannot write {}", part.tmp.display()), &e))?;
         part.rows += batch.num_rows() as u64;
-        if part.writer.in_progress_size() >= self.options.row_group_bytes {
+        sh.types
+            .lock()
+            .get_mut(resource_type)
+            .expect("counted when the part opened")
+            .written_rows += batch.num_rows() as u64;
+        if part.writer.in_progress_size() >= sh.options.row_group_bytes {
             part.writer
                 .flush()
                 .map_err(|e| io_error(format_args!("cannot write {}", part.tmp.display()), &e))?;
         }
-        if part.writer.bytes_written() as u64 >= self.options.part_bytes {
-            close_part(st, &dir)?;
+        if part.writer.bytes_written() as u64 >= sh.options.part_bytes {
+            self.close(resource_type)?;
         }
         Ok(())
     }
 
-    /// Rows written and not committed yet.
-    pub fn uncommitted_rows(&self) -> u64 {
-        self.types
-            .values()
-            .map(|s| s.closed_rows + s.open.as_ref().map_or(0, |p| p.rows) - s.committed.rows)
-            .sum()
-    }
-
-    /// Close every open part (written, synced, renamed to its final name) and return what is
-    /// committed: every row written so far.
-    pub fn commit(&mut self) -> Result<PartsState> {
-        for (t, st) in self.types.iter_mut() {
-            if st.open.is_some() {
-                close_part(st, &self.dir.join(t))?;
-            }
-            st.committed = TypeParts {
-                parts: st.closed,
-                rows: st.closed_rows,
-            };
+    /// Close every open part of this writer.
+    pub fn close_all(&mut self) -> Result<()> {
+        let types: Vec<String> = self.open.keys().cloned().collect();
+        for t in types {
+            self.close(&t)?;
         }
-        Ok(self.state())
+        Ok(())
     }
 
-    /// What the last [`ParquetDataset::commit`] (or [`ParquetDataset::open`]) committed.
-    pub fn state(&self) -> PartsState {
-        self.types
-            .iter()
-            .filter(|(_, s)| s.committed.parts > 0)
-            .map(|(t, s)| (t.clone(), s.committed.clone()))
-            .collect()
-    }
-
-    /// The committed part files, relative to the dataset's directory (`Observation/part-00000.parquet`).
-    pub fn committed_files(&self) -> Vec<String> {
-        let mut v = Vec::new();
-        for (t, s) in &self.types {
-            for i in 0..s.committed.parts {
-                v.push(format!("{t}/{}", part_name(i)));
-            }
-        }
-        v
+    fn close(&mut self, resource_type: &str) -> Result<()> {
+        let Some(part) = self.open.remove(resource_type) else {
+            return Ok(());
+        };
+        let tmp = part.tmp.clone();
+        let failed = |e: &dyn std::fmt::Display| {
+            let _ = std::fs::remove_file(&tmp);
+            io_error(format_args!("cannot write {}", tmp.display()), e)
+        };
+        let buf = part.writer.into_inner().map_err(|e| failed(&e))?;
+        let file = buf.into_inner().map_err(|e| failed(e.error()))?;
+        file.sync_all().map_err(|e| failed(&e))?;
+        let dir = self.shared.dir.join(resource_type);
+        let final_path = dir.join(part_name(part.index));
+        std::fs::rename(&tmp, &final_path).map_err(|e| failed(&e))?;
+        sync_dir(&dir);
+        let mut types = self.shared.types.lock();
+        let c = types
+            .get_mut(resource_type)
+            .expect("counted when the part opened");
+        c.closed += 1;
+        c.closed_rows += part.rows;
+        Ok(())
     }
 }
 
-fn close_part(st: &mut TypeState, dir: &Path) -> Result<()> {
-    let Some(part) = st.open.take() else {
-        return Ok(());
-    };
-    let tmp = part.tmp.clone();
-    let buf = part
-        .writer
-        .into_inner()
-        .map_err(|e| io_error(format_args!("cannot write {}", tmp.display()), &e))?;
-    let file = buf
-        .into_inner()
-        .map_err(|e| io_error(format_args!("cannot write {}", tmp.display()), e.error()))?;
-    file.sync_all()
-        .map_err(|e| io_error(format_args!("cannot sync {}", tmp.display()), &e))?;
-    let final_path = dir.join(part_name(part.index));
-    std::fs::rename(&tmp, &final_path)
-        .map_err(|e| io_error(format_args!("cannot rename {}", tmp.display()), &e))?;
-    sync_dir(dir);
-    st.closed = part.index + 1;
-    st.closed_rows += part.rows;
-    Ok(())
+impl Drop for PartWriter {
+    fn drop(&mut self) {
+        // Parts never closed are not complete: nothing may read them.
+        for p in std::mem::take(&mut self.open).into_values() {
+            let _ = std::fs::remove_file(&p.tmp);
+        }
+    }
 }
 
 fn properties(o: &ParquetOptions) -> WriterProperties {
@@ -429,6 +551,9 @@ fn properties(o: &ParquetOptions) -> WriterProperties {
         }
     };
     WriterProperties::builder()
+        // Each column writer buffers a page's levels: with 500-1000 mostly empty columns per
+        // type, pages of 4096 rows (the default is 20,000) keep that small.
+        .set_data_page_row_count_limit(4096)
         .set_compression(compression)
         .set_max_row_group_size(o.row_group_rows.max(1))
         .set_created_by(format!("fhirbulk {}", env!("CARGO_PKG_VERSION")))

@@ -9,7 +9,9 @@ mod pool;
 pub mod schema;
 
 #[cfg(feature = "parquet")]
-pub use dataset::{ParquetCompression, ParquetDataset, ParquetOptions, PartsState, TypeParts};
+pub use dataset::{
+    ParquetCompression, ParquetDataset, ParquetOptions, PartWriter, PartsState, TypeParts,
+};
 pub use decode::{rebuild, Decoder};
 pub use schema::{schema_for, TypeSchema, REMAINDER};
 
@@ -23,6 +25,11 @@ use std::time::Duration;
 
 /// Rows per batch unless told otherwise.
 pub const DEFAULT_BATCH_ROWS: usize = 8192;
+
+/// Rows per decoded batch when writing Parquet: the writer gathers batches into row groups of
+/// its own, so a smaller batch only lowers the memory of the filling batches (one per type and
+/// decode thread).
+pub const PARQUET_BATCH_ROWS: usize = 2048;
 
 /// The output resources of an export as record batches, each of one resource type, with at
 /// most `batch_rows` rows. A type's batch is handed out when it is full, and what is left at the
@@ -83,6 +90,17 @@ pub struct ArrowReader {
     ended: bool,
     failed: Option<Error>,
     skipped: u64,
+    /// Writing into a Parquet dataset instead of handing batches out.
+    #[cfg(feature = "parquet")]
+    parquet: Option<ParquetSinks>,
+}
+
+/// The writers of [`ArrowReader::to_parquet`]: the reader's own (rows decoded on its thread)
+/// and one per decode thread, until the threads start.
+#[cfg(feature = "parquet")]
+struct ParquetSinks {
+    inline: PartWriter,
+    threads: Vec<PartWriter>,
 }
 
 impl ArrowReader {
@@ -103,7 +121,45 @@ impl ArrowReader {
             ended: false,
             failed: None,
             skipped: 0,
+            #[cfg(feature = "parquet")]
+            parquet: None,
         }
+    }
+
+    /// A reader that writes what it decodes into `dataset` instead of handing batches out
+    /// ([`ArrowReader::pop`] gives nothing): each decode thread writes its own parts, so the
+    /// Parquet encoding runs on all of them. [`ArrowReader::drain`] closes every part the
+    /// threads have open; then [`ParquetDataset::commit`] can commit them.
+    #[cfg(feature = "parquet")]
+    pub fn to_parquet(dataset: &ParquetDataset, batch_rows: usize, threads: usize) -> ArrowReader {
+        let mut r = ArrowReader::with_threads(batch_rows, threads);
+        let threads = if r.threads > 1 { r.threads } else { 0 };
+        r.parquet = Some(ParquetSinks {
+            inline: dataset.writer(),
+            threads: (0..threads).map(|_| dataset.writer()).collect(),
+        });
+        r
+    }
+
+    /// A full or flushed batch decoded on this thread: to the Parquet writer, or handed out.
+    fn emit(&mut self, resource_type: &str, b: RecordBatch) -> Result<()> {
+        #[cfg(feature = "parquet")]
+        if let Some(p) = self.parquet.as_mut() {
+            return p.inline.write(resource_type, &b);
+        }
+        self.ready.push_back((resource_type.to_owned(), b));
+        Ok(())
+    }
+
+    fn sinks(&mut self) -> Vec<pool::Sink> {
+        #[cfg(feature = "parquet")]
+        if let Some(p) = self.parquet.as_mut() {
+            return std::mem::take(&mut p.threads)
+                .into_iter()
+                .map(pool::Sink::Parquet)
+                .collect();
+        }
+        (0..self.threads).map(|_| pool::Sink::Reader).collect()
     }
 
     /// Error and deleted records passed over.
@@ -175,7 +231,8 @@ impl ArrowReader {
 
     fn push_unchecked(&mut self, batch: &Batch<'_>) -> Result<()> {
         if self.threads > 1 && self.pool.is_none() {
-            self.pool = pool::Pool::new(self.threads, self.batch_rows).ok();
+            let sinks = self.sinks();
+            self.pool = pool::Pool::new(sinks, self.batch_rows).ok();
         }
         let Some(pool) = self.pool.as_mut() else {
             return self.push_inline(batch);
@@ -238,7 +295,7 @@ impl ArrowReader {
             })?;
             if d.full(self.batch_rows) {
                 let b = d.flush().expect("rows were pushed");
-                self.ready.push_back((r.resource_type.to_owned(), b));
+                self.emit(r.resource_type, b)?;
             }
         }
         Ok(())
@@ -275,10 +332,14 @@ impl ArrowReader {
     }
 
     fn drain_unchecked(&mut self) -> Result<()> {
-        for t in &self.order {
-            if let Some(b) = self.decoders.get_mut(t).and_then(Decoder::flush) {
-                self.ready.push_back((t.clone(), b));
+        for t in self.order.clone() {
+            if let Some(b) = self.decoders.get_mut(&t).and_then(Decoder::flush) {
+                self.emit(&t, b)?;
             }
+        }
+        #[cfg(feature = "parquet")]
+        if let Some(p) = self.parquet.as_mut() {
+            p.inline.close_all()?;
         }
         if let Some(pool) = self.pool.as_mut() {
             pool.flush();

@@ -42,6 +42,14 @@ pub(crate) enum Out {
     Flushed,
 }
 
+/// Where a decode thread's full batches go: back to the reader, or (a Parquet dataset) into
+/// the thread's own parts.
+pub(crate) enum Sink {
+    Reader,
+    #[cfg(feature = "parquet")]
+    Parquet(super::dataset::PartWriter),
+}
+
 pub(crate) struct Pool {
     jobs: Vec<Sender<Job>>,
     results: Receiver<Out>,
@@ -52,18 +60,18 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    /// `threads` decode threads (at least 2; fewer is the reader's own thread).
-    pub fn new(threads: usize, batch_rows: usize) -> std::io::Result<Pool> {
+    /// A decode thread per sink (at least 2; fewer is the reader's own thread).
+    pub fn new(sinks: Vec<Sink>, batch_rows: usize) -> std::io::Result<Pool> {
         let (out_tx, results) = unbounded();
         let mut jobs = Vec::new();
         let mut handles = Vec::new();
-        for n in 0..threads {
+        for (n, sink) in sinks.into_iter().enumerate() {
             let (tx, rx) = bounded::<Job>(QUEUE);
             let out = out_tx.clone();
             handles.push(
                 std::thread::Builder::new()
                     .name(format!("fhirbulk-arrow-{n}"))
-                    .spawn(move || decode_thread(rx, out, batch_rows))?,
+                    .spawn(move || decode_thread(rx, out, batch_rows, sink))?,
             );
             jobs.push(tx);
         }
@@ -149,13 +157,13 @@ impl Drop for Pool {
     }
 }
 
-fn decode_thread(jobs: Receiver<Job>, out: Sender<Out>, batch_rows: usize) {
+fn decode_thread(jobs: Receiver<Job>, out: Sender<Out>, batch_rows: usize, mut sink: Sink) {
     let mut decoders: HashMap<String, Decoder> = HashMap::new();
     let mut order: Vec<String> = Vec::new();
     for job in jobs {
         // A panic (a bug) fails the read instead of leaving the reader waiting for this job.
         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            run_job(job, &mut decoders, &mut order, &out, batch_rows)
+            run_job(job, &mut decoders, &mut order, &out, batch_rows, &mut sink)
         }));
         if run.is_err() {
             let _ = out.send(Out::Failed(Error::new(
@@ -167,12 +175,28 @@ fn decode_thread(jobs: Receiver<Job>, out: Sender<Out>, batch_rows: usize) {
     }
 }
 
+/// Hand a full (or flushed) batch to the sink.
+fn emit(sink: &mut Sink, out: &Sender<Out>, resource_type: &str, b: RecordBatch) {
+    match sink {
+        Sink::Reader => {
+            let _ = out.send(Out::Batch(resource_type.to_owned(), b));
+        }
+        #[cfg(feature = "parquet")]
+        Sink::Parquet(w) => {
+            if let Err(e) = w.write(resource_type, &b) {
+                let _ = out.send(Out::Failed(e));
+            }
+        }
+    }
+}
+
 fn run_job(
     job: Job,
     decoders: &mut HashMap<String, Decoder>,
     order: &mut Vec<String>,
     out: &Sender<Out>,
     batch_rows: usize,
+    sink: &mut Sink,
 ) {
     match job {
         Job::Lines(l) => {
@@ -192,7 +216,7 @@ fn run_job(
                 }
                 if d.full(batch_rows) {
                     let b = d.flush().expect("rows were pushed");
-                    let _ = out.send(Out::Batch(l.resource_type.clone(), b));
+                    emit(sink, out, &l.resource_type, b);
                 }
             }
             let _ = out.send(Out::Done);
@@ -200,7 +224,13 @@ fn run_job(
         Job::Flush => {
             for t in order.iter() {
                 if let Some(b) = decoders.get_mut(t).and_then(Decoder::flush) {
-                    let _ = out.send(Out::Batch(t.clone(), b));
+                    emit(sink, out, t, b);
+                }
+            }
+            #[cfg(feature = "parquet")]
+            if let Sink::Parquet(w) = sink {
+                if let Err(e) = w.close_all() {
+                    let _ = out.send(Out::Failed(e));
                 }
             }
             let _ = out.send(Out::Flushed);

@@ -10,7 +10,7 @@
 
 use crate::util::{CliError, Perms, EXIT_OTHER};
 use fhirbulk::arrow::{
-    ArrowReader, ParquetCompression, ParquetDataset, ParquetOptions, PartsState, DEFAULT_BATCH_ROWS,
+    ArrowReader, ParquetCompression, ParquetDataset, ParquetOptions, PartsState, PARQUET_BATCH_ROWS,
 };
 use fhirbulk::{Batch, Kind};
 use std::path::Path;
@@ -44,9 +44,11 @@ impl ParquetOut {
             dir_mode: perms.dir,
             ..ParquetOptions::default()
         };
+        let dataset = ParquetDataset::open(dir, options, committed).map_err(local)?;
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
         Ok(ParquetOut {
-            reader: ArrowReader::new(DEFAULT_BATCH_ROWS),
-            dataset: ParquetDataset::open(dir, options, committed).map_err(local)?,
+            reader: ArrowReader::to_parquet(&dataset, PARQUET_BATCH_ROWS, threads),
+            dataset,
             pending: 0,
         })
     }
@@ -58,14 +60,8 @@ impl ParquetOut {
         }
         self.pending += batch.len() as u64;
         self.reader.push(batch)?;
-        self.write_ready()
-    }
-
-    fn write_ready(&mut self) -> Result<(), fhirbulk::Error> {
-        while let Some((t, b)) = self.reader.pop()? {
-            self.dataset.write(&t, &b)?;
-        }
-        Ok(())
+        // (Nothing comes out: the decode threads write the parts. A failure does.)
+        self.reader.pop().map(|_| ())
     }
 
     /// Output records not committed yet (a checkpoint must commit them).
@@ -76,7 +72,6 @@ impl ParquetOut {
     /// Everything pushed written and every part closed: the state for the checkpoint.
     pub fn commit(&mut self) -> Result<PartsState, CliError> {
         self.reader.drain().map_err(local)?;
-        self.write_ready().map_err(local)?;
         let state = self.dataset.commit().map_err(local)?;
         self.pending = 0;
         Ok(state)
