@@ -596,6 +596,43 @@ FhirbulkStatus export_next_arrow_batch(struct FhirbulkExport *h, size_t max_rows
  */
 FhirbulkStatus export_arrow_stream(struct FhirbulkExport *h, const char *resource_type, size_t max_rows, struct ArrowArrayStream *out_stream);
 
+/**
+ * Write the export's output resources as a Parquet dataset in `dir` (NUL-terminated path):
+ * `<dir>/<Type>/part-<n>.parquet`, one table per resource type in the schema of
+ * `fhirbulk_arrow_schema` (with its schema and field metadata), decoded and encoded by the
+ * library on up to 4 threads of its own, each writing its own parts (memory stays bounded: a
+ * few open parts and a filling batch per type and thread). A part is written as
+ * `.part-<n>.parquet.inprogress` and renamed when closed, so a reader never sees half a file.
+ *
+ * `options_json` is NULL or a JSON object: `compression` (`"snappy"`, the default, `"zstd"`,
+ * `"none"`), `row_group_rows` (65536), `part_bytes` (536870912: a part is closed at that
+ * size), `max_open_parts` (per thread, 4), `batch_rows` (2048), `threads` (1-4; default the
+ * cores, at most 4), `overwrite` (false: a `dir` that holds parts already is refused; true:
+ * they are removed). Options apply at the first call.
+ *
+ * Returns `FHIRBULK_END` when every output resource is written and every part closed, and
+ * then writes a summary into `summary_buf` (snprintf semantics; NULL/0 for none):
+ * `{"types":{"Patient":{"parts":1,"rows":300},...},"skipped":N}` (`skipped`: error and
+ * deleted records, which are not written; read them with `export_next_record` on another
+ * export). `FHIRBULK_TIMEOUT` when `timeout_ms` (negative: no limit) passed first: call again
+ * with the same `dir` to go on; another call after `FHIRBULK_END` gives the summary again.
+ * `FHIRBULK_CANCELLED` after `export_cancel`, or an error: the parts in progress are removed
+ * (the closed ones stay; the dataset is then incomplete). Not for an export read with the
+ * other pull calls (records already taken would be missing): the Arrow ones are refused.
+ * Needs the `parquet` feature (`fhirbulk_has_parquet()`).
+ *
+ * # Safety
+ * `dir` is NULL or NUL-terminated; `options_json` is NULL or NUL-terminated; `summary_buf` is
+ * NULL or valid for `summary_buf_len` bytes.
+ */
+FhirbulkStatus export_write_parquet(struct FhirbulkExport *h, const char *dir, const char *options_json, int32_t timeout_ms, char *summary_buf, size_t summary_buf_len);
+
+/**
+ * 1 when this library was built with Parquet support (the `parquet` feature, which includes
+ * `arrow`), else 0.
+ */
+uint32_t fhirbulk_has_parquet(void);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

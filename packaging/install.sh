@@ -13,7 +13,7 @@
 #   PREFIX/lib/cmake/fhirbulk/          find_package(fhirbulk): fhirbulk::fhirbulk (shared),
 #                                       fhirbulk::fhirbulk_static; relocatable
 #
-# Builds the release library first (`cargo build --release --lib --features arrow`, the same build the Java
+# Builds the release library first (`cargo build --release --lib --features parquet`, the same build the Java
 # binding bundles). Environment:
 #   DESTDIR=/stage                 stage the files under /stage/PREFIX (for packagers); the
 #                                  installed files still name PREFIX
@@ -32,8 +32,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 
 if [ "${FHIRBULK_SKIP_CARGO_BUILD:-0}" != 1 ]; then
-    echo "+ ${CARGO:-cargo} build --release --lib --features arrow"
-    "${CARGO:-cargo}" build --release --lib --features arrow
+    echo "+ ${CARGO:-cargo} build --release --lib --features parquet"
+    "${CARGO:-cargo}" build --release --lib --features parquet
 fi
 
 # The version is the crate's; build.rs asserts the header says the same.
@@ -47,12 +47,12 @@ REAL=libfhirbulk.so.$VERSION
 SO=target/release/libfhirbulk.so
 A=target/release/libfhirbulk.a
 for f in "$SO" "$A" include/fhirbulk.h include/fhirbulk.hpp; do
-    [ -f "$f" ] || { echo "missing $f (cargo build --release --lib --features arrow)" >&2; exit 1; }
+    [ -f "$f" ] || { echo "missing $f (cargo build --release --lib --features parquet)" >&2; exit 1; }
 done
 # build.rs links the soname in; an older build would install a library ld.so cannot find.
 if command -v readelf >/dev/null 2>&1 &&
     ! grep -q "(SONAME).*\[$SONAME\]" <<<"$(readelf -d "$SO")"; then
-    echo "$SO has no soname $SONAME (rebuild: cargo build --release --lib --features arrow)" >&2
+    echo "$SO has no soname $SONAME (rebuild: cargo build --release --lib --features parquet)" >&2
     exit 1
 fi
 

@@ -4,7 +4,7 @@
 #   bindings/java/run-tests.sh            # from anywhere in the repository
 #   bindings/java/run-tests.sh --rebuild  # run cargo even when the binaries exist
 #
-# 1. builds target/release/libfhirbulk.so (cargo build --release --lib --features arrow) if it is missing,
+# 1. builds target/release/libfhirbulk.so (cargo build --release --lib --features parquet) if it is missing,
 # 2. builds target/debug/fhirbulk-sandbox (cargo build --features sandbox --bin fhirbulk-sandbox)
 #    if it is missing (FHIRBULK_SANDBOX_BIN overrides which sandbox the tests start),
 # 3. runs `mvn -q -B package`: compiles, runs the JUnit suite against the sandbox over HTTP,
@@ -47,8 +47,8 @@ cd "$root"
 target="${CARGO_TARGET_DIR:-$root/target}"
 case "$target" in /*) ;; *) target="$root/$target" ;; esac
 if [ "$rebuild" = 1 ] || [ ! -f "$target/release/libfhirbulk.so" ]; then
-    echo "+ cargo build --release --lib --features arrow"
-    cargo build --release --lib --features arrow
+    echo "+ cargo build --release --lib --features parquet"
+    cargo build --release --lib --features parquet
 fi
 if [ -z "${FHIRBULK_SANDBOX_BIN:-}" ]; then
     if [ "$rebuild" = 1 ] || [ ! -x "$target/debug/fhirbulk-sandbox" ]; then

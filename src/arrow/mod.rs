@@ -167,6 +167,11 @@ impl ArrowReader {
         self.skipped
     }
 
+    /// Rows per batch.
+    pub fn batch_rows(&self) -> usize {
+        self.batch_rows
+    }
+
     /// See [`ArrowBatches::next_batch`].
     pub fn next_batch(
         &mut self,

@@ -185,6 +185,90 @@ pub unsafe extern "C" fn export_arrow_stream(
     })
 }
 
+/// Write the export's output resources as a Parquet dataset in `dir` (NUL-terminated path):
+/// `<dir>/<Type>/part-<n>.parquet`, one table per resource type in the schema of
+/// `fhirbulk_arrow_schema` (with its schema and field metadata), decoded and encoded by the
+/// library on up to 4 threads of its own, each writing its own parts (memory stays bounded: a
+/// few open parts and a filling batch per type and thread). A part is written as
+/// `.part-<n>.parquet.inprogress` and renamed when closed, so a reader never sees half a file.
+///
+/// `options_json` is NULL or a JSON object: `compression` (`"snappy"`, the default, `"zstd"`,
+/// `"none"`), `row_group_rows` (65536), `part_bytes` (536870912: a part is closed at that
+/// size), `max_open_parts` (per thread, 4), `batch_rows` (2048), `threads` (1-4; default the
+/// cores, at most 4), `overwrite` (false: a `dir` that holds parts already is refused; true:
+/// they are removed). Options apply at the first call.
+///
+/// Returns `FHIRBULK_END` when every output resource is written and every part closed, and
+/// then writes a summary into `summary_buf` (snprintf semantics; NULL/0 for none):
+/// `{"types":{"Patient":{"parts":1,"rows":300},...},"skipped":N}` (`skipped`: error and
+/// deleted records, which are not written; read them with `export_next_record` on another
+/// export). `FHIRBULK_TIMEOUT` when `timeout_ms` (negative: no limit) passed first: call again
+/// with the same `dir` to go on; another call after `FHIRBULK_END` gives the summary again.
+/// `FHIRBULK_CANCELLED` after `export_cancel`, or an error: the parts in progress are removed
+/// (the closed ones stay; the dataset is then incomplete). Not for an export read with the
+/// other pull calls (records already taken would be missing): the Arrow ones are refused.
+/// Needs the `parquet` feature (`fhirbulk_has_parquet()`).
+///
+/// # Safety
+/// `dir` is NULL or NUL-terminated; `options_json` is NULL or NUL-terminated; `summary_buf` is
+/// NULL or valid for `summary_buf_len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn export_write_parquet(
+    h: *mut FhirbulkExport,
+    dir: *const c_char,
+    options_json: *const c_char,
+    timeout_ms: i32,
+    summary_buf: *mut c_char,
+    summary_buf_len: usize,
+) -> FhirbulkStatus {
+    boundary(|| {
+        lookup(h)?;
+        if dir.is_null() {
+            return Err(invalid_argument("dir is NULL"));
+        }
+        #[cfg(feature = "parquet")]
+        {
+            // SAFETY: non-NULL and NUL-terminated per the contract.
+            let dir = unsafe { std::ffi::CStr::from_ptr(dir) }
+                .to_str()
+                .map_err(|_| invalid_argument("dir is not UTF-8"))?;
+            let options = if options_json.is_null() {
+                None
+            } else {
+                // SAFETY: non-NULL and NUL-terminated per the contract.
+                Some(
+                    unsafe { std::ffi::CStr::from_ptr(options_json) }
+                        .to_str()
+                        .map_err(|_| invalid_argument("options_json is not UTF-8"))?,
+                )
+            };
+            super::with_consumer(h, |c| {
+                let (status, summary) =
+                    imp::write_parquet(c, dir, options, super::timeout(timeout_ms))?;
+                if let Some(s) = summary {
+                    // SAFETY: `summary_buf` holds `summary_buf_len` bytes per the contract.
+                    unsafe { super::copy_out(&s, summary_buf, summary_buf_len) };
+                }
+                Ok(status)
+            })
+        }
+        #[cfg(not(feature = "parquet"))]
+        {
+            let _ = (options_json, timeout_ms, summary_buf, summary_buf_len);
+            Err(invalid_argument(
+                "this libfhirbulk was built without Parquet support (cargo feature `parquet`)",
+            ))
+        }
+    })
+}
+
+/// 1 when this library was built with Parquet support (the `parquet` feature, which includes
+/// `arrow`), else 0.
+#[no_mangle]
+pub extern "C" fn fhirbulk_has_parquet() -> u32 {
+    u32::from(cfg!(feature = "parquet"))
+}
+
 #[cfg(feature = "arrow")]
 pub(super) mod imp {
     use super::super::{Consumer, Handle};
@@ -200,10 +284,13 @@ pub(super) mod imp {
     use std::sync::Arc;
     use std::time::Duration;
 
-    /// A handle's Arrow side: the decoders and the batches a type's stream passed over.
+    /// A handle's Arrow side: the decoders and the batches a type's stream passed over, or
+    /// the Parquet dataset being written.
     pub(in crate::ffi) struct State {
         reader: ArrowReader,
         held: VecDeque<(String, RecordBatch)>,
+        #[cfg(feature = "parquet")]
+        parquet: Option<parquet::Job>,
     }
 
     impl State {
@@ -211,6 +298,208 @@ pub(super) mod imp {
             State {
                 reader: ArrowReader::new(max_rows),
                 held: VecDeque::new(),
+                #[cfg(feature = "parquet")]
+                parquet: None,
+            }
+        }
+
+        /// Batches and Parquet do not mix on one export.
+        fn not_parquet(&self) -> Result<(), Error> {
+            #[cfg(feature = "parquet")]
+            if let Some(j) = &self.parquet {
+                return Err(Error::new(
+                    ErrorCode::InvalidArgument,
+                    format!(
+                        "this export is being written as Parquet to {} (export_write_parquet): its records cannot be pulled as Arrow too",
+                        j.dir
+                    ),
+                ));
+            }
+            Ok(())
+        }
+    }
+
+    #[cfg(feature = "parquet")]
+    pub(super) use parquet::write_parquet;
+
+    #[cfg(feature = "parquet")]
+    mod parquet {
+        use super::super::super::Consumer;
+        use super::super::super::{
+            FhirbulkStatus, FHIRBULK_CANCELLED as CANCELLED, FHIRBULK_END as END,
+            FHIRBULK_TIMEOUT as TIMEOUT,
+        };
+        use super::State;
+        use crate::arrow::{
+            ArrowReader, ParquetCompression, ParquetDataset, ParquetOptions, PARQUET_BATCH_ROWS,
+        };
+        use crate::error::{Error, ErrorCode};
+        use crate::stream::Next;
+        use serde_json::{json, Map, Value};
+        use std::path::Path;
+        use std::time::{Duration, Instant};
+
+        pub(in crate::ffi) struct Job {
+            pub dir: String,
+            dataset: ParquetDataset,
+            reader: ArrowReader,
+            summary: Option<String>,
+        }
+
+        fn bad(msg: String) -> Error {
+            Error::new(ErrorCode::InvalidArgument, msg)
+        }
+
+        fn parse_options(
+            text: Option<&str>,
+        ) -> Result<(ParquetOptions, usize, usize, bool), Error> {
+            let mut o = ParquetOptions::default();
+            let mut batch_rows = PARQUET_BATCH_ROWS;
+            let mut threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+            let mut overwrite = false;
+            let Some(text) = text else {
+                return Ok((o, batch_rows, threads, overwrite));
+            };
+            let m: Map<String, Value> = serde_json::from_str(text)
+                .map_err(|e| bad(format!("options_json is not a JSON object: {e}")))?;
+            let count = |k: &str, v: &Value, max: u64| -> Result<u64, Error> {
+                v.as_u64().filter(|n| (1..=max).contains(n)).ok_or_else(|| {
+                    bad(format!(
+                        "Parquet option {k}: {v} is not a whole number from 1 to {max}"
+                    ))
+                })
+            };
+            for (k, v) in &m {
+                match k.as_str() {
+                    "compression" => {
+                        o.compression = v.as_str().and_then(ParquetCompression::parse).ok_or_else(|| {
+                            bad(format!("Parquet option compression: {v} is not \"snappy\", \"zstd\" or \"none\""))
+                        })?
+                    }
+                    "row_group_rows" => o.row_group_rows = count(k, v, 1 << 30)? as usize,
+                    "part_bytes" => o.part_bytes = count(k, v, u64::MAX)?,
+                    "max_open_parts" => o.max_open_parts = count(k, v, 1024)? as usize,
+                    "batch_rows" => batch_rows = count(k, v, 1 << 20)? as usize,
+                    "threads" => threads = count(k, v, 4)? as usize,
+                    "overwrite" => {
+                        overwrite = v
+                            .as_bool()
+                            .ok_or_else(|| bad(format!("Parquet option overwrite: {v} is not true or false")))?
+                    }
+                    other => {
+                        return Err(bad(format!(
+                            "unknown Parquet option {other:?} (known: compression, row_group_rows, part_bytes, max_open_parts, batch_rows, threads, overwrite)"
+                        )))
+                    }
+                }
+            }
+            Ok((o, batch_rows, threads, overwrite))
+        }
+
+        /// Part files in the type directories of `dir` (a dataset written before).
+        fn has_parts(dir: &Path) -> bool {
+            let Ok(rd) = std::fs::read_dir(dir) else {
+                return false;
+            };
+            rd.flatten().any(|e| {
+                e.path().is_dir()
+                    && std::fs::read_dir(e.path()).is_ok_and(|f| {
+                        f.flatten().any(|f| {
+                            let n = f.file_name();
+                            let n = n.to_string_lossy();
+                            n.ends_with(".parquet") || n.ends_with(".parquet.inprogress")
+                        })
+                    })
+            })
+        }
+
+        pub(in crate::ffi) fn write_parquet(
+            c: &mut Consumer,
+            dir: &str,
+            options: Option<&str>,
+            timeout: Option<Duration>,
+        ) -> Result<(FhirbulkStatus, Option<String>), Error> {
+            let Consumer { export, arrow, .. } = c;
+            let state = arrow.get_or_insert_with(|| State::new(PARQUET_BATCH_ROWS));
+            let job = match &mut state.parquet {
+                Some(j) if j.dir != dir => {
+                    return Err(bad(format!(
+                        "this export is being written as Parquet to {}, not {dir}",
+                        j.dir
+                    )))
+                }
+                Some(j) => j,
+                None => {
+                    if state.reader.skipped() > 0 || !state.held.is_empty() {
+                        return Err(bad(
+                            "this export's records were pulled as Arrow batches: it cannot be written as Parquet too".into(),
+                        ));
+                    }
+                    let (opts, batch_rows, threads, overwrite) = parse_options(options)?;
+                    if !overwrite && has_parts(Path::new(dir)) {
+                        return Err(bad(format!(
+                            "{dir} holds Parquet parts already: choose another directory, or set \"overwrite\": true"
+                        )));
+                    }
+                    let dataset = ParquetDataset::open(Path::new(dir), opts, &Default::default())?;
+                    let reader = ArrowReader::to_parquet(&dataset, batch_rows, threads);
+                    state.parquet.insert(Job {
+                        dir: dir.to_owned(),
+                        dataset,
+                        reader,
+                        summary: None,
+                    })
+                }
+            };
+            if let Some(s) = &job.summary {
+                return Ok((END, Some(s.clone())));
+            }
+            let deadline = timeout.map(|t| Instant::now() + t);
+            // (A batch that is there already comes even when the time is up: with a timeout of
+            // 0, a call writes what has arrived.)
+            let r = loop {
+                let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                match export.next_batch(job.reader.batch_rows(), left) {
+                    Ok(Next::Item(b)) => {
+                        if let Err(e) = job.reader.push(&b).and_then(|_| job.reader.pop()) {
+                            break Err(e);
+                        }
+                        if deadline.is_some_and(|d| Instant::now() >= d) {
+                            break Ok(TIMEOUT);
+                        }
+                    }
+                    Ok(Next::End) => break Ok(END),
+                    Ok(Next::Timeout) => break Ok(TIMEOUT),
+                    Ok(Next::Cancelled) => break Ok(CANCELLED),
+                    Err(e) => break Err(e),
+                }
+            };
+            match r {
+                Ok(END) => {
+                    let done = job.reader.drain().and_then(|_| job.dataset.commit());
+                    match done {
+                        Ok(parts) => {
+                            let s = json!({"types": parts, "skipped": job.reader.skipped()})
+                                .to_string();
+                            job.summary = Some(s.clone());
+                            Ok((END, Some(s)))
+                        }
+                        Err(e) => {
+                            // Dropping the job removes the parts in progress.
+                            state.parquet = None;
+                            Err(e)
+                        }
+                    }
+                }
+                Ok(TIMEOUT) => Ok((TIMEOUT, None)),
+                Ok(other) => {
+                    state.parquet = None;
+                    Ok((other, None))
+                }
+                Err(e) => {
+                    state.parquet = None;
+                    Err(e)
+                }
             }
         }
     }
@@ -237,6 +526,7 @@ pub(super) mod imp {
     ) -> Result<Next<(String, RecordBatch)>, Error> {
         let Consumer { export, arrow, .. } = c;
         let s = arrow.get_or_insert_with(|| State::new(max_rows));
+        s.not_parquet()?;
         if let Some(b) = s.held.pop_front() {
             return Ok(Next::Item(b));
         }
@@ -272,6 +562,9 @@ pub(super) mod imp {
                 };
                 let Consumer { export, arrow, .. } = c;
                 let s = arrow.get_or_insert_with(|| State::new(self.max_rows));
+                if let Err(e) = s.not_parquet() {
+                    return Some(Err(external(e)));
+                }
                 if let Some(at) = s.held.iter().position(|(t, _)| *t == self.resource_type) {
                     return s.held.remove(at).map(|(_, b)| Ok(b));
                 }

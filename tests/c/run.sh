@@ -3,7 +3,7 @@
 # AddressSanitizer + UndefinedBehaviorSanitizer, the full export once more under valgrind, and
 # the example program, all against real sandbox servers on ephemeral ports.
 #
-#   bash tests/c/run.sh            (from anywhere; builds with `cargo build --features sandbox,arrow`)
+#   bash tests/c/run.sh            (from anywhere; builds with `cargo build --features sandbox,parquet`)
 #
 # Environment:
 #   FHIRBULK_SKIP_CARGO_BUILD=1   use target/debug as it is
@@ -34,11 +34,11 @@ run() {
 
 # ---- build ----------------------------------------------------------------------------------
 if [ "${FHIRBULK_SKIP_CARGO_BUILD:-0}" != 1 ]; then
-    echo "== cargo build --features sandbox,arrow"
-    cargo build --features sandbox,arrow
+    echo "== cargo build --features sandbox,parquet"
+    cargo build --features sandbox,parquet
 fi
 for f in "$LIBDIR/libfhirbulk.so" "$LIBDIR/fhirbulk-sandbox" include/fhirbulk.h; do
-    [ -e "$f" ] || { echo "missing $f (run: cargo build --features sandbox,arrow)" >&2; exit 1; }
+    [ -e "$f" ] || { echo "missing $f (run: cargo build --features sandbox,parquet)" >&2; exit 1; }
 done
 
 # ---- sandbox servers ------------------------------------------------------------------------

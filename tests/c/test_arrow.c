@@ -57,6 +57,16 @@ static long count_ids(const struct ArrowArray *a, const struct ArrowSchema *s) {
     return n;
 }
 
+/* "rows" of `type` in export_write_parquet's summary ({"types":{"T":{"parts":n,"rows":r}}}). */
+static long json_rows(const char *summary, const char *type) {
+    char key[80];
+    snprintf(key, sizeof key, "\"%s\":{", type);
+    const char *p = strstr(summary, key);
+    if (!p) return -1;
+    const char *r = strstr(p, "\"rows\":");
+    return r ? strtol(r + 7, NULL, 10) : -1;
+}
+
 int main(int argc, char **argv) {
     test_begin("test_arrow", 240);
     if (argc != 4) FAIL("usage: test_arrow SERVER_ROOT TRUTH_JSON TYPES_JSON");
@@ -138,5 +148,58 @@ int main(int argc, char **argv) {
     const char *why = stream.get_last_error(&stream);
     CHECK(why != NULL && strstr(why, "freed") != NULL, "the error says why: %s", why ? why : "");
     stream.release(&stream);
+
+    /* 4. export_write_parquet: a dataset in a new directory, written in turns of 50 ms. */
+    CHECK(fhirbulk_has_parquet() == 1, "the test library is built with the parquet feature");
+    char dir[] = "/tmp/fhirbulk-c-parquet-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+    h = start_export(CONFIG, root, types);
+    char summary[4096];
+    CHECK_STATUS(export_write_parquet(h, dir, "{\"compresion\":\"zstd\"}", 50, summary,
+                                      sizeof summary),
+                 FHIRBULK_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(last_error_of(h), "compresion") != NULL, "the unknown option is named: %s",
+          last_error_of(h));
+    FhirbulkStatus s;
+    int turns = 0;
+    while ((s = export_write_parquet(h, dir, "{\"compression\":\"zstd\",\"threads\":2}", 50,
+                                     summary, sizeof summary)) == FHIRBULK_TIMEOUT)
+        turns++;
+    CHECK(s == FHIRBULK_END, "export_write_parquet: %d (%s): %s", (int)s, fhirbulk_status_name(s),
+          last_error_of(h));
+    long pq_patients = json_rows(summary, "Patient"), pq_obs = json_rows(summary, "Observation");
+    CHECK(pq_patients == truth_count(truth, "Patient"), "Parquet Patient rows %ld: %s",
+          pq_patients, summary);
+    CHECK(pq_obs == truth_count(truth, "Observation"), "Parquet Observation rows %ld: %s",
+          pq_obs, summary);
+    /* Again after the end: the same summary; Arrow pulls are refused on this export. */
+    char again[4096];
+    CHECK_STATUS(export_write_parquet(h, dir, NULL, 0, again, sizeof again), FHIRBULK_END);
+    CHECK(strcmp(summary, again) == 0, "the summary again");
+    CHECK_STATUS(export_write_parquet(h, "/tmp", NULL, 0, NULL, 0), FHIRBULK_ERR_INVALID_ARGUMENT);
+    char type[64];
+    CHECK_STATUS(export_next_arrow_batch(h, 16, 0, &array, &schema, type, sizeof type),
+                 FHIRBULK_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(export_free(h), FHIRBULK_OK);
+    char part[512];
+    snprintf(part, sizeof part, "%s/Patient/part-00000.parquet", dir);
+    FILE *f = fopen(part, "rb");
+    CHECK(f != NULL, "%s exists", part);
+    char magic[4] = {0};
+    CHECK(fread(magic, 1, 4, f) == 4 && memcmp(magic, "PAR1", 4) == 0, "a Parquet file");
+    fclose(f);
+    /* A directory with a dataset is refused, unless overwrite. */
+    h = start_export(CONFIG, root, types);
+    CHECK_STATUS(export_write_parquet(h, dir, NULL, -1, NULL, 0), FHIRBULK_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(last_error_of(h), "overwrite") != NULL, "says how: %s", last_error_of(h));
+    CHECK_STATUS(export_write_parquet(h, dir, "{\"overwrite\":true}", -1, summary, sizeof summary),
+                 FHIRBULK_END);
+    CHECK(json_rows(summary, "Patient") == pq_patients, "overwritten: %s", summary);
+    CHECK_STATUS(export_free(h), FHIRBULK_OK);
+    printf("  write_parquet: %ld Patient, %ld Observation rows (%d turns of 50 ms): %s\n",
+           pq_patients, pq_obs, turns, summary);
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    CHECK(system(cmd) == 0, "rm -rf the dataset");
     return test_finish();
 }
