@@ -29,7 +29,7 @@ pub const DEFAULT_BATCH_ROWS: usize = 8192;
 /// Rows per decoded batch when writing Parquet: the writer gathers batches into row groups of
 /// its own, so a smaller batch only lowers the memory of the filling batches (one per type and
 /// decode thread).
-pub const PARQUET_BATCH_ROWS: usize = 2048;
+pub const PARQUET_BATCH_ROWS: usize = 1024;
 
 /// The output resources of an export as record batches, each of one resource type, with at
 /// most `batch_rows` rows. A type's batch is handed out when it is full, and what is left at the
