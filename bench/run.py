@@ -581,9 +581,11 @@ def print_parquet(res: dict) -> None:
             r = pq.get(route)
             if r:
                 total = nd["seconds"] + r["seconds"]
-                ratio = f" ({total / cli['seconds']:.2f}x the one step)" if cli else ""
+                ratio = f"; --format parquet takes {cli['seconds'] / total:.2f}x this" if cli else ""
+                failed = r.get("failed_files") or []
+                note = f", {len(failed)} files it could not write" if failed else ""
                 print(f"  two-step, then {route:17} {total:7.2f} s  ({r['seconds']:.2f} s "
-                      f"convert, {r['maxrss_mb']:.0f} MB){ratio}")
+                      f"convert, {r['maxrss_mb']:.0f} MB, {r['rows']:,} rows{note}{ratio})")
     for r in pq.get("rss", []):
         print(f"  --format parquet, {r['gb']:.2f} GB export (rendered on the fly): peak RSS "
               f"{r['maxrss_mb']:.0f} MB, {r['seconds']:.1f} s")

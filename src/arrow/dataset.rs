@@ -120,6 +120,11 @@ struct Shared {
     options: ParquetOptions,
     props: WriterProperties,
     types: Mutex<BTreeMap<String, TypeCount>>,
+    /// Parts closed since the last commit, not synced yet: a commit syncs them (and their
+    /// directories) before it counts them. Closing does not wait for the disk: a part not
+    /// committed is removed after a crash anyway, and a sync in a decode thread held the
+    /// decoding up.
+    unsynced: Mutex<Vec<PathBuf>>,
 }
 
 /// A Parquet dataset being written: `<dir>/<Type>/part-<n>.parquet`. Written through its own
@@ -272,6 +277,7 @@ impl ParquetDataset {
             props: properties(&options),
             options,
             types: Mutex::new(types),
+            unsynced: Mutex::new(Vec::new()),
         });
         remove_uncommitted(&shared)?;
         for (t, c) in committed {
@@ -325,6 +331,19 @@ impl ParquetDataset {
     /// and write nothing meanwhile: a part still open fails the commit.
     pub fn commit(&mut self) -> Result<PartsState> {
         self.own.close_all()?;
+        let parts = std::mem::take(&mut *self.shared.unsynced.lock());
+        let mut dirs = std::collections::BTreeSet::new();
+        for p in &parts {
+            File::open(p)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| io_error(format_args!("cannot sync {}", p.display()), &e))?;
+            if let Some(d) = p.parent() {
+                dirs.insert(d.to_owned());
+            }
+        }
+        for d in &dirs {
+            sync_dir(d);
+        }
         let mut types = self.shared.types.lock();
         for (t, c) in types.iter() {
             if c.closed != c.next || c.closed_rows != c.written_rows {
@@ -520,11 +539,11 @@ impl PartWriter {
         };
         let buf = part.writer.into_inner().map_err(|e| failed(&e))?;
         let file = buf.into_inner().map_err(|e| failed(e.error()))?;
-        file.sync_all().map_err(|e| failed(&e))?;
+        drop(file);
         let dir = self.shared.dir.join(resource_type);
         let final_path = dir.join(part_name(part.index));
         std::fs::rename(&tmp, &final_path).map_err(|e| failed(&e))?;
-        sync_dir(&dir);
+        self.shared.unsynced.lock().push(final_path);
         let mut types = self.shared.types.lock();
         let c = types
             .get_mut(resource_type)

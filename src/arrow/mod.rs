@@ -347,9 +347,14 @@ impl ArrowReader {
             p.inline.close_all()?;
         }
         if let Some(pool) = self.pool.as_mut() {
+            // Every run done first (any thread may have taken it), then each thread flushes.
+            while pool.in_flight > 0 {
+                if let Some(o) = pool.recv(None) {
+                    take(o, &mut self.ready)?;
+                }
+            }
             pool.flush();
-            // Each thread's flush comes after the jobs it was given before it.
-            while !(pool.all_flushed() && pool.in_flight == 0) {
+            while !pool.all_flushed() {
                 if let Some(o) = pool.recv(None) {
                     take(o, &mut self.ready)?;
                 }

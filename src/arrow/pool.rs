@@ -1,5 +1,5 @@
 //! Decoding on several threads: the reader hands each run of lines (one file's, one type) to
-//! the next of a few decode threads, each with its own per-type [`Decoder`]s, and takes their
+//! whichever of a few decode threads is free, each with its own per-type [`Decoder`]s, and takes their
 //! batches as they fill. Parsing JSON is most of the cost of a batch; the download threads
 //! mostly wait on the network, so the decode threads get the cores.
 //!
@@ -15,7 +15,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// Runs of lines queued per decode thread (each is one pull from the export: at most
-/// `batch_rows` lines).
+/// `batch_rows` lines). The queue is shared: whichever thread is free takes the next run, so a
+/// thread busy with a long run (or closing a Parquet part) holds no other back.
 const QUEUE: usize = 2;
 
 pub(crate) struct Lines {
@@ -29,7 +30,7 @@ pub(crate) struct Lines {
 
 enum Job {
     Lines(Lines),
-    /// Hand out every filling batch, then say so.
+    /// Hand out every filling batch (and close the open Parquet parts), then say so.
     Flush,
 }
 
@@ -51,10 +52,12 @@ pub(crate) enum Sink {
 }
 
 pub(crate) struct Pool {
-    jobs: Vec<Sender<Job>>,
+    /// The runs of lines, for any thread.
+    lines: Option<Sender<Lines>>,
+    /// Each thread's own: flushes.
+    controls: Vec<Sender<()>>,
     results: Receiver<Out>,
     handles: Vec<JoinHandle<()>>,
-    next: usize,
     pub in_flight: usize,
     flushed: usize,
 }
@@ -63,23 +66,25 @@ impl Pool {
     /// A decode thread per sink (at least 2; fewer is the reader's own thread).
     pub fn new(sinks: Vec<Sink>, batch_rows: usize) -> std::io::Result<Pool> {
         let (out_tx, results) = unbounded();
-        let mut jobs = Vec::new();
+        let (lines_tx, lines_rx) = bounded::<Lines>(QUEUE * sinks.len().max(1));
+        let mut controls = Vec::new();
         let mut handles = Vec::new();
         for (n, sink) in sinks.into_iter().enumerate() {
-            let (tx, rx) = bounded::<Job>(QUEUE);
+            let (tx, rx) = unbounded::<()>();
             let out = out_tx.clone();
+            let lines = lines_rx.clone();
             handles.push(
                 std::thread::Builder::new()
                     .name(format!("fhirbulk-arrow-{n}"))
-                    .spawn(move || decode_thread(rx, out, batch_rows, sink))?,
+                    .spawn(move || decode_thread(lines, rx, out, batch_rows, sink))?,
             );
-            jobs.push(tx);
+            controls.push(tx);
         }
         Ok(Pool {
-            jobs,
+            lines: Some(lines_tx),
+            controls,
             results,
             handles,
-            next: 0,
             in_flight: 0,
             flushed: 0,
         })
@@ -87,32 +92,32 @@ impl Pool {
 
     /// Whether another run of lines may be queued without waiting.
     pub fn has_room(&self) -> bool {
-        self.in_flight < QUEUE * self.jobs.len()
+        self.in_flight < QUEUE * self.controls.len()
     }
 
     pub fn send(&mut self, lines: Lines) {
-        let n = self.next % self.jobs.len();
-        self.next += 1;
         self.in_flight += 1;
-        // A decode thread only ends when its sender is dropped (or it panicked: then the
-        // results channel reports it as a failure below).
-        if self.jobs[n].send(Job::Lines(lines)).is_err() {
+        // The decode threads only end when the senders are dropped (or all of them panicked:
+        // then the results channel reports it as a failure).
+        let sent = self.lines.as_ref().is_some_and(|l| l.send(lines).is_ok());
+        if !sent {
             self.in_flight -= 1;
         }
     }
 
-    /// Asks every thread to hand out what it holds ([`Pool::all_flushed`] counts the answers;
-    /// call again only after it said yes).
+    /// Asks every thread to hand out what it holds ([`Pool::all_flushed`] counts the answers).
+    /// Only with no run in flight (`in_flight == 0`): a thread's flush must come after every
+    /// run it took; call again only after `all_flushed` said yes.
     pub fn flush(&mut self) {
         self.flushed = 0;
-        for j in &self.jobs {
-            let _ = j.send(Job::Flush);
+        for c in &self.controls {
+            let _ = c.send(());
         }
     }
 
     /// Whether every thread has flushed.
     pub fn all_flushed(&self) -> bool {
-        self.flushed >= self.jobs.len()
+        self.flushed >= self.controls.len()
     }
 
     /// The next result (None: waited `timeout` in vain). A thread that died is a failure.
@@ -150,17 +155,34 @@ impl Pool {
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        self.jobs.clear();
+        self.lines = None;
+        self.controls.clear();
         for h in self.handles.drain(..) {
             let _ = h.join();
         }
     }
 }
 
-fn decode_thread(jobs: Receiver<Job>, out: Sender<Out>, batch_rows: usize, mut sink: Sink) {
+fn decode_thread(
+    lines: Receiver<Lines>,
+    control: Receiver<()>,
+    out: Sender<Out>,
+    batch_rows: usize,
+    mut sink: Sink,
+) {
     let mut decoders: HashMap<String, Decoder> = HashMap::new();
     let mut order: Vec<String> = Vec::new();
-    for job in jobs {
+    loop {
+        let job = crossbeam_channel::select! {
+            recv(lines) -> l => match l {
+                Ok(l) => Job::Lines(l),
+                Err(_) => return,
+            },
+            recv(control) -> c => match c {
+                Ok(()) => Job::Flush,
+                Err(_) => return,
+            },
+        };
         // A panic (a bug) fails the read instead of leaving the reader waiting for this job.
         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             run_job(job, &mut decoders, &mut order, &out, batch_rows, &mut sink)
