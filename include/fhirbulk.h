@@ -588,7 +588,10 @@ FhirbulkStatus export_next_arrow_batch(struct FhirbulkExport *h, size_t max_rows
  * their own streams (or `export_next_arrow_batch`) until taken: for a bounded memory, read an
  * export of several types with one stream per type, each on its own thread (they take turns),
  * or with `export_next_arrow_batch`. The stream keeps what it needs alive: it stays valid after
- * `export_free` (its `get_next` then fails saying so). One thread at a time per stream.
+ * `export_free` (its `get_next` then fails saying so). One thread at a time per stream. A
+ * failed `get_next` returns an errno value and `get_last_error` a text that starts with the
+ * error's name in brackets: `[protocol] file 3 line 7: ...`, `[network] ...`, `[cancelled] ...`,
+ * `[invalid_handle] the export was freed ...` (the names of `export_last_error_json`).
  *
  * # Safety
  * `resource_type` is NULL or NUL-terminated; `out_stream` is NULL or points to writable

@@ -142,7 +142,10 @@ pub unsafe extern "C" fn export_next_arrow_batch(
 /// their own streams (or `export_next_arrow_batch`) until taken: for a bounded memory, read an
 /// export of several types with one stream per type, each on its own thread (they take turns),
 /// or with `export_next_arrow_batch`. The stream keeps what it needs alive: it stays valid after
-/// `export_free` (its `get_next` then fails saying so). One thread at a time per stream.
+/// `export_free` (its `get_next` then fails saying so). One thread at a time per stream. A
+/// failed `get_next` returns an errno value and `get_last_error` a text that starts with the
+/// error's name in brackets: `[protocol] file 3 line 7: ...`, `[network] ...`, `[cancelled] ...`,
+/// `[invalid_handle] the export was freed ...` (the names of `export_last_error_json`).
 ///
 /// # Safety
 /// `resource_type` is NULL or NUL-terminated; `out_stream` is NULL or points to writable
@@ -544,11 +547,28 @@ pub(super) mod imp {
         schema: SchemaRef,
     }
 
+    /// A stream's error as its `get_last_error` text: the error's name in brackets, then the
+    /// message (`[protocol] file 3 line 7: ...`, `[cancelled] ...`), so that a binding can tell
+    /// the kinds apart without the export's handle.
+    #[derive(Debug)]
+    struct StreamError(String);
+
+    impl std::fmt::Display for StreamError {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(&self.0)
+        }
+    }
+
+    impl std::error::Error for StreamError {}
+
+    fn external(e: Error) -> ArrowError {
+        ArrowError::ExternalError(Box::new(StreamError(format!("[{}] {e}", e.code.name()))))
+    }
+
     impl Iterator for TypeStream {
         type Item = Result<RecordBatch, ArrowError>;
 
         fn next(&mut self) -> Option<Self::Item> {
-            let external = |e: Error| ArrowError::ExternalError(Box::new(e));
             loop {
                 // The handle's consumer lock is taken for one short pull at a time, so that
                 // the streams of other types (other threads) get their turns and take the
@@ -574,10 +594,9 @@ pub(super) mod imp {
                     Ok(Next::End) => return None,
                     Ok(Next::Timeout) => {}
                     Ok(Next::Cancelled) => {
-                        return Some(Err(external(Error::new(
-                            ErrorCode::Internal,
-                            "the export was cancelled",
-                        ))))
+                        return Some(Err(ArrowError::ExternalError(Box::new(StreamError(
+                            "[cancelled] the export was cancelled (export_cancel)".into(),
+                        )))))
                     }
                     Err(e) => return Some(Err(external(e))),
                 }

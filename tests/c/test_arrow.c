@@ -147,6 +147,7 @@ int main(int argc, char **argv) {
     CHECK(rc != 0, "get_next after export_free fails");
     const char *why = stream.get_last_error(&stream);
     CHECK(why != NULL && strstr(why, "freed") != NULL, "the error says why: %s", why ? why : "");
+    CHECK(strstr(why, "[invalid_handle]") != NULL, "and its name: %s", why);
     stream.release(&stream);
 
     /* 4. export_write_parquet: a dataset in a new directory, written in turns of 50 ms. */
