@@ -432,13 +432,16 @@ public final class Export implements AutoCloseable, Iterable<Record> {
      * returns the library's JSON summary. Throws on failure, cancel and close as {@link #pull()}
      * does; an interrupt closes the export (freeing it stops the library's writer and removes
      * its parts in progress) and throws {@link CancelledException} with the flag set again.
+     * {@code accepted[0]} becomes true once the library took the directory (a call returned
+     * anything but an invalid-argument refusal).
      */
-    String writeParquet(byte[] dir, byte[] optionsJson) {
+    String writeParquet(byte[] dir, byte[] optionsJson, boolean[] accepted) {
         State s = st;
         try {
             while (true) {
                 if (Thread.interrupted()) {
                     close();
+                    accepted[0] = true;
                     Thread.currentThread().interrupt();
                     throw new CancelledException("fhirbulk: interrupted while writing Parquet (the export was closed)");
                 }
@@ -452,6 +455,10 @@ public final class Export implements AutoCloseable, Iterable<Record> {
                     }
                     s.consumer = Thread.currentThread();
                     status = LibFhirBulk.export_write_parquet(s.handle, dir, optionsJson, WAIT_SLICE_MS, null, 0);
+                    if (status != LibFhirBulk.ERR_INVALID_ARGUMENT && status != LibFhirBulk.ERR_BUSY
+                            && status != LibFhirBulk.CANCELLED) {
+                        accepted[0] = true;
+                    }
                     if (status == LibFhirBulk.END) {
                         // Another call after the end gives the summary again: grow the buffer
                         // until it fits (the call returns a status, not the summary's length).

@@ -216,8 +216,9 @@ public final class FhirBulkParquet {
         Files.createDirectories(dir);
         byte[] dirBytes = cString(dir.toString());
         byte[] optionBytes = cString(options.json());
+        boolean[] accepted = {false};
         try {
-            String summary = export.writeParquet(dirBytes, optionBytes);
+            String summary = export.writeParquet(dirBytes, optionBytes, accepted);
             Map<String, Long> rows = new TreeMap<>();
             Object types = Json.parseObject(summary).get("types");
             if (types instanceof Map<?, ?> m) {
@@ -228,10 +229,14 @@ public final class FhirBulkParquet {
             }
             return Collections.unmodifiableMap(rows);
         } catch (RuntimeException | Error e) {
-            try {
-                removeParts(dir);
-            } catch (IOException io) {
-                e.addSuppressed(io);
+            // Only once the library took the directory: before, a refusal (parts that came from
+            // elsewhere since the check above) must not remove anything.
+            if (accepted[0]) {
+                try {
+                    removeParts(dir);
+                } catch (IOException io) {
+                    e.addSuppressed(io);
+                }
             }
             throw e;
         }
