@@ -58,7 +58,7 @@ def _type_dirs(directory: str):
             yield e.path
 
 
-def _part_files(directory: str, *, in_progress: bool = True):
+def _part_files(directory: str):
     """The part files (closed, and in progress) in the type directories of ``directory``."""
     for d in _type_dirs(directory):
         try:
@@ -66,14 +66,8 @@ def _part_files(directory: str, *, in_progress: bool = True):
         except OSError:  # pragma: no cover - removed meanwhile
             continue
         for n in names:
-            if _PART.match(n) or (in_progress and _IN_PROGRESS.match(n)):
+            if _PART.match(n) or _IN_PROGRESS.match(n):
                 yield os.path.join(d, n)
-
-
-def in_progress_parts(directory: Union[str, "os.PathLike[str]"]) -> list:
-    """The parts in progress (``.part-<n>.parquet.inprogress``) under ``directory``."""
-    d = os.fspath(directory)
-    return sorted(p for p in _part_files(d) if _IN_PROGRESS.match(os.path.basename(p)))
 
 
 def _has_parts(directory: str) -> bool:
