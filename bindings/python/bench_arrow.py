@@ -13,7 +13,11 @@ records at system level and runs each mode in a fresh child process under ``/usr
   columns: no Python object per value);
 - ``parquet_json``: ``job.write_parquet(dir, kinds=("output",))``, the old path (the whole
   export through pandas, then ``to_parquet`` per type);
-- ``parquet_arrow``: ``job.write_parquet(dir)``, streamed batch by batch;
+- ``parquet_pyarrow``: ``job.write_parquet(dir, engine="pyarrow")``, the Arrow batches streamed
+  into ``pyarrow.parquet.ParquetWriter`` on the Python thread (the route before the native
+  writer);
+- ``parquet_native``: ``job.write_parquet(dir)``, the library's own writer (decoded and encoded
+  on its threads; no pyarrow);
 - ``arrow``: ``job.to_arrow()`` (Arrow tables only).
 
 Prints a Markdown table to stdout (and the numbers as JSON with ``--json``).
@@ -40,7 +44,7 @@ from bench import RECORDS_PER_PATIENT, find_sandbox  # noqa: E402
 from bench import start_sandbox as _start_sandbox  # noqa: E402
 
 MODES = ("raw", "pandas_json", "pandas_arrow", "pandas_arrowdtype", "parquet_json",
-         "parquet_arrow", "arrow")
+         "parquet_pyarrow", "parquet_native", "arrow")
 
 
 def start_sandbox(binary: Path, patients: int, tmp: Path) -> tuple[subprocess.Popen, str]:
@@ -72,14 +76,17 @@ def child(mode: str, url: str, out_dir: str, batch_rows: int) -> None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
                 n = sum(job.write_parquet(out_dir, kinds=("output",)).values())
-        elif mode == "parquet_arrow":
+        elif mode == "parquet_pyarrow":
+            n = sum(job.write_parquet(out_dir, engine="pyarrow", **rows).values())
+        elif mode == "parquet_native":
             n = sum(job.write_parquet(out_dir, **rows).values())
         elif mode == "arrow":
             n = sum(t.num_rows for t in job.to_arrow(**rows).values())
         else:
             raise SystemExit(f"unknown mode {mode}")
     seconds = time.perf_counter() - t0
-    size = sum(p.stat().st_size for p in Path(out_dir).glob("*.parquet")) if mode.startswith("parquet") else 0
+    # (<dir>/<Type>.parquet for parquet_json, <dir>/<Type>/part-<n>.parquet for the others.)
+    size = sum(p.stat().st_size for p in Path(out_dir).rglob("*.parquet")) if mode.startswith("parquet") else 0
     print(json.dumps({"records": n, "seconds": seconds, "parquet_bytes": size}))
 
 
@@ -143,10 +150,11 @@ def main() -> int:
         proc.wait()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print("| mode | records | seconds | peak RSS (MB) |")
-    print("|---|---|---|---|")
+    print("| mode | records | seconds | peak RSS (MB) | Parquet MB |")
+    print("|---|---|---|---|---|")
     for mode, r in results.items():
-        print(f"| {mode} | {r['records']:,} | {r['seconds']:.2f} | {r['peak_rss_mb']:.0f} |")
+        size = f"{r['parquet_bytes'] / 1e6:.1f}" if r["parquet_bytes"] else ""
+        print(f"| {mode} | {r['records']:,} | {r['seconds']:.2f} | {r['peak_rss_mb']:.0f} | {size} |")
     if args.json:
         print(json.dumps(results))
     return 0

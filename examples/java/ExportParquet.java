@@ -1,76 +1,70 @@
 /*
- * ExportParquet: run a FHIR Bulk Data export with the fhirbulk Java binding straight into one
- * Parquet file per resource type (typed, nested columns decoded by libfhirbulk, handed to Arrow
- * Java without a copy, written by parquet-java without Hadoop), then print a few values of the
- * first Observation batch of a second export read as Arrow.
+ * ExportParquet: run a FHIR Bulk Data export with the fhirbulk Java binding straight into a
+ * Parquet dataset, OUT_DIR/<Type>/part-<n>.parquet (one table per resource type: typed, nested
+ * columns decoded and encoded by libfhirbulk's own writer on its threads), then list what it
+ * wrote.
  *
- *   usage: java --add-opens=java.base/java.nio=ALL-UNNAMED \
- *            -cp fhirbulk-0.1.0.jar:jna-5.14.0.jar:<Arrow Java and parquet-java jars> \
- *            ExportParquet.java BASE_URL GROUP_ID|- TYPES OUT_DIR
+ *   usage: java -cp fhirbulk-0.1.0.jar:jna-5.14.0.jar \
+ *            ExportParquet.java BASE_URL GROUP_ID|- TYPES|- OUT_DIR [snappy|zstd|none] [overwrite]
  *
  *     BASE_URL  FHIR server base, e.g. http://127.0.0.1:8080/fhir
  *     GROUP_ID  export one Group (Group/[id]/$export); "-" for a system-level export
  *     TYPES     comma-separated resource types (_type), e.g. Patient,Observation; "-" for all
- *     OUT_DIR   where <Type>.parquet go
+ *     OUT_DIR   the dataset's directory (refused when it holds parts, unless "overwrite")
  *
- * The jars: org.apache.arrow:arrow-c-data, arrow-vector and arrow-memory-unsafe (or
- * arrow-memory-netty) 19.0.0, org.apache.parquet:parquet-hadoop 1.18.1, and what they depend on
- * (bindings/java/README.md "Arrow and Parquet" has the Maven snippet). No Hadoop jar is needed.
- * The --add-opens flag lets Arrow Java's memory work on Java 17+.
+ * Nothing but the jar and JNA: no Arrow Java, no parquet-java, no Hadoop, no JVM flag. Read the
+ * dataset with DuckDB (select * from read_parquet('OUT_DIR/Observation/*.parquet')), pandas
+ * (pd.read_parquet("OUT_DIR/Observation")), Spark (spark.read.parquet("OUT_DIR/Observation")), ...
  *
  * Copy it freely: it uses only the public API of org.fhirbulk.
  */
 
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.Locale;
 import java.util.Map;
-import org.apache.arrow.memory.BufferAllocator;
-import org.apache.arrow.memory.RootAllocator;
-import org.apache.arrow.vector.VarCharVector;
-import org.apache.arrow.vector.VectorSchemaRoot;
-import org.apache.arrow.vector.complex.StructVector;
-import org.fhirbulk.ArrowBatch;
-import org.fhirbulk.ArrowBatches;
+import java.util.stream.Stream;
 import org.fhirbulk.Export;
 import org.fhirbulk.ExportBuilder;
 import org.fhirbulk.FhirBulk;
-import org.fhirbulk.FhirBulkArrow;
 import org.fhirbulk.FhirBulkException;
 import org.fhirbulk.FhirBulkParquet;
 
 public class ExportParquet {
     public static void main(String[] args) throws Exception {
-        if (args.length != 4) {
-            System.err.println("usage: ExportParquet BASE_URL GROUP_ID|- TYPES|- OUT_DIR");
+        if (args.length < 4 || args.length > 6) {
+            System.err.println("usage: ExportParquet BASE_URL GROUP_ID|- TYPES|- OUT_DIR [snappy|zstd|none] [overwrite]");
             System.exit(2);
         }
         Path out = Path.of(args[3]);
-        // One allocator for everything imported from the library; closing it checks for leaks.
-        try (BufferAllocator allocator = new RootAllocator()) {
-            // 1. The whole export into out/<Type>.parquet, streamed batch by batch.
-            try (Export export = builder(args).start()) {
-                Map<String, Long> rows = FhirBulkParquet.write(export, out, allocator);
-                for (Map.Entry<String, Long> e : rows.entrySet()) {
-                    Path file = out.resolve(e.getKey() + ".parquet");
-                    System.out.printf("%-24s %8d rows %10d bytes  %s%n", e.getKey(), e.getValue(), Files.size(file), file);
-                }
+        FhirBulkParquet.Options options = FhirBulkParquet.options();
+        for (int i = 4; i < args.length; i++) {
+            if (args[i].equals("overwrite")) {
+                options.overwrite(true);
+            } else {
+                options.compression(FhirBulkParquet.Compression.valueOf(args[i].toUpperCase(Locale.ROOT)));
             }
-            // 2. Arrow batches of every type: the typed columns in Java.
-            try (Export export = builder(args).start();
-                    ArrowBatches batches = FhirBulkArrow.batches(export, allocator, 1000)) {
-                for (ArrowBatch batch : batches) {
-                    try (batch) {
-                        VectorSchemaRoot root = batch.root();
-                        if (batch.resourceType().equals("Observation") && root.getRowCount() > 0) {
-                            VarCharVector id = (VarCharVector) root.getVector("id");
-                            StructVector quantity = (StructVector) root.getVector("valueQuantity");
-                            System.out.printf("first Observation batch: %d rows, id %s, valueQuantity %s%n",
-                                    root.getRowCount(), id.getObject(0), quantity.getObject(0));
-                        }
+        }
+        long t0 = System.nanoTime();
+        try (Export export = builder(args).start()) {
+            Map<String, Long> rows = FhirBulkParquet.write(export, out, options);
+            double seconds = (System.nanoTime() - t0) / 1e9;
+            long total = 0;
+            for (Map.Entry<String, Long> e : rows.entrySet()) {
+                Path dir = out.resolve(e.getKey());
+                long parts;
+                long bytes = 0;
+                try (Stream<Path> s = Files.list(dir)) {
+                    Path[] files = s.filter(p -> p.getFileName().toString().endsWith(".parquet")).toArray(Path[]::new);
+                    parts = files.length;
+                    for (Path p : files) {
+                        bytes += Files.size(p);
                     }
                 }
-                System.out.printf("%d Arrow batches, %d rows%n", batches.batches(), batches.rows());
+                total += e.getValue();
+                System.out.printf("%-24s %8d rows %3d parts %10d bytes  %s%n", e.getKey(), e.getValue(), parts, bytes, dir);
             }
+            System.out.printf("%d rows in %.2f s%n", total, seconds);
         } catch (FhirBulkException e) {
             System.err.printf("export failed (%s, code %d): %s%n", e.name(), e.code(), e.getMessage());
             System.exit(1);

@@ -1,6 +1,6 @@
 """Arrow tables (issue 18): record batches decoded by the native library, imported without a
-copy; every resource rebuilds from its row; readers for DuckDB and Polars; pandas and Parquet
-on Arrow; stable schemas; streams safe after close()."""
+copy; every resource rebuilds from its row; readers for DuckDB and Polars; pandas on Arrow;
+stable schemas; streams safe after close().  (Parquet: test_parquet.py.)"""
 
 from __future__ import annotations
 
@@ -303,49 +303,6 @@ def test_to_pandas_kinds_keeps_the_json_path(sandbox):
     with fhirbulk.export(url, group="g2", types=TYPES) as job:
         pats = job.to_pandas("Patient", kinds=("output",))
     assert isinstance(pats, pd.DataFrame) and len(pats) == len(frames["Patient"])
-
-
-def test_write_parquet(sandbox, tmp_path):
-    pq = pytest.importorskip("pyarrow.parquet")
-    truth = sandbox.truth(level="system")
-    with fhirbulk.export(sandbox.url()) as job:
-        written = job.write_parquet(tmp_path / "pq", batch_rows=40, compression="zstd")
-    assert written == dict(sorted(truth.items()))
-    assert sorted(p.name for p in (tmp_path / "pq").iterdir()) == sorted(
-        f"{t}.parquet" for t in truth
-    )  # no partial files left
-    tables = {}
-    for t, n in written.items():
-        f = pq.ParquetFile(tmp_path / "pq" / f"{t}.parquet")
-        assert f.metadata.num_rows == n
-        # Written batch by batch (a batch of at most 40 rows is a row group; up to one short
-        # batch per decode thread).
-        groups = f.metadata.num_row_groups
-        assert -(-n // 40) <= groups <= -(-n // 40) + min(os.cpu_count() or 1, 4), (t, groups)
-        tables[t] = f.read()
-        # The schema and field metadata come back (list items are named "element", as
-        # Parquet's nested types name them).
-        assert tables[t].schema.equals(fhirbulk.arrow_schema(t))
-        assert tables[t].schema.metadata == fhirbulk.arrow_schema(t).metadata
-    assert_same_resources(rebuilt(tables.items()), ndjson_resources(sandbox.url()))
-
-
-def test_write_parquet_failure_leaves_no_files(sandbox, tmp_path):
-    pytest.importorskip("pyarrow.parquet")
-    with fhirbulk.export(sandbox.url("polls=0;long_line=300"), group="g1", types=TYPES) as job:
-        with pytest.raises(fhirbulk.ProtocolError):
-            job.write_parquet(tmp_path / "pq")
-    assert list((tmp_path / "pq").iterdir()) == []
-
-
-def test_write_parquet_kinds_is_deprecated(sandbox, tmp_path):
-    pytest.importorskip("pandas")
-    pytest.importorskip("pyarrow.parquet")
-    truth = sandbox.truth(level="group", group="g2", _type="Patient")
-    with fhirbulk.export(sandbox.url(), group="g2", types=["Patient"]) as job:
-        with pytest.warns(DeprecationWarning, match="kinds"):
-            written = job.write_parquet(tmp_path / "old", kinds=("output",))
-    assert written == {"Patient.parquet": truth["Patient"]}
 
 
 # ---- readers: DuckDB, Polars -----------------------------------------------------------------

@@ -42,7 +42,7 @@ def test_write_parquet(sandbox, tmp_path):
     with fhirbulk.export(sandbox.url(), group="g2", types=TYPES) as job:
         written = job.write_parquet(tmp_path / "pq")
     assert written == {t: n for t, n in truth.items() if n}
-    df = pd.read_parquet(tmp_path / "pq" / "Observation.parquet")
+    df = pd.read_parquet(tmp_path / "pq" / "Observation")  # the type's dataset directory
     assert len(df) == truth["Observation"] and df["id"].is_unique
 
 

@@ -15,10 +15,11 @@ Errors are raised as :class:`ExportError` subclasses (see :mod:`fhirbulk._errors
 hierarchy), each with ``code``, ``name``, ``http_status``, ``url``, ``message`` and the
 server's OperationOutcome ``issues``.
 
-Tables: ``job.to_arrow()``, ``job.to_polars()``, ``job.to_pandas()``, ``job.write_parquet(dir)``,
-``job.arrow_batches()`` and ``job.arrow_reader(type)`` read the export as typed Arrow record
-batches decoded by the native library (pyarrow needed); :func:`arrow_schema` gives a type's
-schema and :func:`rebuild` a row's resource.
+Tables: ``job.to_arrow()``, ``job.to_polars()``, ``job.to_pandas()``, ``job.arrow_batches()``
+and ``job.arrow_reader(type)`` read the export as typed Arrow record batches decoded by the
+native library (pyarrow needed); :func:`arrow_schema` gives a type's schema and :func:`rebuild`
+a row's resource.  ``job.write_parquet(dir)`` has the native library write the export as a
+Parquet dataset, ``<dir>/<Type>/part-<n>.parquet`` (no pyarrow needed; :func:`has_parquet`).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ from ._export import (
     set_max_downloads,
     status_name,
 )
+from ._parquet import has_parquet
 
 __version__ = library_version()
 
@@ -98,6 +100,7 @@ __all__ = [
     "check_abi",
     "export",
     "has_arrow",
+    "has_parquet",
     "library_version",
     "live_handles",
     "rebuild",

@@ -7,7 +7,7 @@ type, decimals as their exact JSON text in utf8 columns with field metadata
 cannot hold; schema metadata ``fhir.resourceType``).  This module hands those batches to
 pyarrow without a copy, through the Arrow C Data Interface (``export_next_arrow_batch``,
 ``fhirbulk_arrow_schema``) and the C Stream Interface (``export_arrow_stream``), and builds
-Tables, Polars and pandas frames and Parquet files on them.
+Tables, Polars and pandas frames on them (Parquet: ``_parquet``).
 
 pyarrow (and polars, pandas) are imported only when one of these is called.
 """
@@ -17,7 +17,6 @@ from __future__ import annotations
 import decimal
 import importlib
 import json
-import os
 import queue
 import re
 import threading
@@ -45,10 +44,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: Rows per Arrow record batch unless told otherwise.
 DEFAULT_ARROW_BATCH_ROWS = 65536
-#: Rows per batch, and so per Parquet row group, of write_parquet.  The schemas are wide (a
-#: few hundred to a thousand leaf columns, most of them null), and while a batch fills the
-#: library keeps it per type; 8192 rows keep that small (about 200 MB in all for the sandbox's
-#: seven types, flat from 100k to 300k records) at the speed of larger batches.
+#: Rows per batch, and so per Parquet row group, of ``write_parquet(engine="pyarrow")``.  The
+#: schemas are wide (a few hundred to a thousand leaf columns, most of them null), and while a
+#: batch fills the library keeps it per type; 8192 rows keep that small (about 200 MB in all for
+#: the sandbox's seven types, flat from 100k to 300k records) at the speed of larger batches.
 DEFAULT_PARQUET_BATCH_ROWS = 8192
 #: The column of what the typed columns do not hold (JSON text, null when nothing is left).
 REMAINDER = "_remainder"
@@ -255,6 +254,7 @@ def arrow_reader(job: "Export", resource_type: str, batch_rows: int) -> "pyarrow
     rows = _rows(batch_rows)
     _check_open(job)
     s = ffi.new("struct ArrowArrayStream *")
+    job._arrow_pulled = True
     status = lib.export_arrow_stream(job._h, name, rows, s)
     if status != lib.FHIRBULK_OK:
         raise _error(status)
@@ -290,6 +290,7 @@ def _mixed_batches(job: "Export", pa: Any, rows: int) -> Iterator[Tuple[str, "py
                 job._end = "cancelled"
                 return
             job._consumer = threading.get_ident()
+            job._arrow_pulled = True
             status = lib.export_next_arrow_batch(
                 job._h, rows, WAIT_SLICE_MS, array, schema, tbuf, _TYPE_BUF
             )
@@ -475,61 +476,3 @@ def to_pandas(
     for t in list(tables):
         out[t] = tables.pop(t).to_pandas(**kwargs)
     return out
-
-
-def _file_stem(resource_type: str) -> str:
-    return "".join(c for c in resource_type if c.isalnum() or c in "_-") or "unknown"
-
-
-def write_parquet(
-    job: "Export",
-    directory: Union[str, "os.PathLike[str]"],
-    batch_rows: int,
-    **writer_kwargs: Any,
-) -> Dict[str, int]:
-    """Stream the rest of the export into ``<directory>/<Type>.parquet``, batch by batch: one
-    ParquetWriter per type, one row group per batch.  A type's file is written as
-    ``.<Type>.parquet.partial`` and renamed when the export completed; on a failure the partial
-    files are removed.  Returns rows per resource type."""
-    pq = _need("pyarrow.parquet", "parquet")
-    os.makedirs(directory, exist_ok=True)
-    writers: Dict[str, Any] = {}
-    paths: Dict[str, Tuple[str, str]] = {}
-    counts: Dict[str, int] = {}
-    ok = False
-    try:
-        for t, batch in arrow_batches(job, None, batch_rows):
-            w = writers.get(t)
-            if w is None:
-                stem = _file_stem(t)
-                final = os.path.join(directory, f"{stem}.parquet")
-                partial = os.path.join(directory, f".{stem}.parquet.partial")
-                paths[t] = (partial, final)
-                w = writers[t] = pq.ParquetWriter(partial, batch.schema, **writer_kwargs)
-                counts[t] = 0
-            w.write_batch(batch)
-            counts[t] += batch.num_rows
-            del batch
-        ok = job._end == "end"
-    finally:
-        for w in writers.values():
-            try:
-                w.close()
-            except Exception:  # pragma: no cover - the original error matters more
-                if ok:
-                    raise
-        for partial, final in paths.values():
-            if ok:
-                os.replace(partial, final)
-            else:
-                try:
-                    os.remove(partial)
-                except OSError:  # pragma: no cover
-                    pass
-    if not ok:
-        # Cancelled or closed before the end: nothing complete to report.
-        raise ExportError(
-            f"write_parquet: the export ended before completing ({job._end}); no file written",
-            name=str(job._end or "closed"),
-        )
-    return dict(sorted(counts.items()))

@@ -79,6 +79,8 @@ public final class Export implements AutoCloseable, Iterable<Record> {
     private final State st;
     private final Cleaner.Cleanable cleanable;
     private final AtomicBoolean iteratorTaken = new AtomicBoolean();
+    /** Whether Arrow batches or a stream were taken (FhirBulkArrow). */
+    private volatile boolean arrowPulled;
 
     Export(long handle, String description) {
         this.st = new State(handle, description);
@@ -360,6 +362,7 @@ public final class Export implements AutoCloseable, Iterable<Record> {
      * structs; this class does not know it.
      */
     int pullArrow(long maxRows, long outArray, long outSchema, byte[] typeBuf) {
+        arrowPulled = true;
         State s = st;
         try {
             while (true) {
@@ -406,12 +409,101 @@ public final class Export implements AutoCloseable, Iterable<Record> {
         }
     }
 
+    // ---- Parquet (FhirBulkParquet): the library's writer, in turns ---------------------------
+
+    /**
+     * Fails unless the export can be written as Parquet: open, and not read with the record
+     * iterator or as Arrow (those records would be missing; the library does not refuse every
+     * such case itself).
+     */
+    void checkWritable() {
+        if (st.closed) {
+            throw new IllegalStateException("fhirbulk: export closed: start a new export to write it as Parquet");
+        }
+        if (iteratorTaken.get() || arrowPulled) {
+            throw new IllegalStateException("fhirbulk: this export's records were read already ("
+                    + (arrowPulled ? "as Arrow" : "with its iterator")
+                    + "): they would be missing from the Parquet dataset; write a new export");
+        }
+    }
+
+    /**
+     * {@code export_write_parquet} in {@link #WAIT_SLICE_MS} turns until the dataset is written;
+     * returns the library's JSON summary. Throws on failure, cancel and close as {@link #pull()}
+     * does; an interrupt closes the export (freeing it stops the library's writer and removes
+     * its parts in progress) and throws {@link CancelledException} with the flag set again.
+     * {@code accepted[0]} becomes true once the library took the directory (a call returned
+     * anything but an invalid-argument refusal).
+     */
+    String writeParquet(byte[] dir, byte[] optionsJson, boolean[] accepted) {
+        State s = st;
+        try {
+            while (true) {
+                if (Thread.interrupted()) {
+                    close();
+                    accepted[0] = true;
+                    Thread.currentThread().interrupt();
+                    throw new CancelledException("fhirbulk: interrupted while writing Parquet (the export was closed)");
+                }
+                int status;
+                s.lock.lock();
+                try {
+                    s.invalidateLocked();
+                    if (s.closed) {
+                        s.freeLocked();
+                        throw new CancelledException("fhirbulk: export closed");
+                    }
+                    s.consumer = Thread.currentThread();
+                    status = LibFhirBulk.export_write_parquet(s.handle, dir, optionsJson, WAIT_SLICE_MS, null, 0);
+                    if (status != LibFhirBulk.ERR_INVALID_ARGUMENT && status != LibFhirBulk.ERR_BUSY
+                            && status != LibFhirBulk.CANCELLED) {
+                        accepted[0] = true;
+                    }
+                    if (status == LibFhirBulk.END) {
+                        // Another call after the end gives the summary again: grow the buffer
+                        // until it fits (the call returns a status, not the summary's length).
+                        for (int size = 16384;; size *= 4) {
+                            byte[] buf = new byte[size];
+                            status = LibFhirBulk.export_write_parquet(s.handle, dir, optionsJson, 0, buf, size);
+                            int n = 0;
+                            while (n < size && buf[n] != 0) {
+                                n++;
+                            }
+                            if (status != LibFhirBulk.END || n < size - 1) {
+                                if (status == LibFhirBulk.END) {
+                                    return new String(buf, 0, n, StandardCharsets.UTF_8);
+                                }
+                                break;
+                            }
+                        }
+                    }
+                    if (status != LibFhirBulk.TIMEOUT && status != LibFhirBulk.CANCELLED) {
+                        String detail = LibFhirBulk.text(LibFhirBulk::export_last_error_json, s.handle);
+                        FhirBulkException e = FhirBulkException.fromDetail(status, detail);
+                        LOG.log(System.Logger.Level.DEBUG, "fhirbulk: Parquet write failed ({0}): {1}",
+                                s.description, e.getMessage());
+                        throw e;
+                    }
+                } finally {
+                    s.lock.unlock();
+                }
+                if (status == LibFhirBulk.CANCELLED) {
+                    throw new CancelledException(s.closed ? "fhirbulk: export closed" : "fhirbulk: export cancelled");
+                }
+                // TIMEOUT: next turn.
+            }
+        } finally {
+            Reference.reachabilityFence(this);
+        }
+    }
+
     /**
      * {@code export_arrow_stream} into the struct at {@code outStream}.
      *
      * @throws IllegalStateException after {@link #close()}
      */
     void openArrowStream(byte[] resourceType, long maxRows, long outStream) {
+        arrowPulled = true;
         State s = st;
         try {
             s.lock.lock();

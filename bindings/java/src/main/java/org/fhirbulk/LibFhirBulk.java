@@ -213,6 +213,15 @@ final class LibFhirBulk {
 
     static native int export_arrow_stream(long h, byte[] resourceType, long maxRows, long outStream);
 
+    // The native Parquet writer (FhirBulkParquet): no Arrow or Parquet class is involved.
+
+    static native int fhirbulk_has_parquet();
+
+    /** {@code dir} and {@code optionsJson} are NUL-terminated UTF-8 ({@code optionsJson} may be
+     *  null); {@code summaryBuf} may be null (with length 0). */
+    static native int export_write_parquet(long h, byte[] dir, byte[] optionsJson, int timeoutMs,
+            byte[] summaryBuf, long summaryBufLen);
+
     // ---- helpers ----------------------------------------------------------------------------
 
     /** One of the text functions: (handle, buffer, length) -> full length. */

@@ -11,9 +11,10 @@ import org.apache.parquet.compression.CompressionCodecFactory;
 import org.apache.parquet.hadoop.metadata.CompressionCodecName;
 
 /**
- * The page codecs of {@link FhirBulkParquet}, without Hadoop: parquet-java's own CodecFactory
- * builds Hadoop codecs (and a Hadoop Configuration) even for Snappy and ZSTD. Snappy and ZSTD
- * come from snappy-java and zstd-jni (parquet-hadoop's own dependencies), GZIP from the JDK.
+ * Page codecs for reading the datasets back with parquet-java in the tests, without Hadoop's
+ * codecs: parquet-java's own CodecFactory builds Hadoop codecs (and a Hadoop Configuration) even
+ * for Snappy and ZSTD. Snappy and ZSTD come from snappy-java and zstd-jni (parquet-hadoop's own
+ * dependencies), GZIP from the JDK.
  */
 final class ParquetCodecs implements CompressionCodecFactory {
     /** ZSTD's level (as parquet-java's default). */
