@@ -208,8 +208,8 @@ pub unsafe extern "C" fn export_arrow_stream(
 /// export). `FHIRBULK_TIMEOUT` when `timeout_ms` (negative: no limit) passed first: call again
 /// with the same `dir` to go on; another call after `FHIRBULK_END` gives the summary again.
 /// `FHIRBULK_CANCELLED` after `export_cancel`, or an error: the parts in progress are removed
-/// (the closed ones stay; the dataset is then incomplete). Not for an export read with the
-/// other pull calls (records already taken would be missing): the Arrow ones are refused.
+/// (the closed ones stay; the dataset is then incomplete). An export any record of which was
+/// pulled already (records, batches, Arrow) is refused, and so are Arrow pulls while it writes.
 /// Needs the `parquet` feature (`fhirbulk_has_parquet()`).
 ///
 /// # Safety
@@ -433,10 +433,12 @@ pub(super) mod imp {
                 }
                 Some(j) => j,
                 None => {
-                    if state.reader.skipped() > 0 || !state.held.is_empty() {
-                        return Err(bad(
-                            "this export's records were pulled as Arrow batches: it cannot be written as Parquet too".into(),
-                        ));
+                    // Records taken by any pull (records, batches, Arrow) would be missing.
+                    let taken = export.progress().records_delivered;
+                    if taken > 0 {
+                        return Err(bad(format!(
+                            "{taken} records of this export were pulled already (export_next_record, export_next_batch or Arrow): a Parquet dataset of it would miss them; write a new export"
+                        )));
                     }
                     let (opts, batch_rows, threads, overwrite) = parse_options(options)?;
                     if !overwrite && has_parts(Path::new(dir)) {

@@ -189,6 +189,16 @@ int main(int argc, char **argv) {
     char magic[4] = {0};
     CHECK(fread(magic, 1, 4, f) == 4 && memcmp(magic, "PAR1", 4) == 0, "a Parquet file");
     fclose(f);
+    /* An export with a record pulled already is refused (the dataset would miss it). */
+    h = start_export(CONFIG, root, types);
+    FhirbulkRecord rec;
+    CHECK_STATUS(export_next_record(h, -1, &rec), FHIRBULK_RECORD);
+    char other[] = "/tmp/fhirbulk-c-parquet2-XXXXXX";
+    CHECK(mkdtemp(other) != NULL, "mkdtemp");
+    CHECK_STATUS(export_write_parquet(h, other, NULL, -1, NULL, 0), FHIRBULK_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(last_error_of(h), "pulled already") != NULL, "says why: %s", last_error_of(h));
+    CHECK_STATUS(export_free(h), FHIRBULK_OK);
+    rmdir(other);
     /* A directory with a dataset is refused, unless overwrite. */
     h = start_export(CONFIG, root, types);
     CHECK_STATUS(export_write_parquet(h, dir, NULL, -1, NULL, 0), FHIRBULK_ERR_INVALID_ARGUMENT);
