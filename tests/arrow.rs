@@ -96,51 +96,8 @@ fn every_resource_rebuilds_from_its_row() {
     assert_eq!(schemas, schemas2);
 }
 
-/// Every row of the Parquet parts in `dir`, rebuilt, by `Type/id`.
 #[cfg(feature = "parquet")]
-fn parquet_rows(dir: &std::path::Path) -> BTreeMap<String, Value> {
-    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-    let mut out = BTreeMap::new();
-    for t in std::fs::read_dir(dir).unwrap() {
-        let t = t.unwrap();
-        let name = t.file_name().into_string().unwrap();
-        for f in std::fs::read_dir(t.path()).unwrap() {
-            let f = f.unwrap();
-            let fname = f.file_name().into_string().unwrap();
-            assert!(
-                fname.starts_with("part-") && fname.ends_with(".parquet"),
-                "{name}/{fname}: only committed parts"
-            );
-            let file = std::fs::File::open(f.path()).unwrap();
-            let builder = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
-            // The file's schema, with its metadata (the resource type `rebuild` reads).
-            let schema = builder.schema().clone();
-            assert_eq!(schema, schema_for(&name).arrow_schema(), "{name}");
-            for b in builder.build().unwrap() {
-                let b = b.unwrap().with_schema(schema.clone()).unwrap();
-                // (The batches a Parquet reader gives carry the fields, not the schema's
-                // metadata: that is in the file's key-value metadata.)
-                let (got, want) = (b.schema(), schema_for(&name).arrow_schema());
-                if got.fields() != want.fields() {
-                    let (g, w) = (format!("{got:?}"), format!("{want:?}"));
-                    let at = g.bytes().zip(w.bytes()).take_while(|(a, b)| a == b).count();
-                    let from = at.saturating_sub(300);
-                    panic!(
-                        "{name}: the schema read back differs at byte {at}: {} | {}",
-                        &g[from..(at + 200).min(g.len())],
-                        &w[from..(at + 200).min(w.len())]
-                    );
-                }
-                for i in 0..b.num_rows() {
-                    let v = rebuild(&b, i);
-                    let key = format!("{name}/{}", v["id"].as_str().unwrap());
-                    assert!(out.insert(key.clone(), v).is_none(), "{key} twice");
-                }
-            }
-        }
-    }
-    out
-}
+use common::parquet::parquet_rows;
 
 /// The export written as a Parquet dataset in `dir`, committed every 4 pulls: either the
 /// reader's batches written on this thread, or (`threaded`) the decode threads writing their

@@ -3,9 +3,10 @@
 //! resource of the NDJSON line; error records stay NDJSON; kill -9 in the middle and a rerun
 //! leave every resource exactly once (parts the checkpoint does not count are removed).
 
-use fhirbulk::arrow::{rebuild, schema_for};
+mod common;
+
+use common::parquet::parquet_rows;
 use fhirbulk::sandbox::{Sandbox, SandboxOptions, TruthQuery};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -63,42 +64,6 @@ fn truth(sb: &Sandbox) -> BTreeMap<String, u64> {
     });
     t.retain(|_, n| *n > 0);
     t
-}
-
-/// Every row of the dataset in `out`, rebuilt, by `Type/id` (each once); only committed parts
-/// may be there.
-fn parquet_rows(out: &Path) -> BTreeMap<String, Value> {
-    let mut rows = BTreeMap::new();
-    for t in std::fs::read_dir(out).unwrap().flatten() {
-        let ty = t.file_name().to_string_lossy().into_owned();
-        if !t.path().is_dir() || !ty.starts_with(|c: char| c.is_ascii_uppercase()) {
-            continue;
-        }
-        for f in std::fs::read_dir(t.path()).unwrap().flatten() {
-            let name = f.file_name().to_string_lossy().into_owned();
-            assert!(
-                name.starts_with("part-") && name.ends_with(".parquet"),
-                "{ty}/{name}: only committed parts are left"
-            );
-            let file = std::fs::File::open(f.path()).unwrap();
-            let builder = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
-            let schema = builder.schema().clone();
-            assert_eq!(
-                schema,
-                schema_for(&ty).arrow_schema(),
-                "{ty}: the FHIR schema"
-            );
-            for b in builder.build().unwrap() {
-                let b = b.unwrap().with_schema(schema.clone()).unwrap();
-                for i in 0..b.num_rows() {
-                    let v = rebuild(&b, i);
-                    let key = format!("{ty}/{}", v["id"].as_str().unwrap());
-                    assert!(rows.insert(key.clone(), v).is_none(), "{key} twice");
-                }
-            }
-        }
-    }
-    rows
 }
 
 fn count_by_type(rows: &BTreeMap<String, Value>) -> BTreeMap<String, u64> {

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+#[cfg(feature = "parquet")]
+pub mod parquet;
 pub mod sig;
 
 use fhirbulk::config::InvalidLinePolicy;

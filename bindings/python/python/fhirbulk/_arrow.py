@@ -54,6 +54,8 @@ REMAINDER = "_remainder"
 
 _TYPE_BUF = 256  # a resource type name (64 bytes hold every FHIR type)
 _DECODE_ERROR = re.compile(r"file \d+ line \d+: ")
+#: The error's name the library puts first in a stream's error text.
+_NAMED_ERROR = re.compile(r"\[([a-z_]+)\] ")
 
 
 def _need(module: str, extra: str) -> Any:
@@ -420,14 +422,20 @@ def _stream_failed(job: "Export", e: BaseException) -> None:
         job._end = "failed"
         job._close_bar()
         raise _error(p.error_code, job._h) from e
-    # The stream's errors carry only text (the C Stream Interface has no status codes). The
-    # decoder's own failure, a line that is not a resource of its file's type, is the one
-    # error the library reports as "file N line M: ..." (a protocol error, as
-    # export_next_arrow_batch returns it).
+    # The stream's errors carry only text (the C Stream Interface has no status codes): the
+    # library starts it with the error's name in brackets, "[protocol] file N line M: ..." for
+    # the decoder's own failure, a line that is not a resource of its file's type (a protocol
+    # error, as export_next_arrow_batch returns it).
     text = str(e)
     if text.startswith("External error: "):
         text = text[len("External error: ") :]
-    if _DECODE_ERROR.match(text):
+    named = _NAMED_ERROR.match(text)
+    if named:
+        text = text[named.end() :]
+        if named.group(1) == "cancelled":
+            job._end = "cancelled"
+            return None
+    if (named and named.group(1) == "protocol") or _DECODE_ERROR.match(text):
         raise ProtocolError(
             text, code=int(lib.FHIRBULK_ERR_PROTOCOL), name="protocol"
         ) from e
