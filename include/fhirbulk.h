@@ -619,8 +619,8 @@ FhirbulkStatus export_arrow_stream(struct FhirbulkExport *h, const char *resourc
  * deleted records, which are not written; read them with `export_next_record` on another
  * export). `FHIRBULK_TIMEOUT` when `timeout_ms` (negative: no limit) passed first: call again
  * with the same `dir` to go on; another call after `FHIRBULK_END` gives the summary again.
- * `FHIRBULK_CANCELLED` after `export_cancel`, or an error: the parts in progress are removed
- * (the closed ones stay; the dataset is then incomplete). An export any record of which was
+ * `FHIRBULK_CANCELLED` after `export_cancel`, or an error: every part of this write is removed
+ * (in progress or closed), so a directory never holds an incomplete dataset. An export any record of which was
  * pulled already (records, batches, Arrow) is refused, and so are Arrow pulls while it writes.
  * Needs the `parquet` feature (`fhirbulk_has_parquet()`).
  *

@@ -183,7 +183,20 @@ fn parquet_dataset_round_trips_and_resumes_from_a_commit() {
             b"PAR1",
         )
         .unwrap();
-        let ds = ParquetDataset::open(dir.path(), opts, &committed).unwrap();
+        let mut ds = ParquetDataset::open(dir.path(), opts, &committed).unwrap();
+        assert_eq!(ds.state(), committed);
+        // A write after it that fails: every part it made, closed or not, is removed.
+        let (key, v) = want.iter().next().unwrap();
+        let t = key.split('/').next().unwrap();
+        let mut d = fhirbulk::arrow::Decoder::new(t);
+        d.push_line(v.to_string().as_bytes()).unwrap();
+        let b = d.flush().unwrap();
+        let mut w = ds.writer();
+        w.write(t, &b).unwrap();
+        w.close_all().unwrap();
+        ds.write(t, &b).unwrap();
+        drop(w);
+        ds.remove_written().unwrap();
         assert_eq!(ds.state(), committed);
         let left = parquet_rows(dir.path());
         let rows: u64 = committed.values().map(|p| p.rows).sum();

@@ -363,6 +363,39 @@ impl ParquetDataset {
         Ok(self.state())
     }
 
+    /// Remove every part written since the dataset was opened, closed or not (a write that
+    /// failed or was cancelled: nothing of it stays). The other writers must be dropped first.
+    pub fn remove_written(&mut self) -> Result<()> {
+        for p in std::mem::take(&mut self.own.open).into_values() {
+            let _ = std::fs::remove_file(&p.tmp);
+        }
+        self.shared.unsynced.lock().clear();
+        let mut types = self.shared.types.lock();
+        for (t, c) in types.iter_mut() {
+            let dir = self.shared.dir.join(t);
+            for i in c.committed.parts..c.next {
+                match std::fs::remove_file(dir.join(part_name(i))) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(io_error(
+                            format_args!("cannot remove a part in {}", dir.display()),
+                            &e,
+                        ))
+                    }
+                    _ => {}
+                }
+            }
+            sync_dir(&dir);
+            *c = TypeCount {
+                next: c.committed.parts,
+                closed: c.committed.parts,
+                closed_rows: c.committed.rows,
+                written_rows: c.committed.rows,
+                committed: c.committed.clone(),
+            };
+        }
+        Ok(())
+    }
+
     /// What the last [`ParquetDataset::commit`] (or [`ParquetDataset::open`]) committed.
     pub fn state(&self) -> PartsState {
         self.shared

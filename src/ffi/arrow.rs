@@ -207,8 +207,8 @@ pub unsafe extern "C" fn export_arrow_stream(
 /// deleted records, which are not written; read them with `export_next_record` on another
 /// export). `FHIRBULK_TIMEOUT` when `timeout_ms` (negative: no limit) passed first: call again
 /// with the same `dir` to go on; another call after `FHIRBULK_END` gives the summary again.
-/// `FHIRBULK_CANCELLED` after `export_cancel`, or an error: the parts in progress are removed
-/// (the closed ones stay; the dataset is then incomplete). An export any record of which was
+/// `FHIRBULK_CANCELLED` after `export_cancel`, or an error: every part of this write is removed
+/// (in progress or closed), so a directory never holds an incomplete dataset. An export any record of which was
 /// pulled already (records, batches, Arrow) is refused, and so are Arrow pulls while it writes.
 /// Needs the `parquet` feature (`fhirbulk_has_parquet()`).
 ///
@@ -416,6 +416,21 @@ pub(super) mod imp {
             })
         }
 
+        /// A write that failed or was cancelled: its decode threads stopped (their parts in
+        /// progress removed as they end), then every part it closed removed, so that a
+        /// directory never holds an incomplete dataset.
+        fn discard(job: Option<Job>) {
+            if let Some(Job {
+                mut dataset,
+                reader,
+                ..
+            }) = job
+            {
+                drop(reader);
+                let _ = dataset.remove_written();
+            }
+        }
+
         pub(in crate::ffi) fn write_parquet(
             c: &mut Consumer,
             dir: &str,
@@ -490,19 +505,18 @@ pub(super) mod imp {
                             Ok((END, Some(s)))
                         }
                         Err(e) => {
-                            // Dropping the job removes the parts in progress.
-                            state.parquet = None;
+                            discard(state.parquet.take());
                             Err(e)
                         }
                     }
                 }
                 Ok(TIMEOUT) => Ok((TIMEOUT, None)),
                 Ok(other) => {
-                    state.parquet = None;
+                    discard(state.parquet.take());
                     Ok((other, None))
                 }
                 Err(e) => {
-                    state.parquet = None;
+                    discard(state.parquet.take());
                     Err(e)
                 }
             }
