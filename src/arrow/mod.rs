@@ -238,6 +238,11 @@ impl ArrowReader {
         if self.threads > 1 && self.pool.is_none() {
             let sinks = self.sinks();
             self.pool = pool::Pool::new(sinks, self.batch_rows).ok();
+            if self.pool.is_none() {
+                // No threads to be had: decode on this one from now on (once: the sinks are
+                // taken).
+                self.threads = 1;
+            }
         }
         let Some(pool) = self.pool.as_mut() else {
             return self.push_inline(batch);
