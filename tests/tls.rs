@@ -299,7 +299,39 @@ fn the_sandbox_binary_serves_https_and_writes_its_ca_and_client_identity() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("spawn");
-    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    // The sandbox is stopped whatever happens: when the test ends or panics (the guard), and
+    // after 120 s in any case (the watchdog), so that a hang fails the test instead of holding
+    // the suite (once, under heavy load, this test waited for an hour with the sandbox alive).
+    struct Stop(
+        std::process::Child,
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+    );
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            // `done` first: the watchdog never signals a child that was reaped.
+            self.1.store(true, std::sync::atomic::Ordering::SeqCst);
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = child.stdout.take().unwrap();
+    let pid = child.id();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Stop(child, done.clone());
+    std::thread::spawn(move || {
+        let t0 = std::time::Instant::now();
+        while t0.elapsed() < std::time::Duration::from_secs(120) {
+            if done.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        eprintln!("watchdog: the sandbox binary is stopped after 120 s");
+        // SAFETY: kill(2) on the pid of the child this test started; it is reaped only after
+        // `done` is set, so the pid is still that child's.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    });
+    let mut lines = std::io::BufReader::new(stdout).lines();
     let first = lines.next().unwrap().unwrap();
     let second = lines.next().unwrap().unwrap();
     let port = std::fs::read_to_string(&port_file)
@@ -347,8 +379,7 @@ fn the_sandbox_binary_serves_https_and_writes_its_ca_and_client_identity() {
     c.ca_bundle = Some(ca.display().to_string());
     c.client_cert = Some(client.display().to_string());
     let (d, err) = run(c);
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(stop);
     assert!(err.is_none(), "{err:?}");
     assert!(d.ids.len() > 4);
     assert_eq!(d.ids.len() as u64, truth.values().sum::<u64>());
