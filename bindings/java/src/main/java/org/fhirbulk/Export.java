@@ -300,6 +300,34 @@ public final class Export implements AutoCloseable, Iterable<Record> {
     /** Pulls the next batch: null at the end; throws on failure, cancel, close, interrupt. */
     private Batch pull() {
         State s = st;
+        Batch[] got = new Batch[1];
+        int status = inSlices(() -> {
+            int r = LibFhirBulk.export_next_batch(s.handle, BATCH_MAX, WAIT_SLICE_MS, s.batchOutAddr);
+            if (r == LibFhirBulk.RECORD) {
+                got[0] = readBatch(s);
+                s.current = got[0];
+            }
+            return r;
+        });
+        if (status == LibFhirBulk.END) {
+            if (LOG.isLoggable(System.Logger.Level.DEBUG)) {
+                Progress p = progressOrNull();
+                LOG.log(System.Logger.Level.DEBUG, "fhirbulk: export complete ({0}): {1} records, {2} files",
+                        s.description, p == null ? "?" : p.records(), p == null ? "?" : p.filesTotal());
+            }
+            return null;
+        }
+        return got[0];
+    }
+
+    /**
+     * The pull loop of the record and Arrow iterations: calls {@code call} (a pull of one
+     * {@link #WAIT_SLICE_MS} slice, run under the state's lock with the handle alive) until it
+     * returns {@link LibFhirBulk#RECORD} or {@link LibFhirBulk#END}, which are returned; throws
+     * on a failure (with the library's detail), cancel, close and interrupt.
+     */
+    private int inSlices(java.util.function.IntSupplier call) {
+        State s = st;
         try {
             while (true) {
                 if (Thread.interrupted()) {
@@ -316,11 +344,9 @@ public final class Export implements AutoCloseable, Iterable<Record> {
                         throw new CancelledException("fhirbulk: export closed");
                     }
                     s.consumer = Thread.currentThread();
-                    status = LibFhirBulk.export_next_batch(s.handle, BATCH_MAX, WAIT_SLICE_MS, s.batchOutAddr);
+                    status = call.getAsInt();
                     if (status == LibFhirBulk.RECORD) {
-                        Batch b = readBatch(s);
-                        s.current = b;
-                        return b;
+                        return status;
                     }
                     if (status != LibFhirBulk.TIMEOUT && status != LibFhirBulk.END
                             && status != LibFhirBulk.CANCELLED) {
@@ -335,12 +361,7 @@ public final class Export implements AutoCloseable, Iterable<Record> {
                     s.lock.unlock();
                 }
                 if (status == LibFhirBulk.END) {
-                    if (LOG.isLoggable(System.Logger.Level.DEBUG)) {
-                        Progress p = progressOrNull();
-                        LOG.log(System.Logger.Level.DEBUG, "fhirbulk: export complete ({0}): {1} records, {2} files",
-                                s.description, p == null ? "?" : p.records(), p == null ? "?" : p.filesTotal());
-                    }
-                    return null;
+                    return status;
                 }
                 if (status == LibFhirBulk.CANCELLED) {
                     throw new CancelledException(s.closed ? "fhirbulk: export closed" : "fhirbulk: export cancelled");
@@ -364,49 +385,8 @@ public final class Export implements AutoCloseable, Iterable<Record> {
     int pullArrow(long maxRows, long outArray, long outSchema, byte[] typeBuf) {
         arrowPulled = true;
         State s = st;
-        try {
-            while (true) {
-                if (Thread.interrupted()) {
-                    Thread.currentThread().interrupt();
-                    throw new CancelledException("fhirbulk: interrupted while waiting for records "
-                            + "(the export goes on until it is closed)");
-                }
-                int status;
-                s.lock.lock();
-                try {
-                    s.invalidateLocked();
-                    if (s.closed) {
-                        s.freeLocked();
-                        throw new CancelledException("fhirbulk: export closed");
-                    }
-                    s.consumer = Thread.currentThread();
-                    status = LibFhirBulk.export_next_arrow_batch(s.handle, maxRows, WAIT_SLICE_MS,
-                            outArray, outSchema, typeBuf, typeBuf.length);
-                    if (status == LibFhirBulk.RECORD) {
-                        return status;
-                    }
-                    if (status != LibFhirBulk.TIMEOUT && status != LibFhirBulk.END
-                            && status != LibFhirBulk.CANCELLED) {
-                        String detail = LibFhirBulk.text(LibFhirBulk::export_last_error_json, s.handle);
-                        FhirBulkException e = FhirBulkException.fromDetail(status, detail);
-                        LOG.log(System.Logger.Level.DEBUG, "fhirbulk: export failed ({0}): {1}",
-                                s.description, e.getMessage());
-                        throw e;
-                    }
-                } finally {
-                    s.lock.unlock();
-                }
-                if (status == LibFhirBulk.END) {
-                    return status;
-                }
-                if (status == LibFhirBulk.CANCELLED) {
-                    throw new CancelledException(s.closed ? "fhirbulk: export closed" : "fhirbulk: export cancelled");
-                }
-                // TIMEOUT: next slice.
-            }
-        } finally {
-            Reference.reachabilityFence(this);
-        }
+        return inSlices(() -> LibFhirBulk.export_next_arrow_batch(s.handle, maxRows, WAIT_SLICE_MS,
+                outArray, outSchema, typeBuf, typeBuf.length));
     }
 
     // ---- Parquet (FhirBulkParquet): the library's writer, in turns ---------------------------
