@@ -59,7 +59,7 @@ pub struct ParquetOptions {
     pub part_bytes: u64,
     /// Parts open at once, at most: opening another closes the one written to least recently.
     /// Each open part holds its column writers' buffers and its row group (15-40 MB for a
-    /// FHIR resource type's 500-1000 leaf columns), so this bounds the memory however many
+    /// FHIR resource type's 200-600 leaf columns), so this bounds the memory however many
     /// types an export has; a type's rows span more parts when more types than this interleave
     /// (on the benchmark's 1 GB export of 12 types: 48 parts with 2, 42 with 4, at 254 against
     /// 446 MB peak RSS).
@@ -469,6 +469,20 @@ impl PartWriter {
         }
     }
 
+    /// The type whose part a write of `resource_type` would close (the one written to least
+    /// recently, when `max_open_parts` are open and `resource_type` is not one of them).
+    pub fn evicts(&self, resource_type: &str) -> Option<&str> {
+        if self.open.contains_key(resource_type)
+            || self.open.len() < self.shared.options.max_open_parts.max(1)
+        {
+            return None;
+        }
+        self.open
+            .iter()
+            .min_by_key(|(_, p)| p.last_write)
+            .map(|(t, _)| t.as_str())
+    }
+
     /// Append a batch of `resource_type` (a FHIR type name) to this writer's open part of the
     /// type, opening one (and the type's directory) if none is; the part written to least
     /// recently is closed first when `max_open_parts` are open.
@@ -485,15 +499,8 @@ impl PartWriter {
         let sh = Arc::clone(&self.shared);
         let dir = sh.dir.join(resource_type);
         if !self.open.contains_key(resource_type) {
-            if self.open.len() >= sh.options.max_open_parts.max(1) {
-                let lru = self
-                    .open
-                    .iter()
-                    .map(|(t, p)| (p.last_write, t.clone()))
-                    .min();
-                if let Some((_, t)) = lru {
-                    self.close(&t)?;
-                }
+            if let Some(t) = self.evicts(resource_type).map(str::to_owned) {
+                self.close(&t)?;
             }
             create_dir(&dir, sh.options.dir_mode)
                 .map_err(|e| io_error(format_args!("cannot create {}", dir.display()), &e))?;
@@ -606,7 +613,7 @@ fn properties(o: &ParquetOptions) -> WriterProperties {
     };
     WriterProperties::builder()
         // Each column writer buffers a page's repetition and definition levels (4 bytes a
-        // row): with 500-1000 mostly empty columns per type, pages of 2048 rows (the crate's
+        // row): with 200-600 mostly empty columns per type, pages of 2048 rows (the crate's
         // default is 20,000) keep that to about 8 MB per open part. Measured on 100 MB of
         // sandbox data: 1024-row pages made the files 16% larger, 2048-row pages 3%.
         .set_data_page_row_count_limit(2048)

@@ -1,9 +1,9 @@
 //! NDJSON resources of one type into Arrow record batches of its [`TypeSchema`], and back.
 //!
-//! Each resource is parsed once to check it (syntax, `resourceType`), then parsed again straight
-//! into the column tree (serde's `DeserializeSeed`: no tree of the resource is built, strings
-//! without escapes are copied from the line into the columns, numbers are taken by their text):
-//! what a column holds is appended to it; what none does (an element the schema has no column
+//! Each resource is parsed once, straight into the column tree (serde's `DeserializeSeed`: no
+//! tree of the resource is built, strings without escapes are copied from the line into the
+//! columns, numbers are taken by their text), and checked as it is (syntax, `resourceType`; a
+//! line that fails is cut out of the columns again): what a column holds is appended to it; what none does (an element the schema has no column
 //! for, a value of the wrong JSON type, an explicit `null`) goes, as its JSON text, to the
 //! row's `_remainder`, a JSON document shaped like the resource that holds only those parts
 //! (arrays keep their positions, with `null` where an item is wholly in the columns).
@@ -18,7 +18,7 @@ use arrow_array::{
 use arrow_buffer::{BooleanBufferBuilder, Buffer, NullBufferBuilder, OffsetBuffer, ScalarBuffer};
 use arrow_schema::{ArrowError, DataType, Field, Fields};
 use rustc_hash::FxHashMap;
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Number, Value};
@@ -105,6 +105,59 @@ impl Col {
             Col::Bool(_, n) | Col::Int(_, n) => n.len(),
             Col::Str { offsets, .. } | Col::List { offsets, .. } => offsets.len() - 1,
             Col::Struct { len, .. } => *len,
+        }
+    }
+
+    /// Drops the entries from `n` on, and what they hold. Used to take a line back out that
+    /// failed half-way: a column the line reached was padded to its parent's entries before
+    /// it got a value, so every column is cut where its parent's kept entries end.
+    fn truncate(&mut self, n: usize) {
+        match self {
+            Col::Bool(v, nulls) => {
+                v.truncate(n);
+                nulls.truncate(n);
+            }
+            Col::Int(v, nulls) => {
+                v.truncate(n);
+                nulls.truncate(n);
+            }
+            Col::Str {
+                offsets,
+                data,
+                nulls,
+                ..
+            } => {
+                if offsets.len() > n + 1 {
+                    offsets.truncate(n + 1);
+                    data.truncate(offsets[n] as usize);
+                    nulls.truncate(n);
+                }
+            }
+            Col::Struct {
+                members,
+                nulls,
+                len,
+                ..
+            } => {
+                if *len > n {
+                    nulls.truncate(n);
+                    *len = n;
+                }
+                for m in members {
+                    m.truncate(*len);
+                }
+            }
+            Col::List {
+                child,
+                offsets,
+                nulls,
+            } => {
+                if offsets.len() > n + 1 {
+                    offsets.truncate(n + 1);
+                    nulls.truncate(n);
+                }
+                child.truncate(*offsets.last().unwrap_or(&0) as usize);
+            }
         }
     }
 
@@ -287,31 +340,35 @@ impl Decoder {
                 self.byte_limit / 2 - 1
             )));
         }
-        // A first, cheap pass checks the syntax and the type, so that the pass that fills the
-        // columns cannot fail half-way through a row.
-        let mut probe = serde_json::Deserializer::from_slice(line);
-        let ty = probe
-            .deserialize_map(TypeProbe)
-            .and_then(|t| probe.end().map(|()| t))
-            .map_err(|e| ArrowError::JsonError(format!("a resource line is not JSON: {e}")))?;
-        if ty.as_deref() != Some(self.schema.resource_type.as_str()) {
-            let found = match &ty {
-                Some(t) => format!("of type {t:?}"),
-                None => "without a resourceType".to_owned(),
-            };
-            return Err(ArrowError::JsonError(format!(
-                "a resource {found} in the {} table",
-                self.schema.resource_type
-            )));
-        }
+        // One pass fills the columns as it checks the syntax; a line that turns out not to be
+        // JSON, or not a resource of this type, is taken out of them again (truncated to the
+        // rows before it), so a bad line appends nothing.
+        let mut seen = TypeSeen::None;
         let mut de = serde_json::Deserializer::from_slice(line);
-        let left = Seed {
+        let parsed = Seed {
             col: &mut self.root,
             item: false,
-            root: true,
+            root: Some((&self.schema.resource_type, &mut seen)),
         }
         .deserialize(&mut de)
-        .map_err(|e| ArrowError::JsonError(format!("a resource line is not JSON: {e}")))?;
+        .and_then(|left| de.end().map(|()| left));
+        let bad = match (&parsed, &seen) {
+            (Err(e), _) => Some(format!("a resource line is not JSON: {e}")),
+            (Ok(_), TypeSeen::Other(t)) => Some(format!(
+                "a resource of type {t:?} in the {} table",
+                self.schema.resource_type
+            )),
+            (Ok(_), TypeSeen::None) => Some(format!(
+                "a resource without a resourceType in the {} table",
+                self.schema.resource_type
+            )),
+            (Ok(_), TypeSeen::Table) => None,
+        };
+        if let Some(message) = bad {
+            self.root.truncate(self.rows);
+            return Err(ArrowError::JsonError(message));
+        }
+        let left = parsed.expect("checked above");
         match left {
             Some(text) => {
                 let Col::Str {
@@ -374,12 +431,22 @@ type Left = Option<String>;
 
 /// Fills `col` from one JSON value as it is parsed (no tree of the resource is built): what
 /// the column holds goes into it, the rest comes back as JSON text. `item`: the value is a
-/// list item (a `null` there is data). `root`: the resource itself (its `resourceType` is the
-/// table's).
+/// list item (a `null` there is data). `root`: the resource itself (its `resourceType` is
+/// noted, not a column).
 struct Seed<'c> {
     col: &'c mut Col,
     item: bool,
-    root: bool,
+    /// At the resource itself: the table's resource type, and where the resource's
+    /// `resourceType` is noted.
+    root: Option<(&'c str, &'c mut TypeSeen)>,
+}
+
+/// A resource's `resourceType`, against its table's.
+enum TypeSeen {
+    None,
+    /// The table's.
+    Table,
+    Other(String),
 }
 
 impl<'de> DeserializeSeed<'de> for Seed<'_> {
@@ -469,7 +536,7 @@ impl<'de> Visitor<'de> for Seed<'_> {
         self.visit_unit()
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Left, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<Left, A::Error> {
         let Col::Struct {
             members,
             index,
@@ -489,9 +556,16 @@ impl<'de> Visitor<'de> for Seed<'_> {
             rem.push_str(text);
         };
         while let Some(key) = map.next_key_seed(KeySeed)? {
-            if self.root && key == "resourceType" {
-                map.next_value::<IgnoredAny>()?;
-                continue;
+            if key == "resourceType" {
+                if let Some((table, seen)) = self.root.as_mut() {
+                    let t = map.next_value_seed(KeySeed)?;
+                    **seen = if t == *table {
+                        TypeSeen::Table
+                    } else {
+                        TypeSeen::Other(t.into_owned())
+                    };
+                    continue;
+                }
             }
             match index.get(key.as_ref()).map(|&i| &mut members[i]) {
                 // A member with a value for this row already (a key given twice) goes to the
@@ -501,7 +575,7 @@ impl<'de> Visitor<'de> for Seed<'_> {
                     let seed = Seed {
                         col,
                         item: false,
-                        root: false,
+                        root: None,
                     };
                     if let Some(text) = map.next_value_seed(seed)? {
                         left(&mut rem, &key, &text);
@@ -540,7 +614,7 @@ impl<'de> Visitor<'de> for Seed<'_> {
             let seed = Seed {
                 col: child,
                 item: true,
-                root: false,
+                root: None,
             };
             match seq.next_element_seed(seed)? {
                 Some(left) => {
@@ -593,29 +667,6 @@ impl<'de> Visitor<'de> for KeySeed {
 
     fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
         Ok(Cow::Owned(s.to_owned()))
-    }
-}
-
-/// A resource's `resourceType`, and that the line is one JSON object.
-struct TypeProbe;
-
-impl<'de> Visitor<'de> for TypeProbe {
-    type Value = Option<String>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut ty = None;
-        while let Some(key) = map.next_key_seed(KeySeed)? {
-            if key == "resourceType" {
-                ty = Some(map.next_value::<String>()?);
-            } else {
-                map.next_value::<IgnoredAny>()?;
-            }
-        }
-        Ok(ty)
     }
 }
 
@@ -800,6 +851,50 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("not JSON"), "{e}");
         assert_eq!(d.rows(), 0, "a bad line appends nothing");
+    }
+
+    #[test]
+    fn a_line_that_fails_half_way_is_taken_out_of_every_column() {
+        let good = [
+            json!({"resourceType": "Observation", "id": "a", "status": "final",
+                   "code": {"coding": [{"system": "s", "code": "c1"}], "text": "t"},
+                   "component": [{"code": {"coding": [{"code": "x"}]}, "valueInteger": 1}],
+                   "extension": [{"url": "u", "valueString": "v"}]}),
+            json!({"resourceType": "Observation", "id": "b", "valueQuantity": {"value": 1.5},
+                   "note": [{"text": "n"}], "unknown": [1]}),
+        ];
+        let first = good[0].to_string();
+        let mut d = Decoder::new("Observation");
+        d.push_line(first.as_bytes()).unwrap();
+        // Cut off inside nested lists and structs, at many places: each must leave nothing.
+        for cut in (10..first.len()).step_by(7) {
+            assert!(
+                d.push_line(&first.as_bytes()[..cut]).is_err(),
+                "cut at {cut}"
+            );
+            assert_eq!(d.rows(), 1);
+        }
+        // Another type, no type, not an object, two objects on a line: also taken out.
+        let other = first.replace("\"Observation\"", "\"Patient\"");
+        let two = good[1].to_string() + &first;
+        for line in [
+            other.as_str(),
+            r#"{"id":"x","status":"final"}"#,
+            "[1,2]",
+            "\"x\"",
+            &two,
+        ] {
+            assert!(d.push_line(line.as_bytes()).is_err(), "{line}");
+        }
+        d.push_line(good[1].to_string().as_bytes()).unwrap();
+        let b = d.flush().unwrap();
+        assert_eq!(b.num_rows(), 2);
+        for (i, r) in good.iter().enumerate() {
+            assert_eq!(&rebuild(&b, i), r, "row {i}");
+        }
+        b.columns()
+            .iter()
+            .for_each(|c| c.to_data().validate_full().unwrap());
     }
 
     #[test]

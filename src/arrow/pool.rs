@@ -197,15 +197,23 @@ fn decode_thread(
     }
 }
 
-/// Hand a full (or flushed) batch to the sink.
-fn emit(sink: &mut Sink, out: &Sender<Out>, resource_type: &str, b: RecordBatch) {
+/// Hand a full (or flushed) batch to the sink (`decoders`: the thread's other types, see
+/// [`super::write_part`]).
+fn emit(
+    sink: &mut Sink,
+    decoders: &mut HashMap<String, Decoder>,
+    out: &Sender<Out>,
+    resource_type: &str,
+    b: RecordBatch,
+) {
     match sink {
         Sink::Reader => {
+            let _ = decoders;
             let _ = out.send(Out::Batch(resource_type.to_owned(), b));
         }
         #[cfg(feature = "parquet")]
         Sink::Parquet(w) => {
-            if let Err(e) = w.write(resource_type, &b) {
+            if let Err(e) = super::write_part(w, decoders, resource_type, &b) {
                 let _ = out.send(Out::Failed(e));
             }
         }
@@ -222,11 +230,14 @@ fn run_job(
 ) {
     match job {
         Job::Lines(l) => {
-            if !decoders.contains_key(&l.resource_type) {
-                order.push(l.resource_type.clone());
-                decoders.insert(l.resource_type.clone(), Decoder::new(&l.resource_type));
-            }
-            let d = decoders.get_mut(&l.resource_type).expect("inserted above");
+            // Out of the map while its lines are decoded, so that a write can flush the others.
+            let mut d = match decoders.remove(&l.resource_type) {
+                Some(d) => d,
+                None => {
+                    order.push(l.resource_type.clone());
+                    Decoder::new(&l.resource_type)
+                }
+            };
             let lines = l.data.split(|b| *b == b'\n').filter(|s| !s.is_empty());
             for (line, n) in lines.zip(&l.line_numbers) {
                 if let Err(e) = d.push_line(line) {
@@ -238,15 +249,16 @@ fn run_job(
                 }
                 if d.full(batch_rows) {
                     let b = d.flush().expect("rows were pushed");
-                    emit(sink, out, &l.resource_type, b);
+                    emit(sink, decoders, out, &l.resource_type, b);
                 }
             }
+            decoders.insert(l.resource_type, d);
             let _ = out.send(Out::Done);
         }
         Job::Flush => {
             for t in order.iter() {
                 if let Some(b) = decoders.get_mut(t).and_then(Decoder::flush) {
-                    emit(sink, out, t, b);
+                    emit(sink, decoders, out, t, b);
                 }
             }
             #[cfg(feature = "parquet")]

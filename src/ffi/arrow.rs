@@ -197,7 +197,7 @@ pub unsafe extern "C" fn export_arrow_stream(
 ///
 /// `options_json` is NULL or a JSON object: `compression` (`"snappy"`, the default, `"zstd"`,
 /// `"none"`), `row_group_rows` (32768), `part_bytes` (536870912: a part is closed at that
-/// size), `max_open_parts` (per thread, 2), `batch_rows` (1024), `threads` (1-4; default the
+/// size), `max_open_parts` (per thread, 2), `batch_rows` (2048), `threads` (1-4; default the
 /// cores, at most 4), `overwrite` (false: a `dir` that holds parts already is refused; true:
 /// they are removed). Options apply at the first call.
 ///
