@@ -344,7 +344,11 @@ impl Decoder {
         // JSON, or not a resource of this type, is taken out of them again (truncated to the
         // rows before it), so a bad line appends nothing.
         let mut seen = TypeSeen::None;
-        let mut de = serde_json::Deserializer::from_slice(line);
+        // UTF-8 checked once for the whole line (serde_json's slice reader checks each string
+        // on its own, which costs more on lines of many short strings).
+        let text = std::str::from_utf8(line)
+            .map_err(|e| ArrowError::JsonError(format!("a resource line is not UTF-8: {e}")))?;
+        let mut de = serde_json::Deserializer::from_str(text);
         let parsed = Seed {
             col: &mut self.root,
             item: false,
@@ -886,6 +890,10 @@ mod tests {
         ] {
             assert!(d.push_line(line.as_bytes()).is_err(), "{line}");
         }
+        let e = d
+            .push_line(b"{\"resourceType\":\"Observation\",\"id\":\"\xff\"}")
+            .unwrap_err();
+        assert!(e.to_string().contains("not UTF-8"), "{e}");
         d.push_line(good[1].to_string().as_bytes()).unwrap();
         let b = d.flush().unwrap();
         assert_eq!(b.num_rows(), 2);

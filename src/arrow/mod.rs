@@ -263,13 +263,14 @@ impl ArrowReader {
                         resource_type: r.resource_type.to_owned(),
                         data: Vec::with_capacity(batch.data().len()),
                         file_index: r.file_index,
+                        ends: Vec::new(),
                         line_numbers: Vec::new(),
                     });
                     runs.last_mut().expect("pushed")
                 }
             };
             run.data.extend_from_slice(r.data);
-            run.data.push(b'\n');
+            run.ends.push(run.data.len());
             run.line_numbers.push(r.line);
         }
         for run in runs {

@@ -21,8 +21,10 @@ const QUEUE: usize = 2;
 
 pub(crate) struct Lines {
     pub resource_type: String,
-    /// The lines, each followed by `\n`.
+    /// The lines, one after the other.
     pub data: Vec<u8>,
+    /// Where each line ends in `data`.
+    pub ends: Vec<usize>,
     pub file_index: u32,
     /// Each line's number in its file.
     pub line_numbers: Vec<u64>,
@@ -238,7 +240,8 @@ fn run_job(
                     Decoder::new(&l.resource_type)
                 }
             };
-            let lines = l.data.split(|b| *b == b'\n').filter(|s| !s.is_empty());
+            let starts = std::iter::once(0).chain(l.ends.iter().copied());
+            let lines = starts.zip(&l.ends).map(|(a, &b)| &l.data[a..b]);
             for (line, n) in lines.zip(&l.line_numbers) {
                 if let Err(e) = d.push_line(line) {
                     let _ = out.send(Out::Failed(Error::new(
