@@ -479,7 +479,9 @@ pub(super) mod imp {
             // 0, a call writes what has arrived.)
             let r = loop {
                 let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-                match export.next_batch(job.reader.batch_rows(), left) {
+                // Records pulled 4096 at a time at least (as the CLI does): fewer, longer runs
+                // for the decode threads.
+                match export.next_batch(job.reader.batch_rows().max(4096), left) {
                     Ok(Next::Item(b)) => {
                         if let Err(e) = job.reader.push(&b).and_then(|_| job.reader.pop()) {
                             break Err(e);
