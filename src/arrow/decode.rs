@@ -3,10 +3,11 @@
 //! Each resource is parsed once, straight into the column tree (serde's `DeserializeSeed`: no
 //! tree of the resource is built, strings without escapes are copied from the line into the
 //! columns, numbers are taken by their text), and checked as it is (syntax, `resourceType`; a
-//! line that fails is cut out of the columns again): what a column holds is appended to it; what none does (an element the schema has no column
-//! for, a value of the wrong JSON type, an explicit `null`) goes, as its JSON text, to the
-//! row's `_remainder`, a JSON document shaped like the resource that holds only those parts
-//! (arrays keep their positions, with `null` where an item is wholly in the columns).
+//! line that fails is cut out of the columns again): what a column holds is appended to it;
+//! what none does (an element the schema has no column for, a value of the wrong JSON type, an
+//! explicit `null`) goes, as its JSON text, to the row's `_remainder`, a JSON document shaped
+//! like the resource that holds only those parts (arrays keep their positions, with `null`
+//! where an item is wholly in the columns).
 //! [`rebuild`] puts a row and its remainder back together: the resource, equal as JSON to the
 //! line it came from.
 

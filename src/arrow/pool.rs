@@ -210,7 +210,7 @@ fn emit(
 ) {
     match sink {
         Sink::Reader => {
-            let _ = decoders;
+            let _ = decoders; // only a Parquet sink writes the other types' rows
             let _ = out.send(Out::Batch(resource_type.to_owned(), b));
         }
         #[cfg(feature = "parquet")]
