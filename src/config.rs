@@ -312,6 +312,12 @@ pub struct Config {
     /// the manifest is fetched again from the status URL and must list the same files.
     #[serde(default)]
     pub resume_files: Option<serde_json::Value>,
+    /// With `resume`: read only these files of the checkpoint's export (their indexes, as in
+    /// `export_files_json`); the others count as complete. For a reader that shares out an
+    /// export's files between processes (a Spark task per file): each resumes the same
+    /// checkpoint, taken once the whole manifest arrived, with its own files.
+    #[serde(default)]
+    pub only_files: Option<Vec<u32>>,
     /// DELETE the server's job when the export is cancelled (or freed unfinished).
     #[serde(default = "d_true")]
     pub delete_on_cancel: bool,
@@ -506,6 +512,26 @@ impl Config {
             return Err(Error::config(
                 "invalid config: resume_files is given without resume",
             ));
+        }
+        if let Some(only) = &self.only_files {
+            let Some(r) = &self.resume else {
+                return Err(Error::config(
+                    "invalid config: only_files is given without resume (the checkpoint of the export whose files it names)",
+                ));
+            };
+            let cp = crate::checkpoint::Checkpoint::from_value(r)?;
+            if cp.status_url.is_none() || !cp.manifest_complete || cp.next_page.is_some() {
+                return Err(Error::config(
+                    "invalid config: only_files needs a checkpoint taken after the whole manifest arrived (manifest_complete true, no next_page); this one was taken before",
+                ));
+            }
+            let known = cp.files_known();
+            if let Some(i) = only.iter().find(|&&i| i >= known) {
+                return Err(Error::config(format!(
+                    "invalid config: only_files names file {i}, but the checkpoint counts {known} files (indexes 0 to {})",
+                    known.saturating_sub(1)
+                )));
+            }
         }
         if self.poll_min_ms > self.poll_max_ms {
             return Err(Error::config(format!(

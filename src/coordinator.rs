@@ -314,9 +314,19 @@ impl Downloads {
             files.truncate(known as usize);
             files
         };
+        // `only_files`: the files not named count as complete (never fetched).
+        let only: Option<std::collections::HashSet<u32>> = job
+            .config
+            .only_files
+            .as_ref()
+            .map(|v| v.iter().copied().collect());
+        let progress = |i: u32| match &only {
+            Some(only) if !only.contains(&i) => (0, true),
+            _ => cp.file_progress(i),
+        };
         let indexes = {
             let mut table = job.files.lock();
-            let indexes = table.restore(files, &|i| cp.file_progress(i));
+            let indexes = table.restore(files, &progress);
             if let Some(d) = &cp.files_digest {
                 if table.digest().hex() != *d {
                     return Err(Error::config(if job.config.resume_files.is_some() {

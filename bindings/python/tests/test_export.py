@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import json
+import time
 
 import pytest
 
@@ -240,6 +241,34 @@ def test_checkpoint_and_resume(sandbox):
     both = first + rest
     assert counts(both) == truth
     assert len({(r["resourceType"], r["id"]) for r in both}) == len(both)
+
+
+def test_each_file_read_by_an_export_of_its_own(sandbox):
+    # A distributed reader: the driver's checkpoint once the whole manifest is there, before
+    # any record; then one export per file (only_files), no new kick-off, every record once.
+    truth = sandbox.truth(level="group", group="g1", _type="Patient,Observation")
+    with fhirbulk.export(sandbox.url(), group="g1", types=TYPES, delete_on_cancel=False) as job:
+        deadline = time.monotonic() + 30
+        while True:
+            cp = job.checkpoint()
+            if cp and cp.get("manifest_complete") and not cp.get("next_page"):
+                break
+            assert time.monotonic() < deadline, "no manifest within 30 s"
+            time.sleep(0.01)
+        files = job.files()
+    assert len(files) >= 2
+    seen = []
+    for k in reversed(range(len(files))):
+        with fhirbulk.export(sandbox.url(), resume=cp, resume_files=json.dumps(files),
+                             only_files=[k], delete_on_cancel=False) as task:
+            for rec in task.records():
+                assert rec.file_index == k
+                seen.append(rec.json())
+    assert counts(seen) == truth
+    assert len({(r["resourceType"], r["id"]) for r in seen}) == len(seen)
+    with pytest.raises(fhirbulk.ConfigError, match="only_files is given without resume"):
+        with fhirbulk.export(sandbox.url(), only_files=[0]):
+            pass
 
 
 def test_version_and_status_names():

@@ -124,6 +124,34 @@ public final class ExportBuilder {
     }
 
     /**
+     * The file list of the export {@link #resume} continues ({@link Export#files()}), so that
+     * the manifest is not fetched again.
+     */
+    public ExportBuilder resumeFiles(String filesJson) {
+        config.put("resume_files", Objects.requireNonNull(filesJson, "filesJson"));
+        return this;
+    }
+
+    /**
+     * With {@link #resume}: read only these files of the checkpoint's export (their indexes in
+     * {@link Export#files()}); the others count as complete. For readers that share out an
+     * export's files between processes (a Spark task per file): one process waits for the
+     * manifest and takes {@link Export#checkpoint()} and {@link Export#files()} before pulling a
+     * record; each reader resumes them with its own files (README "Reading given files").
+     */
+    public ExportBuilder onlyFiles(int... fileIndexes) {
+        java.util.List<Integer> list = new java.util.ArrayList<>();
+        for (int i : Objects.requireNonNull(fileIndexes, "fileIndexes")) {
+            if (i < 0) {
+                throw new IllegalArgumentException("onlyFiles: " + i + " is not a file index");
+            }
+            list.add(i);
+        }
+        config.put("only_files", list);
+        return this;
+    }
+
+    /**
      * Sets any config key (README "Config keys"), e.g. {@code option("concurrency", 4)},
      * {@code option("on_invalid_line", "skip")}, {@code option("lenient", true)}. Values: String,
      * Number, Boolean, {@link Instant}, {@link java.util.List}/arrays, {@link Map}, {@link Secret},

@@ -153,6 +153,55 @@ class ExportTest {
     }
 
     @Test
+    void eachFileReadByAnExportOfItsOwnGivesTheExportOnce(Sandbox sb) throws Exception {
+        Map<String, Long> truth = sb.truth("group", "g1", "Patient,Observation");
+        String checkpoint;
+        String files;
+        // The driver: the checkpoint once the whole manifest is there, before any record.
+        try (Export driver = FhirBulk.export(sb.url("polls=0"))
+                .group("g1").types("Patient", "Observation")
+                .option("delete_on_cancel", false)
+                .start()) {
+            long deadline = System.nanoTime() + 30_000_000_000L;
+            while (true) {
+                String cp = driver.checkpoint();
+                if (cp != null && Boolean.TRUE.equals(Json.parseObject(cp).get("manifest_complete"))
+                        && Json.parseObject(cp).get("next_page") == null) {
+                    checkpoint = cp;
+                    break;
+                }
+                assertTrue(System.nanoTime() < deadline, "no manifest within 30 s");
+                Thread.sleep(10);
+            }
+            files = driver.files();
+        }
+        int n = ((List<?>) Json.parse(files)).size();
+        assertTrue(n >= 2, "files: " + n);
+        Set<String> seen = new HashSet<>();
+        for (int k = n - 1; k >= 0; k--) {
+            try (Export task = FhirBulk.export(sb.url("polls=0"))
+                    .group("g1").types("Patient", "Observation")
+                    .resume(checkpoint).resumeFiles(files).onlyFiles(k)
+                    .option("delete_on_cancel", false)
+                    .start()) {
+                for (Record r : task) {
+                    assertEquals(k, r.fileIndex(), r.toString());
+                    assertTrue(seen.add(r.resourceType() + "/" + idOf(r.json())), "twice: " + r);
+                }
+            }
+        }
+        Map<String, Long> counts = new TreeMap<>();
+        for (String k : seen) {
+            counts.merge(k.substring(0, k.indexOf('/')), 1L, Long::sum);
+        }
+        assertEquals(truth, counts, "every record once, none lost");
+        assertThrows(IllegalArgumentException.class, () -> FhirBulk.export(sb.url("polls=0")).onlyFiles(-1));
+        FhirBulkException e = assertThrows(FhirBulkException.class, () -> FhirBulk.export(sb.url("polls=0"))
+                .onlyFiles(0).start().close());
+        assertTrue(e.getMessage().contains("only_files is given without resume"), e.getMessage());
+    }
+
+    @Test
     void warningsAndLongWaitsShowInTheProgress(Sandbox sb) throws Exception {
         long patients = sb.truth("group", "g1", "Patient").get("Patient");
         // A manifest that lists a file twice: downloaded once, and said.
