@@ -255,7 +255,7 @@ def test_each_file_read_by_an_export_of_its_own(sandbox):
                 break
             assert time.monotonic() < deadline, "no manifest within 30 s"
             time.sleep(0.01)
-        files = job.files()
+        files = job.files
     assert len(files) >= 2
     seen = []
     for k in reversed(range(len(files))):
