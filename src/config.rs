@@ -527,9 +527,12 @@ impl Config {
             }
             let known = cp.files_known();
             if let Some(i) = only.iter().find(|&&i| i >= known) {
+                let indexes = match known {
+                    0 => "none".to_owned(),
+                    n => format!("indexes 0 to {}", n - 1),
+                };
                 return Err(Error::config(format!(
-                    "invalid config: only_files names file {i}, but the checkpoint counts {known} files (indexes 0 to {})",
-                    known.saturating_sub(1)
+                    "invalid config: only_files names file {i}, but the checkpoint counts {known} files ({indexes})"
                 )));
             }
         }
