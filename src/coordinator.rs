@@ -666,6 +666,9 @@ fn download_one(job: &Arc<Job>, p: &Pending) {
         .and_then(|r| r);
     match r {
         Ok(()) => {
+            if let Some(progress) = job.files.lock().progress_of(p.index) {
+                progress.set_fetched();
+            }
             m.files_done.fetch_add(1, Ordering::Relaxed);
         }
         Err(e) => {

@@ -50,6 +50,9 @@ pub(crate) struct FileProgress {
     line: AtomicU64,
     /// Every line was delivered.
     complete: AtomicBool,
+    /// Every line was downloaded (handed to the buffer, from which the caller gets it before
+    /// an error that ends the export).
+    fetched: AtomicBool,
 }
 
 impl FileProgress {
@@ -61,6 +64,12 @@ impl FileProgress {
     }
     pub(crate) fn complete(&self) -> bool {
         self.complete.load(Ordering::Acquire)
+    }
+    pub(crate) fn fetched(&self) -> bool {
+        self.fetched.load(Ordering::Acquire)
+    }
+    pub(crate) fn set_fetched(&self) {
+        self.fetched.store(true, Ordering::Release);
     }
     /// Mark every line delivered; true the first time.
     pub(crate) fn set_complete(&self) -> bool {
@@ -331,12 +340,17 @@ impl Files {
         self.registry.link_url(h, index);
     }
 
-    /// The (redacted) URLs of the files not delivered completely.
+    /// The (redacted) URLs of the files not delivered completely, and not downloaded
+    /// completely either (the lines of a downloaded file still reach the caller, from the
+    /// buffer, before the error that ends the export).
     pub(crate) fn undelivered(&self) -> Vec<String> {
         self.entries
             .iter()
             .enumerate()
-            .filter(|(i, _)| !self.progress_ref(*i as u32).complete())
+            .filter(|(i, _)| {
+                let p = self.progress_ref(*i as u32);
+                !p.complete() && !p.fetched()
+            })
             .map(|(_, e)| redact_url(&e.url))
             .collect()
     }
