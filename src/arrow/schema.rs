@@ -17,8 +17,9 @@
 //!   (`Identifier.assigner.identifier` is left out), a `contentReference` backbone
 //!   (`Questionnaire.item.item`) nests at most [`MAX_REF_DEPTH`] times; `extension` and
 //!   `modifierExtension` are columns at the resource's top level only: `extension` as a list
-//!   of Extension structs whose `value[x]` has the [`OPEN_TYPES`] and whose own `extension`
-//!   nests [`MAX_EXTENSION_DEPTH`] deep with the [`INNER_OPEN_TYPES`]; `modifierExtension` as a
+//!   of Extension structs whose `value[x]` has the [`INNER_OPEN_TYPES`] and [`TOP_OPEN_TYPES`]
+//!   and whose own `extension` nests [`MAX_EXTENSION_DEPTH`] deep with the
+//!   [`INNER_OPEN_TYPES`] only; `modifierExtension` as a
 //!   list of Extension structs with the [`INNER_OPEN_TYPES`] and no nested extensions; the `id`
 //!   of an element (not the resource's) has no column; `contained` resources and
 //!   `Bundle.entry.resource` (type `Resource`) are not columns. Every leaf column costs the
@@ -41,28 +42,9 @@ pub const FHIR_TYPE: &str = "fhir.type";
 pub const MAX_REF_DEPTH: usize = 3;
 /// How deep extensions nest inside top-level extensions (US Core race: 2).
 pub const MAX_EXTENSION_DEPTH: usize = 2;
-/// The types of an Extension's `value[x]` that get columns (Pathling's standard open types,
-/// plus `uri`, `Quantity` and `Period`); others go to the remainder.
-pub const OPEN_TYPES: [&str; 15] = [
-    "boolean",
-    "code",
-    "date",
-    "dateTime",
-    "decimal",
-    "integer",
-    "string",
-    "uri",
-    "Coding",
-    "CodeableConcept",
-    "Address",
-    "Identifier",
-    "Reference",
-    "Quantity",
-    "Period",
-];
-/// The types of `value[x]` that get columns in an extension nested in another, and in a
-/// `modifierExtension` (which has no nested extensions as columns): the primitive open types
-/// and the coded ones; others go to the remainder.
+/// The types of `value[x]` that get columns in every Extension struct: in a top-level
+/// `extension`, in an extension nested in another, and in a `modifierExtension` (which has no
+/// nested extensions as columns): the primitive open types and the coded ones.
 pub const INNER_OPEN_TYPES: [&str; 10] = [
     "boolean",
     "code",
@@ -75,6 +57,10 @@ pub const INNER_OPEN_TYPES: [&str; 10] = [
     "Coding",
     "CodeableConcept",
 ];
+/// The types of `value[x]` that get columns in a top-level `extension` besides the
+/// [`INNER_OPEN_TYPES`] (together: Pathling's standard open types, plus `uri`, `Quantity` and
+/// `Period`). Every other type goes to the remainder.
+pub const TOP_OPEN_TYPES: [&str; 5] = ["Address", "Identifier", "Reference", "Quantity", "Period"];
 
 static DIGEST_JSON: &str = include_str!("fhir-r4.json");
 
@@ -287,15 +273,13 @@ fn elements_to_members<'a>(elements: &'a [Element], ctx: &mut Ctx<'a>, top: bool
             continue;
         }
         if let Some(base) = e.name.strip_suffix("[x]") {
-            let open: &[&str] = if ctx.types.last() != Some(&"Extension") {
-                &[]
-            } else if ctx.extension_depth == 1 && !ctx.modifier {
-                &OPEN_TYPES
-            } else {
-                &INNER_OPEN_TYPES
-            };
+            let in_extension = ctx.types.last() == Some(&"Extension");
+            let top_extension = in_extension && ctx.extension_depth == 1 && !ctx.modifier;
             for t in &e.types {
-                if ctx.types.last() == Some(&"Extension") && !open.contains(&t.as_str()) {
+                let t_name = t.as_str();
+                let open = INNER_OPEN_TYPES.contains(&t_name)
+                    || (top_extension && TOP_OPEN_TYPES.contains(&t_name));
+                if in_extension && !open {
                     continue;
                 }
                 if let Some(node) = type_node(t, ctx) {
