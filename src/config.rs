@@ -318,6 +318,11 @@ pub struct Config {
     /// checkpoint, taken once the whole manifest arrived, with its own files.
     #[serde(default)]
     pub only_files: Option<Vec<u32>>,
+    /// Take the manifest and download nothing: the export ends (done, no records) once the
+    /// whole manifest arrived, and its checkpoint and file list are what `only_files` readers
+    /// resume (a Spark driver plans its partitions from them).
+    #[serde(default)]
+    pub manifest_only: bool,
     /// DELETE the server's job when the export is cancelled (or freed unfinished).
     #[serde(default = "d_true")]
     pub delete_on_cancel: bool,

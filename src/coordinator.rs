@@ -377,6 +377,9 @@ impl Downloads {
                     job.monitor.files_done.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
+                if job.config.manifest_only {
+                    continue;
+                }
                 pending.push(Pending {
                     index,
                     skip_lines: p.line(),

@@ -81,6 +81,73 @@ fn deletes(sb: &Sandbox) -> usize {
         .count()
 }
 
+fn file_gets(sb: &Sandbox) -> usize {
+    sb.requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.contains("/files/"))
+        .count()
+}
+
+/// The driver's part with `manifest_only`: the export ends once the whole manifest arrived,
+/// with no record and no file fetched.
+fn plan_manifest_only(sb: &Sandbox, c: &Config) -> (serde_json::Value, String, usize) {
+    let mut c = c.clone();
+    c.manifest_only = true;
+    c.delete_on_cancel = false;
+    let mut driver = Export::start(c).expect("kick-off");
+    match driver.next_record(Some(Duration::from_secs(30))) {
+        Ok(Next::End) => {}
+        other => panic!("a manifest_only export delivers no record: {other:?}"),
+    }
+    let p = driver.progress();
+    assert_eq!(p.state, fhirbulk::State::Done, "{p:?}");
+    assert_eq!(p.records_delivered, 0);
+    assert_eq!(p.bytes_downloaded, 0);
+    let cp = driver.controller().checkpoint().expect("a checkpoint");
+    assert!(cp.manifest_complete && cp.next_page.is_none());
+    let files = driver.controller().files_json_from(0, false);
+    assert_eq!(file_gets(sb), 0, "the driver fetched no file");
+    assert_eq!(deletes(sb), 0, "nor deleted the job");
+    (
+        serde_json::to_value(&cp).unwrap(),
+        files,
+        cp.files_known() as usize,
+    )
+}
+
+#[test]
+fn a_driver_with_manifest_only_plans_without_downloading() {
+    let sb = sandbox();
+    let c = config(&sb, "");
+    let (cp, files, n) = plan_manifest_only(&sb, &c);
+    assert!(n >= 4, "an export of several files: {n}");
+    let mut all = Vec::new();
+    for k in 0..n as u32 {
+        all.extend(task(&c, &cp, &files, &[k]));
+    }
+    all.sort();
+    assert_eq!(all, truth(&sb), "the tasks' records are the export, once");
+    assert_eq!(kickoffs(&sb), 1);
+    assert_eq!(deletes(&sb), 0);
+    // A task cancelled with its job: an export that takes the checkpoint over, fetches nothing
+    // and deletes the server's job when it completes.
+    let gets = file_gets(&sb);
+    let mut d = c.clone();
+    d.resume = Some(cp.clone());
+    d.resume_files = Some(serde_json::Value::String(files.clone()));
+    d.only_files = Some(vec![0]);
+    d.manifest_only = true;
+    d.delete_on_complete = true;
+    let mut del = Export::start(d).expect("starts");
+    assert!(matches!(
+        del.next_record(Some(Duration::from_secs(30))),
+        Ok(Next::End)
+    ));
+    assert_eq!(deletes(&sb), 1, "the job is deleted once");
+    assert_eq!(file_gets(&sb), gets, "no file fetched for it");
+    assert_eq!(kickoffs(&sb), 1, "no kick-off for it");
+}
+
 fn one_task_per_file(scenario: &str) {
     let sb = sandbox();
     let c = config(&sb, scenario);
