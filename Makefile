@@ -25,7 +25,7 @@ DEMO_TYPES ?= Patient,Encounter,Observation,Condition,MedicationRequest
 DEMO_SCENARIO ?= polls=3
 DEMO_DIR := target/demo
 
-.PHONY: all build demo install bench test test-rust test-c test-java test-python test-packaging \
+.PHONY: all build demo install bench test test-rust test-c test-java test-spark test-python test-packaging \
 	test-bench fmt-check \
 	clippy cargo-test header-check
 
@@ -77,6 +77,7 @@ bench:
 # The one test command (README, .ci/run).
 test: test-rust test-c
 test: test-java
+test: test-spark
 test: test-python
 test: test-packaging
 test: test-bench
@@ -115,6 +116,11 @@ test-c:
 # The Java binding: JUnit against the sandbox, the jar loading its bundled library in a clean JVM.
 test-java:
 	bash bindings/java/run-tests.sh --rebuild
+
+# The Spark connector: JUnit with Spark in local mode against the sandbox, then PySpark with the
+# shaded jar (after test-java, which builds the release library it installs).
+test-spark:
+	bash bindings/spark/run-tests.sh
 
 # Installed like a user would (make install into a temporary prefix), then the pkg-config C
 # example, the CMake C++ example and the fhirbulk.hpp wrapper tests against the sandbox.

@@ -2003,6 +2003,7 @@ fn storm(sh: &Shared, scen: &Scenario, ctx: &Ctx, route: &Route) -> Option<Out> 
 
 fn admin_truth(sh: &Shared, ctx: &Ctx) -> Reply {
     let mut q = TruthQuery::default();
+    let mut ids = false;
     for (k, v) in &ctx.query {
         let list = || {
             v.split(',')
@@ -2018,6 +2019,8 @@ fn admin_truth(sh: &Shared, ctx: &Ctx) -> Reply {
             "_until" => q.until = Some(v.clone()),
             "_typeFilter" => q.type_filters.push(v.clone()),
             "patient" => q.patients.extend(list()),
+            // `ids=1`: the sorted `Type/id` of every resource instead of the counts.
+            "ids" => ids = v == "1" || v == "true",
             other => {
                 return oo(
                     400,
@@ -2027,8 +2030,13 @@ fn admin_truth(sh: &Shared, ctx: &Ctx) -> Reply {
             }
         }
     }
-    match truth(sh, &q) {
-        Ok(m) => match serde_json::to_string(&m) {
+    let text = if ids {
+        truth_ids(sh, &q).map(|v| serde_json::to_string(&v))
+    } else {
+        truth(sh, &q).map(|m| serde_json::to_string(&m))
+    };
+    match text {
+        Ok(m) => match m {
             Ok(s) => Reply::new(200).body("application/json", s),
             Err(e) => oo(500, "exception", &e.to_string()),
         },

@@ -135,6 +135,26 @@ public final class Sandbox implements AutoCloseable {
         return out;
     }
 
+    /**
+     * The sorted {@code Type/id} of every resource an export of the query must deliver
+     * ({@code /_sandbox/truth?ids=1}): the exact multiset, each id once.
+     */
+    @SuppressWarnings("unchecked")
+    public List<String> truthIds(String level, String group, String types) throws IOException, InterruptedException {
+        StringBuilder q = new StringBuilder("/_sandbox/truth?ids=1&level=").append(level);
+        if (group != null) {
+            q.append("&group=").append(URLEncoder.encode(group, StandardCharsets.UTF_8));
+        }
+        if (types != null) {
+            q.append("&_type=").append(URLEncoder.encode(types, StandardCharsets.UTF_8));
+        }
+        List<String> out = new ArrayList<>();
+        for (Object o : (List<Object>) Json.parse(get(q.toString()))) {
+            out.add((String) o);
+        }
+        return out;
+    }
+
     /** The request log ({@code /_sandbox/requests}), parsed. */
     @SuppressWarnings("unchecked")
     public List<Map<String, Object>> requests() throws IOException, InterruptedException {
