@@ -25,7 +25,7 @@ DEMO_TYPES ?= Patient,Encounter,Observation,Condition,MedicationRequest
 DEMO_SCENARIO ?= polls=3
 DEMO_DIR := target/demo
 
-.PHONY: all build demo install bench test test-rust test-c test-java test-spark test-python test-packaging \
+.PHONY: all build demo install bench bench-spark test test-rust test-c test-java test-spark test-python test-packaging \
 	test-bench fmt-check \
 	clippy cargo-test header-check
 
@@ -71,6 +71,13 @@ install:
 # Python, Java, 10k/50k/200k one-record files, 1/100/1000 waiting exports, 10 exports at once.
 bench:
 	python3 bench/run.py
+
+# The Spark connector against the engine and spark.read.json (README "Performance"; builds the
+# connector jar and the pyspark virtualenv with bindings/spark/run-tests.sh when missing).
+bench-spark:
+	@[ -f bindings/spark/target/fhirbulk-spark-0.1.0.jar ] && [ -x bindings/spark/target/pyspark-venv/bin/python ] \
+		|| bash bindings/spark/run-tests.sh
+	python3 bench/spark_bench.py
 
 # ---- tests ----------------------------------------------------------------------------------
 

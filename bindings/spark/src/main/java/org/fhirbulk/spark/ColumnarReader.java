@@ -23,6 +23,7 @@ final class ColumnarReader implements PartitionReader<ColumnarBatch> {
     private final BufferAllocator allocator = new RootAllocator();
     private final Export export;
     private final ArrowReader reader;
+    private final int[] columns;
     private ColumnarBatch batch;
 
     ColumnarReader(ReaderFactory f, FilePartition p) {
@@ -41,6 +42,7 @@ final class ColumnarReader implements PartitionReader<ColumnarBatch> {
         }
         export = e;
         reader = r;
+        columns = f.columns;
     }
 
     @Override
@@ -50,14 +52,30 @@ final class ColumnarReader implements PartitionReader<ColumnarBatch> {
         }
         VectorSchemaRoot root = reader.getVectorSchemaRoot();
         List<FieldVector> vectors = root.getFieldVectors();
-        ColumnVector[] cols = new ColumnVector[vectors.size()];
+        ColumnVector[] cols = new ColumnVector[columns.length];
         for (int i = 0; i < cols.length; i++) {
-            cols[i] = new ArrowColumnVector(vectors.get(i));
+            cols[i] = new RootColumn(vectors.get(columns[i]));
         }
-        // The vectors belong to the reader's root (reloaded by the next batch): the batch is
-        // not closed, the reader is.
         batch = new ColumnarBatch(cols, root.getRowCount());
         return true;
+    }
+
+    /**
+     * A column of the reader's root, which the next batch reloads and {@link #close()} frees.
+     * Spark closes a batch's columns when it is done with the batch
+     * ({@code ColumnarBatch.closeIfFreeable}, in generated code); closing an Arrow struct or list
+     * vector drops its children, and the next batch could not be loaded into it.
+     */
+    static final class RootColumn extends ArrowColumnVector {
+        RootColumn(org.apache.arrow.vector.ValueVector v) {
+            super(v);
+        }
+
+        @Override
+        public void closeIfFreeable() {}
+
+        @Override
+        public void close() {}
     }
 
     @Override

@@ -28,11 +28,14 @@ final class FhirBulkScan implements Scan, Batch {
 
     private final ConnectorOptions options;
     private final StructType schema;
+    /** The table's columns this scan gives (indexes into the full schema, in order). */
+    private final int[] columns;
     private volatile Planned planned;
 
-    FhirBulkScan(ConnectorOptions options, StructType schema) {
+    FhirBulkScan(ConnectorOptions options, StructType schema, int[] columns) {
         this.options = options;
         this.schema = schema;
+        this.columns = columns;
     }
 
     /** The export's checkpoint, file list and partitions, once. */
@@ -102,7 +105,7 @@ final class FhirBulkScan implements Scan, Batch {
         if (planned == null) {
             planned = plan();
         }
-        return new ReaderFactory(options, planned.checkpoint, planned.files);
+        return new ReaderFactory(options, planned.checkpoint, planned.files, columns);
     }
 
     /** An export builder with the options' config (shared by the driver and the tasks). */

@@ -28,11 +28,14 @@ final class ReaderFactory implements PartitionReaderFactory {
     final ConnectorOptions options;
     final String checkpoint;
     final String files;
+    /** The columns of the table the scan gives (indexes, in order). */
+    final int[] columns;
 
-    ReaderFactory(ConnectorOptions options, String checkpoint, String files) {
+    ReaderFactory(ConnectorOptions options, String checkpoint, String files, int[] columns) {
         this.options = options;
         this.checkpoint = checkpoint;
         this.files = files;
+        this.columns = columns;
     }
 
     @Override

@@ -14,6 +14,7 @@ final class RowReader implements PartitionReader<InternalRow> {
     private final Export export;
     private final Iterator<Record> records;
     private final UTF8String kind;
+    private final int[] columns;
     private InternalRow row;
 
     RowReader(ReaderFactory f, FilePartition p) {
@@ -21,6 +22,7 @@ final class RowReader implements PartitionReader<InternalRow> {
         f.watch(export, p);
         records = export.iterator();
         kind = UTF8String.fromString(p.kind().toLowerCase(Locale.ROOT));
+        columns = f.columns;
     }
 
     @Override
@@ -29,8 +31,18 @@ final class RowReader implements PartitionReader<InternalRow> {
             return false;
         }
         Record r = records.next();
-        row = new GenericInternalRow(new Object[] {UTF8String.fromString(r.resourceType()),
-                UTF8String.fromBytes(r.bytes()), r.fileIndex(), r.line(), kind});
+        Object[] values = new Object[columns.length];
+        for (int i = 0; i < values.length; i++) {
+            // The columns of Schemas.ROWS, those the query reads.
+            values[i] = switch (columns[i]) {
+                case 0 -> UTF8String.fromString(r.resourceType());
+                case 1 -> UTF8String.fromBytes(r.bytes());
+                case 2 -> r.fileIndex();
+                case 3 -> r.line();
+                default -> kind;
+            };
+        }
+        row = new GenericInternalRow(values);
         return true;
     }
 
