@@ -99,4 +99,4 @@ if [ "$status" -ne 0 ] || [ $((failures + errors)) -gt 0 ]; then
     echo "FAILED" >&2
     exit 1
 fi
-echo "OK: target/$(cd "$here/target" && ls fhirbulk-*.jar | grep -v -e sources -e javadoc | head -n1)"
+echo "OK: target/$(cd "$here/target" && ls fhirbulk-*.jar | grep -v -e sources -e javadoc -e tests | head -n1)"

@@ -30,6 +30,9 @@ const POOL_IDLE: Duration = Duration::from_millis(100);
 const IDLE_PER_HOST: usize = 64;
 /// Download clients a download thread keeps (the most recently used).
 const FILE_CLIENTS_PER_THREAD: usize = 4;
+/// Control clients kept after their exports ended (the most recently used; each holds its
+/// runtime thread).
+const BLOCKING_CLIENTS_KEPT: usize = 4;
 
 /// Extra trust roots and the client certificate, read once from the config's PEM files; every
 /// HTTP client of an export (the control client and each download thread's) uses them.
@@ -126,25 +129,32 @@ impl Tls {
     }
 
     /// The blocking client of control requests (each read within `read_timeout_ms`), shared
-    /// with every export of the same key while one holds it.
+    /// with every export of the same key. The last few are kept after their exports ended:
+    /// building one loads and parses the system's root certificates (milliseconds, the most
+    /// of an export's start), and a distributed reader starts an export per file.
     pub(crate) fn blocking_client(
         &self,
         config: &Config,
     ) -> Result<Arc<reqwest::blocking::Client>> {
-        static SHARED: Lazy<Mutex<HashMap<String, Weak<reqwest::blocking::Client>>>> =
+        static SHARED: Lazy<Mutex<Vec<(String, Arc<reqwest::blocking::Client>)>>> =
             Lazy::new(Mutex::default);
         let mut shared = SHARED.lock();
-        if let Some(c) = shared.get(&self.key).and_then(Weak::upgrade) {
+        if let Some(i) = shared.iter().position(|(k, _)| *k == self.key) {
+            let hit = shared.remove(i);
+            let c = hit.1.clone();
+            shared.push(hit);
             return Ok(c);
         }
-        shared.retain(|_, w| w.strong_count() > 0);
         let c = Arc::new(
             configure_client!(reqwest::blocking::Client::builder(), config, self)
                 .timeout(Duration::from_millis(config.read_timeout_ms))
                 .build()
                 .map_err(client_failed)?,
         );
-        shared.insert(self.key.clone(), Arc::downgrade(&c));
+        if shared.len() >= BLOCKING_CLIENTS_KEPT {
+            shared.remove(0);
+        }
+        shared.push((self.key.clone(), c.clone()));
         Ok(c)
     }
 

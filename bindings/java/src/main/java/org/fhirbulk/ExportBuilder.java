@@ -135,9 +135,10 @@ public final class ExportBuilder {
     /**
      * With {@link #resume}: read only these files of the checkpoint's export (their indexes in
      * {@link Export#files()}); the others count as complete. For readers that share out an
-     * export's files between processes (a Spark task per file): one process waits for the
-     * manifest and takes {@link Export#checkpoint()} and {@link Export#files()} before pulling a
-     * record; each reader resumes them with its own files (README "Reading given files").
+     * export's files between processes (a Spark task per file): one process reads an export
+     * with {@link #manifestOnly()} to its end and takes {@link Export#checkpoint()} and
+     * {@link Export#files()}; each reader resumes them with its own files (README "Reading given
+     * files").
      */
     public ExportBuilder onlyFiles(int... fileIndexes) {
         java.util.List<Integer> list = new java.util.ArrayList<>();
@@ -148,6 +149,17 @@ public final class ExportBuilder {
             list.add(i);
         }
         config.put("only_files", list);
+        return this;
+    }
+
+    /**
+     * Take the manifest and download nothing: the export ends (no records) once the whole
+     * manifest arrived; then {@link Export#checkpoint()} and {@link Export#files()} are what
+     * {@link #onlyFiles} readers resume (a distributed reader's driver, e.g. the Spark
+     * connector's).
+     */
+    public ExportBuilder manifestOnly() {
+        config.put("manifest_only", true);
         return this;
     }
 
