@@ -18,6 +18,8 @@ system-level export (every type; about --patients * 13 resources in files of at 
      engine's Arrow batches through ArrowColumnVector);
    - `spark.read.json`: Spark's JSON source over DIR's NDJSON files (schema inference and
      parse, from the page cache, no network), count(id); and over DIR's Observation files.
+   - `spark tasks only`: `spark.range` with one empty partition per file, Spark's own cost of
+     scheduling that many tasks (the floor of one partition per file);
 3. prints records/s, MB/s and CPU seconds per GB of NDJSON, and each Spark row's time as a
    ratio to the engine's single process; writes the results as JSON (--json).
 """
@@ -60,7 +62,10 @@ def worker(a) -> None:
             r = r.option(k, v)
         return r.load()
 
+    nfiles = int(a.files)
     queries = {
+        # Spark's own cost of the tasks, no data: a job of as many partitions as the export has files.
+        "spark tasks only": lambda: spark.range(0, nfiles, 1, nfiles).selectExpr("count(id)").collect()[0][0],
         "fhirbulk rows": lambda: fhirbulk().selectExpr("count(*)", "sum(length(json))").collect()[0][0],
         "fhirbulk typed Observation": lambda: fhirbulk(type="Observation").selectExpr("count(id)").collect()[0][0],
         "spark.read.json": lambda: spark.read.json(
@@ -92,6 +97,7 @@ def main() -> int:
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--base", help=argparse.SUPPRESS)
     ap.add_argument("--local", help=argparse.SUPPRESS)
+    ap.add_argument("--files", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
         worker(a)
@@ -126,7 +132,7 @@ def main() -> int:
             for master in ("local[1]", "local[2]"):
                 bench.log(f"Spark {master}")
                 p = subprocess.run([a.python, __file__, "--worker", master, "--jar", a.jar, "--base", base,
-                                    "--local", str(local), "--runs", str(a.runs)],
+                                    "--local", str(local), "--runs", str(a.runs), "--files", str(len(files))],
                                    check=True, capture_output=True, text=True)
                 results[master] = json.loads(p.stdout.strip().splitlines()[-1])
     finally:
@@ -154,9 +160,15 @@ def print_table(r: dict) -> None:
     row("engine, one process (fhirbulk export)", e, r["bytes"])
     for master in ("local[1]", "local[2]"):
         for name, x in r[master].items():
+            if name == "spark tasks only":
+                continue
             size = r["observation_bytes"] if "Observation" in name else r["bytes"]
             row(f"{name}, {master}", x, size)
     print(f"\n(CPU s/GB: the process's user+sys seconds per GB of NDJSON it read; {gb:.2f} GB in all.)")
+    for master in ("local[1]", "local[2]"):
+        t = r[master]["spark tasks only"]
+        print(f"Spark's own task cost, {master}: a job of {r['files']:,} empty partitions takes {t['seconds']:.2f} s "
+              f"({t['cpu_s']:.1f} CPU s), {t['seconds'] / r[master]['fhirbulk rows']['seconds']:.0%} of the rows read")
 
 
 if __name__ == "__main__":

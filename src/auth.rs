@@ -274,6 +274,32 @@ pub struct Authorizer {
     warnings: Vec<String>,
     /// Token requests made (for progress and tests).
     pub(crate) token_requests: std::sync::atomic::AtomicU32,
+    /// The digest of everything a token depends on (method, client, credentials, scope,
+    /// endpoints), under which the process shares tokens between exports; `None` without
+    /// client credentials.
+    share_key: Option<[u8; 32]>,
+}
+
+/// Access tokens shared by the exports of one process that use the same credentials against
+/// the same server: a distributed reader starts an export per file (a Spark task), and each
+/// must not ask the token endpoint again (its rate limits) while a token is good. Keyed by
+/// [`Authorizer::share_key`] and `allow_insecure_http`; a few entries, the oldest dropped.
+static SHARED_TOKENS: once_cell::sync::Lazy<Mutex<Vec<SharedToken>>> =
+    once_cell::sync::Lazy::new(Mutex::default);
+/// A shared token: its share key, `allow_insecure_http`, the token, when to refresh it.
+type SharedToken = ([u8; 32], bool, Secret, Instant);
+const SHARED_TOKENS_KEPT: usize = 16;
+
+/// The digest of the parts a token depends on, each length-prefixed (no two lists of parts
+/// give the same bytes).
+fn share_key(parts: &[&str]) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p.as_bytes());
+    }
+    h.finalize().into()
 }
 
 impl std::fmt::Debug for Authorizer {
@@ -286,6 +312,7 @@ impl Authorizer {
     /// Build from the config, reading secrets and parsing keys now so errors come at start.
     pub fn new(auth: &Auth, base_url: &str, timeout: Duration) -> Result<Authorizer> {
         let mut warnings = Vec::new();
+        let mut key = None;
         let (method, token_url, scope) = match auth {
             Auth::None => (Method::None, None, None),
             Auth::Bearer { token } => (Method::Static(resolve("auth.token", token)?), None, None),
@@ -307,22 +334,43 @@ impl Authorizer {
                             }
                         }
                         let text = resolve("auth.private_key", pk)?;
+                        key = Some(share_key(&[
+                            "jwt",
+                            client_id,
+                            text.expose(),
+                            kid.as_deref().unwrap_or(""),
+                            alg.as_deref().unwrap_or(""),
+                            jku.as_deref().unwrap_or(""),
+                        ]));
                         Method::Jwt {
                             client_id: client_id.clone(),
                             key: parse_private_key(text.expose(), kid.as_deref(), alg.as_deref())?,
                             jku: jku.clone(),
                         }
                     }
-                    (None, Some(cs)) => Method::Basic {
-                        client_id: client_id.clone(),
-                        secret: resolve("auth.client_secret", cs)?,
-                    },
+                    (None, Some(cs)) => {
+                        let secret = resolve("auth.client_secret", cs)?;
+                        key = Some(share_key(&["basic", client_id, secret.expose()]));
+                        Method::Basic {
+                            client_id: client_id.clone(),
+                            secret,
+                        }
+                    }
                     _ => {
                         return Err(Error::config(
                             "invalid config: auth type \"client_credentials\" needs exactly one of private_key (private_key_jwt) or client_secret (client_secret_basic)",
                         ))
                     }
                 };
+                key = key.map(|k| {
+                    let hex: String = k.iter().map(|b| format!("{b:02x}")).collect();
+                    share_key(&[
+                        &hex,
+                        base_url.trim_end_matches('/'),
+                        token_url.as_deref().unwrap_or(""),
+                        scope.as_deref().unwrap_or(""),
+                    ])
+                });
                 (method, token_url.clone(), scope.clone())
             }
         };
@@ -338,6 +386,7 @@ impl Authorizer {
             allow_insecure_http: false,
             warnings,
             token_requests: Default::default(),
+            share_key: key,
         })
     }
 
@@ -384,8 +433,14 @@ impl Authorizer {
                         return Ok(Some(t.value.clone()));
                     }
                 }
+                if let Some(t) = self.shared_token() {
+                    let v = t.value.clone();
+                    *slot = Some(t);
+                    return Ok(Some(v));
+                }
                 let t = self.fetch_token(client, w)?;
                 let v = t.value.clone();
+                self.share(&t);
                 *slot = Some(t);
                 Ok(Some(v))
             }
@@ -401,10 +456,39 @@ impl Authorizer {
                 if slot.as_ref().is_some_and(|t| &t.value == used) {
                     *slot = None;
                 }
+                SHARED_TOKENS.lock().retain(|(_, _, v, _)| v != used);
                 true
             }
             _ => false,
         }
+    }
+
+    /// A token another export of this process got with the same credentials, still good.
+    fn shared_token(&self) -> Option<Token> {
+        let key = self.share_key?;
+        let now = Instant::now();
+        let mut shared = SHARED_TOKENS.lock();
+        shared.retain(|(_, _, _, refresh_at)| now < *refresh_at);
+        shared
+            .iter()
+            .find(|(k, insecure, _, _)| *k == key && *insecure == self.allow_insecure_http)
+            .map(|(_, _, v, refresh_at)| Token {
+                value: v.clone(),
+                refresh_at: *refresh_at,
+            })
+    }
+
+    /// Offer a token just got to the other exports of this process with the same credentials.
+    fn share(&self, t: &Token) {
+        let Some(key) = self.share_key else {
+            return;
+        };
+        let mut shared = SHARED_TOKENS.lock();
+        shared.retain(|(k, insecure, _, _)| !(*k == key && *insecure == self.allow_insecure_http));
+        if shared.len() >= SHARED_TOKENS_KEPT {
+            shared.remove(0);
+        }
+        shared.push((key, self.allow_insecure_http, t.value.clone(), t.refresh_at));
     }
 
     fn discover(&self, client: &Client, w: &dyn Waiter) -> Result<(String, Vec<String>)> {

@@ -517,3 +517,45 @@ fn a_private_key_file_others_can_read_gives_a_warning() {
     assert!(warnings(0o600).is_empty());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn exports_of_one_process_share_the_token_of_the_same_credentials() {
+    // A distributed reader starts an export per file (a Spark task): one token for them all
+    // while it is good, not one token request per export.
+    let sb = sandbox();
+    let c = config(
+        sb.base_url(),
+        jwt_auth("rsa384-private.pem", Some("rsa-test-1")),
+    );
+    assert_eq!(run(c.clone()).unwrap(), expected(&sb));
+    assert_eq!(run(c.clone()).unwrap(), expected(&sb));
+    assert_eq!(
+        sb.tokens_issued(),
+        1,
+        "the second export uses the first one's token"
+    );
+    // Other credentials for the same server (another scope) get their own token.
+    let mut other = c.clone();
+    if let Auth::ClientCredentials { scope, .. } = &mut other.auth {
+        *scope = Some("system/*.rs".into());
+    }
+    assert_eq!(run(other).unwrap(), expected(&sb));
+    assert_eq!(sb.tokens_issued(), 2, "another scope, another token");
+    // A token the server rejects is dropped for every export: the next one asks again.
+    let sb = sandbox();
+    // (revoke_after=1: the server rejects a token 1 s after it issued it, long before its
+    // expires_in.)
+    let mut one = config(
+        sb.scenario_url("revoke_after=1"),
+        jwt_auth("rsa384-private.pem", Some("rsa-test-1")),
+    );
+    one.concurrency = 1;
+    assert_eq!(run(one.clone()).unwrap(), expected(&sb));
+    std::thread::sleep(Duration::from_millis(1200));
+    let before = sb.tokens_issued();
+    assert_eq!(run(one).unwrap(), expected(&sb));
+    assert!(
+        sb.tokens_issued() > before,
+        "a rejected token is not handed to the next export"
+    );
+}

@@ -11,9 +11,8 @@ use crate::error::{Error, ErrorCode, Result};
 use once_cell::sync::Lazy;
 use parking_lot::Mutex;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 thread_local! {
@@ -136,8 +135,8 @@ impl Tls {
         &self,
         config: &Config,
     ) -> Result<Arc<reqwest::blocking::Client>> {
-        static SHARED: Lazy<Mutex<Vec<(String, Arc<reqwest::blocking::Client>)>>> =
-            Lazy::new(Mutex::default);
+        type Kept = Vec<(String, Arc<reqwest::blocking::Client>)>;
+        static SHARED: Lazy<Mutex<Kept>> = Lazy::new(Mutex::default);
         let mut shared = SHARED.lock();
         if let Some(i) = shared.iter().position(|(k, _)| *k == self.key) {
             let hit = shared.remove(i);
