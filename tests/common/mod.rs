@@ -128,7 +128,7 @@ pub fn run(cfg: Config) -> (Delivered, Option<Error>) {
                 }
             }
             Ok(Next::End) => break None,
-            Ok(Next::Timeout) => panic!("no record within 30 s"),
+            Ok(Next::Timeout) => panic!("no record within 30 s: {:?}", export.progress()),
             Ok(Next::Cancelled) => panic!("cancelled"),
             Err(e) => break Some(e),
         }

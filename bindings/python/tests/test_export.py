@@ -244,17 +244,14 @@ def test_checkpoint_and_resume(sandbox):
 
 
 def test_each_file_read_by_an_export_of_its_own(sandbox):
-    # A distributed reader: the driver's checkpoint once the whole manifest is there, before
-    # any record; then one export per file (only_files), no new kick-off, every record once.
+    # A distributed reader: the driver takes the manifest and nothing else (manifest_only);
+    # then one export per file (only_files), no new kick-off, every record once.
     truth = sandbox.truth(level="group", group="g1", _type="Patient,Observation")
-    with fhirbulk.export(sandbox.url(), group="g1", types=TYPES, delete_on_cancel=False) as job:
-        deadline = time.monotonic() + 30
-        while True:
-            cp = job.checkpoint()
-            if cp and cp.get("manifest_complete") and not cp.get("next_page"):
-                break
-            assert time.monotonic() < deadline, "no manifest within 30 s"
-            time.sleep(0.01)
+    with fhirbulk.export(sandbox.url(), group="g1", types=TYPES, manifest_only=True) as job:
+        assert list(job.raw()) == [], "a manifest_only export delivers no record"
+        assert job.progress.bytes == 0, job.progress
+        cp = job.checkpoint()
+        assert cp["manifest_complete"] and not cp.get("next_page")
         files = job.files
     assert len(files) >= 2
     seen = []

@@ -138,8 +138,9 @@ final class ConnectorOptions implements Serializable {
                 continue;
             }
             String lower = option.toLowerCase(Locale.ROOT);
-            if (lower.equals("path")) {
-                continue; // Spark's load(path) argument; this source reads no path
+            if (lower.equals("path") || lower.equals("paths")) {
+                throw new IllegalArgumentException("fhirbulk: load(" + value + "): this source reads an export from "
+                        + "a FHIR server, not files; call load() with the option baseUrl");
             }
             if (lower.startsWith("header.")) {
                 String name = option.substring("header.".length());

@@ -235,6 +235,8 @@ class FhirBulkSourceTest {
         assertTrue(e.getMessage().contains("set by the connector"), e.getMessage());
         e = assertThrows(IllegalArgumentException.class, () -> spark.read().format("fhirbulk").load());
         assertTrue(e.getMessage().contains("baseUrl is required"), e.getMessage());
+        e = assertThrows(IllegalArgumentException.class, () -> read(sb.baseUrl()).load("/tmp/export"));
+        assertTrue(e.getMessage().contains("reads an export from a FHIR server"), e.getMessage());
         // Both spellings of a key reach the engine: its own check names the key.
         e = assertThrows(IllegalArgumentException.class,
                 () -> read(sb.baseUrl()).option("poll_min_ms", "500").load());
