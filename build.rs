@@ -27,6 +27,28 @@ fn main() {
             .contains(&format!("FHIRBULK_VERSION \"{version}\"")),
         "cbindgen.toml's FHIRBULK_VERSION must equal the crate version {version}"
     );
+    let part = |k: &str| std::env::var(k).expect("cargo sets it").parse::<u32>().expect("a number");
+    let (major, minor, patch) = (
+        part("CARGO_PKG_VERSION_MAJOR"),
+        part("CARGO_PKG_VERSION_MINOR"),
+        part("CARGO_PKG_VERSION_PATCH"),
+    );
+    let after = config.after_includes.as_deref().unwrap_or("");
+    for line in [
+        format!("#define FHIRBULK_VERSION_MAJOR {major}\n"),
+        format!("#define FHIRBULK_VERSION_MINOR {minor}\n"),
+        format!("#define FHIRBULK_VERSION_PATCH {patch}\n"),
+        format!(
+            "#define FHIRBULK_VERSION_NUM {}\n",
+            major * 10000 + minor * 100 + patch
+        ),
+    ] {
+        assert!(
+            after.contains(&line),
+            "cbindgen.toml must say {} for the crate version {version}",
+            line.trim()
+        );
+    }
     let bindings = match cbindgen::Builder::new()
         .with_config(config)
         .with_src(dir.join("src/ffi/mod.rs"))

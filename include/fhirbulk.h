@@ -40,6 +40,17 @@
 #include <stddef.h>
 /** Version of this header; fhirbulk_version() gives the library's. */
 #define FHIRBULK_VERSION "0.1.0"
+#define FHIRBULK_VERSION_MAJOR 0
+#define FHIRBULK_VERSION_MINOR 1
+#define FHIRBULK_VERSION_PATCH 0
+/** MAJOR * 10000 + MINOR * 100 + PATCH, as fhirbulk_version_num() gives the library's. */
+#define FHIRBULK_VERSION_NUM 100
+/**
+ * Whether the library loaded at run time can serve a program built with this header: the same
+ * major version and at least this minor and patch (call it at start; a library older than the
+ * header lacks functions or keys the program may use).
+ */
+#define FHIRBULK_VERSION_COMPATIBLE() (fhirbulk_version_num() / 10000 == FHIRBULK_VERSION_MAJOR && fhirbulk_version_num() >= FHIRBULK_VERSION_NUM)
 
 /*
  * The Arrow C Data Interface and C Stream Interface (arrow.apache.org/docs/format/
@@ -525,6 +536,12 @@ size_t export_files_json_from(const struct FhirbulkExport *h, size_t start, char
  * The library version, e.g. "0.1.0" (static string).
  */
 const char *fhirbulk_version(void);
+
+/**
+ * The library version as a number, `MAJOR * 10000 + MINOR * 100 + PATCH` (0.1.0 is 100):
+ * compare it with the header's `FHIRBULK_VERSION_NUM`, or use `FHIRBULK_VERSION_COMPATIBLE()`.
+ */
+uint32_t fhirbulk_version_num(void);
 
 /**
  * The ABI version; equals `FHIRBULK_ABI_VERSION` of the header the library was built with.

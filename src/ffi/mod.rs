@@ -731,6 +731,16 @@ pub extern "C" fn fhirbulk_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
 }
 
+/// The library version as a number, `MAJOR * 10000 + MINOR * 100 + PATCH` (0.1.0 is 100):
+/// compare it with the header's `FHIRBULK_VERSION_NUM`, or use `FHIRBULK_VERSION_COMPATIBLE()`.
+#[no_mangle]
+pub extern "C" fn fhirbulk_version_num() -> u32 {
+    let part = |s: &str| s.parse::<u32>().unwrap_or(0);
+    part(env!("CARGO_PKG_VERSION_MAJOR")) * 10000
+        + part(env!("CARGO_PKG_VERSION_MINOR")) * 100
+        + part(env!("CARGO_PKG_VERSION_PATCH"))
+}
+
 /// The ABI version; equals `FHIRBULK_ABI_VERSION` of the header the library was built with.
 #[no_mangle]
 pub extern "C" fn fhirbulk_abi_version() -> u32 {

@@ -136,6 +136,19 @@ static void versions_and_names(void) {
 #ifdef FHIRBULK_VERSION
     CHECK(strcmp(v, FHIRBULK_VERSION) == 0, "library %s, header %s", v, FHIRBULK_VERSION);
 #endif
+    CHECK(fhirbulk_version_num() == FHIRBULK_VERSION_NUM, "library %u, header %u",
+          fhirbulk_version_num(), (unsigned)FHIRBULK_VERSION_NUM);
+    CHECK(FHIRBULK_VERSION_NUM ==
+              FHIRBULK_VERSION_MAJOR * 10000 + FHIRBULK_VERSION_MINOR * 100 + FHIRBULK_VERSION_PATCH,
+          "FHIRBULK_VERSION_NUM %u", (unsigned)FHIRBULK_VERSION_NUM);
+    CHECK(FHIRBULK_VERSION_COMPATIBLE(), "the library %s serves this header %s", v,
+          FHIRBULK_VERSION);
+    {
+        char text[32];
+        snprintf(text, sizeof text, "%d.%d.%d", FHIRBULK_VERSION_MAJOR, FHIRBULK_VERSION_MINOR,
+                 FHIRBULK_VERSION_PATCH);
+        CHECK(strcmp(text, v) == 0, "the macros say %s, the library %s", text, v);
+    }
 
     static const struct {
         FhirbulkStatus code;
