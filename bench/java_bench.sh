@@ -4,7 +4,7 @@
 #   bash bench/java_bench.sh --base URL --local DIR [--runs N]
 #
 # URL: a FHIR base (e.g. http://127.0.0.1:PORT/fhir). Runs a system-level export ([base]/$export,
-# all types) through the Java binding, one String per record (Record.json(), sum of lengths), and
+# all types) through the Java binding, one String per record (BulkRecord.json(), sum of lengths), and
 # as the baseline reads DIR/*.ndjson (the same export's output, already on local disk) in pure
 # Java (BufferedReader.readLine over UTF-8), touching each line the same way. Best of N runs
 # (default 1), after an untimed warm-up of each when N > 1.

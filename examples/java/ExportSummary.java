@@ -29,7 +29,7 @@ import org.fhirbulk.FhirBulk;
 import org.fhirbulk.FhirBulkException;
 import org.fhirbulk.Issue;
 import org.fhirbulk.Progress;
-import org.fhirbulk.Record;
+import org.fhirbulk.BulkRecord;
 
 public class ExportSummary {
     /** Records and bytes per "type kind". */
@@ -89,7 +89,7 @@ public class ExportSummary {
                 }
             }, 0, 500, TimeUnit.MILLISECONDS);
 
-            for (Record r : export) {
+            for (BulkRecord r : export) {
                 // r is valid until the loop moves on: copy what you keep (r.json(), r.bytes()).
                 String key = r.resourceType() + " " + r.kind().name().toLowerCase();
                 Count c = counts.computeIfAbsent(key, k -> new Count());

@@ -26,7 +26,7 @@ import java.util.stream.StreamSupport;
  *
  * <pre>{@code
  * try (Export export = FhirBulk.export(url).group("g1").start()) {
- *     for (Record r : export) {          // or export.stream()
+ *     for (BulkRecord r : export) {          // or export.stream()
  *         store(r.resourceType(), r.json());
  *     }
  *     String manifest = export.manifest();
@@ -36,7 +36,7 @@ import java.util.stream.StreamSupport;
  * <p><b>Consuming.</b> {@link #iterator()} (and {@link #stream()}, which uses it) can be taken
  * once: an export is a one-pass stream, like {@link java.nio.file.DirectoryStream}. One thread at
  * a time consumes it. Records arrive in batches of up to 4096 lines of one file (one native call
- * per batch); a record stays valid until the iteration moves on (see {@link Record}). The
+ * per batch); a record stays valid until the iteration moves on (see {@link BulkRecord}). The
  * iteration ends normally when every record was delivered; it throws a {@link FhirBulkException}
  * subclass when the export failed, {@link CancelledException} when it was cancelled or closed,
  * or when the waiting thread was interrupted (the interrupt flag is set again). While nothing
@@ -49,7 +49,7 @@ import java.util.stream.StreamSupport;
  * export (the server job is deleted), wakes a consumer blocked waiting for records (it throws
  * {@link CancelledException}), and frees the native state. When another thread is still in the
  * middle of a batch's records, the native memory is kept until that consumer's next step (which
- * then frees it and throws {@link CancelledException}), so its {@link Record#buffer()} views stay
+ * then frees it and throws {@link CancelledException}), so its {@link BulkRecord#buffer()} views stay
  * readable; if that thread never steps on, the memory goes when the export becomes unreachable.
  * An export that is never closed is freed by a {@link Cleaner} once unreachable (and a warning is
  * logged) — close it.
@@ -58,7 +58,7 @@ import java.util.stream.StreamSupport;
  * WARNING: an export left to the Cleaner). Logs name the base URL without its query, the level
  * and the types — never secrets or record content.
  */
-public final class Export implements AutoCloseable, Iterable<Record> {
+public final class Export implements AutoCloseable, Iterable<BulkRecord> {
     static final System.Logger LOG = System.getLogger("org.fhirbulk");
 
     /** Records asked for per native call. */
@@ -181,7 +181,7 @@ public final class Export implements AutoCloseable, Iterable<Record> {
     static final class Batch {
         final State st;
         final ByteBuffer data; // direct, native memory of the batch
-        Record[] records;
+        BulkRecord[] records;
         volatile boolean valid = true;
         byte[] heap; // heap copy of data, made on the first json()/bytes()
 
@@ -223,7 +223,7 @@ public final class Export implements AutoCloseable, Iterable<Record> {
         }
 
         static IllegalStateException stale() {
-            return new IllegalStateException("fhirbulk: this Record is no longer valid: the iteration moved on "
+            return new IllegalStateException("fhirbulk: this BulkRecord is no longer valid: the iteration moved on "
                     + "(or the export was closed); copy what you keep with json() or bytes() while it is current");
         }
     }
@@ -236,7 +236,7 @@ public final class Export implements AutoCloseable, Iterable<Record> {
      * @throws IllegalStateException on a second call
      */
     @Override
-    public Iterator<Record> iterator() {
+    public Iterator<BulkRecord> iterator() {
         if (!iteratorTaken.compareAndSet(false, true)) {
             throw new IllegalStateException("fhirbulk: an Export can be iterated once");
         }
@@ -250,14 +250,14 @@ public final class Export implements AutoCloseable, Iterable<Record> {
 
     /** The records as a sequential stream; closing the stream closes the export. Once, like
      *  {@link #iterator()}. */
-    public Stream<Record> stream() {
-        Spliterator<Record> sp = Spliterators.spliteratorUnknownSize(iterator(),
+    public Stream<BulkRecord> stream() {
+        Spliterator<BulkRecord> sp = Spliterators.spliteratorUnknownSize(iterator(),
                 Spliterator.ORDERED | Spliterator.NONNULL);
         return StreamSupport.stream(sp, false).onClose(this::close);
     }
 
-    private final class Iter implements Iterator<Record> {
-        private Record[] records = new Record[0];
+    private final class Iter implements Iterator<BulkRecord> {
+        private BulkRecord[] records = new BulkRecord[0];
         private int next;
         private boolean end;
 
@@ -272,7 +272,7 @@ public final class Export implements AutoCloseable, Iterable<Record> {
             if (end) {
                 return false;
             }
-            records = new Record[0];
+            records = new BulkRecord[0];
             next = 0;
             Batch b = pull();
             if (b == null) {
@@ -284,7 +284,7 @@ public final class Export implements AutoCloseable, Iterable<Record> {
         }
 
         @Override
-        public Record next() {
+        public BulkRecord next() {
             if (!hasNext()) {
                 throw new NoSuchElementException();
             }
@@ -545,7 +545,7 @@ public final class Export implements AutoCloseable, Iterable<Record> {
     private static final java.util.regex.Pattern DECODE_ERROR =
             java.util.regex.Pattern.compile("file \\d+ line \\d+: ");
 
-    /** Reads the FhirbulkBatch just written: one Record per line (no native access later). */
+    /** Reads the FhirbulkBatch just written: one BulkRecord per line (no native access later). */
     private static Batch readBatch(State s) {
         ByteBuffer v = s.batchView;
         long recordsAddr = v.getLong(LibFhirBulk.BATCH_RECORDS);
@@ -562,13 +562,13 @@ public final class Export implements AutoCloseable, Iterable<Record> {
         Batch b = new Batch(s, data);
         // Type name pointers are stable within a batch only (chunks are reused).
         s.lastTypeAddr = 0;
-        Record[] out = new Record[count];
+        BulkRecord[] out = new BulkRecord[count];
         for (int i = 0, at = 0; i < count; i++, at += LibFhirBulk.RECORD_SIZE) {
             long addr = recs.getLong(at + LibFhirBulk.RECORD_DATA);
             int len = (int) recs.getLong(at + LibFhirBulk.RECORD_LEN);
             String type = s.typeAt(recs.getLong(at + LibFhirBulk.RECORD_TYPE),
                     recs.getLong(at + LibFhirBulk.RECORD_TYPE_LEN));
-            out[i] = new Record(b, (int) (addr - dataAddr), len, type,
+            out[i] = new BulkRecord(b, (int) (addr - dataAddr), len, type,
                     Kind.of(recs.getInt(at + LibFhirBulk.RECORD_KIND)),
                     recs.getInt(at + LibFhirBulk.RECORD_FILE_INDEX),
                     recs.getLong(at + LibFhirBulk.RECORD_LINE));
@@ -684,7 +684,7 @@ public final class Export implements AutoCloseable, Iterable<Record> {
     }
 
     /**
-     * The files known so far as a JSON array in {@link Record#fileIndex()} order:
+     * The files known so far as a JSON array in {@link BulkRecord#fileIndex()} order:
      * {@code [{"index":0,"kind":"output","type":"Patient","url":"...","count":12}, ...]}.
      *
      * @throws IllegalStateException after {@link #close()}

@@ -21,7 +21,7 @@ import java.util.Objects;
  *         .auth(Auth.bearer(Secret.env("EHR_TOKEN")))
  *         .option("concurrency", 4)
  *         .start()) {
- *     for (Record r : export) { ... }
+ *     for (BulkRecord r : export) { ... }
  * }
  * }</pre>
  *

@@ -9,7 +9,7 @@ import java.net.URI;
  * <pre>{@code
  * try (Export export = FhirBulk.export("https://ehr.example.org/r4")
  *         .group("g1").types("Patient", "Observation").start()) {
- *     for (Record r : export) {
+ *     for (BulkRecord r : export) {
  *         process(r.resourceType(), r.json());
  *     }
  * }

@@ -58,7 +58,7 @@ class ArrowTest {
     static Map<String, Integer> recordIds(ExportBuilder b) {
         Map<String, Integer> out = new TreeMap<>();
         try (Export export = b.start()) {
-            for (Record r : export) {
+            for (BulkRecord r : export) {
                 if (r.kind() == Kind.OUTPUT) {
                     out.merge(r.resourceType() + "/" + Json.parseObject(r.json()).get("id"), 1, Integer::sum);
                 }

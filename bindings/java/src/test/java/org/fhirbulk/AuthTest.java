@@ -85,7 +85,7 @@ class AuthTest {
         ExportBuilder b = FhirBulk.export(sb.url("polls=0")).group("g1").types("Patient", "Condition").auth(auth);
         assertFalse(b.toString().contains(SECRET), b.toString());
         try (Export export = b.start()) {
-            for (Record r : export) {
+            for (BulkRecord r : export) {
                 counts.merge(r.resourceType(), 1L, Long::sum);
             }
         }

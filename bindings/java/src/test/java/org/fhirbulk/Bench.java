@@ -95,7 +95,7 @@ public final class Bench {
             List<Path> files = new ArrayList<>();
             long bytes;
             try (Export e = FhirBulk.export(url).start()) {
-                bytes = e.stream().mapToLong(Record::length).sum();
+                bytes = e.stream().mapToLong(BulkRecord::length).sum();
                 files = download(e.manifest(), dir);
             }
             double mb = bytes / 1e6;
@@ -271,7 +271,7 @@ public final class Bench {
         long acc = 0;
         long end;
         try (Export e = FhirBulk.export(base).start()) {
-            for (Record r : e) {
+            for (BulkRecord r : e) {
                 if (n++ == 0) {
                     first = System.nanoTime();
                 }
@@ -348,7 +348,7 @@ public final class Bench {
     static long consume(Export e, int mode) {
         long n = 0;
         long acc = 0;
-        for (Record r : e) {
+        for (BulkRecord r : e) {
             n++;
             switch (mode) {
                 case 0 -> acc += r.json().length();

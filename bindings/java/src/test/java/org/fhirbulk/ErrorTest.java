@@ -21,7 +21,7 @@ class ErrorTest {
     /** Runs the export to its end and returns what it threw. */
     static FhirBulkException failure(Export export) {
         return assertThrows(FhirBulkException.class, () -> {
-            for (Record r : export) {
+            for (BulkRecord r : export) {
                 r.json();
             }
         });
@@ -42,7 +42,7 @@ class ErrorTest {
                 // 429 and 5xx are retried; one attempt keeps the test fast.
                 .option("retry_max_attempts", 1)
                 .start()) {
-            java.util.Iterator<Record> it = export.iterator();
+            java.util.Iterator<BulkRecord> it = export.iterator();
             FhirBulkException e = assertThrows(FhirBulkException.class, it::hasNext);
             assertEquals("org.fhirbulk." + className, e.getClass().getName());
             assertEquals(code, e.code());

@@ -51,7 +51,7 @@ class ExportTest {
                     .group("g1").types("Patient", "Observation")
                     .option("concurrency", 4)
                     .start()) {
-                for (Record r : export) {
+                for (BulkRecord r : export) {
                     assertTrue(seen.add(r.resourceType() + "/" + idOf(r.json())), r.toString());
                     counts.merge(r.resourceType(), 1L, Long::sum);
                 }
@@ -77,7 +77,7 @@ class ExportTest {
                 .types(ALL_PATIENT_TYPES.split(","))
                 .option("concurrency", 4)
                 .start()) {
-            for (Record r : export) {
+            for (BulkRecord r : export) {
                 assertEquals(Kind.OUTPUT, r.kind());
                 counts.merge(r.resourceType(), 1L, Long::sum);
                 total++;
@@ -130,9 +130,9 @@ class ExportTest {
                 .group("g1").types("Patient", "Observation")
                 .option("delete_on_cancel", false)
                 .start()) {
-            Iterator<Record> it = first.iterator();
+            Iterator<BulkRecord> it = first.iterator();
             for (int i = 0; i < 7; i++) {
-                Record r = it.next();
+                BulkRecord r = it.next();
                 assertTrue(seen.add(r.resourceType() + "/" + idOf(r.json())), r.toString());
             }
             checkpoint = first.checkpoint();
@@ -141,7 +141,7 @@ class ExportTest {
                 .group("g1").types("Patient", "Observation")
                 .resume(checkpoint)
                 .start()) {
-            for (Record r : rest) {
+            for (BulkRecord r : rest) {
                 assertTrue(seen.add(r.resourceType() + "/" + idOf(r.json())), "twice: " + r);
             }
         }
@@ -162,7 +162,7 @@ class ExportTest {
                 .group("g1").types("Patient", "Observation")
                 .manifestOnly()
                 .start()) {
-            for (Record r : driver) {
+            for (BulkRecord r : driver) {
                 throw new AssertionError("a manifestOnly export delivered " + r);
             }
             assertEquals(0, driver.progress().bytes(), "no file downloaded");
@@ -179,7 +179,7 @@ class ExportTest {
                     .resume(checkpoint).resumeFiles(files).onlyFiles(k)
                     .option("delete_on_cancel", false)
                     .start()) {
-                for (Record r : task) {
+                for (BulkRecord r : task) {
                     assertEquals(k, r.fileIndex(), r.toString());
                     assertTrue(seen.add(r.resourceType() + "/" + idOf(r.json())), "twice: " + r);
                 }
@@ -202,7 +202,7 @@ class ExportTest {
         // A manifest that lists a file twice: downloaded once, and said.
         try (Export export = FhirBulk.export(sb.url("polls=0;dup_entry")).group("g1").types("Patient").start()) {
             long n = 0;
-            for (Record r : export) {
+            for (BulkRecord r : export) {
                 n++;
             }
             assertEquals(patients, n);
@@ -227,7 +227,7 @@ class ExportTest {
             long left = seen.waitUntilMs() - System.currentTimeMillis();
             assertTrue(left <= 3500, seen + " left " + left);
             long n = 0;
-            for (Record r : export) {
+            for (BulkRecord r : export) {
                 n++;
             }
             assertEquals(patients, n);
@@ -251,7 +251,7 @@ class ExportTest {
         Map<String, Long> counts;
         try (Export export = FhirBulk.export(sb.url("polls=0")).since(Instant.parse(since)).start()) {
             counts = new TreeMap<>(export.stream()
-                    .collect(Collectors.groupingBy(Record::resourceType, Collectors.counting())));
+                    .collect(Collectors.groupingBy(BulkRecord::resourceType, Collectors.counting())));
         }
         assertEquals(truth, counts);
     }
@@ -266,7 +266,7 @@ class ExportTest {
         Map<Kind, Long> other = new TreeMap<>();
         try (Export export = FhirBulk.export(sb.url("polls=0;errors;deleted=3")).group("g1")
                 .types("Patient", "Observation").since(Instant.parse(since)).start()) {
-            for (Record r : export) {
+            for (BulkRecord r : export) {
                 if (r.kind() == Kind.OUTPUT) {
                     output.merge(r.resourceType(), 1L, Long::sum);
                 } else {
@@ -298,12 +298,12 @@ class ExportTest {
     void recordsBecomeInvalidWhenTheIterationMovesOn(Sandbox sb) {
         try (Export export = FhirBulk.export(sb.url("polls=0")).group("g1").types("Patient", "Observation")
                 .option("concurrency", 1).start()) {
-            Iterator<Record> it = export.iterator();
-            Record first = it.next();
+            Iterator<BulkRecord> it = export.iterator();
+            BulkRecord first = it.next();
             String firstJson = first.json();
-            Record other = null;
+            BulkRecord other = null;
             while (it.hasNext()) {
-                Record r = it.next();
+                BulkRecord r = it.next();
                 if (r.fileIndex() != first.fileIndex()) { // a batch holds lines of one file
                     other = r;
                     break;
@@ -340,7 +340,7 @@ class ExportTest {
                     }
                     Map<String, Long> counts = new TreeMap<>();
                     try (Export e = b.start()) {
-                        for (Record r : e) {
+                        for (BulkRecord r : e) {
                             counts.merge(r.resourceType(), 1L, Long::sum);
                             r.json();
                         }
@@ -376,7 +376,7 @@ class ExportTest {
         try (Export export = FhirBulk.export(sb.url("polls=0;progress=java")).group("g2").types("Patient")
                 .header("X-Fhirbulk-Test", value).start()) {
             long n = 0;
-            for (Record r : export) {
+            for (BulkRecord r : export) {
                 n++;
             }
             assertEquals(sb.truth("group", "g2", "Patient").get("Patient"), n);

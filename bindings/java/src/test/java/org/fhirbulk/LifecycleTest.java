@@ -48,7 +48,7 @@ class LifecycleTest {
         public void run() {
             try {
                 started.countDown();
-                for (Record r : export) {
+                for (BulkRecord r : export) {
                     r.json();
                     records.incrementAndGet();
                 }
@@ -140,7 +140,7 @@ class LifecycleTest {
     @Test
     void closeTwiceAndFromManyThreads(Sandbox sb) throws Exception {
         Export export = FhirBulk.export(sb.url("polls=0")).group("g1").types("Patient").start();
-        Iterator<Record> it = export.iterator();
+        Iterator<BulkRecord> it = export.iterator();
         assertTrue(it.hasNext());
         it.next();
         export.close();
@@ -174,9 +174,9 @@ class LifecycleTest {
     void closeFromAnotherThreadInTheMiddleOfABatchKeepsItsMemory(Sandbox sb) throws Exception {
         Export export = FhirBulk.export(sb.url("polls=0")).group("g1").types("Observation")
                 .option("concurrency", 1).start();
-        Iterator<Record> it = export.iterator();
-        Record first = it.next();
-        Record second = it.next(); // same batch (a file holds 100 lines)
+        Iterator<BulkRecord> it = export.iterator();
+        BulkRecord first = it.next();
+        BulkRecord second = it.next(); // same batch (a file holds 100 lines)
         assertEquals(first.fileIndex(), second.fileIndex());
         Thread closer = new Thread(export::close);
         closer.start();
@@ -212,7 +212,7 @@ class LifecycleTest {
     @Test
     void exportEndsCleanlyAndEndIsStable(Sandbox sb) throws Exception {
         try (Export export = FhirBulk.export(sb.url("polls=0")).group("g2").types("Condition").start()) {
-            Iterator<Record> it = export.iterator();
+            Iterator<BulkRecord> it = export.iterator();
             long n = 0;
             while (it.hasNext()) {
                 it.next();

@@ -124,7 +124,7 @@ final class FhirBulkScan implements Scan, Batch {
         String files;
         try (Export driver = builder(options).option("manifest_only", true).option("delete_on_cancel", true)
                 .start()) {
-            for (org.fhirbulk.Record r : driver) {
+            for (org.fhirbulk.BulkRecord r : driver) {
                 throw new IllegalStateException("fhirbulk: a manifest_only export delivered a record: " + r);
             }
             checkpoint = driver.checkpoint();

@@ -96,7 +96,7 @@ final class ReaderFactory implements PartitionReaderFactory {
             try (Export del = FhirBulkScan.builder(options).resume(checkpoint).resumeFiles(files)
                     .onlyFiles(p.index()).option("manifest_only", true).option("delete_on_complete", true)
                     .option("delete_on_cancel", false).start()) {
-                for (org.fhirbulk.Record r : del) {
+                for (org.fhirbulk.BulkRecord r : del) {
                     LOG.log(System.Logger.Level.DEBUG, "fhirbulk: unexpected record {0}", r);
                 }
                 LOG.log(System.Logger.Level.INFO, "fhirbulk: the task was killed ({0}): the export''s job is deleted",

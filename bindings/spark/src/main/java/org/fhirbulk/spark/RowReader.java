@@ -7,12 +7,12 @@ import org.apache.spark.sql.catalyst.expressions.GenericInternalRow;
 import org.apache.spark.sql.connector.read.PartitionReader;
 import org.apache.spark.unsafe.types.UTF8String;
 import org.fhirbulk.Export;
-import org.fhirbulk.Record;
+import org.fhirbulk.BulkRecord;
 
 /** One file's records as rows of {@link Schemas#ROWS}. */
 final class RowReader implements PartitionReader<InternalRow> {
     private final Export export;
-    private final Iterator<Record> records;
+    private final Iterator<BulkRecord> records;
     private final UTF8String kind;
     private final int[] columns;
     private InternalRow row;
@@ -30,7 +30,7 @@ final class RowReader implements PartitionReader<InternalRow> {
         if (!records.hasNext()) {
             return false;
         }
-        Record r = records.next();
+        BulkRecord r = records.next();
         Object[] values = new Object[columns.length];
         for (int i = 0; i < values.length; i++) {
             // The columns of Schemas.ROWS, those the query reads.

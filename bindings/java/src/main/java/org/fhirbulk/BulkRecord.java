@@ -18,7 +18,7 @@ import java.util.Arrays;
  *
  * <p>{@link #toString()} shows the metadata only, never the content.
  */
-public final class Record {
+public final class BulkRecord {
     private final Export.Batch batch;
     private final int offset;
     private final int length;
@@ -27,7 +27,7 @@ public final class Record {
     private final int fileIndex;
     private final long line;
 
-    Record(Export.Batch batch, int offset, int length, String resourceType, Kind kind, int fileIndex,
+    BulkRecord(Export.Batch batch, int offset, int length, String resourceType, Kind kind, int fileIndex,
             long line) {
         this.batch = batch;
         this.offset = offset;
@@ -88,7 +88,7 @@ public final class Record {
 
     @Override
     public String toString() {
-        return "Record[" + resourceType + " " + kind.name().toLowerCase(java.util.Locale.ROOT) + ", file "
+        return "BulkRecord[" + resourceType + " " + kind.name().toLowerCase(java.util.Locale.ROOT) + ", file "
                 + fileIndex + " line " + line + ", " + length + " bytes]";
     }
 }
