@@ -388,3 +388,29 @@ def test_warnings_and_long_waits_show_in_the_progress(sandbox):
         assert seen.wait_until - time.time() <= 3.5  # and it ends when it says (below)
         assert sum(1 for _ in job.raw()) == truth["Patient"]
         assert job.progress.wait_until is None
+
+
+def test_iterating_a_closed_export_raises(sandbox):
+    # Like a closed file: never zero records in silence.
+    with fhirbulk.export(sandbox.url(), group="g1", types="Patient") as job:
+        n = sum(1 for _ in job.raw())
+    assert n == sum(sandbox.truth(level="group", group="g1", _type="Patient").values())
+    for start in (lambda: iter(job), job.raw, job.records):
+        with pytest.raises(ValueError, match="closed export"):
+            for _ in start():
+                pass
+    early = fhirbulk.export(sandbox.url(), group="g1", types="Patient")
+    early.close()
+    with pytest.raises(ValueError, match="iterate inside its with block"):
+        list(early)
+
+
+def test_a_star_import_shadows_no_builtin():
+    ns: dict = {}
+    exec("from fhirbulk import *", ns)
+    assert "TimeoutError" not in ns, "fhirbulk.TimeoutError would hide builtins.TimeoutError"
+    assert ns["ExportTimeoutError"] is fhirbulk.TimeoutError
+    import builtins
+
+    shadowed = [k for k in ns if k != "__builtins__" and hasattr(builtins, k)]
+    assert shadowed == [], shadowed

@@ -90,7 +90,6 @@ __all__ = [
     "Record",
     "ServerError",
     "ThrottledError",
-    "TimeoutError",
     "UnauthorizedError",
     "UnprocessableError",
     "UnsupportedMediaTypeError",

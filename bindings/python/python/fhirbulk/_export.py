@@ -518,8 +518,21 @@ class Export:
 
     # ---- iteration -------------------------------------------------------------------------
 
+    def _check_open(self) -> None:
+        """Like a closed file: iterating a closed export raises instead of giving no record."""
+        if self._closed:
+            raise ValueError(
+                f"fhirbulk: iteration over a closed export ({self._end or 'closed'}): iterate inside "
+                "its with block, before close(); start a new export (or resume its checkpoint) "
+                "to read it again"
+            )
+
     def __iter__(self) -> Iterator[Dict[str, Any]]:
-        """The resources, parsed (``json.loads``, or the ``loads`` given to :func:`export`)."""
+        """The resources, parsed (``json.loads``, or the ``loads`` given to :func:`export`).
+
+        Raises ValueError once the export is closed (after its ``with`` block or
+        :meth:`close`), as a closed file does."""
+        self._check_open()
         if self._loads is json.loads:
             # Each batch is parsed in one pass with json's C scanner (see _parse_batch).
             return itertools.chain.from_iterable(self._stream("obj"))
@@ -527,10 +540,12 @@ class Export:
 
     def raw(self) -> Iterator[bytes]:
         """The NDJSON lines as ``bytes`` (no newline): the fastest way through an export."""
+        self._check_open()
         return itertools.chain.from_iterable(self._stream("bytes"))
 
     def records(self) -> Iterator[Record]:
         """:class:`Record` objects: kind, resource type, file index, line number and raw bytes."""
+        self._check_open()
         return itertools.chain.from_iterable(self._stream("records"))
 
     def _stream(self, want: str) -> Iterator[Iterator[Any]]:
