@@ -27,7 +27,12 @@ fn main() {
             .contains(&format!("FHIRBULK_VERSION \"{version}\"")),
         "cbindgen.toml's FHIRBULK_VERSION must equal the crate version {version}"
     );
-    let part = |k: &str| std::env::var(k).expect("cargo sets it").parse::<u32>().expect("a number");
+    let part = |k: &str| {
+        std::env::var(k)
+            .expect("cargo sets it")
+            .parse::<u32>()
+            .expect("a number")
+    };
     let (major, minor, patch) = (
         part("CARGO_PKG_VERSION_MAJOR"),
         part("CARGO_PKG_VERSION_MINOR"),

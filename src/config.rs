@@ -73,6 +73,38 @@ pub enum InvalidLinePolicy {
     Skip,
 }
 
+/// The value(s) of an extra kick-off parameter (config `params`).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum ParamValues {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl ParamValues {
+    /// The values, in order.
+    pub fn values(&self) -> &[String] {
+        match self {
+            ParamValues::One(v) => std::slice::from_ref(v),
+            ParamValues::Many(v) => v,
+        }
+    }
+}
+
+/// Kick-off parameters the engine sends from its own keys (config `params` may not name them).
+pub(crate) const ENGINE_PARAMS: [(&str, &str); 10] = [
+    ("_outputFormat", "output_format"),
+    ("_since", "since"),
+    ("_until", "until"),
+    ("_type", "types"),
+    ("_elements", "elements"),
+    ("_typeFilter", "type_filters"),
+    ("includeAssociatedData", "include_associated_data"),
+    ("organizeOutputBy", "organize_output_by"),
+    ("allowPartialManifests", "allow_partial_manifests"),
+    ("patient", "patients"),
+];
+
 /// How requests are authorized.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -218,6 +250,11 @@ pub struct Config {
     /// Ask for v3 `separate-export-status` (job status in `X-Export-Status`).
     #[serde(default)]
     pub separate_export_status: bool,
+    /// Kick-off parameters the engine does not know (vendor parameters), sent as given: in
+    /// the query of a GET kick-off, as `valueString` parameters of a POST one. A name maps to
+    /// a value or a list of values (the parameter repeated).
+    #[serde(default)]
+    pub params: BTreeMap<String, ParamValues>,
     /// Extra headers sent on every request to the FHIR server.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
@@ -546,6 +583,23 @@ impl Config {
                 "invalid config: poll_min_ms ({}) is above poll_max_ms ({})",
                 self.poll_min_ms, self.poll_max_ms
             )));
+        }
+        for (name, values) in &self.params {
+            if let Some((_, key)) = ENGINE_PARAMS.iter().find(|(p, _)| p == name) {
+                return Err(Error::config(format!(
+                    "invalid config: params names {name}, which the engine sends from its own key {key}"
+                )));
+            }
+            if name.is_empty() || name.chars().any(|c| c.is_control() || "&=#?".contains(c)) {
+                return Err(Error::config(format!(
+                    "invalid config: params has a parameter name that is empty or holds &, =, #, ? or a control character: {name:?}"
+                )));
+            }
+            if values.values().is_empty() {
+                return Err(Error::config(format!(
+                    "invalid config: params.{name} is an empty list"
+                )));
+            }
         }
         for (name, value) in &self.headers {
             if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err()

@@ -73,6 +73,12 @@ pub fn kickoff_query(c: &Config) -> String {
             q.push(format!("{k}={}", joined.join(",")));
         }
     }
+    // Vendor parameters (config `params`), each value percent-encoded, a list repeated.
+    for (name, values) in &c.params {
+        for v in values.values() {
+            q.push(format!("{}={}", pct(name), pct(v)));
+        }
+    }
     q.join("&")
 }
 
@@ -108,6 +114,11 @@ pub fn kickoff_parameters(c: &Config) -> Value {
     }
     for pt in &c.patients {
         p.push(json!({"name": "patient", "valueReference": {"reference": patient_reference(pt)}}));
+    }
+    for (name, values) in &c.params {
+        for v in values.values() {
+            p.push(json!({"name": name, "valueString": v}));
+        }
     }
     json!({"resourceType": "Parameters", "parameter": p})
 }

@@ -49,7 +49,7 @@ mod secret;
 mod status;
 mod stream;
 
-pub use config::{Auth, Config, Level, Method, SecretSource};
+pub use config::{Auth, Config, Level, Method, ParamValues, SecretSource};
 pub use error::{Error, ErrorCode, Issue};
 pub use export::{Controller, Export, Progress};
 pub use files::FileInfo;

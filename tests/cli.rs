@@ -1128,3 +1128,37 @@ fn signatures_in_file_urls_never_reach_the_log_or_the_terminal() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn param_flags_are_sent_as_kickoff_parameters() {
+    let sb = sandbox(4, 5);
+    let out = tempdir("params");
+    let o = run(export_cmd(&sb.base_url(), &out).args([
+        "--lenient",
+        "--param",
+        "_mdm=true",
+        "--param",
+        "x=1",
+        "--param",
+        "x=a b",
+    ]));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let k = kickoffs(&sb);
+    let sent: Vec<(String, String)> = k[0]
+        .query
+        .iter()
+        .filter(|(n, _)| n == "_mdm" || n == "x")
+        .cloned()
+        .collect();
+    assert_eq!(
+        sent,
+        [
+            ("_mdm".to_owned(), "true".to_owned()),
+            ("x".to_owned(), "1".to_owned()),
+            ("x".to_owned(), "a b".to_owned())
+        ]
+    );
+    let o = run(export_cmd(&sb.base_url(), &tempdir("params-bad")).args(["--param", "novalue"]));
+    assert_eq!(o.status.code(), Some(2), "a usage error");
+    assert!(text(&o.stderr).contains("--param \"novalue\" must look like name=value"));
+}

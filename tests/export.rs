@@ -773,3 +773,91 @@ fn bad_config_names_the_key() {
         assert!(e.message.contains(needle), "{json}: {}", e.message);
     }
 }
+
+#[test]
+fn vendor_parameters_are_sent_as_given_in_get_and_post() {
+    use fhirbulk::ParamValues;
+    let sb = sandbox(6, 5);
+    let kickoffs = |sb: &Sandbox| -> Vec<LoggedRequest> {
+        sb.requests()
+            .into_iter()
+            .filter(|r| r.path.ends_with("$export"))
+            .collect()
+    };
+    let mut c = group(sb.base_url(), "g1", &["Patient"]);
+    c.params
+        .insert("_mdm".into(), ParamValues::One("true".into()));
+    c.params.insert(
+        "vendor-x".into(),
+        ParamValues::Many(vec!["a b&c".into(), "2".into()]),
+    );
+    // The sandbox, strict, refuses parameters it does not know: they reached it.
+    let Err(e) = run(c.clone()) else {
+        panic!("a strict sandbox accepted unknown parameters")
+    };
+    assert_eq!(e.http_status, Some(400), "{e}");
+    assert!(
+        e.to_string().contains("unsupported parameter '_mdm'"),
+        "{e}"
+    );
+    // Lenient, it ignores them; the GET query carries each value, percent-encoded, in order.
+    sb.clear_requests();
+    c.lenient = true;
+    let (t, _) = run(c.clone()).unwrap();
+    assert_eq!(t.per_type, truth(&sb, "group", Some("g1"), &["Patient"]));
+    let k = kickoffs(&sb);
+    assert_eq!(k.len(), 1);
+    let sent: Vec<(&str, &str)> = k[0]
+        .query
+        .iter()
+        .filter(|(n, _)| n == "_mdm" || n == "vendor-x")
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        sent,
+        [("_mdm", "true"), ("vendor-x", "a b&c"), ("vendor-x", "2")]
+    );
+    assert!(
+        k[0].raw_query.contains("vendor-x=a%20b%26c"),
+        "{}",
+        k[0].raw_query
+    );
+    // POST: valueString parameters in the Parameters body.
+    sb.clear_requests();
+    c.method = Method::Post;
+    run(c.clone()).unwrap();
+    let body: serde_json::Value = serde_json::from_str(&kickoffs(&sb)[0].body).unwrap();
+    let got: Vec<(String, String)> = body["parameter"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"] == "_mdm" || p["name"] == "vendor-x")
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_owned(),
+                p["valueString"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("_mdm".to_owned(), "true".to_owned()),
+            ("vendor-x".to_owned(), "a b&c".to_owned()),
+            ("vendor-x".to_owned(), "2".to_owned())
+        ]
+    );
+    // A parameter the engine sends from its own key, or a malformed name, is a config error.
+    for (name, want) in [
+        (
+            "_type",
+            "params names _type, which the engine sends from its own key types",
+        ),
+        ("a=b", "params has a parameter name"),
+    ] {
+        let mut bad = group(sb.base_url(), "g1", &["Patient"]);
+        bad.params.insert(name.into(), ParamValues::One("x".into()));
+        let e = Export::start(bad).err().expect("refused").to_string();
+        assert!(e.contains(want), "{name}: {e}");
+    }
+}

@@ -202,6 +202,10 @@ pub struct ExportArgs {
     /// Ask for v3 separate-export-status
     #[arg(long, help_heading = "Request")]
     pub separate_export_status: bool,
+    /// Extra kick-off parameter the engine does not know (a vendor's), "name=value", sent as
+    /// given in the GET query or the POST Parameters (repeatable; a name repeated sends each value)
+    #[arg(long, value_name = "NAME=VALUE", help_heading = "Request")]
+    pub param: Vec<String>,
     /// Extra header for the FHIR server, "Name: value" (repeatable; not for credentials)
     #[arg(long, value_name = "HEADER", help_heading = "Request")]
     pub header: Vec<String>,

@@ -184,6 +184,33 @@ pub fn build(a: &ExportArgs) -> Result<(Map<String, Value>, Since), CliError> {
     }
     set_flag(&mut m, "lenient", a.lenient);
     set_flag(&mut m, "separate_export_status", a.separate_export_status);
+    if !a.param.is_empty() {
+        let mut params = match m.remove("params") {
+            Some(Value::Object(p)) => p,
+            _ => Map::new(),
+        };
+        let mut from_flags: Map<String, Value> = Map::new();
+        for p in &a.param {
+            let (k, v) = p.split_once('=').ok_or_else(|| {
+                CliError::usage(format!("--param {p:?} must look like name=value"))
+            })?;
+            match from_flags.get_mut(k) {
+                Some(Value::Array(list)) => list.push(json!(v)),
+                _ => {
+                    from_flags.insert(k.to_owned(), json!([v]));
+                }
+            }
+        }
+        // A flag's name replaces that name of the config file; one value goes as a string.
+        for (k, v) in from_flags {
+            let v = match v {
+                Value::Array(mut list) if list.len() == 1 => list.remove(0),
+                v => v,
+            };
+            params.insert(k, v);
+        }
+        m.insert("params".into(), Value::Object(params));
+    }
     if !a.header.is_empty() {
         let mut headers = match m.remove("headers") {
             Some(Value::Object(h)) => h,

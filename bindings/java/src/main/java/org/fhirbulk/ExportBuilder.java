@@ -101,6 +101,33 @@ public final class ExportBuilder {
         return this;
     }
 
+    /**
+     * A kick-off parameter the library does not know (a vendor's), sent as given: in the query
+     * of a GET kick-off, as a {@code valueString} parameter of a POST one. Calling it again
+     * with the same name adds a value (the parameter is repeated).
+     */
+    @SuppressWarnings("unchecked")
+    public ExportBuilder param(String name, String value) {
+        Objects.requireNonNull(name, "name");
+        Objects.requireNonNull(value, "value");
+        Object p = config.get("params");
+        Map<String, Object> params = p instanceof Map ? new LinkedHashMap<>((Map<String, Object>) p)
+                : new LinkedHashMap<>();
+        Object old = params.get(name);
+        List<String> values = new ArrayList<>();
+        if (old instanceof List<?> l) {
+            for (Object o : l) {
+                values.add(String.valueOf(o));
+            }
+        } else if (old != null) {
+            values.add(String.valueOf(old));
+        }
+        values.add(value);
+        params.put(name, values);
+        config.put("params", params);
+        return this;
+    }
+
     /** An extra header for the FHIR server (never sent to other hosts), e.g. Epic-Client-ID. */
     @SuppressWarnings("unchecked")
     public ExportBuilder header(String name, String value) {

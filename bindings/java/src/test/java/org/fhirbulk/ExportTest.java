@@ -9,6 +9,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 import java.nio.ByteBuffer;
 import java.nio.charset.StandardCharsets;
 import java.time.Instant;
+import java.util.ArrayList;
 import java.util.HashMap;
 import java.util.HashSet;
 import java.util.Set;
@@ -194,6 +195,33 @@ class ExportTest {
         FhirBulkException e = assertThrows(FhirBulkException.class, () -> FhirBulk.export(sb.url("polls=0"))
                 .onlyFiles(0).start().close());
         assertTrue(e.getMessage().contains("only_files is given without resume"), e.getMessage());
+    }
+
+    @Test
+    void vendorParametersAreSentAsGiven(Sandbox sb) throws Exception {
+        long patients = sb.truth("group", "g1", "Patient").get("Patient");
+        try (Export export = FhirBulk.export(sb.url("polls=0")).group("g1").types("Patient")
+                .option("lenient", true).param("_mdm", "true").param("x", "1").param("x", "a b").start()) {
+            long n = 0;
+            long ignored = 0;
+            for (BulkRecord r : export) {
+                if (r.kind() == Kind.OUTPUT) {
+                    n++;
+                } else if (r.json().contains("unsupported parameter")) {
+                    ignored++; // the lenient server says what it ignored, in the error files
+                }
+            }
+            assertEquals(patients, n);
+            assertEquals(2, ignored, "the server saw both names");
+        }
+        List<Map<String, Object>> kickoffs = new ArrayList<>();
+        for (Map<String, Object> r : sb.requests()) {
+            if (String.valueOf(r.get("path")).endsWith("$export")) {
+                kickoffs.add(r);
+            }
+        }
+        String query = String.valueOf(kickoffs.get(kickoffs.size() - 1).get("raw_query"));
+        assertTrue(query.endsWith("_mdm=true&x=1&x=a%20b"), query);
     }
 
     @Test

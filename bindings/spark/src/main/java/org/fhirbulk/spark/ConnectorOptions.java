@@ -67,7 +67,8 @@ final class ConnectorOptions implements Serializable {
                 "retry_max_wait_ms", "retry_backoff_min_ms", "retry_backoff_max_ms")) {
             k.put(s, Kind.INT);
         }
-        // "headers" and "auth" are objects: header.<Name> options, and the auth options below.
+        // "headers", "params" and "auth" are objects: header.<Name> and param.<name> options,
+        // and the auth options below.
         ENGINE_KEYS = Collections.unmodifiableMap(k);
     }
 
@@ -127,11 +128,16 @@ final class ConnectorOptions implements Serializable {
         Map<String, Object> config = new LinkedHashMap<>();
         Map<String, Object> auth = new LinkedHashMap<>();
         Map<String, Object> headers = new LinkedHashMap<>();
+        Map<String, Object> params = new LinkedHashMap<>();
         String authType = null;
         String type = null;
         int batchRows = 4096;
-        Map<String, String> given = new LinkedHashMap<>();
-        for (Map.Entry<String, String> e : new TreeMap<>(options).entrySet()) {
+        Map<String, String> seen = new LinkedHashMap<>();
+        // Spark lowercases the keys of its option map; the names as given matter for vendor
+        // parameters (param.<name>) and for messages.
+        Map<String, String> given = options instanceof org.apache.spark.sql.util.CaseInsensitiveStringMap ci
+                ? ci.asCaseSensitiveMap() : options;
+        for (Map.Entry<String, String> e : new TreeMap<>(given).entrySet()) {
             String option = e.getKey();
             String value = e.getValue();
             if (value == null) {
@@ -141,6 +147,10 @@ final class ConnectorOptions implements Serializable {
             if (lower.equals("path") || lower.equals("paths")) {
                 throw new IllegalArgumentException("fhirbulk: load(" + value + "): this source reads an export from "
                         + "a FHIR server, not files; call load() with the option baseUrl");
+            }
+            if (lower.startsWith("param.")) {
+                params.put(option.substring("param.".length()), list(option, "params", value));
+                continue;
             }
             if (lower.startsWith("header.")) {
                 String name = option.substring("header.".length());
@@ -194,7 +204,7 @@ final class ConnectorOptions implements Serializable {
                 throw new IllegalArgumentException("fhirbulk: option " + option + " is not supported by the "
                         + "Spark connector: " + UNSUPPORTED.get(key));
             }
-            String earlier = given.put(key, option);
+            String earlier = seen.put(key, option);
             if (earlier != null) {
                 throw new IllegalArgumentException("fhirbulk: options " + earlier + " and " + option + " both set "
                         + key);
@@ -242,6 +252,9 @@ final class ConnectorOptions implements Serializable {
         }
         if (!headers.isEmpty()) {
             config.put("headers", headers);
+        }
+        if (!params.isEmpty()) {
+            config.put("params", params);
         }
         return new ConnectorOptions(Collections.unmodifiableMap(config), type, batchRows);
     }

@@ -240,7 +240,7 @@ class FhirBulkSourceTest {
         // Both spellings of a key reach the engine: its own check names the key.
         e = assertThrows(IllegalArgumentException.class,
                 () -> read(sb.baseUrl()).option("poll_min_ms", "500").load());
-        assertTrue(e.getMessage().contains("options poll_min_ms and pollminms both set poll_min_ms"), e.getMessage());
+        assertTrue(e.getMessage().contains("options pollMinMs and poll_min_ms both set poll_min_ms"), e.getMessage());
         Exception bad = assertThrows(Exception.class, () -> spark.read().format("fhirbulk")
                 .option("baseUrl", sb.baseUrl()).option("poll_min_ms", "500").option("pollMaxMs", "100").load()
                 .count());
@@ -253,6 +253,19 @@ class FhirBulkSourceTest {
             t = t.getCause();
         }
         return t.getMessage();
+    }
+
+    @Test
+    void vendorParametersReachTheKickOff() throws Exception {
+        long before = kickoffs(sb);
+        Dataset<Row> df = read(sb.baseUrl()).option("types", "Patient").option("lenient", "true")
+                .option("param._mdm", "true").option("param.vendorX", "a,b").load();
+        assertEquals(sb.truthIds("group", "g1", "Patient"), ids(df));
+        List<Map<String, Object>> k = sb.requests().stream()
+                .filter(r -> String.valueOf(r.get("path")).endsWith("$export")).toList();
+        assertEquals(before + 1, k.size());
+        String query = String.valueOf(k.get(k.size() - 1).get("raw_query"));
+        assertTrue(query.contains("_mdm=true") && query.contains("vendorX=a") && query.contains("vendorX=b"), query);
     }
 
     @Test
@@ -278,7 +291,8 @@ class FhirBulkSourceTest {
         assertTrue(keys.contains("base_url") && keys.contains("manifest_only"), keys.toString());
         for (String k : keys) {
             boolean known = ConnectorOptions.ENGINE_KEYS.containsKey(k) || ConnectorOptions.MANAGED.contains(k)
-                    || ConnectorOptions.UNSUPPORTED.containsKey(k) || k.equals("headers") || k.equals("auth");
+                    || ConnectorOptions.UNSUPPORTED.containsKey(k) || k.equals("headers") || k.equals("params")
+                    || k.equals("auth");
             assertTrue(known, "engine key " + k + " has no option");
         }
     }
