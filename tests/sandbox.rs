@@ -511,6 +511,31 @@ fn kickoff_errors() {
         .expect("json");
     assert_eq!(cs["resourceType"], "CapabilityStatement");
     assert_eq!(cs["fhirVersion"], "4.0.1");
+    // Every type the sandbox exports is listed, and the three export operations.
+    let listed: Vec<&str> = cs["rest"][0]["resource"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["type"].as_str().unwrap())
+        .collect();
+    for t in fhirbulk::sandbox::TYPES {
+        assert!(listed.contains(&t), "{t} is not in the CapabilityStatement");
+    }
+    let op_of = |t: &str| {
+        cs["rest"][0]["resource"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["type"] == t)
+            .and_then(|r| r["operation"][0]["definition"].as_str())
+            .map(str::to_owned)
+    };
+    assert!(op_of("Patient").unwrap().ends_with("/patient-export"));
+    assert!(op_of("Group").unwrap().ends_with("/group-export"));
+    assert!(cs["rest"][0]["operation"][0]["definition"]
+        .as_str()
+        .unwrap()
+        .ends_with("/export"));
 }
 
 #[test]

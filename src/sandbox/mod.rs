@@ -54,6 +54,8 @@ pub use auth::{SandboxAuth, SandboxClient};
 /// FHIR instants as the sandbox writes them (`YYYY-MM-DDThh:mm:ss.sssZ` from milliseconds since
 /// the Unix epoch).
 pub use data::instant;
+/// The resource types the sandbox exports (its CapabilityStatement lists them).
+pub use data::TYPES;
 /// The lines some fault scenarios put into output files (README, "The sandbox server").
 pub use faults::{BAD_LINE, BAD_UTF8_LINE, TRUNCATED_INNER_LINE, TRUNCATED_LINE};
 use server::Shared;

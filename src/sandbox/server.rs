@@ -699,6 +699,26 @@ fn dispatch(sh: &Shared, ctx: &Ctx, route: Route) -> Out {
 
 fn metadata(sh: &Shared, ctx: &Ctx) -> Reply {
     let base = format!("{}{}/fhir", sh.root, ctx.prefix);
+    // Every type the sandbox exports (tools that read `metadata` skip types it does not list),
+    // with the Patient- and Group-level export operations on their types.
+    let op = |name: &str| {
+        json!([{"name": "export",
+                "definition": format!("http://hl7.org/fhir/uv/bulkdata/OperationDefinition/{name}")}])
+    };
+    let mut resources: Vec<Value> = TYPES
+        .iter()
+        .map(|t| {
+            let mut r =
+                json!({"type": t, "interaction": [{"code": "read"}, {"code": "search-type"}]});
+            if *t == "Patient" {
+                r["operation"] = op("patient-export");
+            }
+            r
+        })
+        .collect();
+    if !TYPES.contains(&"Group") {
+        resources.push(json!({"type": "Group", "interaction": [{"code": "read"}], "operation": op("group-export")}));
+    }
     let mut cs = json!({
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -711,10 +731,7 @@ fn metadata(sh: &Shared, ctx: &Ctx) -> Reply {
         "format": ["json"],
         "rest": [{
             "mode": "server",
-            "resource": [
-                {"type": "Patient", "operation": [{"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"}]},
-                {"type": "Group", "operation": [{"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"}]}
-            ],
+            "resource": resources,
             "operation": [{"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"}]
         }]
     });

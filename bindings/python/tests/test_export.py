@@ -414,3 +414,19 @@ def test_a_star_import_shadows_no_builtin():
 
     shadowed = [k for k in ns if k != "__builtins__" and hasattr(builtins, k)]
     assert shadowed == [], shadowed
+
+
+def test_config_errors_speak_python(sandbox):
+    with pytest.raises(fhirbulk.ConfigError) as e:
+        fhirbulk.export(sandbox.url(), concurency=4)
+    assert str(e.value).startswith("invalid config: unknown option 'concurency' (did you mean 'concurrency'?)"), e.value
+    assert "`" not in str(e.value) and "line 1" not in str(e.value)
+    with pytest.raises(fhirbulk.ConfigError) as e:
+        fhirbulk.export(sandbox.url(), concurrency="4")
+    assert str(e.value) == "invalid config: option 'concurrency' must be an int, not the str '4'", e.value
+    with pytest.raises(fhirbulk.ConfigError) as e:
+        fhirbulk.export(sandbox.url(), lenient="yes")
+    assert "option 'lenient' must be a bool (True or False)" in str(e.value), e.value
+    # The library's own checks keep their words (they name the key already).
+    with pytest.raises(fhirbulk.ConfigError, match="poll_min_ms"):
+        fhirbulk.export(sandbox.url(), poll_min_ms=500, poll_max_ms=100)

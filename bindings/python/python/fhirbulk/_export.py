@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import collections
 import datetime as _dt
+import difflib
 import itertools
 import json
 import os
+import re
 import struct
 import threading
 import warnings
@@ -214,6 +216,42 @@ def build_config(
         if isinstance(cfg.get(key), str):
             cfg[key] = [cfg[key]] if key in ("type_filters",) else _str_list(key, cfg[key])
     return _plain(cfg)
+
+
+_UNKNOWN_KEY = re.compile(r"unknown field `([^`]*)`, expected one of (.*?)(?: at line \d+ column \d+)?$")
+_BAD_TYPE = re.compile(r"^(?:invalid config: )?([\w.\[\]]+): invalid type: (.*?), expected (.*?)(?: at line \d+ column \d+)?$")
+_PY_TYPES = {
+    "usize": "an int", "u64": "an int", "u32": "an int", "u16": "an int", "i64": "an int",
+    "a boolean": "a bool (True or False)", "a string": "a str", "a sequence": "a list of str",
+    "a map": "a dict",
+}
+
+
+def _in_python_terms(e: ConfigError) -> ConfigError:
+    """The library's config error for keyword arguments: the option named as the keyword, the
+    nearest known name for a misspelt one, Python type names, no positions in the JSON this
+    module wrote."""
+    msg = e.message
+    m = _UNKNOWN_KEY.search(msg)
+    if m:
+        known = re.findall(r"`([^`]*)`", m.group(2))
+        near = difflib.get_close_matches(m.group(1), known, n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        text = f"invalid config: unknown option {m.group(1)!r}{hint}; the options are the README's config keys"
+        return ConfigError(text, code=e.code, name=e.name)
+    m = _BAD_TYPE.match(msg)
+    if m:
+        key, got, want = m.groups()
+        want = _PY_TYPES.get(want, want)
+        got = re.sub(r'^string "(.*)"$', r"the str '\1'", got)
+        got = re.sub(r"^integer `(.*)`$", r"the int \1", got)
+        got = re.sub(r"^boolean `(.*)`$", r"the bool \1", got).replace("`true`", "True").replace("`false`", "False")
+        text = f"invalid config: option {key!r} must be {want}, not {got}"
+        return ConfigError(text, code=e.code, name=e.name)
+    cleaned = re.sub(r" at line \d+ column \d+$", "", msg)
+    if cleaned != msg:
+        return ConfigError(cleaned, code=e.code, name=e.name)
+    return e
 
 
 # --------------------------------------------------------------------------------------------
@@ -425,7 +463,10 @@ class Export:
         out = ffi.new("FhirbulkExport **")
         status = lib.export_start(text.encode("utf-8"), out)
         if status != _OK:
-            raise _error(status)
+            err = _error(status)
+            if isinstance(err, ConfigError):
+                err = _in_python_terms(err)
+            raise err from None
         self._h = out[0]
         with _live_lock:
             _live += 1
