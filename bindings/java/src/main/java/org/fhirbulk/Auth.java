@@ -19,11 +19,17 @@ import java.util.Objects;
  *     .scope("system/*.read")
  * }</pre>
  *
- * Instances are immutable; {@link #toString()} never shows a secret. The library validates the
+ * {@link #none()} and {@link #bearer} are immutable; {@link ClientCredentials} is set in place,
+ * like {@link ExportBuilder}. {@link #toString()} never shows a secret. The library validates the
  * combination (a config error names the key).
  */
 public abstract class Auth implements Json.JsonValue {
     private Auth() {}
+
+    /** What {@link ExportBuilder#auth} keeps: this, or a copy of settings that can change. */
+    Auth copy() {
+        return this;
+    }
 
     /** No {@code Authorization} header. */
     public static Auth none() {
@@ -75,7 +81,11 @@ public abstract class Auth implements Json.JsonValue {
         }
     }
 
-    /** Client credentials (immutable: every setter returns a copy). */
+    /**
+     * Client credentials, set like {@link ExportBuilder}: every setter changes this object and
+     * returns it, so {@code cc.kid("k1");} on its own line is not lost. {@link ExportBuilder#auth}
+     * takes a copy: changing the credentials afterwards does not change that builder.
+     */
     public static final class ClientCredentials extends Auth {
         private final String clientId;
         private final Map<String, Object> fields;
@@ -86,9 +96,13 @@ public abstract class Auth implements Json.JsonValue {
         }
 
         private ClientCredentials with(String key, Object value) {
-            Map<String, Object> m = new LinkedHashMap<>(fields);
-            m.put(key, Objects.requireNonNull(value, key));
-            return new ClientCredentials(clientId, m);
+            fields.put(key, Objects.requireNonNull(value, key));
+            return this;
+        }
+
+        @Override
+        Auth copy() {
+            return new ClientCredentials(clientId, new LinkedHashMap<>(fields));
         }
 
         /** The private key (PEM, JWK or JWKS) that signs the client assertion (RS384 / ES384). */

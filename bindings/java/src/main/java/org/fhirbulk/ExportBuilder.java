@@ -97,7 +97,7 @@ public final class ExportBuilder {
 
     /** How to authorize (default {@link Auth#none()}). */
     public ExportBuilder auth(Auth auth) {
-        config.put("auth", Objects.requireNonNull(auth, "auth"));
+        config.put("auth", Objects.requireNonNull(auth, "auth").copy());
         return this;
     }
 

@@ -67,6 +67,23 @@ class AuthTest {
         sb.close();
     }
 
+    @Test
+    void clientCredentialsSettersAreNeverLost() {
+        // Set in place like ExportBuilder: a setter's result left unused does not drop it.
+        Auth.ClientCredentials cc = Auth.clientCredentials(CLIENT_ID);
+        cc.clientSecret(Secret.of(SECRET));
+        cc.scope("system/*.rs");
+        @SuppressWarnings("unchecked")
+        Map<String, Object> json = (Map<String, Object>) cc.toJsonValue();
+        assertEquals("system/*.rs", json.get("scope"));
+        assertTrue(json.containsKey("client_secret"), json.keySet().toString());
+        // The builder keeps what it was given: a later change does not reach it.
+        ExportBuilder b = FhirBulk.export(sb.baseUrl()).auth(cc);
+        cc.scope("system/Patient.read");
+        assertTrue(b.configJson().contains("\"scope\":\"system/*.rs\""), "the builder's copy");
+        assertFalse(b.configJson().contains("system/Patient.read"));
+    }
+
     static void assertNoSecretLogged() {
         synchronized (logs) {
             assertFalse(logs.isEmpty(), "the binding logs at DEBUG");
