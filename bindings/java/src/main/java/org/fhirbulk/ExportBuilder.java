@@ -106,13 +106,10 @@ public final class ExportBuilder {
      * of a GET kick-off, as a {@code valueString} parameter of a POST one. Calling it again
      * with the same name adds a value (the parameter is repeated).
      */
-    @SuppressWarnings("unchecked")
     public ExportBuilder param(String name, String value) {
         Objects.requireNonNull(name, "name");
         Objects.requireNonNull(value, "value");
-        Object p = config.get("params");
-        Map<String, Object> params = p instanceof Map ? new LinkedHashMap<>((Map<String, Object>) p)
-                : new LinkedHashMap<>();
+        Map<String, Object> params = objectKey("params");
         Object old = params.get(name);
         List<String> values = new ArrayList<>();
         if (old instanceof List<?> l) {
@@ -124,20 +121,26 @@ public final class ExportBuilder {
         }
         values.add(value);
         params.put(name, values);
-        config.put("params", params);
         return this;
     }
 
-    /** An extra header for the FHIR server (never sent to other hosts), e.g. Epic-Client-ID. */
+    /**
+     * The config's object under {@code key} (an object-valued key such as {@code headers}),
+     * as a fresh copy put back under the key: a map given with {@link #option} is not changed.
+     */
     @SuppressWarnings("unchecked")
+    private Map<String, Object> objectKey(String key) {
+        Object o = config.get(key);
+        Map<String, Object> m = o instanceof Map ? new LinkedHashMap<>((Map<String, Object>) o) : new LinkedHashMap<>();
+        config.put(key, m);
+        return m;
+    }
+
+    /** An extra header for the FHIR server (never sent to other hosts), e.g. Epic-Client-ID. */
     public ExportBuilder header(String name, String value) {
         Objects.requireNonNull(name, "name");
         Objects.requireNonNull(value, "value");
-        Object h = config.get("headers");
-        Map<String, Object> headers = h instanceof Map ? new LinkedHashMap<>((Map<String, Object>) h)
-                : new LinkedHashMap<>();
-        headers.put(name, value);
-        config.put("headers", headers);
+        objectKey("headers").put(name, value);
         return this;
     }
 
