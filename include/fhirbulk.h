@@ -7,10 +7,13 @@
  * Status: every call returns a FhirbulkStatus. 0..99 are outcomes (FHIRBULK_OK, _RECORD, _END,
  *         _TIMEOUT, _CANCELLED); 100 and above are errors. The numbers never change meaning.
  *         Outputs are written only when a call succeeds. After an error, export_last_error()
- *         and export_last_error_json() tell what went wrong (with the server's OperationOutcome).
+ *         tells what went wrong, export_error_code/_http_status/_url/_issue_count/_issue() give
+ *         its parts (the server's OperationOutcome issues included), export_last_error_json()
+ *         all of it as JSON.
  *
  * Ownership and lifetimes:
- *   - A handle is an opaque id owned by the caller from export_start until export_free.
+ *   - A handle is an opaque id owned by the caller from export_start (or export_start_config)
+ *     until export_free.
  *     NULL, freed and foreign handles give FHIRBULK_ERR_INVALID_HANDLE, never a crash.
  *   - Records and batches are borrowed views: valid until the next call on the same handle
  *     (any call that consumes: export_next_record, export_next_batch, export_free).
@@ -19,8 +22,10 @@
  *     semantics: the return value is the full length; pass NULL/0 to ask for it.
  *
  * Threads:
- *   - export_poll, export_cancel, export_last_error*, export_manifest and export_files_json
- *     may be called from any thread at any time.
+ *   - export_poll, export_cancel, export_last_error*, export_error_*, export_manifest,
+ *     export_files_json and export_next_event may be called from any thread at any time.
+ *   - A config object (fhirbulk_config_new) is for one thread at a time until it is passed to
+ *     export_start_config; it is the caller's until fhirbulk_config_free.
  *   - export_next_record / export_next_batch: one thread at a time per handle (a concurrent
  *     second consumer gets FHIRBULK_ERR_BUSY). export_cancel from another thread wakes a
  *     consumer blocked in them (it returns FHIRBULK_CANCELLED).
@@ -157,6 +162,32 @@ struct ArrowArrayStream {
  * Cancelled.
  */
 #define FHIRBULK_STATE_CANCELLED 5
+
+/**
+ * `export_error_issue` field: the issue's `severity` (`fatal`, `error`, `warning`,
+ * `information`).
+ */
+#define FHIRBULK_ISSUE_SEVERITY 0
+
+/**
+ * `export_error_issue` field: the issue's `code` (`not-found`, `too-costly`, ...).
+ */
+#define FHIRBULK_ISSUE_CODE 1
+
+/**
+ * `export_error_issue` field: the issue's `diagnostics` text (empty when absent).
+ */
+#define FHIRBULK_ISSUE_DIAGNOSTICS 2
+
+/**
+ * `export_error_issue` field: the issue's `details.text` (empty when absent).
+ */
+#define FHIRBULK_ISSUE_DETAILS 3
+
+/**
+ * A config being built. Opaque: the pointer value is an id, never dereferenced.
+ */
+typedef struct FhirbulkConfig FhirbulkConfig;
 
 /**
  * An export. Opaque: the pointer value is an id, never dereferenced.
@@ -464,6 +495,43 @@ size_t export_last_error(const struct FhirbulkExport *h, char *buf, size_t buf_l
 size_t export_last_error_json(const struct FhirbulkExport *h, char *buf, size_t buf_len);
 
 /**
+ * The last error's status code (`FHIRBULK_ERR_*`), chosen like `export_last_error` (the
+ * handle's failure, else this thread's last error); `FHIRBULK_OK` when there was none. With
+ * the calls below, the error without parsing JSON: its HTTP status, URL, message and the
+ * server's OperationOutcome issues.
+ */
+FhirbulkStatus export_error_code(const struct FhirbulkExport *h);
+
+/**
+ * The HTTP status of the response that caused the last error; 0 when none did (a network
+ * error, a config error, no error).
+ */
+uint32_t export_error_http_status(const struct FhirbulkExport *h);
+
+/**
+ * The URL of the request that failed (without its query string), snprintf semantics; empty
+ * when none.
+ *
+ * # Safety
+ * `buf` is NULL or valid for `buf_len` bytes.
+ */
+size_t export_error_url(const struct FhirbulkExport *h, char *buf, size_t buf_len);
+
+/**
+ * How many OperationOutcome issues the server sent with the last error (0 when none).
+ */
+size_t export_error_issue_count(const struct FhirbulkExport *h);
+
+/**
+ * One field (`FHIRBULK_ISSUE_*`) of issue `index` (from 0) of the last error, snprintf
+ * semantics; empty when there is no such issue or field.
+ *
+ * # Safety
+ * `buf` is NULL or valid for `buf_len` bytes.
+ */
+size_t export_error_issue(const struct FhirbulkExport *h, size_t index, uint32_t field, char *buf, size_t buf_len);
+
+/**
  * The manifest as JSON (pages and partial manifests merged; `transactionTime` is what the next
  * incremental export passes as `since`), snprintf semantics; 0 before there is one.
  *
@@ -531,6 +599,37 @@ size_t export_files_json(const struct FhirbulkExport *h, char *buf, size_t buf_l
  * `buf` is NULL or valid for `buf_len` bytes.
  */
 size_t export_files_json_from(const struct FhirbulkExport *h, size_t start, char *buf, size_t buf_len);
+
+/**
+ * The export's next event (what it is doing: kick-off, status polls, manifest, each file
+ * started/completed/resumed/retried, tokens, warnings, the end), as one JSON object,
+ * NUL-terminated, in `buf`: `{"seq":1,"time":"2026-12-01T10:00:00.123Z","type":"kickoff",...}`
+ * (README, "Events", lists the types and their fields). JSON rather than a struct: each type
+ * has its own fields, new fields and types come without an ABI change, and events are few
+ * (per file and per poll, never per record), so parsing them costs nothing that matters.
+ *
+ * Waits up to `timeout_ms` (0: only looks; -1: until there is one). Returns
+ * `FHIRBULK_RECORD` with the event in `buf` and its length (without the NUL) in `*out_len`;
+ * `FHIRBULK_TIMEOUT` when none came in time; `FHIRBULK_END` once the export's last event
+ * (`completed`, `failed` or `cancelled`) was taken, or when events are off
+ * (`event_queue_size` 0). When `buf_len` is too small for the event, it stays queued,
+ * `*out_len` is its length and the call returns `FHIRBULK_ERR_INVALID_ARGUMENT`: call again
+ * with at least `*out_len + 1` bytes (events are small; 4096 bytes hold almost all).
+ *
+ * The engine keeps the latest `event_queue_size` events (config; default 1000): a caller that
+ * reads late loses the oldest, counted by `export_events_dropped` (and seen as gaps in `seq`);
+ * the export never waits for its events to be read. Any thread; each event goes to one caller.
+ *
+ * # Safety
+ * `buf` is valid for `buf_len` bytes of writes; `out_len` is NULL or writable.
+ */
+FhirbulkStatus export_next_event(const struct FhirbulkExport *h, int32_t timeout_ms, char *buf, size_t buf_len, size_t *out_len);
+
+/**
+ * Events the engine dropped because the queue was full (nobody read them in time); 0 on a
+ * bad handle.
+ */
+uint64_t export_events_dropped(const struct FhirbulkExport *h);
 
 /**
  * The library version, e.g. "0.1.0" (static string).
@@ -652,6 +751,54 @@ FhirbulkStatus export_write_parquet(struct FhirbulkExport *h, const char *dir, c
  * `arrow`), else 0.
  */
 uint32_t fhirbulk_has_parquet(void);
+
+/**
+ * Make a new, empty config. Free it with `fhirbulk_config_free` (`export_start_config` does
+ * not take it: one config can start several exports).
+ *
+ * # Safety
+ * `out` is NULL or writable.
+ */
+FhirbulkStatus fhirbulk_config_new(struct FhirbulkConfig **out);
+
+/**
+ * Set a config key (README, "Config keys") from text, the value read as the key's type:
+ * `"4"` for a number, `"true"` for a boolean, `"Patient,Observation"` or
+ * `["Patient","Observation"]` for a list, a JSON object for an object; nested keys with dots
+ * (`"auth.type"`, `"auth.client_id"`, `"headers.X-Tenant"`, `"params._vendor"`). Setting a
+ * key again replaces its value. A key the engine does not know, or a value that cannot be the
+ * key's type, is `FHIRBULK_ERR_CONFIG` with a message naming the key (`export_last_error(NULL,
+ * ...)`), and the config keeps its earlier value.
+ *
+ * # Safety
+ * `key` and `value` are NULL or NUL-terminated strings.
+ */
+FhirbulkStatus fhirbulk_config_set(struct FhirbulkConfig *c, const char *key, const char *value);
+
+/**
+ * Append `value` as it is (no splitting at commas) to the list at `key`
+ * (`"types"`, `"type_filters"`, `"patients"`, `"elements"`, a `params.<name>` list, ...).
+ * Errors as `fhirbulk_config_set`.
+ *
+ * # Safety
+ * `key` and `value` are NULL or NUL-terminated strings.
+ */
+FhirbulkStatus fhirbulk_config_add(struct FhirbulkConfig *c, const char *key, const char *value);
+
+/**
+ * Start an export from a config built with `fhirbulk_config_set`; otherwise exactly
+ * `export_start` (the config stays the caller's: free it when no longer needed).
+ *
+ * # Safety
+ * `out_handle` is NULL or writable.
+ */
+FhirbulkStatus export_start_config(const struct FhirbulkConfig *c, struct FhirbulkExport **out_handle);
+
+/**
+ * Free a config. NULL gives `FHIRBULK_OK`; a freed or foreign one
+ * `FHIRBULK_ERR_INVALID_HANDLE`. Exports started from it are not affected.
+ */
+FhirbulkStatus fhirbulk_config_free(struct FhirbulkConfig *c);
 
 #ifdef __cplusplus
 }  // extern "C"

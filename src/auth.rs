@@ -433,12 +433,27 @@ impl Authorizer {
                         return Ok(Some(t.value.clone()));
                     }
                 }
+                let refreshed = slot.is_some();
+                // What the caller may know of a token: when it was had, never its value.
+                let event = |t: &Token, shared: bool| {
+                    let left = t.refresh_at.saturating_duration_since(Instant::now());
+                    w.event(
+                        "token",
+                        crate::events::fields! {
+                            "refreshed" => refreshed,
+                            "shared" => shared,
+                            "refresh_in_s" => left.as_secs(),
+                        },
+                    );
+                };
                 if let Some(t) = self.shared_token() {
+                    event(&t, true);
                     let v = t.value.clone();
                     *slot = Some(t);
                     return Ok(Some(v));
                 }
                 let t = self.fetch_token(client, w)?;
+                event(&t, false);
                 let v = t.value.clone();
                 self.share(&t);
                 *slot = Some(t);

@@ -145,6 +145,9 @@ pub enum Auth {
     },
 }
 
+fn d_event_queue_size() -> usize {
+    crate::events::DEFAULT_QUEUE_SIZE
+}
 fn d_true() -> bool {
     true
 }
@@ -360,6 +363,10 @@ pub struct Config {
     /// resume (a Spark driver plans its partitions from them).
     #[serde(default)]
     pub manifest_only: bool,
+    /// Events kept for the caller to pull (`export_next_event`); when the caller does not read
+    /// them, the oldest are dropped (counted). 0 turns events off.
+    #[serde(default = "d_event_queue_size")]
+    pub event_queue_size: usize,
     /// DELETE the server's job when the export is cancelled (or freed unfinished).
     #[serde(default = "d_true")]
     pub delete_on_cancel: bool,
@@ -507,6 +514,7 @@ impl Config {
             ("buffer_chunks", self.buffer_chunks, 1, 4096),
             ("chunk_bytes", self.chunk_bytes, 1024, 64 << 20),
             ("max_line_bytes", self.max_line_bytes, 1024, 1 << 31),
+            ("event_queue_size", self.event_queue_size, 0, 1 << 20),
         ] {
             if v < lo || v > hi {
                 return Err(Error::config(format!(

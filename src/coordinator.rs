@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::download::{download, Context};
 use crate::engine;
 use crate::error::{redact_url, stopped, Error, ErrorCode, Result};
+use crate::events::fields;
 use crate::files::{Files, Match, Session};
 use crate::http::retry::Budget;
 use crate::http::Http;
@@ -201,8 +202,10 @@ impl Downloads {
         let mut pages = Pages::new(first_url);
         let mut page = first;
         let mut url = first_url.to_owned();
+        let mut fetched = 0u32;
         loop {
             self.add(job, session, &mut page, &url)?;
+            fetched += 1;
             let next = pages.next(&page)?;
             if complete {
                 let mut info = job.info.lock();
@@ -210,6 +213,7 @@ impl Downloads {
                 info.next_page = next.clone();
             }
             let Some(next) = next else {
+                manifest_event(job, complete, fetched);
                 return Ok(());
             };
             if job.monitor.stopping() {
@@ -223,6 +227,7 @@ impl Downloads {
                     job.monitor.warn(format!(
                         "a page of a partial manifest could not be fetched ({e}); its files come with the complete manifest"
                     ));
+                    manifest_event(job, complete, fetched);
                     return Ok(());
                 }
                 Err(e) => return Err(e),
@@ -569,6 +574,14 @@ fn begin(job: &Job, dl: &mut Downloads) -> Result<Begun> {
         return Err(stopped());
     }
     dl.restore(job, &cp)?;
+    job.monitor.event(
+        "resumed",
+        fields! {
+            "status_url" => redact_url(&status_url),
+            "files_known" => cp.files_known(),
+            "manifest_complete" => cp.manifest_complete,
+        },
+    );
     if !cp.manifest_complete {
         return Ok(Begun::Poll(status_url));
     }
@@ -648,6 +661,18 @@ fn download_one(job: &Arc<Job>, p: &Pending) {
         let Some((kind, ty, url)) = files.job_parts(p.index) else {
             return;
         };
+        if m.events.enabled() {
+            let mut f = fields! {
+                "index" => p.index,
+                "kind" => kind.name(),
+                "resource_type" => ty,
+                "url" => redact_url(url),
+            };
+            if p.skip_lines > 0 {
+                f.insert("skip_lines".into(), p.skip_lines.into());
+            }
+            m.event("file_started", f);
+        }
         FileJob {
             index: p.index,
             kind,
@@ -668,11 +693,23 @@ fn download_one(job: &Arc<Job>, p: &Pending) {
         .with_file_client(|fc| download(&cx, fc, &file, &tx))
         .and_then(|r| r);
     match r {
-        Ok(()) => {
+        Ok(lines) => {
             if let Some(progress) = job.files.lock().progress_of(p.index) {
                 progress.set_fetched();
             }
             m.files_done.fetch_add(1, Ordering::Relaxed);
+            if m.events.enabled() {
+                m.event(
+                    "file_completed",
+                    fields! {
+                        "index" => file.index,
+                        "kind" => file.kind.name(),
+                        "resource_type" => file.resource_type.as_ref().map(|t| t.as_str().to_owned()),
+                        "url" => redact_url(&file.url),
+                        "lines" => lines,
+                    },
+                );
+            }
         }
         Err(e) => {
             if !m.stopping() {
@@ -710,6 +747,7 @@ fn finish(job: &Job) {
         ));
         job.monitor.set_state(State::Failed);
     }
+    last_event(job);
     // Only now may the consumer see the channel close.
     job.tx.lock().take();
     let done = job.done_tx.lock().take();
@@ -745,6 +783,63 @@ fn settle(job: &Job) {
     }
 }
 
+/// The export's last event: how it ended.
+fn last_event(job: &Job) {
+    let m = &job.monitor;
+    let counts = |mut f: Map<String, Value>| {
+        f.insert("files".into(), job.files.lock().len().into());
+        f.insert(
+            "files_done".into(),
+            m.files_done.load(Ordering::Relaxed).into(),
+        );
+        f.insert("bytes".into(), m.bytes.load(Ordering::Relaxed).into());
+        f
+    };
+    match m.state() {
+        State::Done => m.events.push_last(
+            "completed",
+            counts(fields! {"transaction_time" => transaction_time_of(job)}),
+        ),
+        State::Cancelled => m.events.push_last("cancelled", counts(fields! {})),
+        _ => {
+            let error = m
+                .error()
+                .and_then(|e| serde_json::from_str::<Value>(&e.to_json()).ok());
+            m.events
+                .push_last("failed", counts(fields! {"error" => error}));
+        }
+    }
+}
+
+fn transaction_time_of(job: &Job) -> Option<String> {
+    job.info
+        .lock()
+        .manifest
+        .as_ref()
+        .and_then(|m| m.get("transactionTime"))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+}
+
+/// The `manifest` event: a manifest (all its pages, or a partial one) is in.
+fn manifest_event(job: &Job, complete: bool, pages: u32) {
+    if !job.monitor.events.enabled() {
+        return;
+    }
+    let [output, error, deleted] = job.files.lock().kind_counts();
+    job.monitor.event(
+        "manifest",
+        fields! {
+            "complete" => complete,
+            "pages" => pages,
+            "transaction_time" => transaction_time_of(job),
+            "output_files" => output,
+            "error_files" => error,
+            "deleted_files" => deleted,
+        },
+    );
+}
+
 /// DELETE the server's job (after a cancel, or a completed export when configured).
 fn delete_job(job: &Job) {
     let Some(url) = job.info.lock().status_url.clone() else {
@@ -755,5 +850,15 @@ fn delete_job(job: &Job) {
             job.config.request_timeout_ms.min(10_000),
         ))
     };
-    let _ = job.http.send("export DELETE", &url, true, &build);
+    let r = job.http.send("export DELETE", &url, true, &build);
+    let mut f = fields! {"status_url" => redact_url(&url)};
+    match r {
+        Ok(resp) => {
+            f.insert("http_status".into(), resp.status().as_u16().into());
+        }
+        Err(e) => {
+            f.insert("error".into(), e.message.clone().into());
+        }
+    }
+    job.monitor.event("job_deleted", f);
 }

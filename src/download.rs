@@ -8,6 +8,7 @@ use crate::bom::{is_utf16, BOM};
 use crate::buffers::Buffers;
 use crate::config::InvalidLinePolicy;
 use crate::error::{redact_url, stopped, Error, Result};
+use crate::events::fields;
 use crate::http::decode::{self, Coding};
 use crate::http::{FileClient, Http};
 use crate::manifest::Kind;
@@ -40,13 +41,14 @@ struct Cursor {
     skip_through: u64,
 }
 
-/// Download one file and send its lines to the consumer in chunks.
+/// Download one file and send its lines to the consumer in chunks; the number of lines the
+/// file has.
 pub(crate) fn download(
     cx: &Context<'_>,
     fc: &FileClient,
     job: &FileJob,
     tx: &Sender<Chunk>,
-) -> Result<()> {
+) -> Result<u64> {
     let remote = RefCell::new(Remote::new(cx.http, cx.fresh, fc, job));
     let mut cur = Cursor {
         next_line: 1,
@@ -56,12 +58,20 @@ pub(crate) fn download(
         let opened = remote.borrow_mut().open();
         let res = opened.and_then(|codings| read_file(cx, job, &remote, &codings, &mut cur, tx));
         match res {
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(cur.next_line - 1),
             Err(Interrupt::Fatal(e)) => return Err(e),
             Err(Interrupt::Restart) => {
                 // From the first byte again: what was sent is skipped.
                 cur.skip_through = cur.skip_through.max(cur.next_line - 1);
                 cur.next_line = 1;
+                cx.monitor.event(
+                    "file_restarted",
+                    fields! {
+                        "index" => job.index,
+                        "url" => redact_url(remote.borrow().url()),
+                        "skip_lines" => cur.skip_through,
+                    },
+                );
             }
         }
     }

@@ -15,6 +15,7 @@ use crate::checkpoint::{Checkpoint, InProgress, CHECKPOINT_VERSION};
 use crate::config::Config;
 use crate::coordinator::{self, Job};
 use crate::error::{Error, ErrorCode, Result};
+use crate::events::Event;
 use crate::files::FileInfo;
 use crate::http::retry::Policy;
 use crate::http::Http;
@@ -168,6 +169,27 @@ impl Controller {
     pub fn error(&self) -> Option<Error> {
         self.0.monitor.error()
     }
+    /// The next event of the export (see [`crate::events`]), waiting up to `timeout` (`None`:
+    /// until there is one). [`Next::End`] once the export's last event (`completed`, `failed`
+    /// or `cancelled`) was taken, or when events are off (`event_queue_size` 0). Any thread;
+    /// each event goes to one caller.
+    pub fn next_event(&self, timeout: Option<Duration>) -> Next<Event> {
+        self.0.monitor.events.next(timeout)
+    }
+    /// [`Controller::next_event`], taking the event only when `take` accepts it (else it stays
+    /// first): for the C ABI, whose caller's buffer may be too small for it.
+    #[doc(hidden)]
+    pub fn next_event_if(
+        &self,
+        timeout: Option<Duration>,
+        take: &mut dyn FnMut(&Event) -> bool,
+    ) -> Next<Option<Event>> {
+        self.0.monitor.events.next_if(timeout, take)
+    }
+    /// Events dropped because the queue was full (nobody took them in time).
+    pub fn events_dropped(&self) -> u64 {
+        self.0.monitor.events.dropped()
+    }
     /// The status URL (`Content-Location` of the kick-off), once known.
     pub fn status_url(&self) -> Option<String> {
         self.0.info.lock().status_url.clone()
@@ -230,7 +252,7 @@ impl Export {
     pub fn start(config: Config) -> Result<Export> {
         config.validate()?;
         let config = Arc::new(config);
-        let (monitor, cancel_rx) = Monitor::new();
+        let (monitor, cancel_rx) = Monitor::new(config.event_queue_size);
         let monitor = Arc::new(monitor);
         let mut auth = Authorizer::new(
             &config.auth,

@@ -207,6 +207,15 @@ pub(crate) fn kickoff(http: &Http, budget: &mut Option<Box<Budget>>) -> Result<K
                 ))
                 .with_url(&url)
             })?;
+        http.waiter().event(
+            "kickoff",
+            crate::events::fields! {
+                "method" => if post { "POST" } else { "GET" },
+                "url" => crate::error::redact_url(&url),
+                "http_status" => status,
+                "status_url" => crate::error::redact_url(abs.as_str()),
+            },
+        );
         return Ok(Kicked::Status(abs.to_string()));
     }
     if (200..300).contains(&status) {

@@ -31,6 +31,7 @@ mod coordinator;
 mod download;
 pub mod engine;
 pub mod error;
+pub mod events;
 pub mod export;
 pub mod ffi;
 mod files;
@@ -51,6 +52,7 @@ mod stream;
 
 pub use config::{Auth, Config, Level, Method, ParamValues, SecretSource};
 pub use error::{Error, ErrorCode, Issue};
+pub use events::Event;
 pub use export::{Controller, Export, Progress};
 pub use files::FileInfo;
 pub use manifest::Kind;

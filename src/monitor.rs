@@ -4,6 +4,7 @@
 //! and show in the progress.
 
 use crate::error::{escape_controls, Error};
+use crate::events::{fields, Events};
 use crate::http::retry::Waiter;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
@@ -79,11 +80,14 @@ pub(crate) struct Monitor {
     pub(crate) invalid_lines: AtomicU64,
     /// Called once, when the export first stops (the engine wakes what waits for it).
     on_stop: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
+    /// What the export does, for the caller to pull.
+    pub(crate) events: Events,
 }
 
 impl Monitor {
-    /// A monitor, and the receiver a consumer selects on to wake at a cancel.
-    pub(crate) fn new() -> (Monitor, Receiver<()>) {
+    /// A monitor keeping up to `events` events, and the receiver a consumer selects on to wake
+    /// at a cancel.
+    pub(crate) fn new(events: usize) -> (Monitor, Receiver<()>) {
         let (cancel_tx, cancel_rx) = bounded::<()>(0);
         let (stop_tx, stop_rx) = bounded::<()>(0);
         let m = Monitor {
@@ -105,6 +109,7 @@ impl Monitor {
             retries: AtomicU32::new(0),
             invalid_lines: AtomicU64::new(0),
             on_stop: Mutex::new(None),
+            events: Events::new(events),
         };
         (m, cancel_rx)
     }
@@ -247,13 +252,27 @@ impl Monitor {
         self.wait.lock().as_ref().map(|(_, w)| w.clone())
     }
 
-    /// Note a warning (kept up to MAX_WARNINGS, all counted).
+    /// Note a warning (kept up to MAX_WARNINGS, all counted; each one an event).
     pub(crate) fn warn(&self, message: String) {
+        let message = escape_controls(&message).into_owned();
+        if self.events.enabled() {
+            self.events
+                .push("warning", fields! {"message" => message.clone()});
+        }
         let mut w = self.warnings.lock();
         w.1 = w.1.saturating_add(1);
         if w.0.len() < MAX_WARNINGS {
-            w.0.push(escape_controls(&message).into_owned());
+            w.0.push(message);
         }
+    }
+
+    /// Note an event.
+    pub(crate) fn event(
+        &self,
+        kind: &'static str,
+        fields: serde_json::Map<String, serde_json::Value>,
+    ) {
+        self.events.push(kind, fields);
     }
 
     /// How many warnings there were (a progress snapshot needs only this).
@@ -278,6 +297,9 @@ impl Waiter for Monitor {
     fn warn(&self, message: String) {
         Monitor::warn(self, message)
     }
+    fn event(&self, kind: &'static str, fields: serde_json::Map<String, serde_json::Value>) {
+        Monitor::event(self, kind, fields)
+    }
 }
 
 #[cfg(test)]
@@ -287,7 +309,7 @@ mod tests {
 
     #[test]
     fn warnings_are_capped_counted_and_escaped() {
-        let (m, _) = Monitor::new();
+        let (m, _) = Monitor::new(10);
         for i in 0..150 {
             m.warn(format!("w{i}\x1b[31m"));
         }
@@ -298,7 +320,7 @@ mod tests {
 
     #[test]
     fn the_first_outcome_wins() {
-        let (m, cancel_rx) = Monitor::new();
+        let (m, cancel_rx) = Monitor::new(10);
         m.fail(Error::new(ErrorCode::Network, "first"));
         m.fail(Error::new(ErrorCode::Timeout, "second"));
         m.cancel();
@@ -310,7 +332,7 @@ mod tests {
             "a stopped export does not sleep"
         );
 
-        let (m, cancel_rx) = Monitor::new();
+        let (m, cancel_rx) = Monitor::new(10);
         m.cancel();
         m.fail(Error::new(ErrorCode::Network, "after the cancel"));
         assert!(m.error().is_none());
@@ -323,7 +345,7 @@ mod tests {
 
     #[test]
     fn only_long_waits_show() {
-        let (m, _) = Monitor::new();
+        let (m, _) = Monitor::new(10);
         assert!(m.wait_shown(Duration::from_millis(1), "short"));
         assert_eq!(m.wait(), None);
         std::thread::scope(|s| {

@@ -483,7 +483,17 @@ impl<'a> Remote<'a> {
             .wait(self.http.waiter(), cause, None)
             .map_err(Interrupt::Fatal)?;
         self.stall.reset();
-        self.resume()
+        self.resume()?;
+        // Continued where it broke (a restart from the first byte is the caller's event).
+        self.http.waiter().event(
+            "file_resumed",
+            crate::events::fields! {
+                "index" => self.job.index,
+                "url" => crate::error::redact_url(&self.url),
+                "from_byte" => self.offset,
+            },
+        );
+        Ok(())
     }
 
     /// Ask for the rest from `offset`: a fitting 206 continues the stream; anything else

@@ -147,6 +147,24 @@ impl Poller {
                     }
                 };
                 let progress = monitor.server_progress.lock().clone();
+                if monitor.events.enabled() {
+                    let raw = headers
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .map(|v| {
+                            escape_controls(&v.chars().take(100).collect::<String>()).into_owned()
+                        });
+                    monitor.event(
+                        "status",
+                        crate::events::fields! {
+                            "poll" => monitor.polls.load(Ordering::Relaxed),
+                            "http_status" => 202,
+                            "x_progress" => progress.clone(),
+                            "retry_after" => raw,
+                            "wait_ms" => wait.as_millis() as u64,
+                        },
+                    );
+                }
                 let reason = match progress {
                     Some(p) => format!("the server is preparing the export ({p})"),
                     None => "the server is preparing the export".to_owned(),

@@ -559,3 +559,47 @@ fn exports_of_one_process_share_the_token_of_the_same_credentials() {
         "a rejected token is not handed to the next export"
     );
 }
+
+#[test]
+fn a_token_shows_as_an_event_without_its_value() {
+    let sb = sandbox();
+    let auth = Auth::ClientCredentials {
+        client_id: "basic-client".into(),
+        private_key: None,
+        client_secret: Some(SecretSource::Inline("basic-secret".into())),
+        kid: None,
+        jku: None,
+        alg: None,
+        scope: None,
+        token_url: None,
+    };
+    let mut e = Export::start(config(sb.base_url(), auth)).unwrap();
+    while let Next::Item(_) = e.next_record(Some(Duration::from_secs(30))).unwrap() {}
+    let ctl = e.controller();
+    let mut events = Vec::new();
+    while let Next::Item(ev) = ctl.next_event(Some(Duration::ZERO)) {
+        events.push(ev);
+    }
+    let tokens: Vec<_> = events.iter().filter(|ev| ev.kind == "token").collect();
+    assert_eq!(tokens.len(), 1, "{events:?}");
+    assert_eq!(tokens[0].fields["refreshed"], false);
+    assert_eq!(
+        tokens[0].fields["shared"], false,
+        "a new sandbox: no token to share"
+    );
+    assert!(tokens[0].u64("refresh_in_s").is_some());
+    let bearers: Vec<String> = sb
+        .requests()
+        .iter()
+        .filter_map(|r| r.header("authorization"))
+        .filter_map(|h| h.strip_prefix("Bearer ").map(str::to_owned))
+        .collect();
+    assert!(!bearers.is_empty());
+    for ev in &events {
+        let text = ev.to_json();
+        assert!(!text.contains("basic-secret"), "{text}");
+        for b in &bearers {
+            assert!(!text.contains(b.as_str()), "an event carries the token");
+        }
+    }
+}

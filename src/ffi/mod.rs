@@ -6,12 +6,15 @@
 //! - handles are ids looked up in a registry, never dereferenced: NULL, freed and foreign
 //!   pointers give `FHIRBULK_ERR_INVALID_HANDLE`;
 //! - `export_poll`, `export_cancel`, `export_last_error*`, `export_manifest`,
-//!   `export_warnings_json` and `export_files_json` may be called from any thread at any time; the consuming calls
+//!   `export_warnings_json`, `export_files_json` and `export_next_event` may be called from any
+//!   thread at any time; the consuming calls
 //!   (`export_next_record`, `export_next_batch`) from one thread at a time (a second concurrent
 //!   consumer gets `FHIRBULK_ERR_BUSY`).
 
 mod arrow;
 pub use arrow::*;
+mod config;
+pub use config::*;
 
 use crate::error::{Error, ErrorCode};
 use crate::export::{Controller, Export};
@@ -322,6 +325,20 @@ pub unsafe extern "C" fn export_start(
             .to_str()
             .map_err(|_| Error::config("invalid config: not UTF-8"))?;
         let config = Config::from_json(text)?;
+        // SAFETY: `out_handle` is non-NULL and writable per the contract.
+        unsafe { start_into(config, out_handle) }
+    })
+}
+
+/// Start `config` and write the new handle to `*out_handle`.
+///
+/// # Safety
+/// `out_handle` is non-NULL and writable.
+unsafe fn start_into(
+    config: Config,
+    out_handle: *mut *mut FhirbulkExport,
+) -> Result<FhirbulkStatus, Error> {
+    {
         let export = Export::start(config)?;
         let handle = Arc::new(Handle {
             ctl: export.controller(),
@@ -334,10 +351,10 @@ pub unsafe extern "C" fn export_start(
         });
         let id = NEXT_ID.fetch_add(16, Ordering::Relaxed);
         REGISTRY.lock().insert(id, handle);
-        // SAFETY: `out_handle` is non-NULL and writable per the contract.
+        // SAFETY: `out_handle` is non-NULL and writable per the caller's contract.
         unsafe { *out_handle = id as *mut FhirbulkExport };
         Ok(FHIRBULK_OK)
-    })
+    }
 }
 
 /// Write a progress snapshot to `*out`. Never blocks; any thread.
@@ -574,6 +591,91 @@ pub unsafe extern "C" fn export_last_error_json(
     unsafe { copy_out(&msg, buf, buf_len) }
 }
 
+/// The last error's status code (`FHIRBULK_ERR_*`), chosen like `export_last_error` (the
+/// handle's failure, else this thread's last error); `FHIRBULK_OK` when there was none. With
+/// the calls below, the error without parsing JSON: its HTTP status, URL, message and the
+/// server's OperationOutcome issues.
+#[no_mangle]
+pub extern "C" fn export_error_code(h: *const FhirbulkExport) -> FhirbulkStatus {
+    catch_unwind(|| last_error_for(h).map_or(FHIRBULK_OK, |e| e.code as i32)).unwrap_or(FHIRBULK_OK)
+}
+
+/// The HTTP status of the response that caused the last error; 0 when none did (a network
+/// error, a config error, no error).
+#[no_mangle]
+pub extern "C" fn export_error_http_status(h: *const FhirbulkExport) -> u32 {
+    catch_unwind(|| {
+        last_error_for(h)
+            .and_then(|e| e.http_status)
+            .map_or(0, u32::from)
+    })
+    .unwrap_or(0)
+}
+
+/// The URL of the request that failed (without its query string), snprintf semantics; empty
+/// when none.
+///
+/// # Safety
+/// `buf` is NULL or valid for `buf_len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn export_error_url(
+    h: *const FhirbulkExport,
+    buf: *mut c_char,
+    buf_len: usize,
+) -> usize {
+    let text = catch_unwind(|| last_error_for(h).and_then(|e| e.url).unwrap_or_default())
+        .unwrap_or_default();
+    // SAFETY: forwarded caller contract on `buf`.
+    unsafe { copy_out(&text, buf, buf_len) }
+}
+
+/// How many OperationOutcome issues the server sent with the last error (0 when none).
+#[no_mangle]
+pub extern "C" fn export_error_issue_count(h: *const FhirbulkExport) -> usize {
+    catch_unwind(|| last_error_for(h).map_or(0, |e| e.issues.len())).unwrap_or(0)
+}
+
+/// `export_error_issue` field: the issue's `severity` (`fatal`, `error`, `warning`,
+/// `information`).
+pub const FHIRBULK_ISSUE_SEVERITY: u32 = 0;
+/// `export_error_issue` field: the issue's `code` (`not-found`, `too-costly`, ...).
+pub const FHIRBULK_ISSUE_CODE: u32 = 1;
+/// `export_error_issue` field: the issue's `diagnostics` text (empty when absent).
+pub const FHIRBULK_ISSUE_DIAGNOSTICS: u32 = 2;
+/// `export_error_issue` field: the issue's `details.text` (empty when absent).
+pub const FHIRBULK_ISSUE_DETAILS: u32 = 3;
+
+/// One field (`FHIRBULK_ISSUE_*`) of issue `index` (from 0) of the last error, snprintf
+/// semantics; empty when there is no such issue or field.
+///
+/// # Safety
+/// `buf` is NULL or valid for `buf_len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn export_error_issue(
+    h: *const FhirbulkExport,
+    index: usize,
+    field: u32,
+    buf: *mut c_char,
+    buf_len: usize,
+) -> usize {
+    let text = catch_unwind(|| {
+        let e = last_error_for(h)?;
+        let i = e.issues.get(index)?;
+        match field {
+            FHIRBULK_ISSUE_SEVERITY => Some(i.severity.clone()),
+            FHIRBULK_ISSUE_CODE => Some(i.code.clone()),
+            FHIRBULK_ISSUE_DIAGNOSTICS => i.diagnostics.clone(),
+            FHIRBULK_ISSUE_DETAILS => i.details.clone(),
+            _ => None,
+        }
+    })
+    .ok()
+    .flatten()
+    .unwrap_or_default();
+    // SAFETY: forwarded caller contract on `buf`.
+    unsafe { copy_out(&text, buf, buf_len) }
+}
+
 /// The manifest as JSON (pages and partial manifests merged; `transactionTime` is what the next
 /// incremental export passes as `since`), snprintf semantics; 0 before there is one.
 ///
@@ -723,6 +825,82 @@ pub unsafe extern "C" fn export_files_json_from(
     .unwrap_or_default();
     // SAFETY: forwarded caller contract on `buf`.
     unsafe { copy_out(&text, buf, buf_len) }
+}
+
+/// The export's next event (what it is doing: kick-off, status polls, manifest, each file
+/// started/completed/resumed/retried, tokens, warnings, the end), as one JSON object,
+/// NUL-terminated, in `buf`: `{"seq":1,"time":"2026-12-01T10:00:00.123Z","type":"kickoff",...}`
+/// (README, "Events", lists the types and their fields). JSON rather than a struct: each type
+/// has its own fields, new fields and types come without an ABI change, and events are few
+/// (per file and per poll, never per record), so parsing them costs nothing that matters.
+///
+/// Waits up to `timeout_ms` (0: only looks; -1: until there is one). Returns
+/// `FHIRBULK_RECORD` with the event in `buf` and its length (without the NUL) in `*out_len`;
+/// `FHIRBULK_TIMEOUT` when none came in time; `FHIRBULK_END` once the export's last event
+/// (`completed`, `failed` or `cancelled`) was taken, or when events are off
+/// (`event_queue_size` 0). When `buf_len` is too small for the event, it stays queued,
+/// `*out_len` is its length and the call returns `FHIRBULK_ERR_INVALID_ARGUMENT`: call again
+/// with at least `*out_len + 1` bytes (events are small; 4096 bytes hold almost all).
+///
+/// The engine keeps the latest `event_queue_size` events (config; default 1000): a caller that
+/// reads late loses the oldest, counted by `export_events_dropped` (and seen as gaps in `seq`);
+/// the export never waits for its events to be read. Any thread; each event goes to one caller.
+///
+/// # Safety
+/// `buf` is valid for `buf_len` bytes of writes; `out_len` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn export_next_event(
+    h: *const FhirbulkExport,
+    timeout_ms: i32,
+    buf: *mut c_char,
+    buf_len: usize,
+    out_len: *mut usize,
+) -> FhirbulkStatus {
+    boundary(|| {
+        let handle = lookup(h)?;
+        if buf.is_null() {
+            return Err(invalid_argument("buf is NULL"));
+        }
+        let mut need = 0usize;
+        let got = handle.ctl.next_event_if(timeout(timeout_ms), &mut |e| {
+            let text = e.to_json();
+            need = text.len();
+            if text.len() >= buf_len {
+                return false;
+            }
+            // SAFETY: `buf` holds `buf_len` bytes (caller contract) and `text.len() + 1 <=
+            // buf_len` was checked just above.
+            unsafe { copy_out(&text, buf, buf_len) };
+            true
+        });
+        let status = match got {
+            Next::Item(Some(_)) => FHIRBULK_RECORD,
+            Next::Item(None) => {
+                if !out_len.is_null() {
+                    // SAFETY: non-NULL and writable per the contract above.
+                    unsafe { *out_len = need };
+                }
+                return Err(invalid_argument(&format!(
+                    "buf_len {buf_len} is too small for the next event ({need} bytes and the NUL); it stays queued"
+                )));
+            }
+            Next::End => FHIRBULK_END,
+            Next::Timeout => FHIRBULK_TIMEOUT,
+            Next::Cancelled => FHIRBULK_CANCELLED,
+        };
+        if !out_len.is_null() {
+            // SAFETY: non-NULL and writable per the contract above.
+            unsafe { *out_len = if status == FHIRBULK_RECORD { need } else { 0 } };
+        }
+        Ok(status)
+    })
+}
+
+/// Events the engine dropped because the queue was full (nobody read them in time); 0 on a
+/// bad handle.
+#[no_mangle]
+pub extern "C" fn export_events_dropped(h: *const FhirbulkExport) -> u64 {
+    catch_unwind(|| lookup(h).map(|hd| hd.ctl.events_dropped()).unwrap_or(0)).unwrap_or(0)
 }
 
 /// The library version, e.g. "0.1.0" (static string).

@@ -106,6 +106,8 @@ pub(crate) trait Waiter {
     fn wait_retry(&self, d: Duration, reason: &str) -> bool;
     /// Something the caller should know (progress `warnings`, the CLI's log).
     fn warn(&self, message: String);
+    /// What the export does (its event queue); nothing by default.
+    fn event(&self, _kind: &'static str, _fields: serde_json::Map<String, serde_json::Value>) {}
 }
 
 /// The retry budget of one request: attempts, total wait, and the backoff step.
@@ -212,6 +214,19 @@ impl Budget {
                 if let Some(n) = note {
                     w.warn(format!("{}: {n}", err.message));
                 }
+                let mut f = crate::events::fields! {
+                    "reason" => crate::error::escape_controls(&err.message).into_owned(),
+                    "code" => err.code.name(),
+                    "attempt" => self.attempts,
+                    "wait_ms" => d.as_millis() as u64,
+                };
+                if let Some(s) = err.http_status {
+                    f.insert("http_status".into(), s.into());
+                }
+                if let Some(u) = &err.url {
+                    f.insert("url".into(), crate::error::redact_url(u).into());
+                }
+                w.event("retry", f);
                 Ok((d, err.message))
             }
         }

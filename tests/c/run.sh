@@ -71,7 +71,7 @@ run "header compiles as C++17" "$OUT/header-cxx.log" \
 CFLAGS=(-std=c11 -Wall -Wextra -Werror -Iinclude -g)
 SAN=(-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all)
 LDFLAGS=(-L"$LIBDIR" -lfhirbulk -lpthread -Wl,-rpath,"$LIBDIR")
-TESTS=(test_misuse test_errors test_full_export test_cancel test_threads test_tls test_arrow test_partitions)
+TESTS=(test_misuse test_errors test_full_export test_cancel test_threads test_tls test_arrow test_partitions test_native)
 
 echo "== compile"
 for t in "${TESTS[@]}"; do
@@ -99,6 +99,7 @@ args_for() {
         test_threads) echo "$SMALL" ;;
         test_arrow) printf '%s\n' "$SMALL" "$TRUTH_PO" '["Patient","Observation"]' ;;
         test_partitions) printf '%s\n' "$SMALL" "$TRUTH_TYPES" "$TYPES_JSON" ;;
+        test_native) printf '%s\n' "$SMALL" "$TRUTH_PO" ;;
         test_tls) printf '%s\n' "$TLS" "$MTLS" "$WORK/tls" "$WORK/mtls" "$TRUTH_TLS" "$TYPES_JSON" ;;
     esac
 }
