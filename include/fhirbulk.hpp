@@ -14,7 +14,11 @@
  *   batches of one file's chunk per native call (export_next_batch).
  * - Failures throw fhirbulk::Error (a std::runtime_error) with the status code, the HTTP status,
  *   the URL and the full JSON detail (the server's OperationOutcome issues included).
- * - Threads: poll(), cancel(), manifest(), files() may be called from any thread; pulling
+ * - Events (README, "Events"): next_event() gives what the export is doing (kick-off, polls,
+ *   files started and completed, retries, the end), pulled when the caller wants.
+ * - Config builds a config key by key (fhirbulk_config_set) for callers who would rather not
+ *   write JSON.
+ * - Threads: poll(), cancel(), manifest(), files(), next_event() may be called from any thread; pulling
  *   records and checkpoint() from one thread at a time. cancel() from another thread makes the
  *   consumer's pull throw an Error with code() == FHIRBULK_CANCELLED.
  */
@@ -26,10 +30,13 @@
 #include <cstddef>
 #include <cstdint>
 #include <iterator>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
+#include <vector>
 
 namespace fhirbulk {
 
@@ -122,26 +129,44 @@ inline std::string json_unquote(std::string_view v) {
 }
 }  // namespace detail
 
+/// One issue of the server's OperationOutcome.
+struct Issue {
+    std::string severity;     // "fatal", "error", "warning", "information"
+    std::string code;         // "not-found", "too-costly", ...
+    std::string diagnostics;  // "" when absent
+    std::string details;      // details.text, "" when absent
+};
+
 /// A failed call: what() is the library's message (it names the URL when there was a request).
 class Error : public std::runtime_error {
 public:
-    Error(Status code, const std::string &message, std::string json)
-        : std::runtime_error(message), code_(code), json_(std::move(json)) {
-        std::string_view http = detail::json_field(json_, "http_status");
-        for (char c : http)
-            http_status_ = c >= '0' && c <= '9' ? http_status_ * 10 + unsigned(c - '0') : 0;
-        url_ = detail::json_unquote(detail::json_field(json_, "url"));
-    }
+    Error(Status code, const std::string &message, std::string json, std::uint32_t http_status = 0,
+          std::string url = "", std::vector<Issue> issues = {})
+        : std::runtime_error(message), code_(code), http_status_(http_status),
+          url_(std::move(url)), json_(std::move(json)), issues_(std::move(issues)) {}
 
-    /// The error after `s` from a call on `h` (nullptr: the last error of this thread).
+    /// The error after `s` from a call on `h` (nullptr: the last error of this thread), read
+    /// with the library's structured error calls (export_error_*).
     static Error last(Status s, const FhirbulkExport *h) {
         if (s == FHIRBULK_CANCELLED) return Error(s, "the export was cancelled", "");
         auto msg = detail::read_text(
             [h](char *b, std::size_t n) { return export_last_error(h, b, n); });
         auto json = detail::read_text(
             [h](char *b, std::size_t n) { return export_last_error_json(h, b, n); });
+        auto url = detail::read_text(
+            [h](char *b, std::size_t n) { return export_error_url(h, b, n); });
+        std::vector<Issue> issues(export_error_issue_count(h));
+        for (std::size_t i = 0; i < issues.size(); ++i) {
+            auto field = [h, i](std::uint32_t f) {
+                return detail::read_text(
+                    [h, i, f](char *b, std::size_t n) { return export_error_issue(h, i, f, b, n); });
+            };
+            issues[i] = Issue{field(FHIRBULK_ISSUE_SEVERITY), field(FHIRBULK_ISSUE_CODE),
+                              field(FHIRBULK_ISSUE_DIAGNOSTICS), field(FHIRBULK_ISSUE_DETAILS)};
+        }
         if (msg.empty()) msg = std::string("fhirbulk: ") + fhirbulk_status_name(s);
-        return Error(s, msg, std::move(json));
+        return Error(s, msg, std::move(json), export_error_http_status(h), std::move(url),
+                     std::move(issues));
     }
 
     /// FHIRBULK_ERR_* (or FHIRBULK_CANCELLED).
@@ -152,6 +177,8 @@ public:
     std::uint32_t http_status() const noexcept { return http_status_; }
     /// The request URL without its query, "" when no request caused it.
     const std::string &url() const noexcept { return url_; }
+    /// The server's OperationOutcome issues (empty when it sent none).
+    const std::vector<Issue> &issues() const noexcept { return issues_; }
     /// export_last_error_json: {"code":303,"name":"not_found","http_status":404,"url":"...",
     /// "message":"...","issues":[{"severity":"error","code":"not-found","diagnostics":"..."}]}
     /// ("" for errors with no detail, such as a cancel).
@@ -162,6 +189,65 @@ private:
     std::uint32_t http_status_ = 0;
     std::string url_;
     std::string json_;
+    std::vector<Issue> issues_;
+};
+
+/// A config built key by key (README, "Config keys"), no JSON to write:
+///   fhirbulk::Config c;
+///   c.set("base_url", url).set("level", "group").set("group_id", "g1")
+///    .add("types", "Patient").set("concurrency", 4);
+///   fhirbulk::Export exp(c);
+/// A key the engine does not know or a value of the wrong type throws Error
+/// (FHIRBULK_ERR_CONFIG naming the key) at the set. Move-only; one thread at a time.
+class Config {
+public:
+    Config() {
+        Status s = fhirbulk_config_new(&c_);
+        if (s != FHIRBULK_OK) throw Error::last(s, nullptr);
+    }
+    Config(const Config &) = delete;
+    Config &operator=(const Config &) = delete;
+    Config(Config &&o) noexcept : c_(std::exchange(o.c_, nullptr)) {}
+    Config &operator=(Config &&o) noexcept {
+        if (this != &o) {
+            fhirbulk_config_free(c_);
+            c_ = std::exchange(o.c_, nullptr);
+        }
+        return *this;
+    }
+    ~Config() { fhirbulk_config_free(c_); }
+
+    /// Set `key` from text, read as the key's type ("4", "true", "Patient,Observation", a JSON
+    /// list or object); nested keys with dots ("auth.type", "headers.X-Tenant").
+    Config &set(const std::string &key, const std::string &value) {
+        Status s = fhirbulk_config_set(c_, key.c_str(), value.c_str());
+        if (s != FHIRBULK_OK) throw Error::last(s, nullptr);
+        return *this;
+    }
+    Config &set(const std::string &key, const char *value) { return set(key, std::string(value)); }
+    Config &set(const std::string &key, bool value) { return set(key, value ? "true" : "false"); }
+    template <class T, class = std::enable_if_t<std::is_integral_v<T> && !std::is_same_v<T, bool>>>
+    Config &set(const std::string &key, T value) {
+        return set(key, std::to_string(value));
+    }
+    /// Append `value` as it is to the list at `key` ("types", "type_filters", ...).
+    Config &add(const std::string &key, const std::string &value) {
+        Status s = fhirbulk_config_add(c_, key.c_str(), value.c_str());
+        if (s != FHIRBULK_OK) throw Error::last(s, nullptr);
+        return *this;
+    }
+    /// The C config (still owned by this object).
+    const FhirbulkConfig *handle() const noexcept { return c_; }
+
+private:
+    FhirbulkConfig *c_ = nullptr;
+};
+
+/// One event of an export (README, "Events").
+struct Event {
+    std::uint64_t seq = 0;
+    std::string type;  // "kickoff", "status", "file_completed", ..., "completed"
+    std::string json;  // the whole event: {"seq":..,"time":"..","type":"..",...fields}
 };
 
 /// Which manifest list a record's file came from.
@@ -195,11 +281,18 @@ public:
         Status s = export_start(config_json.c_str(), &h_);
         if (s != FHIRBULK_OK) throw Error::last(s, nullptr);
     }
+    /// Start the export a Config describes (the Config may start more).
+    explicit Export(const Config &config, std::size_t batch_size = 4096)
+        : batch_size_(batch_size ? batch_size : 1) {
+        Status s = export_start_config(config.handle(), &h_);
+        if (s != FHIRBULK_OK) throw Error::last(s, nullptr);
+    }
     Export(const Export &) = delete;
     Export &operator=(const Export &) = delete;
     Export(Export &&o) noexcept
         : h_(std::exchange(o.h_, nullptr)), batch_size_(o.batch_size_),
-          batch_(std::exchange(o.batch_, {})), pos_(std::exchange(o.pos_, 0)) {}
+          batch_(std::exchange(o.batch_, {})), pos_(std::exchange(o.pos_, 0)),
+          events_done_(o.events_done_) {}
     Export &operator=(Export &&o) noexcept {
         if (this != &o) {
             export_free(h_);
@@ -207,6 +300,7 @@ public:
             batch_size_ = o.batch_size_;
             batch_ = std::exchange(o.batch_, {});
             pos_ = std::exchange(o.pos_, 0);
+            events_done_ = o.events_done_;
         }
         return *this;
     }
@@ -302,6 +396,37 @@ public:
             return export_checkpoint_unread(h_, unread, b, n);
         });
     }
+    /// The next event, waiting up to `timeout_ms` (0: only looks; -1: until there is one);
+    /// std::nullopt when none came in time or after the last one (then events_done() is
+    /// true). Any thread; each event goes to one caller.
+    std::optional<Event> next_event(std::int32_t timeout_ms = 0) {
+        std::string buf(4096, '\0');
+        for (;;) {
+            std::size_t n = 0;
+            Status s = export_next_event(h_, timeout_ms, buf.data(), buf.size(), &n);
+            if (s == FHIRBULK_RECORD) {
+                buf.resize(n);
+                Event e;
+                for (char c : detail::json_field(buf, "seq"))
+                    if (c >= '0' && c <= '9') e.seq = e.seq * 10 + std::uint64_t(c - '0');
+                e.type = detail::json_unquote(detail::json_field(buf, "type"));
+                e.json = std::move(buf);
+                return e;
+            }
+            if (s == FHIRBULK_ERR_INVALID_ARGUMENT && n >= buf.size()) {
+                buf.assign(n + 1, '\0');  // the event stays queued: again with room for it
+                continue;
+            }
+            if (s == FHIRBULK_END) events_done_ = true;
+            if (s == FHIRBULK_END || s == FHIRBULK_TIMEOUT) return std::nullopt;
+            throw Error::last(s, nullptr);
+        }
+    }
+    /// The export's last event (completed, failed or cancelled) was taken.
+    bool events_done() const noexcept { return events_done_; }
+    /// Events dropped because nobody read them in time (config event_queue_size).
+    std::uint64_t events_dropped() const noexcept { return export_events_dropped(h_); }
+
     /// The C handle (still owned by this object), for calls the wrapper does not cover.
     FhirbulkExport *handle() const noexcept { return h_; }
 
@@ -310,6 +435,7 @@ private:
     std::size_t batch_size_;
     FhirbulkBatch batch_{};
     std::size_t pos_ = 0;
+    bool events_done_ = false;
 };
 
 }  // namespace fhirbulk

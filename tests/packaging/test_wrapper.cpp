@@ -13,6 +13,7 @@
 #include <string>
 #include <thread>
 #include <type_traits>
+#include <vector>
 
 static int failures = 0;
 static void check(bool ok, const char *what, int line) {
@@ -103,6 +104,10 @@ static void test_not_found() {
         CHECK(contains(err.what(), "404"));
         CHECK(contains(err.json(), "\"code\":303") && contains(err.json(), "\"http_status\":404"));
         CHECK(contains(err.json(), "\"issues\":[{"));
+        // The issues without parsing JSON.
+        CHECK(!err.issues().empty());
+        CHECK(err.issues().at(0).severity == "error" && err.issues().at(0).code == "not-found");
+        CHECK(contains(err.issues().at(0).diagnostics, "nope"));
     }
     CHECK(e.poll().state == FHIRBULK_STATE_FAILED);
     CHECK(e.poll().http_status == 404);
@@ -200,6 +205,46 @@ static void test_checkpoint_resume() {
     CHECK(static_cast<long>(seen.size()) == TOTAL);
 }
 
+static void test_events() {
+    fhirbulk::Export e(g1(", \"event_queue_size\": 100000"));
+    CHECK(drain(e) == TOTAL);
+    std::vector<fhirbulk::Event> events;
+    while (auto ev = e.next_event(0)) events.push_back(*ev);
+    CHECK(e.events_done());
+    CHECK(!e.next_event(1000) && e.events_done());
+    CHECK(e.events_dropped() == 0);
+    CHECK(!events.empty() && events.front().type == "kickoff" && events.front().seq == 1);
+    CHECK(!events.empty() && events.back().type == "completed");
+    CHECK(!events.empty() && events.back().seq == events.size());
+    std::size_t completed = 0;
+    for (auto &ev : events) {
+        CHECK(ev.json.front() == '{' && contains(ev.json, "\"type\":\"" + ev.type + "\""));
+        if (ev.type == "file_completed") completed++;
+    }
+    std::string files = e.files();
+    std::size_t nfiles = 0;
+    for (std::size_t p = 0; (p = files.find("\"index\":", p)) != std::string::npos; ++p) nfiles++;
+    CHECK(completed == nfiles && nfiles > 0);
+}
+
+static void test_config_object() {
+    fhirbulk::Config c;
+    c.set("base_url", ROOT + "/fhir").set("level", "group").set("group_id", "g1");
+    c.add("types", "Patient").add("types", "Observation").set("poll_min_ms", 50);
+    c.set("validate_json", true);
+    try {
+        c.set("concurency", 4);
+        CHECK(!"an unknown key must throw");
+    } catch (const fhirbulk::Error &err) {
+        CHECK(err.code() == FHIRBULK_ERR_CONFIG);
+        CHECK(std::string(err.what()) ==
+              "invalid config: unknown key `concurency` (did you mean `concurrency`?)");
+    }
+    fhirbulk::Config moved(std::move(c));
+    fhirbulk::Export e(moved);
+    CHECK(drain(e) == TOTAL);
+}
+
 int main(int argc, char **argv) {
     if (argc != 3) {
         std::fprintf(stderr, "usage: %s ROOT TOTAL\n", argv[0]);
@@ -219,6 +264,8 @@ int main(int argc, char **argv) {
         {"early break: the destructor cancels", test_early_break},
         {"cancel() from another thread", test_cancel_from_another_thread},
         {"checkpoint mid-batch, then resume", test_checkpoint_resume},
+        {"events: kickoff first, a file_completed per file, completed last", test_events},
+        {"Config: set/add, errors naming the key, an export from it", test_config_object},
     };
     for (auto &t : tests) {
         int before = failures;
