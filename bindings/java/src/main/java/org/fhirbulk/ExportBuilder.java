@@ -5,6 +5,7 @@ import java.time.Instant;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.Collection;
+import java.util.HashMap;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
@@ -19,7 +20,7 @@ import java.util.Objects;
  *         .types("Patient", "Observation")
  *         .since(Instant.parse("2024-01-01T00:00:00Z"))
  *         .auth(Auth.bearer(Secret.env("EHR_TOKEN")))
- *         .option("concurrency", 4)
+ *         .concurrency(4)
  *         .start()) {
  *     for (BulkRecord r : export) { ... }
  * }
@@ -27,78 +28,87 @@ import java.util.Objects;
  *
  * Each method sets one key of the JSON config the library takes (README "Config keys");
  * {@link #option(String, Object)} sets any key, so every library option is reachable. The library
- * validates the whole config in {@link #start()} ({@link ConfigException} names the key). A
- * builder is not thread-safe; it can start several exports.
+ * validates the whole config in {@link #start()}: a {@link ConfigException} names the builder
+ * method that set the wrong value (for {@code option}, the key as given, and the nearest known key
+ * when it does not exist). A builder is not thread-safe; it can start several exports.
  */
 public final class ExportBuilder {
     private final Map<String, Object> config = new LinkedHashMap<>();
+    /** The call that set each key, for config errors in Java terms ({@link JavaTerms}). */
+    private final Map<String, String> setBy = new HashMap<>();
 
     ExportBuilder(String baseUrl) {
         config.put("base_url", Objects.requireNonNull(baseUrl, "baseUrl"));
     }
 
+    /** Sets {@code key}, and {@code call} as what set it (a config error names it). */
+    private ExportBuilder set(String key, Object value, String call) {
+        config.put(key, value);
+        setBy.put(key, call);
+        return this;
+    }
+
+    private void unset(String key) {
+        config.remove(key);
+        setBy.remove(key);
+    }
+
     /** A system-level export, {@code [base]/$export} (the default). */
     public ExportBuilder system() {
-        config.put("level", "system");
-        config.remove("group_id");
-        return this;
+        unset("group_id");
+        return set("level", "system", "ExportBuilder.system()");
     }
 
     /** A patient-level export of all patients, {@code [base]/Patient/$export}. */
     public ExportBuilder allPatients() {
-        config.put("level", "patient");
-        config.remove("group_id");
-        return this;
+        unset("group_id");
+        return set("level", "patient", "ExportBuilder.allPatients()");
     }
 
     /** A group-level export, {@code [base]/Group/[id]/$export}. */
     public ExportBuilder group(String groupId) {
-        config.put("level", "group");
-        config.put("group_id", Objects.requireNonNull(groupId, "groupId"));
-        return this;
+        set("level", "group", "ExportBuilder.group(String)");
+        return set("group_id", Objects.requireNonNull(groupId, "groupId"), "ExportBuilder.group(String)");
     }
 
     /** {@code _type}: the resource types to export (all the server offers when not set). */
     public ExportBuilder types(String... types) {
-        return types(Arrays.asList(types));
+        return list("types", Arrays.asList(types), "ExportBuilder.types(String...)");
     }
 
     /** {@code _type}: the resource types to export. */
     public ExportBuilder types(Collection<String> types) {
-        return list("types", types);
+        return list("types", types, "ExportBuilder.types(Collection<String>)");
     }
 
     /** {@code _since}: only resources changed after this instant (incremental exports). */
     public ExportBuilder since(Instant since) {
-        config.put("since", Objects.requireNonNull(since, "since").toString());
-        return this;
+        return set("since", Objects.requireNonNull(since, "since").toString(), "ExportBuilder.since(Instant)");
     }
 
     /** {@code _until} (Bulk Data v3). */
     public ExportBuilder until(Instant until) {
-        config.put("until", Objects.requireNonNull(until, "until").toString());
-        return this;
+        return set("until", Objects.requireNonNull(until, "until").toString(), "ExportBuilder.until(Instant)");
     }
 
     /** {@code _typeFilter} queries such as {@code "Observation?status=final"}. */
     public ExportBuilder typeFilters(String... filters) {
-        return list("type_filters", Arrays.asList(filters));
+        return list("type_filters", Arrays.asList(filters), "ExportBuilder.typeFilters(String...)");
     }
 
     /** {@code _elements}. */
     public ExportBuilder elements(String... elements) {
-        return list("elements", Arrays.asList(elements));
+        return list("elements", Arrays.asList(elements), "ExportBuilder.elements(String...)");
     }
 
     /** {@code patient} references ({@code "Patient/123"} or {@code "123"}); forces POST. */
     public ExportBuilder patients(String... references) {
-        return list("patients", Arrays.asList(references));
+        return list("patients", Arrays.asList(references), "ExportBuilder.patients(String...)");
     }
 
     /** How to authorize (default {@link Auth#none()}). */
     public ExportBuilder auth(Auth auth) {
-        config.put("auth", Objects.requireNonNull(auth, "auth").copy());
-        return this;
+        return set("auth", Objects.requireNonNull(auth, "auth").copy(), "ExportBuilder.auth(Auth)");
     }
 
     /**
@@ -109,7 +119,7 @@ public final class ExportBuilder {
     public ExportBuilder param(String name, String value) {
         Objects.requireNonNull(name, "name");
         Objects.requireNonNull(value, "value");
-        Map<String, Object> params = objectKey("params");
+        Map<String, Object> params = objectKey("params", "ExportBuilder.param(String, String)");
         Object old = params.get(name);
         List<String> values = new ArrayList<>();
         if (old instanceof List<?> l) {
@@ -129,10 +139,10 @@ public final class ExportBuilder {
      * as a fresh copy put back under the key: a map given with {@link #option} is not changed.
      */
     @SuppressWarnings("unchecked")
-    private Map<String, Object> objectKey(String key) {
+    private Map<String, Object> objectKey(String key, String call) {
         Object o = config.get(key);
         Map<String, Object> m = o instanceof Map ? new LinkedHashMap<>((Map<String, Object>) o) : new LinkedHashMap<>();
-        config.put(key, m);
+        set(key, m, call);
         return m;
     }
 
@@ -140,7 +150,7 @@ public final class ExportBuilder {
     public ExportBuilder header(String name, String value) {
         Objects.requireNonNull(name, "name");
         Objects.requireNonNull(value, "value");
-        objectKey("headers").put(name, value);
+        objectKey("headers", "ExportBuilder.header(String, String)").put(name, value);
         return this;
     }
 
@@ -149,8 +159,7 @@ public final class ExportBuilder {
      * and without receiving a record twice.
      */
     public ExportBuilder resume(String checkpointJson) {
-        config.put("resume", Objects.requireNonNull(checkpointJson, "checkpointJson"));
-        return this;
+        return set("resume", Objects.requireNonNull(checkpointJson, "checkpointJson"), "ExportBuilder.resume(String)");
     }
 
     /**
@@ -158,8 +167,7 @@ public final class ExportBuilder {
      * the manifest is not fetched again.
      */
     public ExportBuilder resumeFiles(String filesJson) {
-        config.put("resume_files", Objects.requireNonNull(filesJson, "filesJson"));
-        return this;
+        return set("resume_files", Objects.requireNonNull(filesJson, "filesJson"), "ExportBuilder.resumeFiles(String)");
     }
 
     /**
@@ -178,8 +186,7 @@ public final class ExportBuilder {
             }
             list.add(i);
         }
-        config.put("only_files", list);
-        return this;
+        return set("only_files", list, "ExportBuilder.onlyFiles(int...)");
     }
 
     /**
@@ -189,8 +196,15 @@ public final class ExportBuilder {
      * connector's).
      */
     public ExportBuilder manifestOnly() {
-        config.put("manifest_only", true);
-        return this;
+        return set("manifest_only", true, "ExportBuilder.manifestOnly()");
+    }
+
+    /**
+     * {@code concurrency}: files downloaded at once (the library's default 4; it takes 1 to 64).
+     * The same as {@code option("concurrency", n)}.
+     */
+    public ExportBuilder concurrency(int files) {
+        return set("concurrency", files, "ExportBuilder.concurrency(int)");
     }
 
     /**
@@ -205,20 +219,18 @@ public final class ExportBuilder {
             throw new IllegalArgumentException("base_url is required");
         }
         if (value == null) {
-            config.remove(key);
-        } else {
-            config.put(key, value);
+            unset(key);
+            return this;
         }
-        return this;
+        return set(key, value, JavaTerms.option(key));
     }
 
-    private ExportBuilder list(String key, Collection<String> values) {
+    private ExportBuilder list(String key, Collection<String> values, String call) {
         List<String> copy = new ArrayList<>(values.size());
         for (String v : values) {
             copy.add(Objects.requireNonNull(v, key + " entry"));
         }
-        config.put(key, copy);
-        return this;
+        return set(key, copy, call);
     }
 
     /** The config JSON {@link #start()} hands to the library (contains secrets given inline). */
@@ -260,7 +272,10 @@ public final class ExportBuilder {
     /**
      * Starts the export: the library validates the config, then kicks off on its own threads.
      *
-     * @throws ConfigException when the config is invalid (the message names the key)
+     * @throws ConfigException when the config is invalid: the message names the builder method
+     *         that set the wrong value ({@code option("key", ...)} for the generic setter, with
+     *         the nearest known key when the key does not exist), in Java types; its
+     *         {@link Throwable#getCause() cause} has the library's own message
      * @throws FhirBulkException for other refusals; server errors show on the first pull
      */
     public Export start() {
@@ -278,11 +293,28 @@ public final class ExportBuilder {
             // Same thread: export_last_error_json(NULL) is this thread's last error.
             String detail = LibFhirBulk.text(LibFhirBulk::export_last_error_json, 0L);
             FhirBulkException e = FhirBulkException.fromDetail(rc, detail);
+            if (e instanceof ConfigException c) {
+                e = inJavaTerms(c);
+            }
             Export.LOG.log(System.Logger.Level.DEBUG, "fhirbulk: export not started ({0}): {1}",
                     description, e.getMessage());
             throw e;
         }
         return new Export(out[0], description);
+    }
+
+    /**
+     * {@code e} with its message in the terms of the builder calls that made the config (same
+     * code, name and status); its cause is {@code e}, with the library's own wording.
+     */
+    ConfigException inJavaTerms(ConfigException e) {
+        String message = JavaTerms.message(e.getMessage(), setBy);
+        if (message.equals(e.getMessage())) {
+            return e;
+        }
+        ConfigException j = new ConfigException(e.code(), e.name(), e.httpStatus(), e.url(), message, e.issues());
+        j.initCause(e);
+        return j;
     }
 
     /** Never shows secrets. */

@@ -122,13 +122,15 @@ class ErrorTest {
                 () -> FhirBulk.export("http://127.0.0.1:1/fhir").option("since", "yesterday").start());
         assertTrue(e.getMessage().contains("since"), e.getMessage());
 
+        // The base URL is FhirBulk.export's (JavaTermsTest has the exact messages).
         e = assertThrows(ConfigException.class, () -> FhirBulk.export("ftp://example.org/fhir").start());
-        assertTrue(e.getMessage().contains("base_url"), e.getMessage());
+        assertTrue(e.getMessage().contains("FhirBulk.export(String)"), e.getMessage());
+        assertTrue(e.getCause().getMessage().contains("base_url"), "the library's own words: " + e.getCause());
 
-        // Group level without an id; the library names the key.
+        // Group level without an id: the method that sets one.
         e = assertThrows(ConfigException.class,
                 () -> FhirBulk.export("http://127.0.0.1:1/fhir").option("level", "group").start());
-        assertTrue(e.getMessage().contains("group_id"), e.getMessage());
+        assertTrue(e.getMessage().contains("ExportBuilder.group(String)"), e.getMessage());
 
         // A lone surrogate cannot be UTF-8: escaped, it is the library's config error, not a '?'.
         assertThrows(ConfigException.class,

@@ -194,7 +194,8 @@ class ExportTest {
         assertThrows(IllegalArgumentException.class, () -> FhirBulk.export(sb.url("polls=0")).onlyFiles(-1));
         FhirBulkException e = assertThrows(FhirBulkException.class, () -> FhirBulk.export(sb.url("polls=0"))
                 .onlyFiles(0).start().close());
-        assertTrue(e.getMessage().contains("only_files is given without resume"), e.getMessage());
+        assertTrue(e.getMessage().contains("ExportBuilder.onlyFiles(int...) is given without ExportBuilder.resume(String)"),
+                e.getMessage());
     }
 
     @Test
