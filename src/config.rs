@@ -363,6 +363,10 @@ pub struct Config {
     /// resume (a Spark driver plans its partitions from them).
     #[serde(default)]
     pub manifest_only: bool,
+    /// Before the kick-off, read the server's CapabilityStatement (`GET metadata`) for the
+    /// `capability` event (its software name and version, its FHIR version). Never fatal.
+    #[serde(default)]
+    pub read_capability_statement: bool,
     /// Events kept for the caller to pull (`export_next_event`); when the caller does not read
     /// them, the oldest are dropped (counted). 0 turns events off.
     #[serde(default = "d_event_queue_size")]

@@ -204,7 +204,7 @@ impl Downloads {
         let mut url = first_url.to_owned();
         let mut fetched = 0u32;
         loop {
-            self.add(job, session, &mut page, &url)?;
+            self.add(job, session, &mut page, &url, complete)?;
             fetched += 1;
             let next = pages.next(&page)?;
             if complete {
@@ -238,13 +238,37 @@ impl Downloads {
 
     /// Queue the files of a manifest page (from `url`) that are new; files known by identity
     /// are not fetched again, and an entry listed twice is fetched once.
-    fn add(&mut self, job: &Job, session: &mut Session, m: &mut Manifest, url: &str) -> Result<()> {
+    fn add(
+        &mut self,
+        job: &Job,
+        session: &mut Session,
+        m: &mut Manifest,
+        url: &str,
+        complete: bool,
+    ) -> Result<()> {
         for n in &m.notes {
             job.monitor
                 .warn(format!("manifest {}: {n}", redact_url(url)));
         }
         let entries = std::mem::take(&mut m.files);
         let listed = entries.len();
+        if job.monitor.events.enabled() {
+            let mut by_kind = [0u64; 3];
+            for e in &entries {
+                by_kind[e.kind as usize] += 1;
+            }
+            job.monitor.event(
+                "manifest_page",
+                fields! {
+                    "url" => redact_url(url),
+                    "output_files" => by_kind[0],
+                    "error_files" => by_kind[1],
+                    "deleted_files" => by_kind[2],
+                    "transaction_time" => m.transaction_time.clone(),
+                    "complete" => complete,
+                },
+            );
+        }
         let mut new = Vec::new();
         {
             // The entries move into the files table (new files) or are dropped (known ones).
@@ -491,7 +515,12 @@ fn advance(job: &Arc<Job>, step: Step) -> Result<Option<(Duration, Option<u64>, 
     let mut dl = Downloads { job: job.clone() };
     let (status_url, mut poller) = match step {
         Step::Start => match begin(job, &mut dl)? {
-            Begun::Kickoff => return advance(job, Step::Kickoff(None)),
+            Begun::Kickoff => {
+                if job.config.read_capability_statement {
+                    capability_event(job);
+                }
+                return advance(job, Step::Kickoff(None));
+            }
             Begun::Poll(url) => {
                 job.monitor.set_state(State::Waiting);
                 (url, Box::new(Poller::new(&job.http)))
@@ -693,7 +722,7 @@ fn download_one(job: &Arc<Job>, p: &Pending) {
         .with_file_client(|fc| download(&cx, fc, &file, &tx))
         .and_then(|r| r);
     match r {
-        Ok(lines) => {
+        Ok((lines, bytes)) => {
             if let Some(progress) = job.files.lock().progress_of(p.index) {
                 progress.set_fetched();
             }
@@ -707,6 +736,7 @@ fn download_one(job: &Arc<Job>, p: &Pending) {
                         "resource_type" => file.resource_type.as_ref().map(|t| t.as_str().to_owned()),
                         "url" => redact_url(&file.url),
                         "lines" => lines,
+                        "bytes" => bytes,
                     },
                 );
             }
@@ -819,6 +849,58 @@ fn transaction_time_of(job: &Job) -> Option<String> {
         .and_then(|m| m.get("transactionTime"))
         .and_then(Value::as_str)
         .map(str::to_owned)
+}
+
+/// The `capability` event: what the server's CapabilityStatement says of its software and FHIR
+/// version (config `read_capability_statement`; one request before the kick-off, never fatal).
+fn capability_event(job: &Job) {
+    const WHAT: &str = "capability statement request";
+    let url = format!("{}/metadata", job.config.base_url.trim_end_matches('/'));
+    let build = |u: &str| {
+        job.http
+            .client
+            .get(u)
+            .header(reqwest::header::ACCEPT, "application/fhir+json")
+            .timeout(Duration::from_millis(job.config.request_timeout_ms))
+    };
+    let got = job.http.send(WHAT, &url, true, &build).and_then(|r| {
+        let status = r.status().as_u16();
+        if !(200..300).contains(&status) {
+            return Err(Error::new(
+                ErrorCode::Http,
+                format!("{WHAT} answered HTTP {status}"),
+            ));
+        }
+        let body = crate::http::response::read_capped(
+            WHAT,
+            &url,
+            r,
+            crate::http::response::DISCOVERY_BODY_LIMIT,
+        )?;
+        serde_json::from_slice::<Value>(crate::bom::strip_bom(&body))
+            .map_err(|e| Error::protocol(format!("{WHAT}: not JSON ({e})")))
+    });
+    let text = |v: &Value, a: &str, b: Option<&str>| {
+        let x = v.get(a)?;
+        let x = match b {
+            Some(b) => x.get(b)?,
+            None => x,
+        };
+        x.as_str().map(|s| {
+            crate::error::escape_controls(&s.chars().take(200).collect::<String>()).into_owned()
+        })
+    };
+    let f = match got {
+        Ok(v) => fields! {
+            "url" => redact_url(&url),
+            "software_name" => text(&v, "software", Some("name")),
+            "software_version" => text(&v, "software", Some("version")),
+            "software_release_date" => text(&v, "software", Some("releaseDate")),
+            "fhir_version" => text(&v, "fhirVersion", None),
+        },
+        Err(e) => fields! {"url" => redact_url(&url), "error" => e.message},
+    };
+    job.monitor.event("capability", f);
 }
 
 /// The `manifest` event: a manifest (all its pages, or a partial one) is in.

@@ -39,31 +39,35 @@ struct Cursor {
     next_line: u64,
     /// Lines up to this number were sent before (or by an earlier process): skip them.
     skip_through: u64,
+    /// Bytes of the file (decoded) read since its first byte.
+    bytes: u64,
 }
 
-/// Download one file and send its lines to the consumer in chunks; the number of lines the
-/// file has.
+/// Download one file and send its lines to the consumer in chunks; the number of lines and
+/// of (decoded) bytes the file has.
 pub(crate) fn download(
     cx: &Context<'_>,
     fc: &FileClient,
     job: &FileJob,
     tx: &Sender<Chunk>,
-) -> Result<u64> {
+) -> Result<(u64, u64)> {
     let remote = RefCell::new(Remote::new(cx.http, cx.fresh, fc, job));
     let mut cur = Cursor {
         next_line: 1,
         skip_through: job.skip_lines,
+        bytes: 0,
     };
     loop {
         let opened = remote.borrow_mut().open();
         let res = opened.and_then(|codings| read_file(cx, job, &remote, &codings, &mut cur, tx));
         match res {
-            Ok(()) => return Ok(cur.next_line - 1),
+            Ok(()) => return Ok((cur.next_line - 1, cur.bytes)),
             Err(Interrupt::Fatal(e)) => return Err(e),
             Err(Interrupt::Restart) => {
                 // From the first byte again: what was sent is skipped.
                 cur.skip_through = cur.skip_through.max(cur.next_line - 1);
                 cur.next_line = 1;
+                cur.bytes = 0;
                 cx.monitor.event(
                     "file_restarted",
                     fields! {
@@ -176,6 +180,7 @@ fn read_file(
             eof = true;
         } else {
             cx.monitor.bytes.fetch_add(n as u64, Ordering::Relaxed);
+            cur.bytes += n as u64;
         }
         if at_start {
             let have = filled + n;

@@ -156,21 +156,47 @@ fn check_log(events: &[Value], files: usize) {
     let pos = |name: &str| ids.iter().position(|x| *x == name);
     assert_eq!(ids[0], "kickoff", "{ids:?}");
     assert_eq!(ids.iter().filter(|x| **x == "kickoff").count(), 1);
+    // Who wrote the log, in which layout; the server's software from its CapabilityStatement.
+    assert_eq!(events[0]["_client"], "fhirbulk");
+    assert_eq!(events[0]["logVersion"], 2);
+    assert_eq!(events[0]["eventDetail"]["softwareName"], "fhirbulk-sandbox");
+    assert_eq!(events[0]["eventDetail"]["fhirVersion"], "4.0.1");
     let complete = pos("status_complete").expect("status_complete");
     assert!(
         ids[1..complete].iter().all(|x| *x == "status_progress"),
         "{ids:?}"
     );
+    // Then the manifest's pages, then the whole manifest.
+    let manifest = pos("manifest_complete").expect("manifest_complete");
+    assert!(manifest > complete + 1, "{ids:?}");
+    assert!(ids[complete + 1..manifest]
+        .iter()
+        .all(|x| *x == "status_page_complete"));
+    let m = &events[manifest]["eventDetail"];
+    assert_eq!(
+        m["totalOutputFileCount"].as_u64().unwrap()
+            + m["totalErrorFileCount"].as_u64().unwrap()
+            + m["totalDeletedFileCount"].as_u64().unwrap(),
+        files as u64
+    );
+    assert_eq!(m["totalManifests"], (manifest - complete - 1) as u64);
     assert_eq!(*ids.last().unwrap(), "export_complete");
     let mut requested = BTreeSet::new();
     let mut completed = BTreeSet::new();
-    for e in &events[complete + 1..events.len() - 1] {
+    for e in &events[manifest + 1..events.len() - 1] {
+        if matches!(
+            e["eventId"].as_str().unwrap(),
+            "retry" | "download_resumed" | "download_restarted" | "warning" | "token"
+        ) {
+            continue;
+        }
         let url = e["eventDetail"]["fileUrl"].as_str().unwrap().to_owned();
         match e["eventId"].as_str().unwrap() {
             "download_request" => assert!(requested.insert(url)),
             "download_complete" => {
                 assert!(requested.contains(&url), "complete before request: {url}");
                 assert!(e["eventDetail"]["resourceCount"].is_u64());
+                assert!(e["eventDetail"]["fileSize"].as_u64().unwrap() > 0);
                 assert!(completed.insert(url));
             }
             other => panic!("unexpected event {other}"),
@@ -180,6 +206,7 @@ fn check_log(events: &[Value], files: usize) {
     assert_eq!(completed.len(), files);
     let done = &events.last().unwrap()["eventDetail"];
     assert_eq!(done["files"], files);
+    assert_eq!(done["attachments"], 0, "a number, not null");
     let parse = |e: &Value| e["timestamp"].as_str().unwrap().to_owned();
     let stamps: Vec<String> = events.iter().map(parse).collect();
     let mut sorted = stamps.clone();

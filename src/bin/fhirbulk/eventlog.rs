@@ -1,8 +1,10 @@
-//! `OUT/log.ndjson`: one JSON event per line in the schema of the SMART bulk-data-client's log,
+//! `log.ndjson`: one JSON event per line in the schema of the SMART bulk-data-client's log,
 //! `{"exportId": ..., "timestamp": ..., "eventId": ..., "eventDetail": {...}}`, with the event ids
-//! `kickoff`, `status_progress`, `status_complete`, `status_error`, `download_request`,
-//! `download_complete`, `download_error` and `export_complete`, plus `warning` (`{"message":
-//! ...}`) for what the engine noticed and worked around.
+//! `kickoff` (it also carries `_client`, `_clientVersion` and `logVersion`), `status_progress`,
+//! `status_complete`, `status_page_complete`, `manifest_complete`, `status_error`,
+//! `download_request`, `download_complete`, `download_error` and `export_complete`, plus
+//! fhirbulk's own `warning`, `retry`, `download_resumed`, `download_restarted` and `token`.
+//! The lines are written from the engine's events (`export::Run::on_event`).
 
 use crate::util::{self, CliError};
 use serde_json::Value;
@@ -50,8 +52,13 @@ impl EventLog {
     }
 
     pub fn event(&mut self, event_id: &str, detail: Value) {
+        self.event_with(event_id, detail, "")
+    }
+
+    /// An event with more top-level fields (`extra`: `,"name":value...` or empty).
+    pub fn event_with(&mut self, event_id: &str, detail: Value, extra: &str) {
         let line = format!(
-            "{{\"exportId\":{},\"timestamp\":{},\"eventId\":{},\"eventDetail\":{}}}\n",
+            "{{\"exportId\":{},\"timestamp\":{},\"eventId\":{},\"eventDetail\":{}{extra}}}\n",
             Value::String(self.export_id.clone()),
             Value::String(util::now()),
             Value::String(event_id.to_owned()),

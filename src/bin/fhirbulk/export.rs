@@ -11,7 +11,7 @@ use crate::util::{self, CliError, EXIT_INTERRUPTED, EXIT_OK};
 use fhirbulk::arrow::{ParquetCompression, PartsState};
 use fhirbulk::error::redact_url;
 use fhirbulk::kickoff::{kickoff_query, kickoff_url};
-use fhirbulk::{Config, Controller, Export, Method, Next, State};
+use fhirbulk::{Config, Controller, Export, Method, Next};
 use indicatif::{HumanBytes, HumanCount};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -51,7 +51,7 @@ pub struct Logged {
     /// Version 1: the files whose download_complete is logged (now in `DONE_FILE`).
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub completed: BTreeSet<u32>,
-    /// download_request is logged for files 0..requested_files (they become known in order).
+    /// download_request is logged for files 0..requested_files (they start in order).
     #[serde(default)]
     pub requested_files: u32,
 }
@@ -224,11 +224,14 @@ struct Run {
     logged: Logged,
     display: Display,
     kickoff_detail: Value,
-    last_polls: u32,
+    /// Pages of the complete manifest logged (`status_page_complete`).
+    manifest_pages: u64,
+    /// Engine events dropped so far (said once in the log).
+    events_dropped: u64,
+    /// Files whose download_request is logged beyond the prefix `logged.requested_files`.
+    requested_ahead: BTreeSet<u32>,
     /// The CLI's own warnings, shown already, for the log after its first event (`kickoff`).
     pending_warnings: Vec<String>,
-    /// Engine warnings already shown and logged (this process's engine counts from 0).
-    warnings_seen: usize,
     /// Files and completed files taken from the engine so far (each tick asks for the rest only).
     files_seen: usize,
     completed_seen: usize,
@@ -338,67 +341,22 @@ impl Run {
         }
     }
 
-    /// Look at the engine: events for the log, the manifest, finished files, the display.
+    /// Look at the engine: its events (the log, the display), the manifest, finished files.
     fn tick(&mut self, ctl: &Controller) -> Result<(), CliError> {
         let p = ctl.progress();
-        if !self.logged.kickoff {
-            if let Some(url) = ctl.status_url() {
-                let mut d = self.kickoff_detail.clone();
-                d["errorCode"] = Value::Null;
-                d["errorBody"] = Value::Null;
-                self.log.event("kickoff", d);
-                self.logged.kickoff = true;
-                self.log_pending_warnings();
-                self.display
-                    .line(&format!("export started; status URL {}", redact_url(&url)));
-            }
+        // The log is written from the engine's events (one source of truth); the queue is
+        // drained at every look, so none are dropped unless a look came very late.
+        while let Next::Item(ev) = ctl.next_event(Some(Duration::ZERO)) {
+            self.on_event(ctl, &ev)?;
         }
-        if p.state == State::Waiting {
-            // One event per status request answered "in progress" (several may fall between
-            // two looks when the server asks for fast polling).
-            while self.last_polls < p.polls {
-                self.last_polls += 1;
-                self.log.event(
-                    "status_progress",
-                    json!({"body": null, "xProgress": p.server_progress, "retryAfter": null}),
-                );
-            }
-        }
-        let waiting = matches!(p.state, State::KickingOff | State::Waiting);
-        if !self.logged.status_complete && !waiting && p.error.is_none() {
-            if let Some([output, error, deleted]) = ctl.manifest_file_counts() {
-                let tt = ctl.transaction_time();
-                self.log.event(
-                    "status_complete",
-                    json!({
-                        "transactionTime": tt,
-                        "outputFileCount": output,
-                        "deletedFileCount": deleted,
-                        "errorFileCount": error,
-                    }),
-                );
-                self.logged.status_complete = true;
-                self.write_manifest(ctl)?;
-                self.display.line(&format!(
-                    "manifest: {} files, transactionTime {}",
-                    output + error + deleted,
-                    tt.as_deref().unwrap_or("-")
-                ));
-            }
-        }
-        if p.warnings as usize > self.warnings_seen {
-            let all = ctl.warnings();
-            for w in all.iter().skip(self.warnings_seen) {
-                self.log.event("warning", json!({ "message": w }));
-                self.display.line(&format!("warning: {w}"));
-            }
-            self.warnings_seen = all.len().max(self.warnings_seen);
-            if p.warnings as usize > all.len() && self.warnings_seen == all.len() {
-                // The engine keeps the first 100; say once that there are more.
-                self.display
-                    .line("warning: more warnings than the engine keeps; see the progress count");
-                self.warnings_seen = usize::MAX;
-            }
+        let dropped = ctl.events_dropped();
+        if dropped > self.events_dropped {
+            let n = dropped - self.events_dropped;
+            self.events_dropped = dropped;
+            self.log.event(
+                "warning",
+                json!({ "message": format!("{n} engine events were dropped before they could be logged") }),
+            );
         }
         // Only what is new since the last look: a tick costs the files that changed, not the
         // manifest.
@@ -421,7 +379,7 @@ impl Run {
         self.completed_seen += done.len();
         for i in done {
             if self.logged.completed.contains(&i) {
-                // Logged by the run this one resumes (in the complete files' list unless that
+                // Complete in the run this one resumes (in the complete files' list unless that
                 // run wrote a version 1 checkpoint).
                 self.outputs.mark_done(i as usize);
                 if !self.journaled_done.contains(&i) {
@@ -431,20 +389,6 @@ impl Run {
             }
             self.outputs.close_file(i as usize)?;
             self.journal_done(i)?;
-            let st = self
-                .outputs
-                .file_state(i as usize)
-                .cloned()
-                .unwrap_or_default();
-            let url = ctl.file(i).map(|f| f.url).unwrap_or_default();
-            self.log.event(
-                "download_complete",
-                json!({
-                    "fileUrl": redact_url(&url),
-                    "resourceCount": st.records,
-                    "fileSize": st.ndjson_bytes,
-                }),
-            );
             self.logged.completed.insert(i);
         }
         let w = self.written(self.files_seen);
@@ -452,7 +396,160 @@ impl Run {
         Ok(())
     }
 
-    /// Files new to this run: output slots, the count hints, download_request events.
+    /// One engine event: its line in the log (the SMART bulk-data-client's event ids where it
+    /// has one), and in the display.
+    fn on_event(&mut self, ctl: &Controller, ev: &fhirbulk::Event) -> Result<(), CliError> {
+        let f = |k: &str| ev.fields.get(k).cloned().unwrap_or(Value::Null);
+        match ev.kind {
+            "capability" => {
+                for (from, to) in [
+                    ("software_name", "softwareName"),
+                    ("software_version", "softwareVersion"),
+                    ("software_release_date", "softwareReleaseDate"),
+                    ("fhir_version", "fhirVersion"),
+                ] {
+                    self.kickoff_detail[to] = f(from);
+                }
+            }
+            "kickoff" if !self.logged.kickoff => {
+                let mut d = self.kickoff_detail.clone();
+                d["errorCode"] = Value::Null;
+                d["errorBody"] = Value::Null;
+                self.log.event_with("kickoff", d, &kickoff_extra());
+                self.logged.kickoff = true;
+                self.log_pending_warnings();
+                if let Some(url) = ev.str("status_url") {
+                    self.display
+                        .line(&format!("export started; status URL {url}"));
+                }
+            }
+            "status" => self.log.event(
+                "status_progress",
+                json!({"body": null, "xProgress": f("x_progress"), "retryAfter": f("retry_after")}),
+            ),
+            "manifest_page" => {
+                if ev.fields.get("complete") == Some(&Value::Bool(true)) {
+                    if self.logged.status_complete {
+                        // Logged by the run this one resumes (the manifest was fetched again).
+                        return Ok(());
+                    }
+                    if self.manifest_pages == 0 {
+                        // The status request answered with the manifest (its first page).
+                        self.log.event(
+                            "status_complete",
+                            json!({"transactionTime": f("transaction_time")}),
+                        );
+                    }
+                    self.manifest_pages += 1;
+                }
+                self.log.event(
+                    "status_page_complete",
+                    json!({
+                        "transactionTime": f("transaction_time"),
+                        "outputFileCount": f("output_files"),
+                        "deletedFileCount": f("deleted_files"),
+                        "errorFileCount": f("error_files"),
+                    }),
+                );
+            }
+            "manifest" if ev.fields.get("complete") == Some(&Value::Bool(true)) => {
+                if self.logged.status_complete {
+                    // Logged by the run this one resumes (the manifest was fetched again).
+                    return Ok(());
+                }
+                let tt = ctl.transaction_time();
+                let [output, error, deleted] = ["output_files", "error_files", "deleted_files"]
+                    .map(|k| ev.u64(k).unwrap_or(0));
+                self.log.event(
+                    "manifest_complete",
+                    json!({
+                        "transactionTime": tt,
+                        "totalOutputFileCount": output,
+                        "totalDeletedFileCount": deleted,
+                        "totalErrorFileCount": error,
+                        "totalManifests": self.manifest_pages.max(f("pages").as_u64().unwrap_or(1)),
+                    }),
+                );
+                self.logged.status_complete = true;
+                self.write_manifest(ctl)?;
+                self.display.line(&format!(
+                    "manifest: {} files, transactionTime {}",
+                    output + error + deleted,
+                    tt.as_deref().unwrap_or("-")
+                ));
+            }
+            "file_started" => {
+                let i = ev.u64("index").unwrap_or(0) as u32;
+                if i < self.logged.requested_files {
+                    // Its request is in the log from the run this one resumes: the rest of it.
+                    self.log.event(
+                        "download_resumed",
+                        json!({"fileUrl": f("url"), "skipLines": f("skip_lines")}),
+                    );
+                } else {
+                    self.log.event(
+                        "download_request",
+                        json!({
+                            "fileUrl": f("url"),
+                            "itemType": f("kind"),
+                            "resourceType": f("resource_type"),
+                        }),
+                    );
+                    // The checkpoint counts the requests logged as a prefix of the files (they
+                    // start in order, a few at once).
+                    self.requested_ahead.insert(i);
+                    while self.requested_ahead.remove(&self.logged.requested_files) {
+                        self.logged.requested_files += 1;
+                    }
+                }
+            }
+            "file_completed" => self.log.event(
+                "download_complete",
+                json!({
+                    "fileUrl": f("url"),
+                    "resourceCount": f("lines"),
+                    "fileSize": f("bytes"),
+                }),
+            ),
+            "file_resumed" => self.log.event(
+                "download_resumed",
+                json!({"fileUrl": f("url"), "fromByte": f("from_byte")}),
+            ),
+            "file_restarted" => self.log.event(
+                "download_restarted",
+                json!({"fileUrl": f("url"), "skipLines": f("skip_lines")}),
+            ),
+            "retry" => self.log.event(
+                "retry",
+                json!({
+                    "url": f("url"),
+                    "code": f("http_status"),
+                    "error": f("code"),
+                    "message": f("reason"),
+                    "attempt": f("attempt"),
+                    "waitMs": f("wait_ms"),
+                }),
+            ),
+            "token" => self.log.event(
+                "token",
+                json!({"refreshed": f("refreshed"), "shared": f("shared")}),
+            ),
+            "warning" => {
+                let w = ev.str("message").unwrap_or_default().to_owned();
+                self.display.line(&format!("warning: {w}"));
+                if self.logged.kickoff {
+                    self.log.event("warning", json!({ "message": w }));
+                } else {
+                    // The log starts with the kick-off, as the SMART client's does.
+                    self.pending_warnings.push(w);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Files new to this run: output slots, the count hints.
     fn learn_files(&mut self, new: &[fhirbulk::FileInfo]) -> Result<(), CliError> {
         self.outputs.sync_files(new);
         for f in new {
@@ -461,17 +558,6 @@ impl Run {
                 (Some(sum), Some(c)) => sum.checked_add(c),
                 _ => None,
             };
-            if f.index >= self.logged.requested_files {
-                self.logged.requested_files = f.index + 1;
-                self.log.event(
-                    "download_request",
-                    json!({
-                        "fileUrl": redact_url(&f.url),
-                        "itemType": f.kind.name(),
-                        "resourceType": f.resource_type,
-                    }),
-                );
-            }
         }
         Ok(())
     }
@@ -590,7 +676,7 @@ impl Run {
             let mut d = self.kickoff_detail.clone();
             d["errorCode"] = code;
             d["errorBody"] = if body.is_null() { json!(message) } else { body };
-            self.log.event("kickoff", d);
+            self.log.event_with("kickoff", d, &kickoff_extra());
             self.logged.kickoff = true;
             self.log_pending_warnings();
         } else if !self.logged.status_complete {
@@ -605,6 +691,17 @@ impl Run {
             );
         }
     }
+}
+
+/// The version of this log's layout (lines and fields), and who wrote it, on the kick-off
+/// line (as SMART Fetch marks its logs).
+const LOG_VERSION: u32 = 2;
+
+fn kickoff_extra() -> String {
+    format!(
+        ",\"_client\":\"fhirbulk\",\"_clientVersion\":{},\"logVersion\":{LOG_VERSION}",
+        Value::String(env!("CARGO_PKG_VERSION").to_owned())
+    )
 }
 
 pub fn run(a: ExportArgs) -> u8 {
@@ -678,6 +775,13 @@ fn run_export(a: &ExportArgs, t0: Instant, summary: &mut Value) -> Result<u8, Cl
     };
     let mut cfg = Config::from_json(&Value::Object(map.clone()).to_string())?;
     let request = request_fingerprint(&cfg, a.gzip, a.format);
+    // The log is written from the engine's events: room for all of them between two looks,
+    // and the CapabilityStatement read for the kick-off line's software fields (unless the
+    // config says not to).
+    cfg.event_queue_size = 1 << 20;
+    if !map.contains_key("read_capability_statement") {
+        cfg.read_capability_statement = true;
+    }
     let (for_cancel, has_credentials) = config::without_inline_secrets(&map);
 
     let mut notes: Vec<String> = Vec::new();
@@ -910,9 +1014,10 @@ overwrite them, or another --out",
         logged,
         display,
         kickoff_detail,
-        last_polls: 0,
+        manifest_pages: 0,
+        events_dropped: 0,
+        requested_ahead: BTreeSet::new(),
         pending_warnings: warnings,
-        warnings_seen: 0,
         files_seen: 0,
         completed_seen: 0,
         expected_records: Some(0),
@@ -1100,7 +1205,8 @@ fn drive(
                     "files": files.files,
                     "resources": resources,
                     "bytes": t.ndjson_bytes,
-                    "attachments": null,
+                    // No attachments are fetched (yet): none, as a number.
+                    "attachments": 0,
                     "duration": duration_ms,
                 }),
             );

@@ -497,11 +497,6 @@ impl Outputs {
         }
         out
     }
-
-    /// Records and uncompressed bytes written of file `index` (for the event log).
-    pub fn file_state(&self, index: usize) -> Option<&FileState> {
-        self.slots.get(index).map(|s| &s.state)
-    }
 }
 
 fn open(dir: &Path, perms: Perms, gzip: bool, s: &mut Slot) -> Result<(), CliError> {
