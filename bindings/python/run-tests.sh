@@ -5,10 +5,11 @@
 # Environment:
 #   FHIRBULK_SANDBOX_BIN   use this sandbox binary instead of building target/debug/fhirbulk-sandbox
 #   FHIRBULK_PY_VENV       virtualenv directory to (re)create (default: a temporary directory)
-#   FHIRBULK_PY_EXTRAS     1 (default): also try pandas, pyarrow and tqdm, then polars and duckdb
-#                          (optional; skipped when they cannot be installed within
-#                          FHIRBULK_PY_EXTRAS_TIMEOUT seconds in all, default 240); 0: skip them
-#                          (their tests are then skipped)
+#   FHIRBULK_PY_EXTRAS     1 (default): also try pandas, pyarrow and tqdm, then polars and duckdb,
+#                          then mypy (the typed keyword arguments' check) (optional; skipped
+#                          when they cannot be installed within FHIRBULK_PY_EXTRAS_TIMEOUT
+#                          seconds in all, default 240); 0: skip them (their tests are then
+#                          skipped)
 #   PYTHON                 the interpreter to make the virtualenv from (default python3)
 # Extra arguments go to pytest.
 set -euo pipefail
@@ -50,10 +51,10 @@ step "pip install ./bindings/python pytest"
 "${pip[@]}" install ./bindings/python pytest
 
 if [[ "${FHIRBULK_PY_EXTRAS:-1}" != 0 ]]; then
-    # Two groups, so that a table library that cannot be had here does not cost the others;
-    # both share the one time budget.
+    # Groups, so that a table library that cannot be had here does not cost the others; all
+    # share the one time budget.
     extras_deadline=$((SECONDS + ${FHIRBULK_PY_EXTRAS_TIMEOUT:-240}))
-    for group in "pandas pyarrow tqdm" "polars duckdb"; do
+    for group in "pandas pyarrow tqdm" "polars duckdb" "mypy"; do
         left=$((extras_deadline - SECONDS))
         step "pip install $group (optional extras, ${left}s left)"
         # shellcheck disable=SC2086 # the group is a list of names

@@ -11,6 +11,10 @@ is a thin Python layer over its C functions::
             ...
         print(job.progress, job.manifest["transactionTime"])
 
+The config keys are keyword arguments, typed for editors and type checkers
+(:class:`ExportOptions`, a ``TypedDict`` of every key; ``progress_bar=True`` shows a tqdm bar
+with the manifest's record count as its total).
+
 Errors are raised as :class:`ExportError` subclasses (see :mod:`fhirbulk._errors` for the
 hierarchy), each with ``code``, ``name``, ``http_status``, ``url``, ``message`` and the
 server's OperationOutcome ``issues``.
@@ -53,7 +57,10 @@ from ._errors import (
 from ._export import (
     DEFAULT_BATCH_SIZE,
     Export,
+    ExportKeywords,
+    ExportOptions,
     Progress,
+    ProgressBar,
     Record,
     build_config,
     export,
@@ -76,6 +83,8 @@ __all__ = [
     "DEFAULT_BATCH_SIZE",
     "Export",
     "ExportError",
+    "ExportKeywords",
+    "ExportOptions",
     "ExportTimeoutError",
     "ForbiddenError",
     "HttpError",
@@ -86,6 +95,7 @@ __all__ = [
     "NotAcceptableError",
     "NotFoundError",
     "Progress",
+    "ProgressBar",
     "ProtocolError",
     "Record",
     "ServerError",

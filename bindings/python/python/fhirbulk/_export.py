@@ -16,6 +16,7 @@ import json
 import os
 import re
 import struct
+import sys
 import threading
 import warnings
 import weakref
@@ -25,14 +26,19 @@ from typing import (
     TYPE_CHECKING,
     Any,
     Callable,
+    Collection,
     Dict,
     Iterable,
     Iterator,
     List,
+    Literal,
     Mapping,
     Optional,
+    Protocol,
     Sequence,
+    Set,
     Tuple,
+    TypedDict,
     Union,
 )
 
@@ -44,6 +50,17 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas
     import polars
     import pyarrow
+
+# ``**config: Unpack[ExportKeywords]`` types the keyword arguments for editors and type checkers
+# (PEP 692).  typing has Unpack from Python 3.11 on; before that it is in typing_extensions,
+# which is not a dependency of this package and need not be one: the annotations here are never
+# evaluated at run time (``from __future__ import annotations``), and every type checker ships
+# typing_extensions' stubs, so it is imported only while type checking.  The runtime
+# dependencies stay cffi alone.
+if sys.version_info >= (3, 11):
+    from typing import Unpack
+elif TYPE_CHECKING:  # pragma: no cover
+    from typing_extensions import Unpack
 
 #: Records pulled per ``export_next_batch`` call.
 DEFAULT_BATCH_SIZE = 4096
@@ -169,16 +186,162 @@ def _str_list(name: str, value: Union[str, Iterable[str]]) -> List[str]:
         raise ConfigError(f"invalid config: '{name}' must be a string or a list of strings") from None
 
 
+# The engine's config keys as typed keyword arguments (README "Config keys"; src/config.rs).
+# tests/test_typing.py checks that these keys are exactly the ones the engine accepts.
+
+#: ``level``: which ``$export`` operation is kicked off.
+Level = Literal["system", "patient", "group"]
+#: A FHIR instant (``"2024-01-01T00:00:00Z"``) or a datetime (naive: local time) or a date
+#: (midnight UTC).
+Instant = Union[str, _dt.datetime, _dt.date]
+#: A list of strings, or one comma-separated string.
+StrList = Union[str, Collection[str]]
+
+
+class ExportKeywords(TypedDict, total=False):
+    """The engine config keys that :func:`export` and :func:`build_config` take as ``**config``
+    keyword arguments: every key of the README's config table but ``base_url``, ``level``,
+    ``types``, ``since`` and ``auth``, which are parameters of their own (see
+    :class:`ExportOptions` for all of them).  A ``None`` value leaves the key out (the engine's
+    default applies).  Unknown keys and values of the wrong type raise :class:`ConfigError`
+    at run time too."""
+
+    group_id: Optional[str]
+    """The Group id (``level="group"``); the same as ``group=``."""
+    output_format: Optional[str]
+    """``_outputFormat``, e.g. ``"application/fhir+ndjson"``."""
+    until: Optional[Instant]
+    """``_until`` (Bulk Data v3): a FHIR instant or a datetime."""
+    elements: Optional[StrList]
+    """``_elements``."""
+    type_filters: Optional[StrList]
+    """``_typeFilter`` queries such as ``"Observation?status=final"`` (one string: one query)."""
+    include_associated_data: Optional[StrList]
+    """``includeAssociatedData`` values."""
+    organize_output_by: Optional[str]
+    """``organizeOutputBy`` (v3), e.g. ``"Patient"``."""
+    allow_partial_manifests: Optional[bool]
+    """``allowPartialManifests`` (v3): files listed while the job still runs are downloaded at
+    once.  Default False."""
+    patients: Optional[StrList]
+    """``patient`` references (``"Patient/123"`` or ``"123"``); forces POST."""
+    method: Optional[Literal["auto", "get", "post"]]
+    """How the kick-off is sent: ``"auto"`` (default: GET, POST when ``patients`` is given),
+    ``"get"`` or ``"post"`` (a FHIR ``Parameters`` body)."""
+    lenient: Optional[bool]
+    """Send ``Prefer: handling=lenient``.  Default False."""
+    separate_export_status: Optional[bool]
+    """Ask for v3 ``separate-export-status`` (job status in ``X-Export-Status``).  Default False."""
+    params: Optional[Mapping[str, Union[str, Sequence[str]]]]
+    """Kick-off parameters the engine does not know (vendor parameters): ``{"name": "value"}``
+    or ``{"name": ["v1", "v2"]}`` (repeated).  Names the engine sends itself are refused."""
+    headers: Optional[Mapping[str, str]]
+    """Extra headers sent on every request to the FHIR server (not to other hosts)."""
+    token_origins: Optional[StrList]
+    """Origins (``"https://files.example.org"``) besides the FHIR server's that may receive the
+    access token for file downloads."""
+    allow_insecure_http: Optional[bool]
+    """Allow plain ``http://`` to hosts that are not loopback (and redirects from https to
+    http).  Default False: the Bulk Data IG requires TLS."""
+    ca_bundle: Optional[Union[str, "os.PathLike[str]"]]
+    """PEM file of extra CA certificates trusted besides the system store."""
+    client_cert: Optional[Union[str, "os.PathLike[str]"]]
+    """PEM file with a client certificate chain and private key (mutual TLS)."""
+    concurrency: Optional[int]
+    """Files downloaded at once, 1-64.  Default 4."""
+    buffer_chunks: Optional[int]
+    """Chunks of records buffered between the downloaders and the consumer (bounds memory).
+    Default 16."""
+    chunk_bytes: Optional[int]
+    """Target size of one chunk of lines.  Default 65536."""
+    max_line_bytes: Optional[int]
+    """A longer NDJSON line is invalid (see ``on_invalid_line``).  Default 64 MiB."""
+    connect_timeout_ms: Optional[int]
+    """TCP/TLS connect timeout.  Default 10000."""
+    request_timeout_ms: Optional[int]
+    """Timeout of kick-off, status, manifest-page and DELETE requests.  Default 60000."""
+    read_timeout_ms: Optional[int]
+    """A file download receiving nothing for this long is stalled and resumed.  Default 120000."""
+    min_bytes_per_s: Optional[int]
+    """A file download receiving less than this over ``stall_window_ms`` is stalled and resumed;
+    0 turns the check off.  Default 1024."""
+    stall_window_ms: Optional[int]
+    """The window of ``min_bytes_per_s``.  Default 60000."""
+    poll_min_ms: Optional[int]
+    """Shortest wait between status polls.  Default 1000."""
+    poll_max_ms: Optional[int]
+    """Longest wait between status polls; a larger ``Retry-After`` is clamped to it.
+    Default 600000."""
+    poll_backoff_max_ms: Optional[int]
+    """Cap of the backoff between polls when the server sends no ``Retry-After``.  Default 30000."""
+    retry_max_attempts: Optional[int]
+    """Attempts per request (the first included) on retryable failures (429, 503, other 5xx,
+    connection errors, timeouts, broken transfers).  Default 6."""
+    retry_max_wait_ms: Optional[int]
+    """Total time one request may spend waiting between its attempts.  Default 600000."""
+    retry_backoff_min_ms: Optional[int]
+    """First backoff step when the server sends no ``Retry-After``.  Default 500."""
+    retry_backoff_max_ms: Optional[int]
+    """Cap of the backoff between attempts.  Default 30000."""
+    on_invalid_line: Optional[Literal["fail", "skip"]]
+    """An NDJSON line that is not a JSON object: ``"fail"`` the export (default), or ``"skip"``
+    it and deliver an error record (an OperationOutcome naming file and line) in its place."""
+    validate_json: Optional[bool]
+    """Parse every line fully in the download threads instead of the cheap shape check.
+    Default False."""
+    resume: Optional[Union[Mapping[str, Any], str]]
+    """A checkpoint (:meth:`Export.checkpoint`) to continue from: no new kick-off, no record
+    delivered twice."""
+    resume_files: Optional[Union[Sequence[Mapping[str, Any]], str]]
+    """The file list of the export ``resume`` continues (:attr:`Export.files`, or a string of
+    its JSON or NDJSON); without it the manifest is fetched again."""
+    only_files: Optional[Collection[int]]
+    """With ``resume``: read only these files of the checkpoint's export (their indexes in
+    :attr:`Export.files`)."""
+    manifest_only: Optional[bool]
+    """Take the manifest and download nothing: the export ends (done, no records) once the
+    whole manifest arrived.  Default False."""
+    delete_on_cancel: Optional[bool]
+    """DELETE the server's job when the export is cancelled or freed unfinished.  Default True."""
+    delete_on_complete: Optional[bool]
+    """DELETE the server's job after a completed export, so it can free the files.
+    Default False."""
+
+
+class ExportOptions(ExportKeywords, total=False):
+    """Every engine config key but ``base_url``, typed: the keyword arguments of
+    :func:`export` and :func:`build_config` (``level``, ``types``, ``since`` and ``auth`` are
+    their own parameters there; the rest is :class:`ExportKeywords`).  Annotate a dict of
+    options with it to have them checked, then pass it on::
+
+        options: fhirbulk.ExportOptions = {"types": ["Patient"], "concurrency": 8}
+        fhirbulk.export(url, **options)
+
+    The keys are those of the README's config table; a test keeps them equal to the keys the
+    engine accepts."""
+
+    level: Optional[Level]
+    """``"system"`` (``[base]/$export``, the default), ``"patient"`` (``Patient/$export``) or
+    ``"group"`` (``Group/[id]/$export``); inferred from ``group`` / ``patient_level``."""
+    types: Optional[Union[str, Iterable[str]]]
+    """``_type``: resource types, a list or one comma-separated string."""
+    since: Optional[Instant]
+    """``_since``: a FHIR instant or a datetime."""
+    auth: Optional[Union[str, Mapping[str, Any]]]
+    """A bearer token (a string), or the README's ``auth`` object (SMART Backend Services:
+    ``{"type": "client_credentials", "client_id": ..., "private_key": {"file": ...}}``)."""
+
+
 def build_config(
     base_url: str,
     *,
     group: Optional[str] = None,
     types: Optional[Union[str, Iterable[str]]] = None,
-    since: Optional[Union[str, _dt.datetime, _dt.date]] = None,
+    since: Optional[Instant] = None,
     auth: Optional[Union[str, Mapping[str, Any]]] = None,
-    level: Optional[str] = None,
+    level: Optional[Level] = None,
     patient_level: bool = False,
-    **config: Any,
+    **config: Unpack[ExportKeywords],
 ) -> Dict[str, Any]:
     """The JSON config (a dict) that :func:`export` hands to the library.
 
@@ -186,8 +349,8 @@ def build_config(
     ``patient_level=True`` -> ``"patient"``, otherwise the library's default ``"system"``.
     ``auth`` may be a string (a static bearer token) or the README's ``auth`` object.
     ``since`` / ``until`` may be datetimes.  Other keyword arguments are config keys of the
-    README's table, passed through unchanged (``None`` values are left out), so an unknown key
-    fails with :class:`ConfigError` naming it.
+    README's table (typed: :class:`ExportKeywords`), passed through unchanged (``None`` values
+    are left out), so an unknown key fails with :class:`ConfigError` naming it.
     """
     cfg: Dict[str, Any] = {"base_url": base_url}
     if level is None:
@@ -237,7 +400,10 @@ def _in_python_terms(e: ConfigError) -> ConfigError:
         known = re.findall(r"`([^`]*)`", m.group(2))
         near = difflib.get_close_matches(m.group(1), known, n=1)
         hint = f" (did you mean {near[0]!r}?)" if near else ""
-        text = f"invalid config: unknown option {m.group(1)!r}{hint}; the options are the README's config keys"
+        text = (
+            f"invalid config: unknown option {m.group(1)!r}{hint}; the options are the README's "
+            "config keys (fhirbulk.ExportOptions)"
+        )
         return ConfigError(text, code=e.code, name=e.name)
     m = _BAD_TYPE.match(msg)
     if m:
@@ -445,12 +611,18 @@ class Export:
         config: Mapping[str, Any],
         *,
         batch_size: int = DEFAULT_BATCH_SIZE,
-        progress_bar: bool = False,
+        progress_bar: Union[bool, ProgressBar] = False,
         loads: Optional[Callable[[Union[str, bytes]], Any]] = None,
     ) -> None:
         global _live
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError("batch_size must be a positive integer")
+        # Checked before the export starts.  Never bool() a bar: tqdm's raises without a total.
+        if not (progress_bar is None or isinstance(progress_bar, bool) or _is_bar(progress_bar)):
+            raise TypeError(
+                "progress_bar must be True, False or a tqdm bar (an object with update() and "
+                f"set_postfix_str()), not {type(progress_bar).__name__}"
+            )
         self._batch_size = batch_size
         self._loads = loads or json.loads
         self._closed = False
@@ -486,11 +658,28 @@ class Export:
         self._blines: Optional[Sequence[bytes]] = None
         self._types: Dict[int, str] = {}
         self._consumer: Optional[int] = None  # the thread that last pulled a batch
-        self._bar: Any = None
         self._parquet: Optional[Dict[str, Any]] = None  # the summary of write_parquet
         self._arrow_pulled = False  # Arrow batches or a stream were taken
-        if progress_bar:
-            self._bar = _make_bar()
+        # The progress bar: a tqdm bar this export made (closed at the end) or the caller's
+        # (driven, left open).  Its total is the manifest's record counts, see _bar_total.
+        self._bar: Any = None
+        self._bar_owned = False
+        self._bar_rows_only = False  # Arrow and Parquet count output rows only
+        self._bar_files_seen = 0  # files read with export_files_json_from so far
+        self._bar_counts: Dict[str, int] = {}  # kind -> sum of its files' counts
+        self._bar_uncounted: Set[str] = set()  # kinds with a file that has no count
+        if progress_bar is True:
+            self._bar, self._bar_owned = _make_bar(), True
+        elif progress_bar is not None and progress_bar is not False:
+            self._bar = progress_bar
+        # Counts cannot be matched against what a resumed export delivers (records before the
+        # checkpoint do not come again), and a manifest_only export delivers none.
+        self._bar_sets_total = (
+            self._bar is not None
+            and getattr(self._bar, "total", None) is None
+            and not config.get("resume")
+            and not config.get("manifest_only")
+        )
 
     # ---- context manager and lifetime ------------------------------------------------------
 
@@ -519,6 +708,7 @@ class Export:
             }
         except Exception:  # pragma: no cover - snapshots are best effort
             pass
+        self._close_bar()  # its last state, while the handle lives
         self._finalizer()  # export_free: joins the threads once the DELETE was sent
         if self._end is None:
             # Left before the end of the stream: "cancelled", or "closed" when every file
@@ -529,7 +719,6 @@ class Export:
         # iterator), and nothing may read the native batch any more: it went with the handle.
         collections.deque(self._it, maxlen=0)
         self._it, self._count, self._blines = iter(()), 0, ()
-        self._close_bar()
 
     @property
     def closed(self) -> bool:
@@ -1066,6 +1255,7 @@ class Export:
 
     def _parquet_tick(self) -> Callable[[], None]:
         """Moves the progress bar by the records the library took since the last tick."""
+        self._bar_rows_only = True  # the bar's total: output records (only they are written)
         last = [0]
 
         def tick() -> None:
@@ -1091,22 +1281,89 @@ class Export:
     # ---- progress bar ------------------------------------------------------------------------
 
     def _update_bar(self, n: int) -> None:
+        """Moves the bar by ``n`` records and shows the export's state: while the server
+        prepares the files (``kicking_off``, ``waiting``), its ``X-Progress`` text; from then on
+        the files done, and a total once the manifest gave counts (see :meth:`_bar_total`)."""
         bar = self._bar
         try:
             p = self._poll()
-            bar.set_postfix_str(
-                f"{p.state} files {p.files_done}/{p.files_total}"
-                + (f" ({p.server_progress})" if p.server_progress else ""),
-                refresh=False,
-            )
+            if self._bar_sets_total and p.state not in ("kicking_off", "waiting"):
+                total = self._bar_total(p.files_total)
+                if total != bar.total:
+                    bar.total = total
+            bar.set_postfix_str(_bar_postfix(p), refresh=False)
             bar.update(n)
         except Exception:  # pragma: no cover - a progress bar must never break the export
             pass
 
+    def _bar_total(self, files_total: int) -> Optional[int]:
+        """The records the manifest announces (its files' ``count``), or None unless every file
+        the bar counts has one: output and error and deleted files for the record iterators,
+        output files for Arrow and Parquet (``count`` is a hint: a bar may end off its total).
+        Reads only the files not seen before (``export_files_json_from``), so following a large
+        paged manifest costs its new files only."""
+        if files_total > self._bar_files_seen:
+            start = self._bar_files_seen
+            text = _copy_text(lambda h, buf, n: lib.export_files_json_from(h, start, buf, n), self._h)
+            for line in text.splitlines():
+                if not line.strip():
+                    continue
+                f = json.loads(line)
+                kind, count = f.get("kind", "output"), f.get("count")
+                if isinstance(count, int) and not isinstance(count, bool) and count >= 0:
+                    self._bar_counts[kind] = self._bar_counts.get(kind, 0) + count
+                else:
+                    self._bar_uncounted.add(kind)
+                self._bar_files_seen += 1
+        kinds = ("output",) if self._bar_rows_only or self._arrow_pulled else ("output", "error", "deleted")
+        if self._bar_uncounted.intersection(kinds) or not any(k in self._bar_counts for k in kinds):
+            return None
+        return sum(self._bar_counts.get(k, 0) for k in kinds)
+
     def _close_bar(self) -> None:
+        """The bar's last state; a bar this export made is closed, the caller's left open."""
+        if self._bar is None:
+            return
+        self._update_bar(0)
         bar, self._bar = self._bar, None
-        if bar is not None:
-            bar.close()
+        try:
+            if self._bar_owned:
+                bar.close()
+            elif callable(getattr(bar, "refresh", None)):
+                bar.refresh()
+        except Exception:  # pragma: no cover - a progress bar must never break the export
+            pass
+
+
+def _bar_postfix(p: Progress) -> str:
+    """The bar's text: ``waiting (Processing: 40%)`` while the server prepares the files (its
+    X-Progress), then ``downloading files 3/10``: the preparation text is the server's, and
+    stale once the files are listed."""
+    files = f"files {p.files_done}/{p.files_total}"
+    if p.state in ("kicking_off", "waiting"):
+        text = p.state + (f" ({p.server_progress})" if p.server_progress else "")
+        # Partial manifests (allow_partial_manifests): files download while the job runs.
+        return f"{text} {files}" if p.files_total else text
+    return f"{p.state} {files}"
+
+
+class ProgressBar(Protocol):
+    """What ``progress_bar=`` takes besides True and False: a bar you made, such as
+    ``tqdm.tqdm(file=..., desc=...)`` (or ``tqdm.auto``, ``tqdm.rich``), or any object with
+    these two methods.  The export moves it by the records it hands out, sets its postfix
+    (state, files, the server's X-Progress while it prepares), sets ``total`` to the
+    manifest's record counts when the bar had none, refreshes it at the end and leaves it
+    open: closing it is yours."""
+
+    def update(self, n: int = ...) -> Any:
+        ...
+
+    def set_postfix_str(self, s: str = ..., refresh: bool = ...) -> Any:
+        ...
+
+
+def _is_bar(obj: Any) -> bool:
+    return callable(getattr(obj, "update", None)) and callable(getattr(obj, "set_postfix_str", None))
 
 
 _FINISHED = Progress("cancelled", None, 0, 0, 0, 0, 0, 0, 0, None, 0, None)
@@ -1125,15 +1382,15 @@ def export(
     base_url: str,
     group: Optional[str] = None,
     types: Optional[Union[str, Iterable[str]]] = None,
-    since: Optional[Union[str, _dt.datetime, _dt.date]] = None,
+    since: Optional[Instant] = None,
     auth: Optional[Union[str, Mapping[str, Any]]] = None,
     *,
-    level: Optional[str] = None,
+    level: Optional[Level] = None,
     patient_level: bool = False,
-    progress_bar: bool = False,
+    progress_bar: Union[bool, ProgressBar] = False,
     batch_size: int = DEFAULT_BATCH_SIZE,
     loads: Optional[Callable[[Union[str, bytes]], Any]] = None,
-    **config: Any,
+    **config: Unpack[ExportKeywords],
 ) -> Export:
     """Start a bulk export and return the running :class:`Export`.
 
@@ -1149,9 +1406,14 @@ def export(
     table is accepted as a keyword argument with the same name (``until``, ``type_filters``,
     ``concurrency``, ``delete_on_cancel``, ``resume``, ...).
 
-    Binding options: ``progress_bar=True`` shows a tqdm bar when tqdm is installed;
-    ``batch_size`` records per native call; ``loads`` the JSON parser for iteration
-    (e.g. ``orjson.loads``).
+    The keyword arguments are typed (:class:`ExportKeywords`; :class:`ExportOptions` for a
+    dict of all of them), so editors complete them and type checkers check them.
+
+    Binding options: ``progress_bar=True`` shows a tqdm bar when tqdm is installed (or pass
+    a tqdm bar of your own, see :class:`ProgressBar`): records, with a total once the
+    manifest gives every file's ``count``, the server's ``X-Progress`` text while it
+    prepares the files and the files done once they download; ``batch_size`` records per
+    native call; ``loads`` the JSON parser for iteration (e.g. ``orjson.loads``).
 
     Raises :class:`ConfigError` for an invalid config; failures of the export itself
     (HTTP errors with the server's OperationOutcome, network errors, ...) are raised by
