@@ -509,6 +509,15 @@ FhirbulkStatus export_error_code(const struct FhirbulkExport *h);
 uint32_t export_error_http_status(const struct FhirbulkExport *h);
 
 /**
+ * The last error's message alone (`export_last_error` adds the URL in parentheses), snprintf
+ * semantics; empty when there was none.
+ *
+ * # Safety
+ * `buf` is NULL or valid for `buf_len` bytes.
+ */
+size_t export_error_message(const struct FhirbulkExport *h, char *buf, size_t buf_len);
+
+/**
  * The URL of the request that failed (without its query string), snprintf semantics; empty
  * when none.
  *

@@ -612,6 +612,23 @@ pub extern "C" fn export_error_http_status(h: *const FhirbulkExport) -> u32 {
     .unwrap_or(0)
 }
 
+/// The last error's message alone (`export_last_error` adds the URL in parentheses), snprintf
+/// semantics; empty when there was none.
+///
+/// # Safety
+/// `buf` is NULL or valid for `buf_len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn export_error_message(
+    h: *const FhirbulkExport,
+    buf: *mut c_char,
+    buf_len: usize,
+) -> usize {
+    let text = catch_unwind(|| last_error_for(h).map(|e| e.message).unwrap_or_default())
+        .unwrap_or_default();
+    // SAFETY: forwarded caller contract on `buf`.
+    unsafe { copy_out(&text, buf, buf_len) }
+}
+
 /// The URL of the request that failed (without its query string), snprintf semantics; empty
 /// when none.
 ///

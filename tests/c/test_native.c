@@ -138,6 +138,12 @@ static void structured_errors(const char *root) {
     CHECK_STATUS(export_next_record(h, 30000, &rec), FHIRBULK_ERR_NOT_FOUND);
     CHECK_STATUS(export_error_code(h), FHIRBULK_ERR_NOT_FOUND);
     CHECK(export_error_http_status(h) == 404, "http %u", export_error_http_status(h));
+    char msg[1024], full[2048];
+    export_error_message(h, msg, sizeof msg);
+    export_last_error(h, full, sizeof full);
+    CHECK(strstr(msg, "404") != NULL && strstr(msg, "(http") == NULL, "message alone: %s", msg);
+    CHECK(strncmp(full, msg, strlen(msg)) == 0 && strstr(full, "(http") != NULL,
+          "export_last_error is the message and the URL: %s", full);
     char url[1024];
     size_t n = export_error_url(h, url, sizeof url);
     CHECK(n > 0 && n < sizeof url && strstr(url, "/Group/no-such-group/$export") != NULL,

@@ -56,6 +56,7 @@ from ._errors import (
 )
 from ._export import (
     DEFAULT_BATCH_SIZE,
+    Event,
     Export,
     ExportKeywords,
     ExportOptions,
@@ -81,6 +82,7 @@ __all__ = [
     "ConfigError",
     "DEFAULT_ARROW_BATCH_ROWS",
     "DEFAULT_BATCH_SIZE",
+    "Event",
     "Export",
     "ExportError",
     "ExportKeywords",

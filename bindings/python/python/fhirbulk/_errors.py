@@ -34,12 +34,11 @@ server's OperationOutcome issues: dicts with ``severity``, ``code``, ``diagnosti
 from __future__ import annotations
 
 import builtins
-import json
 from typing import Any, Dict, List, Optional, Type
 
 
 class ExportError(Exception):
-    """A failure reported by fhirbulk, with the detail of ``export_last_error_json``."""
+    """A failure reported by fhirbulk, with the parts of the library's last error (``export_error_*``)."""
 
     code: int = 0
     name: str = "error"
@@ -243,29 +242,23 @@ ERROR_CLASSES: Dict[int, Type[ExportError]] = {
 }
 
 
-def error_from_detail(status: int, detail_json: str, message: str, status_name: str) -> ExportError:
-    """Build the exception for ``status`` from ``export_last_error_json`` (and the plain text)."""
-    detail: Dict[str, Any] = {}
-    if detail_json:
-        try:
-            parsed = json.loads(detail_json)
-            if isinstance(parsed, dict):
-                detail = parsed
-        except ValueError:
-            detail = {}
-    raw_code = detail.get("code")
-    code: int = raw_code if isinstance(raw_code, int) else status
-    cls = ERROR_CLASSES.get(code) or ERROR_CLASSES.get(status) or ExportError
-    issues = detail.get("issues") or []
-    if not isinstance(issues, list):
-        issues = []
+def error_from_parts(
+    status: int,
+    status_name: str,
+    message: str,
+    http_status: Optional[int] = None,
+    url: Optional[str] = None,
+    issues: Optional[List[Dict[str, Any]]] = None,
+) -> ExportError:
+    """Build the exception for ``status`` from the parts of the library's last error."""
+    cls = ERROR_CLASSES.get(status) or ExportError
     return cls(
-        detail.get("message") or message or status_name,
-        code=code,
-        name=detail.get("name") or status_name,
-        http_status=detail.get("http_status") or None,
-        url=detail.get("url") or None,
-        issues=[i for i in issues if isinstance(i, dict)],
+        message or status_name,
+        code=status,
+        name=status_name,
+        http_status=http_status,
+        url=url,
+        issues=issues or [],
     )
 
 

@@ -44,7 +44,7 @@ from typing import (
 
 from ._abi import ffi, lib
 from ._arrow import DEFAULT_ARROW_BATCH_ROWS, DEFAULT_PARQUET_BATCH_ROWS
-from ._errors import ConfigError, ExportError, error_from_detail
+from ._errors import ConfigError, ExportError, error_from_parts
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas
@@ -141,11 +141,34 @@ def _copy_text(fn: Callable[[Any, Any, int], int], handle: Any) -> str:
 
 
 def _error(status: int, handle: Any = ffi.NULL) -> ExportError:
-    return error_from_detail(
+    """The exception for ``status`` from the library's last error (the handle's, else this
+    thread's), read with its structured calls (``export_error_*``): no JSON is parsed."""
+    name = status_name(status)
+    code = int(lib.export_error_code(handle))
+    if code != status:
+        return error_from_parts(status, name, f"fhirbulk: {name} (status {status})")
+
+    def issue_field(i: int, field: int) -> str:
+        return _copy_text(lambda h, buf, n: lib.export_error_issue(h, i, field, buf, n), handle)
+
+    issues: List[Dict[str, str]] = []
+    for i in range(min(int(lib.export_error_issue_count(handle)), 1000)):
+        issue = {
+            "severity": issue_field(i, lib.FHIRBULK_ISSUE_SEVERITY),
+            "code": issue_field(i, lib.FHIRBULK_ISSUE_CODE),
+        }
+        for key, field in (("diagnostics", lib.FHIRBULK_ISSUE_DIAGNOSTICS), ("details", lib.FHIRBULK_ISSUE_DETAILS)):
+            text = issue_field(i, field)
+            if text:
+                issue[key] = text
+        issues.append(issue)
+    return error_from_parts(
         status,
-        _copy_text(lib.export_last_error_json, handle),
-        _copy_text(lib.export_last_error, handle),
-        status_name(status),
+        name,
+        _copy_text(lib.export_error_message, handle),
+        http_status=int(lib.export_error_http_status(handle)) or None,
+        url=_copy_text(lib.export_error_url, handle) or None,
+        issues=issues,
     )
 
 
@@ -306,6 +329,12 @@ class ExportKeywords(TypedDict, total=False):
     delete_on_complete: Optional[bool]
     """DELETE the server's job after a completed export, so it can free the files.
     Default False."""
+    event_queue_size: Optional[int]
+    """Events kept for :meth:`Export.events`; when nobody reads them the oldest are dropped
+    (counted in :attr:`Export.events_dropped`).  0 turns events off.  Default 1000."""
+    read_capability_statement: Optional[bool]
+    """Read the server's CapabilityStatement before the kick-off, for the ``capability``
+    event (its software and FHIR version).  Never fatal.  Default False."""
 
 
 class ExportOptions(ExportKeywords, total=False):
@@ -463,6 +492,40 @@ class Progress:
     def finished(self) -> bool:
         """True once the export is done, failed or cancelled."""
         return self.state in ("done", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event of an export (:meth:`Export.events`; README, "Events"): what the engine did,
+    when.  URLs are without their query; no token, secret or record is ever in an event."""
+
+    #: 1 for the export's first event, then one more each (a gap: events were dropped).
+    seq: int
+    #: When it happened (UTC, millisecond precision).
+    time: _dt.datetime
+    #: "kickoff", "status", "manifest", "file_started", "file_completed", "retry", "token",
+    #: "warning", ..., and last "completed", "failed" or "cancelled".
+    type: str
+    #: The type's fields, e.g. ``index``, ``url``, ``lines`` and ``bytes`` of ``file_completed``.
+    fields: Dict[str, Any]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.fields[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.fields.get(key, default)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The event as the library gave it: ``{"seq", "time", "type", **fields}``."""
+        return {"seq": self.seq, "time": self.time.isoformat().replace("+00:00", "Z"), "type": self.type, **self.fields}
+
+    @classmethod
+    def _parse(cls, text: str) -> "Event":
+        d = json.loads(text)
+        seq = int(d.pop("seq", 0))
+        t = str(d.pop("time", "1970-01-01T00:00:00Z"))
+        time = _dt.datetime.fromisoformat(t.replace("Z", "+00:00"))
+        return cls(seq, time, str(d.pop("type", "")), d)
 
 
 class Record:
@@ -981,6 +1044,41 @@ class Export:
         if self._closed:
             return list(self._final.get("warnings", []))
         return self._warnings()
+
+    def events(self, timeout: Optional[float] = 0.0) -> Iterator[Event]:
+        """The export's events (README, "Events"), oldest first: the kick-off, status polls,
+        the manifest, each file started and completed, retries, tokens (never their value),
+        warnings, and last how it ended (``completed``, ``failed`` or ``cancelled``).
+
+        Each next event is waited for up to ``timeout`` seconds: the default 0 gives the events
+        there are now (between records, say); ``None`` waits until the export's last event (on
+        a thread of its own, while another iterates the records).  Any thread; each event goes
+        to one reader.  The engine keeps the latest ``event_queue_size`` (default 1000) and
+        drops the oldest when nobody reads them (:attr:`events_dropped`); the export never
+        waits for its events."""
+        ms = -1 if timeout is None else max(0, min(int(timeout * 1000), 0x7FFFFFFF))
+        size = 4096
+        while True:
+            if self._closed:
+                raise ValueError("events of a closed export")
+            buf = ffi.new("char[]", size)
+            out_len = ffi.new("size_t *")
+            status = lib.export_next_event(self._h, ms, buf, size, out_len)
+            if status == lib.FHIRBULK_RECORD:
+                yield Event._parse(ffi.buffer(buf, out_len[0])[:].decode("utf-8", "replace"))
+            elif status == lib.FHIRBULK_ERR_INVALID_ARGUMENT and out_len[0] >= size:
+                size = out_len[0] + 1  # the event stays queued: again with room for it
+            elif status in (lib.FHIRBULK_END, lib.FHIRBULK_TIMEOUT):
+                return
+            else:
+                raise _error(status)
+
+    @property
+    def events_dropped(self) -> int:
+        """Events the engine dropped because nobody read them in time."""
+        if self._closed:
+            return 0
+        return int(lib.export_events_dropped(self._h))
 
     def _files(self) -> List[Dict[str, Any]]:
         text = _copy_text(lib.export_files_json, self._h)

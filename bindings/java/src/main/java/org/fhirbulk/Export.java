@@ -7,9 +7,12 @@ import java.lang.ref.Reference;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.charset.StandardCharsets;
+import java.time.Duration;
 import java.time.Instant;
 import java.time.OffsetDateTime;
+import java.util.ArrayList;
 import java.util.Iterator;
+import java.util.List;
 import java.util.NoSuchElementException;
 import java.util.Optional;
 import java.util.Spliterator;
@@ -351,8 +354,7 @@ public final class Export implements AutoCloseable, Iterable<BulkRecord> {
                     if (status != LibFhirBulk.TIMEOUT && status != LibFhirBulk.END
                             && status != LibFhirBulk.CANCELLED) {
                         // Read the detail on this thread, under the lock (the handle lives).
-                        String detail = LibFhirBulk.text(LibFhirBulk::export_last_error_json, s.handle);
-                        FhirBulkException e = FhirBulkException.fromDetail(status, detail);
+                        FhirBulkException e = FhirBulkException.fromLastError(status, s.handle);
                         LOG.log(System.Logger.Level.DEBUG, "fhirbulk: export failed ({0}): {1}",
                                 s.description, e.getMessage());
                         throw e;
@@ -458,8 +460,7 @@ public final class Export implements AutoCloseable, Iterable<BulkRecord> {
                         }
                     }
                     if (status != LibFhirBulk.TIMEOUT && status != LibFhirBulk.CANCELLED) {
-                        String detail = LibFhirBulk.text(LibFhirBulk::export_last_error_json, s.handle);
-                        FhirBulkException e = FhirBulkException.fromDetail(status, detail);
+                        FhirBulkException e = FhirBulkException.fromLastError(status, s.handle);
                         LOG.log(System.Logger.Level.DEBUG, "fhirbulk: Parquet write failed ({0}): {1}",
                                 s.description, e.getMessage());
                         throw e;
@@ -493,8 +494,7 @@ public final class Export implements AutoCloseable, Iterable<BulkRecord> {
                 }
                 int status = LibFhirBulk.export_arrow_stream(s.handle, resourceType, maxRows, outStream);
                 if (status != LibFhirBulk.OK) {
-                    throw FhirBulkException.fromDetail(status,
-                            LibFhirBulk.text(LibFhirBulk::export_last_error_json, s.handle));
+                    throw FhirBulkException.fromLastError(status, s.handle);
                 }
             } finally {
                 s.lock.unlock();
@@ -524,8 +524,10 @@ public final class Export implements AutoCloseable, Iterable<BulkRecord> {
                 return new CancelledException("fhirbulk: export cancelled");
             }
             if (p.state() == Progress.State.FAILED && p.errorCode() != 0) {
-                String detail = textOrNull(LibFhirBulk::export_last_error_json);
-                return FhirBulkException.fromDetail(p.errorCode(), detail == null ? "" : detail);
+                if (st.freed) {
+                    throw closedException();
+                }
+                return FhirBulkException.fromLastError(p.errorCode(), st.handle);
             }
         } catch (IllegalStateException closed) {
             return new CancelledException("fhirbulk: export closed");
@@ -603,7 +605,7 @@ public final class Export implements AutoCloseable, Iterable<BulkRecord> {
                 return null; // freed meanwhile
             }
             if (rc != LibFhirBulk.OK) {
-                throw FhirBulkException.fromDetail(rc, LibFhirBulk.text(LibFhirBulk::export_last_error_json, 0L));
+                throw FhirBulkException.fromLastError(rc, 0L);
             }
             ByteBuffer b = ByteBuffer.wrap(out).order(ByteOrder.nativeOrder());
             return new Progress(
@@ -723,6 +725,73 @@ public final class Export implements AutoCloseable, Iterable<BulkRecord> {
             Reference.reachabilityFence(this);
         }
     }
+
+    /**
+     * The export's next event (README, "Events": kick-off, status polls, the manifest, each file
+     * started and completed, retries, tokens, warnings, and how it ended), waiting up to
+     * {@code timeout} ({@link Duration#ZERO}: only looks). Empty when none came in time, or
+     * after the last event ({@code completed}, {@code failed} or {@code cancelled}; then
+     * {@link #eventsDone()} is true). Any thread; each event goes to one caller. The engine
+     * keeps the latest {@code eventQueueSize} (default 1000) and drops the oldest when nobody
+     * reads them ({@link #eventsDropped()}); the export never waits for its events.
+     *
+     * @throws IllegalStateException after {@link #close()}
+     */
+    public Optional<ExportEvent> pollEvent(Duration timeout) {
+        int ms = (int) Math.max(0, Math.min(Integer.MAX_VALUE, timeout.toMillis()));
+        byte[] buf = new byte[4096];
+        long[] len = new long[1];
+        try {
+            for (;;) {
+                if (st.freed) {
+                    throw closedException();
+                }
+                int rc = LibFhirBulk.export_next_event(st.handle, ms, buf, buf.length, len);
+                if (rc == LibFhirBulk.RECORD) {
+                    return Optional.of(ExportEvent.parse(new String(buf, 0, (int) len[0], StandardCharsets.UTF_8)));
+                }
+                if (rc == LibFhirBulk.ERR_INVALID_ARGUMENT && len[0] >= buf.length && len[0] < (1 << 30)) {
+                    buf = new byte[(int) len[0] + 1]; // the event stays queued: again with room
+                    continue;
+                }
+                if (rc == LibFhirBulk.END) {
+                    eventsDone = true;
+                    return Optional.empty();
+                }
+                if (rc == LibFhirBulk.TIMEOUT) {
+                    return Optional.empty();
+                }
+                throw FhirBulkException.fromLastError(rc, 0L);
+            }
+        } finally {
+            Reference.reachabilityFence(this);
+        }
+    }
+
+    /** The events there are now, oldest first, without waiting (none after the last one). */
+    public List<ExportEvent> events() {
+        List<ExportEvent> out = new ArrayList<>();
+        for (Optional<ExportEvent> e; (e = pollEvent(Duration.ZERO)).isPresent(); ) {
+            out.add(e.get());
+        }
+        return out;
+    }
+
+    /** Whether the export's last event was taken ({@link #pollEvent} gives no more). */
+    public boolean eventsDone() {
+        return eventsDone;
+    }
+
+    /** Events the engine dropped because nobody read them in time. */
+    public long eventsDropped() {
+        try {
+            return st.freed ? 0 : LibFhirBulk.export_events_dropped(st.handle);
+        } finally {
+            Reference.reachabilityFence(this);
+        }
+    }
+
+    private volatile boolean eventsDone;
 
     /**
      * Cancels the export from any thread: stops the downloads, deletes the server's job, and

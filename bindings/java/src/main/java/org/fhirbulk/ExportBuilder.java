@@ -290,9 +290,8 @@ public final class ExportBuilder {
             Arrays.fill(bytes, (byte) 0); // the native copy of inline secrets
         }
         if (rc != LibFhirBulk.OK) {
-            // Same thread: export_last_error_json(NULL) is this thread's last error.
-            String detail = LibFhirBulk.text(LibFhirBulk::export_last_error_json, 0L);
-            FhirBulkException e = FhirBulkException.fromDetail(rc, detail);
+            // Same thread: the NULL handle's last error is this thread's.
+            FhirBulkException e = FhirBulkException.fromLastError(rc, 0L);
             if (e instanceof ConfigException c) {
                 e = inJavaTerms(c);
             }

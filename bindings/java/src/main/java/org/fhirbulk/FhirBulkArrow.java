@@ -76,7 +76,7 @@ public final class FhirBulkArrow {
                 CDataDictionaryProvider dictionaries = new CDataDictionaryProvider()) {
             int status = LibFhirBulk.fhirbulk_arrow_schema(name, c.memoryAddress());
             if (status != LibFhirBulk.OK) {
-                throw FhirBulkException.fromDetail(status, LibFhirBulk.text(LibFhirBulk::export_last_error_json, 0L));
+                throw FhirBulkException.fromLastError(status, 0L);
             }
             return Data.importSchema(allocator, c, dictionaries); // releases the C schema
         }

@@ -74,6 +74,36 @@ public class FhirBulkException extends RuntimeException {
         return issues;
     }
 
+    // ---- construction from the library's last error ----------------------------------------
+
+    /**
+     * Builds the exception for {@code status} from the library's last error on handle {@code h}
+     * (0: this thread's), read with its structured calls ({@code export_error_code},
+     * {@code _http_status}, {@code _url}, {@code _issue}): no JSON is parsed. When the last
+     * error has another code, only the status is trusted.
+     */
+    static FhirBulkException fromLastError(int status, long h) {
+        String name = LibFhirBulk.statusName(status);
+        if (LibFhirBulk.export_error_code(h) != status) {
+            return create(status, name, 0, null, "fhirbulk: " + name + " (status " + status + ")", List.of());
+        }
+        String message = LibFhirBulk.text(LibFhirBulk::export_last_error, h); // names the URL
+        int http = LibFhirBulk.export_error_http_status(h);
+        String url = LibFhirBulk.text(LibFhirBulk::export_error_url, h);
+        int n = (int) Math.min(LibFhirBulk.export_error_issue_count(h), 1000);
+        List<Issue> issues = new ArrayList<>(n);
+        for (int i = 0; i < n; i++) {
+            long index = i;
+            LibFhirBulk.TextFn severity = (hh, b, l) -> LibFhirBulk.export_error_issue(hh, index, LibFhirBulk.ISSUE_SEVERITY, b, l);
+            LibFhirBulk.TextFn code = (hh, b, l) -> LibFhirBulk.export_error_issue(hh, index, LibFhirBulk.ISSUE_CODE, b, l);
+            LibFhirBulk.TextFn diag = (hh, b, l) -> LibFhirBulk.export_error_issue(hh, index, LibFhirBulk.ISSUE_DIAGNOSTICS, b, l);
+            String d = LibFhirBulk.text(diag, h);
+            issues.add(new Issue(LibFhirBulk.text(severity, h), LibFhirBulk.text(code, h), d.isEmpty() ? null : d));
+        }
+        return create(status, name, http, url.isEmpty() ? null : url, message.isEmpty() ? name : message,
+                Collections.unmodifiableList(issues));
+    }
+
     // ---- construction from the library's JSON detail ----------------------------------------
 
     /**

@@ -181,6 +181,26 @@ final class LibFhirBulk {
 
     static native long export_last_error_json(long h, byte[] buf, long bufLen);
 
+    // The last error in parts (no JSON to parse).
+    static final int ISSUE_SEVERITY = 0;
+    static final int ISSUE_CODE = 1;
+    static final int ISSUE_DIAGNOSTICS = 2;
+
+    static native int export_error_code(long h);
+
+    static native int export_error_http_status(long h);
+
+    static native long export_error_url(long h, byte[] buf, long bufLen);
+
+    static native long export_error_issue_count(long h);
+
+    static native long export_error_issue(long h, long index, int field, byte[] buf, long bufLen);
+
+    /** {@code outLen[0]} receives the event's length (or the length needed). */
+    static native int export_next_event(long h, int timeoutMs, byte[] buf, long bufLen, long[] outLen);
+
+    static native long export_events_dropped(long h);
+
     static native long export_manifest(long h, byte[] buf, long bufLen);
 
     static native long export_checkpoint(long h, byte[] buf, long bufLen);
