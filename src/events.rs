@@ -7,11 +7,20 @@
 //! and a type; the other fields depend on the type (README, "Events"). Events carry URLs
 //! redacted like error messages, never a token, a secret or a record.
 
-use crate::stream::Next;
 use parking_lot::{Condvar, Mutex};
 use serde_json::{Map, Value};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant, SystemTime};
+
+/// What a pull of the queue gave (the export maps it to its `Next`; this module depends on
+/// nothing of the engine's).
+#[derive(Debug)]
+pub(crate) enum Pulled<T> {
+    Item(T),
+    /// The last event was taken (or events are off).
+    End,
+    Timeout,
+}
 
 /// Events kept when nobody reads them (config `event_queue_size`).
 pub const DEFAULT_QUEUE_SIZE: usize = 1000;
@@ -130,12 +139,11 @@ impl Events {
     }
 
     /// The next event, waiting up to `timeout` (None: until there is one or the export ended).
-    pub(crate) fn next(&self, timeout: Option<Duration>) -> Next<Event> {
+    pub(crate) fn next(&self, timeout: Option<Duration>) -> Pulled<Event> {
         match self.next_if(timeout, &mut |_| true) {
-            Next::Item(e) => Next::Item(e.expect("taken")),
-            Next::End => Next::End,
-            Next::Timeout => Next::Timeout,
-            Next::Cancelled => Next::Cancelled,
+            Pulled::Item(e) => Pulled::Item(e.expect("taken")),
+            Pulled::End => Pulled::End,
+            Pulled::Timeout => Pulled::Timeout,
         }
     }
 
@@ -146,19 +154,19 @@ impl Events {
         &self,
         timeout: Option<Duration>,
         take: &mut dyn FnMut(&Event) -> bool,
-    ) -> Next<Option<Event>> {
+    ) -> Pulled<Option<Event>> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut q = self.q.lock();
         let mut timed_out = false;
         loop {
             if let Some(e) = q.events.front() {
-                return Next::Item(if take(e) { q.events.pop_front() } else { None });
+                return Pulled::Item(if take(e) { q.events.pop_front() } else { None });
             }
             if q.closed || self.cap == 0 {
-                return Next::End;
+                return Pulled::End;
             }
             if timed_out {
-                return Next::Timeout;
+                return Pulled::Timeout;
             }
             match deadline {
                 None => self.cv.wait(&mut q),
@@ -200,11 +208,11 @@ mod tests {
         e.push("status", fields! {"poll" => 9});
         assert_eq!(e.dropped(), 3);
         let mut seqs = Vec::new();
-        while let Next::Item(ev) = e.next(Some(Duration::ZERO)) {
+        while let Pulled::Item(ev) = e.next(Some(Duration::ZERO)) {
             seqs.push((ev.seq, ev.kind));
         }
         assert_eq!(seqs, vec![(4, "status"), (5, "status"), (6, "completed")]);
-        assert!(matches!(e.next(None), Next::End), "closed: no wait");
+        assert!(matches!(e.next(None), Pulled::End), "closed: no wait");
     }
 
     #[test]
@@ -212,7 +220,7 @@ mod tests {
         let e = std::sync::Arc::new(Events::new(10));
         assert!(matches!(
             e.next(Some(Duration::from_millis(5))),
-            Next::Timeout
+            Pulled::Timeout
         ));
         let e2 = e.clone();
         let t = std::thread::spawn(move || {
@@ -220,7 +228,7 @@ mod tests {
             e2.push("warning", fields! {"message" => "m"});
         });
         match e.next(Some(Duration::from_secs(10))) {
-            Next::Item(ev) => {
+            Pulled::Item(ev) => {
                 let v: Value = serde_json::from_str(&ev.to_json()).unwrap();
                 assert_eq!(v["type"], "warning");
                 assert_eq!(v["message"], "m");

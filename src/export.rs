@@ -15,7 +15,7 @@ use crate::checkpoint::{Checkpoint, InProgress, CHECKPOINT_VERSION};
 use crate::config::Config;
 use crate::coordinator::{self, Job};
 use crate::error::{Error, ErrorCode, Result};
-use crate::events::Event;
+use crate::events::{Event, Pulled};
 use crate::files::FileInfo;
 use crate::http::retry::Policy;
 use crate::http::Http;
@@ -174,7 +174,11 @@ impl Controller {
     /// or `cancelled`) was taken, or when events are off (`event_queue_size` 0). Any thread;
     /// each event goes to one caller.
     pub fn next_event(&self, timeout: Option<Duration>) -> Next<Event> {
-        self.0.monitor.events.next(timeout)
+        match self.0.monitor.events.next(timeout) {
+            Pulled::Item(e) => Next::Item(e),
+            Pulled::End => Next::End,
+            Pulled::Timeout => Next::Timeout,
+        }
     }
     /// [`Controller::next_event`], taking the event only when `take` accepts it (else it stays
     /// first): for the C ABI, whose caller's buffer may be too small for it.
@@ -184,7 +188,11 @@ impl Controller {
         timeout: Option<Duration>,
         take: &mut dyn FnMut(&Event) -> bool,
     ) -> Next<Option<Event>> {
-        self.0.monitor.events.next_if(timeout, take)
+        match self.0.monitor.events.next_if(timeout, take) {
+            Pulled::Item(e) => Next::Item(e),
+            Pulled::End => Next::End,
+            Pulled::Timeout => Next::Timeout,
+        }
     }
     /// Events dropped because the queue was full (nobody took them in time).
     pub fn events_dropped(&self) -> u64 {
