@@ -42,7 +42,10 @@ final class ConnectorOptions implements Serializable {
     /** Keys that have no meaning for a Spark read, with why. */
     static final Map<String, String> UNSUPPORTED = Map.of(
             "delete_on_complete", "no single task knows when the whole export was read: the server's job "
-                    + "is left for the server to expire (it is deleted when the Spark job is cancelled)");
+                    + "is left for the server to expire (it is deleted when the Spark job is cancelled)",
+            "event_queue_size", "the connector does not read the engine's events (Spark's own UI and "
+                    + "metrics show the read); they are kept at the default and dropped, never waited for",
+            "read_capability_statement", "it only feeds an event, which the connector does not read");
 
     /** The connector's own options (not engine keys). */
     static final Set<String> OWN = Set.of("type", "batch_rows");
