@@ -131,7 +131,7 @@ fn kickoffs(sb: &Sandbox) -> Vec<fhirbulk::sandbox::LoggedRequest> {
 }
 
 fn read_log(out: &Path) -> Vec<Value> {
-    std::fs::read_to_string(out.join("log.ndjson"))
+    std::fs::read_to_string(out.join("log/log.ndjson"))
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).expect("log line is JSON"))
@@ -166,12 +166,19 @@ fn check_log(events: &[Value], files: usize) {
         ids[1..complete].iter().all(|x| *x == "status_progress"),
         "{ids:?}"
     );
-    // Then the manifest's pages, then the whole manifest.
+    // Then the manifest's pages, then the whole manifest (downloads start with the first
+    // page's files, so their events may come before the manifest is complete).
     let manifest = pos("manifest_complete").expect("manifest_complete");
     assert!(manifest > complete + 1, "{ids:?}");
-    assert!(ids[complete + 1..manifest]
+    assert_eq!(ids[complete + 1], "status_page_complete", "{ids:?}");
+    assert!(
+        ids[manifest..].iter().all(|x| *x != "status_page_complete"),
+        "{ids:?}"
+    );
+    let pages = ids[complete + 1..manifest]
         .iter()
-        .all(|x| *x == "status_page_complete"));
+        .filter(|x| **x == "status_page_complete")
+        .count();
     let m = &events[manifest]["eventDetail"];
     assert_eq!(
         m["totalOutputFileCount"].as_u64().unwrap()
@@ -179,14 +186,20 @@ fn check_log(events: &[Value], files: usize) {
             + m["totalDeletedFileCount"].as_u64().unwrap(),
         files as u64
     );
-    assert_eq!(m["totalManifests"], (manifest - complete - 1) as u64);
+    assert_eq!(m["totalManifests"], pages as u64);
     assert_eq!(*ids.last().unwrap(), "export_complete");
     let mut requested = BTreeSet::new();
     let mut completed = BTreeSet::new();
-    for e in &events[manifest + 1..events.len() - 1] {
+    for e in &events[complete + 1..events.len() - 1] {
         if matches!(
             e["eventId"].as_str().unwrap(),
-            "retry" | "download_resumed" | "download_restarted" | "warning" | "token"
+            "retry"
+                | "download_resumed"
+                | "download_restarted"
+                | "warning"
+                | "token"
+                | "status_page_complete"
+                | "manifest_complete"
         ) {
             continue;
         }
@@ -251,6 +264,16 @@ fn full_export_matches_truth_and_served_bytes() {
     );
     let http = reqwest::blocking::Client::new();
     let mut per_type_n: BTreeMap<(String, String), u64> = BTreeMap::new();
+    // Names are zero-padded to the digits of their type's file count (at least 3): they
+    // sort in file order.
+    let mut per_type_total: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for f in files {
+        let key = (
+            f["kind"].as_str().unwrap().to_owned(),
+            f["type"].as_str().unwrap().to_owned(),
+        );
+        *per_type_total.entry(key).or_default() += 1;
+    }
     for f in files {
         let path = f["path"].as_str().unwrap();
         let kind = f["kind"].as_str().unwrap();
@@ -262,7 +285,11 @@ fn full_export_matches_truth_and_served_bytes() {
             "error" => "error/",
             _ => "deleted/",
         };
-        assert_eq!(path, format!("{dir}{ty}.{n}.ndjson"), "file naming");
+        let width = per_type_total[&(kind.to_owned(), ty.to_owned())]
+            .to_string()
+            .len()
+            .max(3);
+        assert_eq!(path, format!("{dir}{ty}.{n:0width$}.ndjson"), "file naming");
         let served = http
             .get(f["url"].as_str().unwrap())
             .send()
@@ -289,7 +316,7 @@ fn full_export_matches_truth_and_served_bytes() {
         run(export_cmd(&base, &out).args(["--group", "g1", "--type", "Patient", "--force", "-q"]));
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     assert!(
-        !out.join("Observation.1.ndjson").exists(),
+        !out.join("Observation.001.ndjson").exists(),
         "old results removed"
     );
     let _ = std::fs::remove_dir_all(&out);
@@ -348,7 +375,7 @@ fn since_auto_uses_the_last_transaction_time() {
         truth(&sb, "g2", "Patient,Condition", Some(&tt1))
     );
     assert!(
-        dir.join("two/deleted/Bundle.1.ndjson").exists(),
+        dir.join("two/deleted/Bundle.001.ndjson").exists(),
         "deleted entries go under deleted/"
     );
     let st: Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
@@ -506,6 +533,17 @@ fn progress_on_a_terminal_and_plain_lines_otherwise() {
     let err = text(&o.stderr);
     assert!(err.contains("fhirbulk: waiting for the server"), "{err}");
     assert!(err.contains("fhirbulk: done"), "{err}");
+    // Each progress line says when it was written (stderr is a log here).
+    for l in err
+        .lines()
+        .filter(|l| l.contains("fhirbulk: waiting") || l.contains("fhirbulk: downloading"))
+    {
+        let (stamp, _) = l.split_once(" fhirbulk: ").unwrap();
+        assert!(
+            stamp.len() == 24 && stamp.ends_with('Z') && stamp.as_bytes()[10] == b'T',
+            "{l}"
+        );
+    }
     assert!(!err.contains('\u{1b}'), "no escape codes off a terminal");
     // --quiet: nothing.
     let o = run(export_cmd(&base, &dir.join("quiet")).args(["-g", "g2", "-q"]));
@@ -544,6 +582,11 @@ fn exit_codes_and_error_summaries() {
     // HTTP 404 for an unknown group: exit 4, an error object in --json.
     let o = run(export_cmd(&base, &dir.join("404")).args(["-g", "nosuchgroup", "--json"]));
     assert_eq!(o.status.code(), Some(4), "{}", text(&o.stderr));
+    assert!(
+        !text(&o.stderr).contains("downloading"),
+        "nothing downloaded: {}",
+        text(&o.stderr)
+    );
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["status"], "failed");
     assert_eq!(v["error"]["name"], "not_found");
@@ -641,12 +684,12 @@ fn auth_failure_is_exit_3_and_never_prints_the_secret() {
     let o = export("wrong-secret-0815", "wrong");
     assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
     let all = format!("{}{}", text(&o.stdout), text(&o.stderr))
-        + &std::fs::read_to_string(dir.join("wrong/log.ndjson")).unwrap_or_default();
+        + &std::fs::read_to_string(dir.join("wrong/log/log.ndjson")).unwrap_or_default();
     assert!(!all.contains("wrong-secret-0815"), "secret leaked: {all}");
     let o = export("right-secret-4711", "right");
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     let mut all = format!("{}{}", text(&o.stdout), text(&o.stderr));
-    for f in ["log.ndjson", "manifest.json"] {
+    for f in ["log/log.ndjson", "manifest.json"] {
         all += &std::fs::read_to_string(dir.join("right").join(f)).unwrap();
     }
     assert!(!all.contains("right-secret-4711"), "secret leaked");
@@ -922,13 +965,13 @@ fn files_on_disk_are_the_owners_only_whatever_the_umask() {
         ".fhirbulk-checkpoint.json",
         ".fhirbulk-files.ndjson",
         ".fhirbulk-done.ndjson",
-        "log.ndjson",
+        "log/log.ndjson",
     ] {
         assert!(unfinished.contains_key(f), "{f} written: {unfinished:?}");
     }
     assert!(unfinished
         .keys()
-        .any(|k| k.ends_with(".ndjson") && !k.starts_with('.') && k != "log.ndjson"));
+        .any(|k| k.ends_with(".ndjson") && !k.starts_with('.') && !k.starts_with("log/")));
     assert_eq!(mode(&out), 0o700, "the output directory fhirbulk created");
     assert_eq!(mode(&dir.join("new")), 0o700, "its parent, created too");
 
@@ -944,7 +987,7 @@ fn files_on_disk_are_the_owners_only_whatever_the_umask() {
         text(&o.stderr)
     );
     let done = assert_modes(&out, 0o600, 0o700);
-    for f in ["manifest.json", "log.ndjson", "error"] {
+    for f in ["manifest.json", "log/log.ndjson", "error"] {
         assert!(done.contains_key(f), "{f} written: {done:?}");
     }
     assert!(done.keys().any(|k| k.starts_with("error/")), "{done:?}");
@@ -979,7 +1022,7 @@ fn files_on_disk_are_the_owners_only_whatever_the_umask() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     let all = assert_modes(&g, 0o640, 0o750);
     assert!(all.keys().any(|k| k.ends_with(".ndjson.gz")), "{all:?}");
-    assert!(all.contains_key("manifest.json") && all.contains_key("log.ndjson"));
+    assert!(all.contains_key("manifest.json") && all.contains_key("log/log.ndjson"));
     assert_eq!(mode(&g), 0o750);
     assert_eq!(mode(&dir.join("group")), 0o750);
     assert_eq!(
@@ -1123,10 +1166,10 @@ fn signatures_in_file_urls_never_reach_the_log_or_the_terminal() {
         let files = files_under(&out);
         let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
         let want: &[&str] = if code == 0 {
-            &["log.ndjson", "manifest.json"]
+            &["log/log.ndjson", "manifest.json"]
         } else {
             &[
-                "log.ndjson",
+                "log/log.ndjson",
                 ".fhirbulk-checkpoint.json",
                 ".fhirbulk-files.ndjson",
             ]
@@ -1188,4 +1231,127 @@ fn param_flags_are_sent_as_kickoff_parameters() {
     let o = run(export_cmd(&sb.base_url(), &tempdir("params-bad")).args(["--param", "novalue"]));
     assert_eq!(o.status.code(), Some(2), "a usage error");
     assert!(text(&o.stderr).contains("--param \"novalue\" must look like name=value"));
+}
+
+/// `fhirbulk export --help`: every flag says what it does, and the defaults it shows are the
+/// engine's (the flags of engine keys have no clap default: an unset flag leaves the key to the
+/// config file or the engine).
+#[test]
+fn every_flag_has_help_and_its_default() {
+    let o = Command::new(BIN)
+        .args(["export", "--help"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0));
+    let help = text(&o.stdout);
+    let mut flags: BTreeMap<String, String> = BTreeMap::new();
+    let mut current: Option<String> = None;
+    for line in help.lines() {
+        let t = line.trim_start();
+        let indent = line.len() - t.len();
+        if (t.starts_with("--") || (t.starts_with('-') && t.get(2..4) == Some(", "))) && indent <= 6
+        {
+            let name = t
+                .split([' ', '=', '<'])
+                .find(|w| w.starts_with("--"))
+                .unwrap()
+                .trim_end_matches(',')
+                .to_owned();
+            // Help on the same line (short help) or on the next ones (long help).
+            let same_line = t
+                .split_once("  ")
+                .map(|(_, h)| h.trim().to_owned())
+                .unwrap_or_default();
+            flags.insert(name.clone(), same_line);
+            current = Some(name);
+        } else if t.is_empty() {
+            // A blank line inside a flag's help (before its possible values and default).
+        } else if indent < 6 {
+            current = None;
+        } else if let Some(c) = &current {
+            let e = flags.get_mut(c).unwrap();
+            e.push(' ');
+            e.push_str(t);
+        }
+    }
+    assert!(flags.len() > 50, "{flags:?}");
+    for (flag, h) in &flags {
+        assert!(!h.trim().is_empty(), "{flag} has no help text");
+    }
+    let c = fhirbulk::Config::new("https://x/fhir");
+    for (flag, v) in [
+        ("--concurrency", c.concurrency as u64),
+        ("--max-line-bytes", c.max_line_bytes as u64),
+        ("--connect-timeout-ms", c.connect_timeout_ms),
+        ("--request-timeout-ms", c.request_timeout_ms),
+        ("--read-timeout-ms", c.read_timeout_ms),
+        ("--min-bytes-per-s", c.min_bytes_per_s),
+        ("--stall-window-ms", c.stall_window_ms),
+        ("--poll-min-ms", c.poll_min_ms),
+        ("--poll-max-ms", c.poll_max_ms),
+        ("--poll-backoff-max-ms", c.poll_backoff_max_ms),
+        ("--retry-max-attempts", c.retry_max_attempts as u64),
+        ("--retry-max-wait-ms", c.retry_max_wait_ms),
+        ("--retry-backoff-min-ms", c.retry_backoff_min_ms),
+        ("--retry-backoff-max-ms", c.retry_backoff_max_ms),
+    ] {
+        let h = &flags[flag];
+        assert!(h.contains(&format!("[default: {v}]")), "{flag}: {h}");
+    }
+    assert!(flags["--on-invalid-line"].contains("[default: fail]"));
+    assert!(flags["--format"].contains("[default: ndjson]"));
+}
+
+/// The manifest's `count` of each file is checked against what was written: a difference is a
+/// warning (stderr, log, the `--json` summary's `countMismatches`), the export still complete.
+#[test]
+fn a_count_the_records_do_not_match_is_a_warning() {
+    let sb = sandbox(20, 10);
+    let dir = tempdir("count");
+    // Every output entry says it has 3 resources; the files have up to 10.
+    let o = run(
+        export_cmd(&sb.scenario_url("bad_count=3"), &dir.join("off"))
+            .args(["-g", "g1", "-t", "Patient", "--json"]),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let patients = truth(&sb, "g1", "Patient", None)["Patient"];
+    let files = v["files"].as_array().unwrap().len() as u64;
+    let m = &v["countMismatches"]["Patient"];
+    assert_eq!(m["count"], 3 * files, "{v}");
+    assert_eq!(m["written"], patients);
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("warning: Patient: the manifest's count says"),
+        "{err}"
+    );
+    let log = read_log(&dir.join("off"));
+    assert!(log.iter().any(|e| e["eventId"] == "warning"
+        && e["eventDetail"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("count says")));
+    // Right counts: no warning.
+    let o = run(export_cmd(&sb.scenario_url("polls=0"), &dir.join("ok"))
+        .args(["-g", "g1", "-t", "Patient", "--json"]));
+    assert_eq!(o.status.code(), Some(0));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v.get("countMismatches").is_none(), "{v}");
+    // The names sort in file order: `ls` order is the manifest's.
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("ok"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("Patient."))
+        .collect();
+    names.sort();
+    let listed: Vec<String> = v["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, listed);
+    assert!(names[0].starts_with("Patient.001."), "{names:?}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

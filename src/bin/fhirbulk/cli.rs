@@ -43,7 +43,7 @@ pub enum Command {
 /// What `--out` gets: the NDJSON files, a Parquet dataset, or both.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum FormatArg {
-    /// One NDJSON file per manifest file (`<Type>.<n>.ndjson`)
+    /// One NDJSON file per manifest file (`<Type>.<nnn>.ndjson`)
     Ndjson,
     /// A Parquet dataset, `<Type>/part-<n>.parquet` (error and deleted records stay NDJSON)
     Parquet,
@@ -193,7 +193,7 @@ pub struct ExportArgs {
         help_heading = "Request"
     )]
     pub patient: Vec<String>,
-    /// Kick-off method
+    /// Kick-off method (auto: GET, or POST with --patient) [default: auto]
     #[arg(long, value_enum, help_heading = "Request")]
     pub method: Option<MethodArg>,
     /// Send Prefer: handling=lenient
@@ -226,42 +226,53 @@ pub struct ExportArgs {
     #[arg(long, help_heading = "Authorization")]
     pub allow_insecure_http: bool,
 
-    /// Files downloaded at once (1-64)
+    /// Files downloaded at once (1-64) [default: 4]
     #[arg(long, value_name = "N", help_heading = "Tuning")]
     pub concurrency: Option<u64>,
     #[arg(long, value_name = "N", help_heading = "Tuning", hide = true)]
     pub buffer_chunks: Option<u64>,
     #[arg(long, value_name = "BYTES", help_heading = "Tuning", hide = true)]
     pub chunk_bytes: Option<u64>,
-    /// A longer NDJSON line fails the export
+    /// A longer NDJSON line is invalid (--on-invalid-line) [default: 67108864]
     #[arg(long, value_name = "BYTES", help_heading = "Tuning")]
     pub max_line_bytes: Option<u64>,
+    /// TCP and TLS connect timeout [default: 10000]
     #[arg(long, value_name = "MS", help_heading = "Tuning")]
     pub connect_timeout_ms: Option<u64>,
+    /// Timeout of kick-off, status and DELETE requests [default: 60000]
     #[arg(long, value_name = "MS", help_heading = "Tuning")]
     pub request_timeout_ms: Option<u64>,
+    /// A file download that receives nothing for this long is resumed [default: 120000]
     #[arg(long, value_name = "MS", help_heading = "Tuning")]
     pub read_timeout_ms: Option<u64>,
-    /// A download slower than this over --stall-window-ms is resumed (0: off)
+    /// A download slower than this over --stall-window-ms is resumed (0: off) [default: 1024]
     #[arg(long, value_name = "BYTES", help_heading = "Tuning")]
     pub min_bytes_per_s: Option<u64>,
+    /// The window of --min-bytes-per-s [default: 60000]
     #[arg(long, value_name = "MS", help_heading = "Tuning")]
     pub stall_window_ms: Option<u64>,
+    /// Shortest wait between status polls [default: 1000]
     #[arg(long, value_name = "MS", help_heading = "Tuning")]
     pub poll_min_ms: Option<u64>,
+    /// Longest wait between status polls; a longer Retry-After is cut to it [default: 600000]
     #[arg(long, value_name = "MS", help_heading = "Tuning")]
     pub poll_max_ms: Option<u64>,
+    /// Cap of the polls' backoff when the server sends no Retry-After [default: 30000]
     #[arg(long, value_name = "MS", help_heading = "Tuning")]
     pub poll_backoff_max_ms: Option<u64>,
+    /// Attempts per request (the first included) after retryable failures [default: 6]
     #[arg(long, value_name = "N", help_heading = "Tuning")]
     pub retry_max_attempts: Option<u64>,
+    /// Total wait between one request's attempts [default: 600000]
     #[arg(long, value_name = "MS", help_heading = "Tuning")]
     pub retry_max_wait_ms: Option<u64>,
+    /// First backoff step when the server sends no Retry-After (doubles) [default: 500]
     #[arg(long, value_name = "MS", help_heading = "Tuning")]
     pub retry_backoff_min_ms: Option<u64>,
+    /// Cap of the backoff between attempts [default: 30000]
     #[arg(long, value_name = "MS", help_heading = "Tuning")]
     pub retry_backoff_max_ms: Option<u64>,
-    /// What to do with an invalid NDJSON line
+    /// What to do with an invalid NDJSON line [default: fail]
     #[arg(long, value_enum, help_heading = "Tuning")]
     pub on_invalid_line: Option<InvalidLineArg>,
     /// Parse every line fully instead of a shape check
@@ -326,6 +337,7 @@ pub struct CancelArgs {
     /// Print a JSON result on stdout
     #[arg(long)]
     pub json: bool,
+    /// No messages on stderr (errors are still printed)
     #[arg(long, short = 'q')]
     pub quiet: bool,
 }
@@ -362,7 +374,7 @@ pub struct SandboxArgs {
     /// The client's secret from this environment variable
     #[arg(long, value_name = "VAR")]
     pub client_secret_env: Option<String>,
-    /// Access token lifetime in seconds
+    /// Access token lifetime in seconds [default: 300]
     #[arg(long, value_name = "S")]
     pub token_ttl: Option<u64>,
     /// Require this static bearer token, read from an environment variable

@@ -99,7 +99,20 @@ pub struct CliCheckpoint {
     /// run removes the others).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parquet: Option<PartsState>,
+    /// The zero-padded widths of the output file names (`Patient.001.ndjson`) per directory
+    /// and type; absent in checkpoints from before padding (their names stay unpadded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name_widths: Option<BTreeMap<String, usize>>,
+    /// Where the event log is, relative to the directory (absent: `log.ndjson`, before the log
+    /// moved to `log/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_path: Option<String>,
 }
+
+/// The event log, relative to the output directory: out of `cat DIR/*.ndjson`.
+pub const LOG_PATH: &str = "log/log.ndjson";
+/// Where runs before the move wrote it (a checkpoint of theirs resumes there).
+const OLD_LOG_PATH: &str = "log.ndjson";
 
 pub fn read_checkpoint(path: &Path) -> Result<Option<CliCheckpoint>, CliError> {
     match std::fs::read(path) {
@@ -163,7 +176,7 @@ fn previous_results(dir: &Path) -> Vec<String> {
                 if name.starts_with(".fhirbulk-") {
                     continue; // the checkpoint's lists
                 }
-                if name.ends_with(".ndjson") && name != "log.ndjson" || name.ends_with(".ndjson.gz")
+                if name.ends_with(".ndjson") && name != OLD_LOG_PATH || name.ends_with(".ndjson.gz")
                 {
                     found.push(if sub.is_empty() {
                         name
@@ -221,6 +234,8 @@ struct Run {
     since_auto: Option<SinceAuto>,
     outputs: Outputs,
     log: EventLog,
+    /// Where `log` is, relative to `out` (for the checkpoint).
+    log_path: String,
     logged: Logged,
     display: Display,
     kickoff_detail: Value,
@@ -642,6 +657,8 @@ impl Run {
             logged,
             since_auto: self.since_auto.clone(),
             parquet,
+            name_widths: self.outputs.widths(),
+            log_path: Some(self.log_path.clone()),
         };
         let path = self.out.join(CHECKPOINT_FILE);
         let text = serde_json::to_vec(&doc).unwrap_or_default();
@@ -825,7 +842,8 @@ than {:03o} (--file-mode {:03o}); its files are written {:03o}, but consider chm
         }
     }
     let mut committed_parts = PartsState::new();
-    let (outputs, log, logged, export_id, started_at, resumed, journals) = match previous {
+    let (outputs, log, log_path, logged, export_id, started_at, resumed, journals) = match previous
+    {
         Some(prev) => {
             if prev.request != request {
                 return Err(CliError::usage(format!(
@@ -842,8 +860,18 @@ that started it to resume it, cancel it with `fhirbulk cancel --out {}`, or use 
             }
             output::truncate_to_checkpoint(&out, perms, &prev.files)?;
             committed_parts = prev.parquet.clone().unwrap_or_default();
+            let log_rel = prev
+                .log_path
+                .clone()
+                .unwrap_or_else(|| OLD_LOG_PATH.to_owned());
+            if log_rel.contains("..") || log_rel.starts_with('/') {
+                return Err(CliError::usage(format!(
+                    "the checkpoint in {} names a log outside it ({log_rel:?}); remove the checkpoint",
+                    out.display()
+                )));
+            }
             let log = EventLog::open(
-                &out.join("log.ndjson"),
+                &out.join(&log_rel),
                 &prev.export_id,
                 Some(prev.log_bytes),
                 perms,
@@ -887,6 +915,19 @@ that started it to resume it, cancel it with `fhirbulk cancel --out {}`, or use 
                     BTreeSet::new(),
                 )
             };
+            // Output files the checkpoint does not count were written after it: their
+            // records come again (under the same name, or another if the names' widths were
+            // fixed after the checkpoint), so what they hold goes.
+            for rel in previous_results(&out) {
+                if (rel.ends_with(".ndjson") || rel.ends_with(".ndjson.gz"))
+                    && !files.contains_key(&rel)
+                {
+                    let p = out.join(&rel);
+                    std::fs::remove_file(&p).map_err(|e| {
+                        CliError::io(format_args!("cannot remove {}", p.display()), &e)
+                    })?;
+                }
+            }
             let records: u64 = if a.format == FormatArg::Parquet {
                 committed_parts.values().map(|p| p.rows).sum::<u64>()
                     + files
@@ -903,8 +944,10 @@ that started it to resume it, cancel it with `fhirbulk cancel --out {}`, or use 
                 prev.written_at
             ));
             (
-                Outputs::new(&out, a.gzip, perms, files, prev.totals.clone()),
+                Outputs::new(&out, a.gzip, perms, files, prev.totals.clone())
+                    .with_widths(prev.name_widths.clone()),
                 log,
+                log_rel,
                 logged,
                 prev.export_id.clone(),
                 prev.started_at.clone(),
@@ -928,10 +971,15 @@ overwrite them, or another --out",
             }
             // 20 hex characters, like the SMART client's `exportId`.
             let export_id = fhirbulk::id::random_hex(10);
-            let log = EventLog::open(&out.join("log.ndjson"), &export_id, None, perms)?;
+            let log_dir = out.join("log");
+            perms.create_dir_all(&log_dir).map_err(|e| {
+                CliError::io(format_args!("cannot create {}", log_dir.display()), &e)
+            })?;
+            let log = EventLog::open(&out.join(LOG_PATH), &export_id, None, perms)?;
             (
                 Outputs::new(&out, a.gzip, perms, Default::default(), Totals::default()),
                 log,
+                LOG_PATH.to_owned(),
                 Logged::default(),
                 export_id,
                 util::now(),
@@ -1011,6 +1059,7 @@ overwrite them, or another --out",
         since_auto,
         outputs,
         log,
+        log_path,
         logged,
         display,
         kickoff_detail,
@@ -1196,6 +1245,21 @@ fn drive(
             }
             let files = run.outputs.finish()?;
             run.write_manifest(&ctl)?;
+            // What the manifest's counts promised against what was written.
+            for (name, count, written, n, example) in run.outputs.count_mismatches(&ctl.files()) {
+                let w = format!(
+                    "{name}: the manifest's count says {} records, {} were written ({} file{} differ{}, e.g. {example})",
+                    HumanCount(count),
+                    HumanCount(written),
+                    HumanCount(n as u64),
+                    if n == 1 { "" } else { "s" },
+                    if n == 1 { "s" } else { "" },
+                );
+                run.display.line(&format!("warning: {w}"));
+                run.log.event("warning", json!({ "message": w }));
+                summary["countMismatches"][name] =
+                    json!({"count": count, "written": written, "files": n});
+            }
             let t = run.outputs.totals.clone();
             let resources = t.records.values().sum::<u64>() + t.error_records + t.deleted_records;
             let duration_ms = export_duration_ms(&run.started_at);

@@ -135,6 +135,12 @@ pub struct Outputs {
     slots: Vec<Slot>,
     skipped: Option<Slot>,
     per_name: HashMap<(Kind, String), u32>,
+    /// The width the numbers of each kind and type's files are zero-padded to
+    /// (`Patient.001.ndjson`, so that names sort in file order): fixed when its first file is
+    /// named, to the digits of the number of its files known then (at least 3), and kept in
+    /// the checkpoint so a resumed run names its files the same. `None`: the unpadded names of
+    /// a checkpoint written before padding (`Patient.1.ndjson`).
+    widths: Option<BTreeMap<String, usize>>,
     /// Lengths from the checkpoint this run resumes: these files were truncated to them and are
     /// appended to.
     resumed: HashMap<String, FileState>,
@@ -166,6 +172,7 @@ impl Outputs {
             slots: Vec::new(),
             skipped: None,
             per_name: HashMap::new(),
+            widths: Some(BTreeMap::new()),
             resumed,
             active: BTreeSet::new(),
             open: 0,
@@ -174,6 +181,47 @@ impl Outputs {
             totals,
             write_output: true,
         }
+    }
+
+    /// Where the records written differ from the manifest's `count` of their file, per kind
+    /// and type: (name, the counts' sum, records written, files that differ, one of them).
+    /// Only files whose entry has a `count` are compared.
+    pub fn count_mismatches(&self, files: &[FileInfo]) -> Vec<(String, u64, u64, usize, String)> {
+        let mut by: BTreeMap<String, (u64, u64, usize, String)> = BTreeMap::new();
+        for (slot, f) in self.slots.iter().zip(files) {
+            let Some(count) = f.count else { continue };
+            if slot.state.records == count {
+                continue;
+            }
+            let name = match f.kind {
+                Kind::Output => f.resource_type.clone().unwrap_or_else(|| "output".into()),
+                k => format!(
+                    "{} {}",
+                    k.name(),
+                    f.resource_type.clone().unwrap_or_default()
+                )
+                .trim_end()
+                .to_owned(),
+            };
+            let e = by.entry(name).or_insert((0, 0, 0, slot.rel.to_string()));
+            e.0 += count;
+            e.1 += slot.state.records;
+            e.2 += 1;
+        }
+        by.into_iter()
+            .map(|(n, (c, r, k, ex))| (n, c, r, k, ex))
+            .collect()
+    }
+
+    /// The name widths of the checkpoint this run resumes (`None`: unpadded names).
+    pub fn with_widths(mut self, widths: Option<BTreeMap<String, usize>>) -> Outputs {
+        self.widths = widths;
+        self
+    }
+
+    /// The name widths fixed so far, for the checkpoint.
+    pub fn widths(&self) -> Option<BTreeMap<String, usize>> {
+        self.widths.clone()
     }
 
     /// Output records are counted but not written (`--format parquet`).
@@ -194,20 +242,47 @@ impl Outputs {
     pub fn sync_files(&mut self, files: &[FileInfo]) {
         // `files` is a run of the engine's list (the new ones, or all): slots go by index.
         let known = self.slots.len();
-        for f in files.iter().skip_while(|f| (f.index as usize) < known) {
-            if f.index as usize != self.slots.len() {
-                break; // not contiguous with what is known: the next call brings the gap
-            }
+        let new: Vec<&FileInfo> = files
+            .iter()
+            .skip_while(|f| (f.index as usize) < known)
+            .enumerate()
+            .take_while(|(i, f)| f.index as usize == known + i) // a gap: the next call has it
+            .map(|(_, f)| f)
+            .collect();
+        let group = |f: &FileInfo| {
             let (dir, default_type) = match f.kind {
                 Kind::Output => ("", "output"),
                 Kind::Error => ("error/", "OperationOutcome"),
                 Kind::Deleted => ("deleted/", "Bundle"),
             };
-            let ty = safe_name(f.resource_type.as_deref().unwrap_or(default_type));
+            (
+                dir,
+                safe_name(f.resource_type.as_deref().unwrap_or(default_type)),
+            )
+        };
+        // The files of each name known after this call (for the widths fixed now).
+        let mut counts: HashMap<(Kind, String), u32> = HashMap::new();
+        for f in &new {
+            let (_, ty) = group(f);
+            *counts.entry((f.kind, ty)).or_insert(0) += 1;
+        }
+        for f in new {
+            let (dir, ty) = group(f);
             let ext = self.ext();
-            let n = self.per_name.entry((f.kind, ty.clone())).or_insert(0);
+            let key = (f.kind, ty.clone());
+            let n = self.per_name.entry(key.clone()).or_insert(0);
             *n += 1;
-            let rel = format!("{dir}{ty}.{n}.{ext}");
+            let n = *n;
+            let rel = match self.widths.as_mut() {
+                None => format!("{dir}{ty}.{n}.{ext}"),
+                Some(w) => {
+                    let total = n - 1 + counts.get(&key).copied().unwrap_or(1);
+                    let width = *w
+                        .entry(format!("{dir}{ty}"))
+                        .or_insert_with(|| total.to_string().len().max(3));
+                    format!("{dir}{ty}.{n:0width$}.{ext}")
+                }
+            };
             let state = match self.resumed.remove(&rel) {
                 Some(st) => {
                     self.active.insert(self.slots.len());

@@ -1,6 +1,7 @@
 //! What the user sees while an export runs: a live indicatif display on a terminal (server
 //! progress while waiting; files, bytes, records, rate and ETA while downloading), plain log
-//! lines on stderr otherwise, nothing with `--quiet`.
+//! lines on stderr otherwise (each with its time), nothing with `--quiet`. Numbers are written
+//! the same way live and at the end (`indicatif`'s `HumanCount`, `HumanBytes`).
 
 use fhirbulk::{Progress, State};
 use indicatif::{
@@ -40,6 +41,12 @@ pub struct Written {
     pub files_total: usize,
     /// Sum of the manifest's `count` hints, when every file has one.
     pub expected_records: Option<u64>,
+}
+
+/// A plain progress line on stderr (not a terminal: a log), with the time it was written:
+/// `2026-12-01T10:31:07.123Z fhirbulk: ...`.
+fn plain(text: &str) {
+    eprintln!("{} fhirbulk: {text}", crate::util::now());
 }
 
 /// "waiting 42 seconds (until 10:31:07 UTC): <reason>" while the engine waits long.
@@ -87,7 +94,7 @@ impl Display {
     pub fn line(&self, text: &str) {
         match &self.mode {
             Mode::Bar(b) => b.println(format!("fhirbulk: {text}")),
-            Mode::Plain => eprintln!("fhirbulk: {text}"),
+            Mode::Plain => plain(text),
             Mode::Quiet => {}
         }
     }
@@ -96,7 +103,9 @@ impl Display {
         let phase = match p.state {
             State::KickingOff => Phase::Starting,
             State::Waiting => Phase::Waiting,
-            _ => Phase::Downloading,
+            State::Downloading | State::Done => Phase::Downloading,
+            // The end is told by the caller: a kick-off that failed did not download anything.
+            State::Failed | State::Cancelled => return,
         };
         let changed = phase != self.phase;
         self.phase = phase;
@@ -104,7 +113,7 @@ impl Display {
             if self.last_wait != Some(w.until) {
                 self.last_wait = Some(w.until);
                 if let Some(t) = wait_text(p) {
-                    eprintln!("fhirbulk: {t}");
+                    plain(&t);
                 }
             }
         }
@@ -134,7 +143,7 @@ impl Display {
                             || (self.last_xprogress.as_deref() != Some(xp.as_str())
                                 && self.last_plain.elapsed() >= Duration::from_secs(2))
                         {
-                            eprintln!("fhirbulk: {text}");
+                            plain(&text);
                             self.last_plain = Instant::now();
                             self.last_xprogress = Some(xp);
                         }
@@ -184,8 +193,8 @@ impl Display {
                     HumanCount(rate as u64),
                     eta.map(|d| format!(", ETA {}", HumanDuration(d)))
                         .unwrap_or_default(),
-                    w.files_done,
-                    w.files_total,
+                    HumanCount(w.files_done as u64),
+                    HumanCount(w.files_total as u64),
                     HumanBytes(w.bytes),
                 );
                 match &self.mode {
@@ -204,7 +213,7 @@ impl Display {
                     }
                     Mode::Plain => {
                         if changed || self.last_plain.elapsed() >= Duration::from_secs(5) {
-                            eprintln!("fhirbulk: downloading: {text}");
+                            plain(&format!("downloading: {text}"));
                             self.last_plain = Instant::now();
                         }
                     }
