@@ -16,9 +16,10 @@
  *   build:  cc -std=c11 export_summary.c -Iinclude -Ltarget/release -lfhirbulk \
  *              -Wl,-rpath,$PWD/target/release -o export_summary
  *
- * The program starts the export, shows the server's progress while the server prepares the
- * files, then pulls every record and counts them per resource type. On failure it prints the
- * error message and the JSON detail (HTTP status, URL, OperationOutcome issues) and exits 1.
+ * The program builds its config key by key (fhirbulk_config_set: no JSON to write), starts the
+ * export, shows the server's progress while the server prepares the files, then pulls every
+ * record and counts them per resource type. On failure it prints the error in its parts (HTTP
+ * status, URL, the server's OperationOutcome issues) and the JSON detail, and exits 1.
  *
  * Copy it freely: it uses only the public API in fhirbulk.h.
  */
@@ -78,82 +79,61 @@ static double now_seconds(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* Append `s` to `out` as a JSON string literal (quotes and backslashes escaped). */
-static size_t json_string(char *out, size_t cap, size_t used, const char *s, size_t len) {
-    used += (size_t)snprintf(out + used, used < cap ? cap - used : 0, "\"");
-    for (size_t i = 0; i < len; i++) {
-        char c = s[i];
-        if (c == '"' || c == '\\') {
-            used += (size_t)snprintf(out + used, used < cap ? cap - used : 0, "\\%c", c);
-        } else if ((unsigned char)c >= 0x20) {
-            used += (size_t)snprintf(out + used, used < cap ? cap - used : 0, "%c", c);
-        }
+/* Set one config key; on a wrong key or value say which and why. */
+static int set(FhirbulkConfig *c, const char *key, const char *value) {
+    FhirbulkStatus s = fhirbulk_config_set(c, key, value);
+    if (s != FHIRBULK_OK) {
+        char msg[1024];
+        export_error_message(NULL, msg, sizeof msg); /* names the key */
+        fprintf(stderr, "config %s: %s\n", key, msg);
+        return -1;
     }
-    used += (size_t)snprintf(out + used, used < cap ? cap - used : 0, "\"");
-    return used;
+    return 0;
 }
 
-/* Build the export_start config JSON. Only base_url is required; unknown keys are errors. */
-static int build_config(char *out, size_t cap, const char *base_url, const char *group,
-                        const char *types) {
-    size_t used = (size_t)snprintf(out, cap, "{\"base_url\": ");
-    used = json_string(out, cap, used, base_url, strlen(base_url));
+/* Build the config key by key (no JSON to write): fhirbulk_config_set reads each value as its
+ * key's type ("2000" a number, "Patient,Observation" a list). Only base_url is required. */
+static FhirbulkConfig *build_config(const char *base_url, const char *group, const char *types) {
+    FhirbulkConfig *c = NULL;
+    if (fhirbulk_config_new(&c) != FHIRBULK_OK) return NULL;
+    int bad = set(c, "base_url", base_url);
     if (group != NULL) {
-        used += (size_t)snprintf(out + used, used < cap ? cap - used : 0,
-                                 ", \"level\": \"group\", \"group_id\": ");
-        used = json_string(out, cap, used, group, strlen(group));
-    } else {
-        used += (size_t)snprintf(out + used, used < cap ? cap - used : 0,
-                                 ", \"level\": \"system\"");
+        bad |= set(c, "level", "group") | set(c, "group_id", group);
     }
-    if (types != NULL && types[0] != '\0') {
-        /* "Patient,Observation" -> "types": ["Patient", "Observation"] */
-        used += (size_t)snprintf(out + used, used < cap ? cap - used : 0, ", \"types\": [");
-        const char *p = types;
-        int first = 1;
-        while (*p != '\0') {
-            size_t len = strcspn(p, ",");
-            if (len > 0) {
-                if (!first) used += (size_t)snprintf(out + used, used < cap ? cap - used : 0, ", ");
-                used = json_string(out, cap, used, p, len);
-                first = 0;
-            }
-            p += len;
-            if (*p == ',') p++;
-        }
-        used += (size_t)snprintf(out + used, used < cap ? cap - used : 0, "]");
-    }
+    if (types != NULL && types[0] != '\0') bad |= set(c, "types", types);
     /* TLS settings from the environment (see the usage above). */
-    const char *tls_keys[2][2] = {{"FHIRBULK_CA_BUNDLE", "ca_bundle"},
-                                  {"FHIRBULK_CLIENT_CERT", "client_cert"}};
-    for (size_t i = 0; i < 2; i++) {
-        const char *path = getenv(tls_keys[i][0]);
-        if (path != NULL && path[0] != '\0') {
-            used += (size_t)snprintf(out + used, used < cap ? cap - used : 0, ", \"%s\": ",
-                                     tls_keys[i][1]);
-            used = json_string(out, cap, used, path, strlen(path));
-        }
-    }
+    const char *ca = getenv("FHIRBULK_CA_BUNDLE"), *cert = getenv("FHIRBULK_CLIENT_CERT");
+    if (ca != NULL && ca[0] != '\0') bad |= set(c, "ca_bundle", ca);
+    if (cert != NULL && cert[0] != '\0') bad |= set(c, "client_cert", cert);
     /* Poll the status URL at least every 2 s; a server's Retry-After still wins within that. */
-    used += (size_t)snprintf(out + used, used < cap ? cap - used : 0,
-                             ", \"poll_min_ms\": 100, \"poll_max_ms\": 2000}");
-    return used < cap ? 0 : -1;
+    bad |= set(c, "poll_min_ms", "100") | set(c, "poll_max_ms", "2000");
+    if (bad) {
+        fhirbulk_config_free(c);
+        return NULL;
+    }
+    return c;
 }
 
-/* Print the error message and its JSON detail. With h == NULL: the error export_start gave. */
+/* Print the error in its parts (no JSON to parse), then the whole JSON detail. With h == NULL:
+ * the error export_start_config gave. */
 static void print_error(const FhirbulkExport *h, FhirbulkStatus s) {
-    /* snprintf semantics: a call with a NULL buffer returns the length needed. */
-    size_t msg_len = export_last_error(h, NULL, 0);
-    size_t json_len = export_last_error_json(h, NULL, 0);
-    char *msg = malloc(msg_len + 1);
-    char *json = malloc(json_len + 1);
-    if (msg != NULL && json != NULL) {
-        export_last_error(h, msg, msg_len + 1);
-        export_last_error_json(h, json, json_len + 1);
-        fprintf(stderr, "export failed (%s, status %d): %s\ndetail: %s\n",
-                fhirbulk_status_name(s), (int)s, msg, json);
+    char msg[2048], url[1024], code[64], diag[1024];
+    export_error_message(h, msg, sizeof msg);
+    export_error_url(h, url, sizeof url);
+    fprintf(stderr, "export failed (%s, status %d, HTTP %u): %s%s%s\n", fhirbulk_status_name(s),
+            (int)s, export_error_http_status(h), msg, url[0] ? " at " : "", url);
+    for (size_t i = 0; i < export_error_issue_count(h); i++) {
+        export_error_issue(h, i, FHIRBULK_ISSUE_CODE, code, sizeof code);
+        export_error_issue(h, i, FHIRBULK_ISSUE_DIAGNOSTICS, diag, sizeof diag);
+        fprintf(stderr, "  server issue %s: %s\n", code, diag);
     }
-    free(msg);
+    /* snprintf semantics: a call with a NULL buffer returns the length needed. */
+    size_t json_len = export_last_error_json(h, NULL, 0);
+    char *json = malloc(json_len + 1);
+    if (json != NULL) {
+        export_last_error_json(h, json, json_len + 1);
+        fprintf(stderr, "detail: %s\n", json);
+    }
     free(json);
 }
 
@@ -173,11 +153,8 @@ int main(int argc, char **argv) {
         return 1;
     }
 
-    char config[8192];
-    if (build_config(config, sizeof config, base_url, group, types) != 0) {
-        fprintf(stderr, "arguments too long\n");
-        return 2;
-    }
+    FhirbulkConfig *config = build_config(base_url, group, types);
+    if (config == NULL) return 2;
     printf("fhirbulk %s: exporting %s%s from %s", fhirbulk_version(), group ? "Group/" : "system",
            group ? group : "", base_url);
     if (types != NULL) printf(", types %s", types);
@@ -185,7 +162,8 @@ int main(int argc, char **argv) {
 
     double t0 = now_seconds();
     FhirbulkExport *h = NULL;
-    FhirbulkStatus s = export_start(config, &h);
+    FhirbulkStatus s = export_start_config(config, &h);
+    fhirbulk_config_free(config); /* the export does not need it any more */
     if (s != FHIRBULK_OK) {
         print_error(NULL, s);
         return 1;
