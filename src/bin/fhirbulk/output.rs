@@ -699,8 +699,39 @@ mod tests {
         assert_eq!(
             rels,
             (1..=6)
-                .map(|n| format!("Patient.{n}.ndjson"))
+                .map(|n| format!("Patient.{n:03}.ndjson"))
                 .collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn names_are_padded_to_the_count_known_at_the_first_and_kept() {
+        let new = || {
+            Outputs::new(
+                Path::new("/nonexistent"),
+                false,
+                Perms::default(),
+                HashMap::new(),
+                Totals::default(),
+            )
+        };
+        let mut o = new();
+        o.sync_files(&(0..1200).map(file).collect::<Vec<_>>());
+        assert_eq!(&*o.slots[0].rel, "Patient.0001.ndjson");
+        assert_eq!(&*o.slots[1199].rel, "Patient.1200.ndjson");
+        // Fixed at the first name: more files later keep the width.
+        let mut o = new();
+        o.sync_files(&(0..5).map(file).collect::<Vec<_>>());
+        o.sync_files(&(5..1001).map(file).collect::<Vec<_>>());
+        assert_eq!(&*o.slots[4].rel, "Patient.005.ndjson");
+        assert_eq!(&*o.slots[1000].rel, "Patient.1001.ndjson");
+        assert_eq!(o.widths().unwrap()["Patient"], 3);
+        // A resumed run names as the checkpoint's widths say; an old checkpoint's: unpadded.
+        let mut o = new().with_widths(Some([("Patient".to_owned(), 5)].into()));
+        o.sync_files(&[file(0)]);
+        assert_eq!(&*o.slots[0].rel, "Patient.00001.ndjson");
+        let mut o = new().with_widths(None);
+        o.sync_files(&[file(0)]);
+        assert_eq!(&*o.slots[0].rel, "Patient.1.ndjson");
     }
 }
