@@ -264,7 +264,7 @@ impl Downloads {
                     "output_files" => by_kind[0],
                     "error_files" => by_kind[1],
                     "deleted_files" => by_kind[2],
-                    "transaction_time" => m.transaction_time.clone(),
+                    "transaction_time" => m.transaction_time.as_deref().map(event_text),
                     "complete" => complete,
                 },
             );
@@ -848,7 +848,13 @@ fn transaction_time_of(job: &Job) -> Option<String> {
         .as_ref()
         .and_then(|m| m.get("transactionTime"))
         .and_then(Value::as_str)
-        .map(str::to_owned)
+        .map(event_text)
+}
+
+/// A server's text as an event field: control characters escaped, at most 100 characters (an
+/// instant has 30; the server's value may be anything).
+fn event_text(s: &str) -> String {
+    crate::error::escape_controls(&s.chars().take(100).collect::<String>()).into_owned()
 }
 
 /// The `capability` event: what the server's CapabilityStatement says of its software and FHIR

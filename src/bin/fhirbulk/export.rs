@@ -792,10 +792,10 @@ fn run_export(a: &ExportArgs, t0: Instant, summary: &mut Value) -> Result<u8, Cl
     };
     let mut cfg = Config::from_json(&Value::Object(map.clone()).to_string())?;
     let request = request_fingerprint(&cfg, a.gzip, a.format);
-    // The log is written from the engine's events: room for all of them between two looks,
-    // and the CapabilityStatement read for the kick-off line's software fields (unless the
-    // config says not to).
-    cfg.event_queue_size = 1 << 20;
+    // The log is written from the engine's events: room for all of them between two looks
+    // (a look every 100 ms; 65,536 events are some 20 MB at most), and the CapabilityStatement
+    // read for the kick-off line's software fields (unless the config says not to).
+    cfg.event_queue_size = 1 << 16;
     if !map.contains_key("read_capability_statement") {
         cfg.read_capability_statement = true;
     }
