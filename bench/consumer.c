@@ -2,6 +2,7 @@
  * bench/consumer.c: the C consumer of the benchmark (bench/run.py builds and runs it).
  *
  *   consumer BASE_URL [--api batch|record|arrow] [--validate] [--concurrency N] [--slow-mbps N]
+ *            [--event-queue N]   (the config's event_queue_size; events are never read here)
  *            [--ca-bundle PEM]
  *            [--chunk-bytes N] [--buffer-chunks N] [--type TYPE]
  *
@@ -63,7 +64,7 @@ int main(int argc, char **argv) {
     if (argc < 2) return usage();
     const char *base = argv[1];
     int per_record = 0, arrow = 0, validate = 0, concurrency = 4;
-    long chunk_bytes = 0, buffer_chunks = 0;
+    long chunk_bytes = 0, buffer_chunks = 0, event_queue = -1;
     const char *type = NULL, *ca_bundle = NULL;
     double slow_mbps = 0;
     for (int i = 2; i < argc; i++) {
@@ -83,6 +84,8 @@ int main(int argc, char **argv) {
             ca_bundle = argv[++i];
         } else if (!strcmp(argv[i], "--type") && i + 1 < argc) {
             type = argv[++i];
+        } else if (!strcmp(argv[i], "--event-queue") && i + 1 < argc) {
+            event_queue = atol(argv[++i]);
         } else if (!strcmp(argv[i], "--slow-mbps") && i + 1 < argc) {
             slow_mbps = atof(argv[++i]);
         } else {
@@ -95,6 +98,9 @@ int main(int argc, char **argv) {
     if (buffer_chunks > 0)
         snprintf(extra + strlen(extra), sizeof extra - strlen(extra), ",\"buffer_chunks\":%ld",
                  buffer_chunks);
+    if (event_queue >= 0)
+        snprintf(extra + strlen(extra), sizeof extra - strlen(extra), ",\"event_queue_size\":%ld",
+                 event_queue);
     if (type)
         snprintf(extra + strlen(extra), sizeof extra - strlen(extra), ",\"types\":[\"%s\"]",
                  type);

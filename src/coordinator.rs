@@ -690,18 +690,6 @@ fn download_one(job: &Arc<Job>, p: &Pending) {
         let Some((kind, ty, url)) = files.job_parts(p.index) else {
             return;
         };
-        if m.events.enabled() {
-            let mut f = fields! {
-                "index" => p.index,
-                "kind" => kind.name(),
-                "resource_type" => ty,
-                "url" => redact_url(url),
-            };
-            if p.skip_lines > 0 {
-                f.insert("skip_lines".into(), p.skip_lines.into());
-            }
-            m.event("file_started", f);
-        }
         FileJob {
             index: p.index,
             kind,
@@ -711,6 +699,19 @@ fn download_one(job: &Arc<Job>, p: &Pending) {
             skip_lines: p.skip_lines,
         }
     };
+    // After the files' lock: the other download threads need it.
+    if m.events.enabled() {
+        let mut f = fields! {
+            "index" => file.index,
+            "kind" => file.kind.name(),
+            "resource_type" => file.resource_type.as_ref().map(|t| t.as_str().to_owned()),
+            "url" => redact_url(&file.url),
+        };
+        if file.skip_lines > 0 {
+            f.insert("skip_lines".into(), file.skip_lines.into());
+        }
+        m.event("file_started", f);
+    }
     let cx = Context {
         http: &job.http,
         monitor: m,

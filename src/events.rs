@@ -33,33 +33,49 @@ pub struct Event {
     pub time: SystemTime,
     /// `kickoff`, `status`, `manifest`, `file_started`, `file_completed`, `file_resumed`,
     /// `file_restarted`, `retry`, `token`, `warning`, `job_deleted`, `completed`, `failed`,
-    /// `cancelled`.
+    /// `cancelled`, ... (README, "Events").
     pub kind: &'static str,
-    /// The type's fields (see the README).
-    pub fields: Map<String, Value>,
+    /// The type's fields as a JSON object. Kept as text: an event in the queue is one small
+    /// allocation (exports of many small files make several events per file).
+    fields: Box<str>,
 }
 
 impl Event {
+    /// The type's fields (see the README).
+    pub fn fields(&self) -> Map<String, Value> {
+        serde_json::from_str(&self.fields).unwrap_or_default()
+    }
+
     /// `{"seq":1,"time":"2026-12-01T10:00:00.123Z","type":"kickoff",...fields}`.
     pub fn to_json(&self) -> String {
-        let mut m = Map::with_capacity(self.fields.len() + 3);
-        m.insert("seq".into(), self.seq.into());
-        m.insert("time".into(), rfc3339_ms(self.time).into());
-        m.insert("type".into(), self.kind.into());
-        for (k, v) in &self.fields {
-            m.insert(k.clone(), v.clone());
+        let head = format!(
+            "{{\"seq\":{},\"time\":\"{}\",\"type\":{}",
+            self.seq,
+            rfc3339_ms(self.time),
+            Value::from(self.kind)
+        );
+        match self.fields.strip_prefix('{') {
+            Some(rest) if rest != "}" => format!("{head},{rest}"),
+            _ => format!("{head}}}"),
         }
-        Value::Object(m).to_string()
+    }
+
+    /// A field, when there is one.
+    pub fn get(&self, key: &str) -> Option<Value> {
+        self.fields().remove(key)
     }
 
     /// A field as a string, when it is one.
-    pub fn str(&self, key: &str) -> Option<&str> {
-        self.fields.get(key).and_then(Value::as_str)
+    pub fn str(&self, key: &str) -> Option<String> {
+        match self.get(key) {
+            Some(Value::String(s)) => Some(s),
+            _ => None,
+        }
     }
 
     /// A field as an unsigned number, when it is one.
     pub fn u64(&self, key: &str) -> Option<u64> {
-        self.fields.get(key).and_then(Value::as_u64)
+        self.get(key).and_then(|v| v.as_u64())
     }
 }
 
@@ -111,6 +127,8 @@ impl Events {
         if self.cap == 0 {
             return;
         }
+        // Written out before the lock is taken (pushes come from every thread of the export).
+        let text = Value::Object(fields).to_string();
         let mut q = self.q.lock();
         if q.closed {
             return;
@@ -125,7 +143,7 @@ impl Events {
             seq,
             time: SystemTime::now(),
             kind,
-            fields,
+            fields: text.into_boxed_str(),
         });
         drop(q);
         self.cv.notify_all();

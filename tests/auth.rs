@@ -582,9 +582,10 @@ fn a_token_shows_as_an_event_without_its_value() {
     }
     let tokens: Vec<_> = events.iter().filter(|ev| ev.kind == "token").collect();
     assert_eq!(tokens.len(), 1, "{events:?}");
-    assert_eq!(tokens[0].fields["refreshed"], false);
+    assert_eq!(tokens[0].fields()["refreshed"], false);
     assert_eq!(
-        tokens[0].fields["shared"], false,
+        tokens[0].fields()["shared"],
+        false,
         "a new sandbox: no token to share"
     );
     assert!(tokens[0].u64("refresh_in_s").is_some());

@@ -82,7 +82,7 @@ fn the_events_tell_what_the_export_did_in_order() {
         "{:?}",
         events[0]
     );
-    assert_eq!(events[0].str("method"), Some("GET"));
+    assert_eq!(events[0].str("method").as_deref(), Some("GET"));
     assert_eq!(k.get("status"), Some(&2), "{k:?}");
     let polls: Vec<u64> = events
         .iter()
@@ -100,7 +100,7 @@ fn the_events_tell_what_the_export_did_in_order() {
         "{:?}",
         manifest[0]
     );
-    assert_eq!(manifest[0].fields["complete"], true);
+    assert_eq!(manifest[0].fields()["complete"], true);
 
     // Each file: started, then resumed where the transfer broke (after a retry event naming
     // the break), then completed with its lines.
@@ -137,7 +137,10 @@ fn the_events_tell_what_the_export_did_in_order() {
     assert!(!resumed.is_empty(), "broken transfers resumed: {k:?}");
     let retries: Vec<&Event> = events.iter().filter(|e| e.kind == "retry").collect();
     assert!(
-        retries.len() >= resumed.len() && retries.iter().all(|e| e.str("code") == Some("network")),
+        retries.len() >= resumed.len()
+            && retries
+                .iter()
+                .all(|e| e.str("code").as_deref() == Some("network")),
         "{retries:?}"
     );
     assert!(retries.iter().all(|e| e.u64("wait_ms").is_some()));
@@ -220,8 +223,8 @@ fn a_cancel_and_a_failure_are_the_last_events() {
     }
     let last = events.last().unwrap();
     assert_eq!(last.kind, "failed", "{events:?}");
-    assert_eq!(last.fields["error"]["name"], "not_found", "{last:?}");
-    assert_eq!(last.fields["error"]["http_status"], 404);
+    assert_eq!(last.fields()["error"]["name"], "not_found", "{last:?}");
+    assert_eq!(last.fields()["error"]["http_status"], 404);
     assert!(events.iter().all(|e| e.kind != "kickoff"), "no job started");
 }
 

@@ -414,7 +414,9 @@ impl Run {
     /// One engine event: its line in the log (the SMART bulk-data-client's event ids where it
     /// has one), and in the display.
     fn on_event(&mut self, ctl: &Controller, ev: &fhirbulk::Event) -> Result<(), CliError> {
-        let f = |k: &str| ev.fields.get(k).cloned().unwrap_or(Value::Null);
+        let fields = ev.fields();
+        let f = |k: &str| fields.get(k).cloned().unwrap_or(Value::Null);
+        let u = |k: &str| fields.get(k).and_then(Value::as_u64);
         match ev.kind {
             "capability" => {
                 for (from, to) in [
@@ -433,7 +435,7 @@ impl Run {
                 self.log.event_with("kickoff", d, &kickoff_extra());
                 self.logged.kickoff = true;
                 self.log_pending_warnings();
-                if let Some(url) = ev.str("status_url") {
+                if let Some(url) = fields.get("status_url").and_then(Value::as_str) {
                     self.display
                         .line(&format!("export started; status URL {url}"));
                 }
@@ -443,7 +445,7 @@ impl Run {
                 json!({"body": null, "xProgress": f("x_progress"), "retryAfter": f("retry_after")}),
             ),
             "manifest_page" => {
-                if ev.fields.get("complete") == Some(&Value::Bool(true)) {
+                if fields.get("complete") == Some(&Value::Bool(true)) {
                     if self.logged.status_complete {
                         // Logged by the run this one resumes (the manifest was fetched again).
                         return Ok(());
@@ -467,14 +469,14 @@ impl Run {
                     }),
                 );
             }
-            "manifest" if ev.fields.get("complete") == Some(&Value::Bool(true)) => {
+            "manifest" if fields.get("complete") == Some(&Value::Bool(true)) => {
                 if self.logged.status_complete {
                     // Logged by the run this one resumes (the manifest was fetched again).
                     return Ok(());
                 }
                 let tt = ctl.transaction_time();
-                let [output, error, deleted] = ["output_files", "error_files", "deleted_files"]
-                    .map(|k| ev.u64(k).unwrap_or(0));
+                let [output, error, deleted] =
+                    ["output_files", "error_files", "deleted_files"].map(|k| u(k).unwrap_or(0));
                 self.log.event(
                     "manifest_complete",
                     json!({
@@ -494,7 +496,7 @@ impl Run {
                 ));
             }
             "file_started" => {
-                let i = ev.u64("index").unwrap_or(0) as u32;
+                let i = u("index").unwrap_or(0) as u32;
                 if i < self.logged.requested_files {
                     // Its request is in the log from the run this one resumes: the rest of it.
                     self.log.event(
@@ -550,7 +552,11 @@ impl Run {
                 json!({"refreshed": f("refreshed"), "shared": f("shared")}),
             ),
             "warning" => {
-                let w = ev.str("message").unwrap_or_default().to_owned();
+                let w = fields
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
                 self.display.line(&format!("warning: {w}"));
                 if self.logged.kickoff {
                     self.log.event("warning", json!({ "message": w }));
