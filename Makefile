@@ -7,8 +7,9 @@
 #   make bench  the performance benchmark (bench/run.py): curl baseline, C, Python, Java, RSS,
 #               many small files (C ABI, CLI, curl), waiting exports, 10 exports at once
 #   make install PREFIX=/usr/local
-#               build the release library and install it for C and C++ programs (shared +
-#               static library, fhirbulk.h, fhirbulk.hpp, pkg-config and CMake files)
+#               build the release library and the fhirbulk command and install them (shared +
+#               static library, fhirbulk.h, fhirbulk.hpp, pkg-config and CMake files,
+#               bin/fhirbulk)
 #
 # More test suites hook in by adding a prerequisite line, e.g.
 #   test: test-python
@@ -58,8 +59,8 @@ demo:
 
 # ---- install ------------------------------------------------------------------------------
 
-# PREFIX/lib (libfhirbulk.so.X.Y.Z + symlinks, libfhirbulk.a, pkgconfig/, cmake/fhirbulk/) and
-# PREFIX/include (fhirbulk.h, fhirbulk.hpp); DESTDIR stages for packagers.
+# PREFIX/lib (libfhirbulk.so.X.Y.Z + symlinks, libfhirbulk.a, pkgconfig/, cmake/fhirbulk/),
+# PREFIX/include (fhirbulk.h, fhirbulk.hpp) and PREFIX/bin/fhirbulk; DESTDIR stages for packagers.
 PREFIX ?= /usr/local
 
 install:

@@ -108,7 +108,7 @@ def main() -> int:
     for p in (a.jar, a.python):
         if not Path(p).exists():
             sys.exit(f"spark_bench: {p} is missing: run bindings/spark/run-tests.sh first")
-    bench.run(["cargo", "build", "--release", "--features", "cli", "--bin", "fhirbulk", "--bin",
+    bench.run(["cargo", "build", "--release", "--features", "cli,sandbox", "--bin", "fhirbulk", "--bin",
                "fhirbulk-sandbox"], cwd=ROOT)
     cli = ROOT / "target/release/fhirbulk"
     sb = bench.Sandbox(ROOT / "target/release/fhirbulk-sandbox", a.patients, a.records_per_file, prerender=True)

@@ -12,9 +12,11 @@
 #   PREFIX/lib/pkgconfig/fhirbulk.pc    pkg-config (Libs.private: what libfhirbulk.a needs)
 #   PREFIX/lib/cmake/fhirbulk/          find_package(fhirbulk): fhirbulk::fhirbulk (shared),
 #                                       fhirbulk::fhirbulk_static; relocatable
+#   PREFIX/bin/fhirbulk                 the command line (export, resume, cancel; no test server)
 #
 # Builds the release library first (`cargo build --release --lib --features parquet`, the same build the Java
-# binding bundles). Environment:
+# binding bundles), then the command (`cargo build --release --bin fhirbulk --features cli`).
+# Environment:
 #   DESTDIR=/stage                 stage the files under /stage/PREFIX (for packagers); the
 #                                  installed files still name PREFIX
 #   FHIRBULK_SKIP_CARGO_BUILD=1    install target/release as it is
@@ -34,6 +36,8 @@ ROOT=$PWD
 if [ "${FHIRBULK_SKIP_CARGO_BUILD:-0}" != 1 ]; then
     echo "+ ${CARGO:-cargo} build --release --lib --features parquet"
     "${CARGO:-cargo}" build --release --lib --features parquet
+    echo "+ ${CARGO:-cargo} build --release --bin fhirbulk --features cli"
+    "${CARGO:-cargo}" build --release --bin fhirbulk --features cli
 fi
 
 # The version is the crate's; build.rs asserts the header says the same.
@@ -46,9 +50,11 @@ REAL=libfhirbulk.so.$VERSION
 
 SO=target/release/libfhirbulk.so
 A=target/release/libfhirbulk.a
+BIN=target/release/fhirbulk
 for f in "$SO" "$A" include/fhirbulk.h include/fhirbulk.hpp; do
     [ -f "$f" ] || { echo "missing $f (cargo build --release --lib --features parquet)" >&2; exit 1; }
 done
+[ -f "$BIN" ] || { echo "missing $BIN (cargo build --release --bin fhirbulk --features cli)" >&2; exit 1; }
 # build.rs links the soname in; an older build would install a library ld.so cannot find.
 if command -v readelf >/dev/null 2>&1 &&
     ! grep -q "(SONAME).*\[$SONAME\]" <<<"$(readelf -d "$SO")"; then
@@ -63,7 +69,8 @@ STATIC_LIBS="-lpthread -ldl -lm -lrt -lutil -lgcc_s"
 STATIC_LIBS_CMAKE=$(echo "$STATIC_LIBS" | sed 's/-l//g; s/ /;/g')   # pthread;dl;m;...
 
 echo "installing fhirbulk $VERSION into ${DESTDIR:+$DESTDIR}$PREFIX"
-install -d "$DEST/lib/pkgconfig" "$DEST/lib/cmake/fhirbulk" "$DEST/include"
+install -d "$DEST/lib/pkgconfig" "$DEST/lib/cmake/fhirbulk" "$DEST/include" "$DEST/bin"
+install -m 755 "$BIN" "$DEST/bin/fhirbulk"
 install -m 755 "$SO" "$DEST/lib/$REAL"
 ln -sfn "$REAL" "$DEST/lib/$SONAME"
 ln -sfn "$SONAME" "$DEST/lib/libfhirbulk.so"
@@ -82,7 +89,7 @@ subst packaging/fhirbulk-config.cmake.in "$DEST/lib/cmake/fhirbulk/fhirbulk-conf
 subst packaging/fhirbulk-config-version.cmake.in \
     "$DEST/lib/cmake/fhirbulk/fhirbulk-config-version.cmake"
 
-for f in lib/$REAL lib/$SONAME lib/libfhirbulk.so lib/libfhirbulk.a include/fhirbulk.h \
+for f in bin/fhirbulk lib/$REAL lib/$SONAME lib/libfhirbulk.so lib/libfhirbulk.a include/fhirbulk.h \
     include/fhirbulk.hpp lib/pkgconfig/fhirbulk.pc lib/cmake/fhirbulk/fhirbulk-config.cmake \
     lib/cmake/fhirbulk/fhirbulk-config-version.cmake; do
     echo "  $PREFIX/$f$([ -L "$DEST/$f" ] && echo " -> $(readlink "$DEST/$f")")"

@@ -55,7 +55,7 @@ echo "== install layout"
 VERSION=$(sed -n 's/^#define FHIRBULK_VERSION "\(.*\)"$/\1/p' include/fhirbulk.h)
 MAJOR=${VERSION%%.*}
 layout_ok=1
-for f in "lib/libfhirbulk.so.$VERSION" lib/libfhirbulk.a include/fhirbulk.h include/fhirbulk.hpp \
+for f in bin/fhirbulk "lib/libfhirbulk.so.$VERSION" lib/libfhirbulk.a include/fhirbulk.h include/fhirbulk.hpp \
     lib/pkgconfig/fhirbulk.pc lib/cmake/fhirbulk/fhirbulk-config.cmake \
     lib/cmake/fhirbulk/fhirbulk-config-version.cmake; do
     [ -f "$PREFIX/$f" ] && [ ! -L "$PREFIX/$f" ] || { echo "    missing $f"; layout_ok=0; }
@@ -222,6 +222,28 @@ if [ -x "$WORK/cpp-shared/export_summary" ]; then
         pass "C++ example fails cleanly on an unreachable server (exit 1, network error)"
     else
         fail "C++ example fails cleanly on an unreachable server (exit $rc)"
+    fi
+fi
+
+# The installed command: its version, no test server inside, and an export that writes the
+# truth (one JSON line per record) into a directory.
+if [ -x "$PREFIX/bin/fhirbulk" ]; then
+    run "installed fhirbulk --version" "$PREFIX/bin/fhirbulk" --version || true
+    cli_help=$("$PREFIX/bin/fhirbulk" --help || true)
+    if grep -q '^  sandbox' <<<"$cli_help" || ! grep -q '^  export' <<<"$cli_help"; then
+        fail "the installed fhirbulk carries the test server (the cli feature pulled in sandbox)"
+    else
+        pass "the installed fhirbulk has no sandbox command"
+    fi
+    if run "installed fhirbulk export -g g1 -t $TYPES" timeout 120 "$PREFIX/bin/fhirbulk" export \
+        --base-url "$SB/fhir" -g g1 -t "$TYPES" --out "$WORK/cli-out" -q; then
+        got=$(for t in ${TYPES//,/ }; do
+            echo "$t=$(cat "$WORK/cli-out/$t".*.ndjson | grep -c .)"; done | sort | paste -sd,)
+        if [ "$got" = "$WANT" ]; then
+            pass "installed fhirbulk: records per type equal the truth ($got)"
+        else
+            fail "installed fhirbulk: records per type $got, want $WANT"
+        fi
     fi
 fi
 

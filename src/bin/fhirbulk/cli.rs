@@ -37,6 +37,7 @@ pub enum Command {
     #[command(after_help = EXIT_CODES_HELP)]
     Cancel(Box<CancelArgs>),
     /// Run the sandbox Bulk Data server on 127.0.0.1 until Ctrl-C.
+    #[cfg(feature = "sandbox")]
     Sandbox(Box<SandboxArgs>),
 }
 
@@ -342,6 +343,7 @@ pub struct CancelArgs {
     pub quiet: bool,
 }
 
+#[cfg(feature = "sandbox")]
 #[derive(Args, Debug)]
 pub struct SandboxArgs {
     /// TCP port on 127.0.0.1 (0: any free port)

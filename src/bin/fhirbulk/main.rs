@@ -4,7 +4,8 @@
 //! event log, checkpoints as it goes (kill it, run the same command again: it resumes), and can
 //! keep the last `transactionTime` for incremental exports (`--since auto`).
 //! `fhirbulk cancel --out DIR` deletes an unfinished export's server job; `fhirbulk sandbox`
-//! runs the local test server.
+//! runs the local test server (built with the `sandbox` feature only: the installed command
+//! carries no test server).
 
 mod cancel;
 mod cli;
@@ -14,6 +15,7 @@ mod export;
 mod output;
 mod parquet;
 mod progress;
+#[cfg(feature = "sandbox")]
 mod sandbox;
 mod state;
 mod util;
@@ -33,6 +35,7 @@ fn main() -> ExitCode {
     let code = match args.command {
         cli::Command::Export(a) => export::run(*a),
         cli::Command::Cancel(a) => cancel::run(*a),
+        #[cfg(feature = "sandbox")]
         cli::Command::Sandbox(a) => sandbox::run(*a),
     };
     ExitCode::from(code)
