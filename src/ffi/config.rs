@@ -29,12 +29,18 @@ static CONFIGS: Lazy<Mutex<HashMap<usize, Keys>>> = Lazy::new(|| Mutex::new(Hash
 static NEXT_CONFIG: AtomicUsize = AtomicUsize::new(0x0c0f_0000);
 
 fn lookup_config(c: *const FhirbulkConfig) -> Result<Keys, Error> {
-    CONFIGS.lock().get(&(c as usize)).cloned().ok_or_else(|| {
-        Error::new(
-            crate::ErrorCode::InvalidHandle,
-            "invalid config handle: NULL, already freed, or not returned by fhirbulk_config_new",
-        )
-    })
+    CONFIGS
+        .lock()
+        .get(&(c as usize))
+        .cloned()
+        .ok_or_else(invalid_config)
+}
+
+fn invalid_config() -> Error {
+    Error::new(
+        crate::ErrorCode::InvalidHandle,
+        "invalid config handle: NULL, already freed, or not returned by fhirbulk_config_new",
+    )
 }
 
 /// # Safety
@@ -189,6 +195,37 @@ fn readings(value: &str) -> Vec<Value> {
     v
 }
 
+/// `key`'s place in the config (see [`path_of`]), or an error when it is not a key.
+fn key_path(key: &str) -> Result<Vec<&str>, Error> {
+    if key.is_empty() || key.split('.').any(str::is_empty) {
+        return Err(Error::config(format!(
+            "invalid config: {key:?} is not a key"
+        )));
+    }
+    Ok(path_of(key))
+}
+
+/// Set `key` in `map` to the first reading of `value` its type takes; `map` is unchanged and
+/// the first reading's error returned when none does.
+fn set_text(map: &mut Map<String, Value>, key: &str, value: &str) -> Result<(), Error> {
+    let path = key_path(key)?;
+    let mut first_err = None;
+    for v in readings(value) {
+        let mut trial = map.clone();
+        put(&mut trial, &path, v);
+        match check(&trial, &path, key) {
+            None => {
+                *map = trial;
+                return Ok(());
+            }
+            Some(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    Err(first_err.expect("readings() gives at least the text itself"))
+}
+
 /// Make a new, empty config. Free it with `fhirbulk_config_free` (`export_start_config` does
 /// not take it: one config can start several exports).
 ///
@@ -228,28 +265,9 @@ pub unsafe extern "C" fn fhirbulk_config_set(
         let cfg = lookup_config(c)?;
         // SAFETY: forwarded caller contract.
         let (key, value) = unsafe { (text(key, "key")?, text(value, "value")?) };
-        if key.is_empty() || key.split('.').any(str::is_empty) {
-            return Err(Error::config(format!(
-                "invalid config: {key:?} is not a key"
-            )));
-        }
-        let path = path_of(key);
         let mut map = cfg.lock();
-        let mut first_err = None;
-        for v in readings(value) {
-            let mut trial = map.clone();
-            put(&mut trial, &path, v);
-            match check(&trial, &path, key) {
-                None => {
-                    *map = trial;
-                    return Ok(FHIRBULK_OK);
-                }
-                Some(e) => {
-                    first_err.get_or_insert(e);
-                }
-            }
-        }
-        Err(first_err.expect("at least one reading"))
+        set_text(&mut map, key, value)?;
+        Ok(FHIRBULK_OK)
     })
 }
 
@@ -269,12 +287,7 @@ pub unsafe extern "C" fn fhirbulk_config_add(
         let cfg = lookup_config(c)?;
         // SAFETY: forwarded caller contract.
         let (key, value) = unsafe { (text(key, "key")?, text(value, "value")?) };
-        if key.is_empty() || key.split('.').any(str::is_empty) {
-            return Err(Error::config(format!(
-                "invalid config: {key:?} is not a key"
-            )));
-        }
-        let path = path_of(key);
+        let path = key_path(key)?;
         let mut map = cfg.lock();
         let mut list = match get(&map, &path) {
             Some(Value::Array(a)) => a.clone(),
@@ -327,12 +340,11 @@ pub extern "C" fn fhirbulk_config_free(c: *mut FhirbulkConfig) -> FhirbulkStatus
         if c.is_null() {
             return Ok(FHIRBULK_OK);
         }
-        CONFIGS.lock().remove(&(c as usize)).map(|_| FHIRBULK_OK).ok_or_else(|| {
-            Error::new(
-                crate::ErrorCode::InvalidHandle,
-                "invalid config handle: NULL, already freed, or not returned by fhirbulk_config_new",
-            )
-        })
+        CONFIGS
+            .lock()
+            .remove(&(c as usize))
+            .map(|_| FHIRBULK_OK)
+            .ok_or_else(invalid_config)
     })
 }
 
@@ -341,22 +353,7 @@ mod tests {
     use super::*;
 
     fn set(m: &mut Map<String, Value>, key: &str, value: &str) -> Result<(), String> {
-        let path = path_of(key);
-        let mut err = None;
-        for v in readings(value) {
-            let mut t = m.clone();
-            put(&mut t, &path, v);
-            match check(&t, &path, key) {
-                None => {
-                    *m = t;
-                    return Ok(());
-                }
-                Some(e) => {
-                    err.get_or_insert(e.message);
-                }
-            }
-        }
-        Err(err.unwrap())
+        set_text(m, key, value).map_err(|e| e.message)
     }
 
     #[test]
@@ -400,6 +397,8 @@ mod tests {
         );
         assert!(!e.contains("line 1"), "{e}");
         assert!(m.is_empty(), "a refused value is not kept: {m:?}");
+        let e = set(&mut m, "auth..type", "x").unwrap_err();
+        assert_eq!(e, "invalid config: \"auth..type\" is not a key");
         set(&mut m, "auth.type", "client_credentials").unwrap();
         set(&mut m, "auth.client_id", "c").unwrap();
         let e = set(&mut m, "auth.client_idd", "x").unwrap_err();
