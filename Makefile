@@ -6,6 +6,12 @@
 #               header check, and the C tests (AddressSanitizer, UBSan, valgrind)
 #   make bench  the performance benchmark (bench/run.py): curl baseline, C, Python, Java, RSS,
 #               many small files (C ABI, CLI, curl), waiting exports, 10 exports at once
+#   make dist   every release artifact into dist/ (packaging/dist.sh): manylinux_2_28 wheels for
+#               x86_64 and aarch64 + sdist, the jar with both Linux libraries (+ sources, javadoc,
+#               pom), a tarball of the installed prefix and the fhirbulk command per platform
+#   make test-dist
+#               make dist, then each artifact used as its users would (tests/dist/run.sh); CI
+#               runs it after make test
 #   make install PREFIX=/usr/local
 #               build the release library and the fhirbulk command and install them (shared +
 #               static library, fhirbulk.h, fhirbulk.hpp, pkg-config and CMake files,
@@ -26,7 +32,7 @@ DEMO_TYPES ?= Patient,Encounter,Observation,Condition,MedicationRequest
 DEMO_SCENARIO ?= polls=3
 DEMO_DIR := target/demo
 
-.PHONY: all build demo install bench bench-spark test test-rust test-c test-java test-spark test-python test-packaging \
+.PHONY: all build demo install dist test-dist bench bench-spark test test-rust test-c test-java test-spark test-python test-packaging \
 	test-bench fmt-check \
 	clippy cargo-test header-check
 
@@ -65,6 +71,19 @@ PREFIX ?= /usr/local
 
 install:
 	bash packaging/install.sh "$(abspath $(PREFIX))"
+
+# ---- release artifacts ----------------------------------------------------------------------
+
+# dist/{python,java,c,cli}, dist/SHA256SUMS; glibc 2.28 or newer, Linux x86_64 and aarch64. The
+# tools (zig, cargo-zigbuild, maturin, twine, auditwheel) come from PyPI and crates.io into
+# target/dist-tools on first use.
+dist:
+	bash packaging/dist.sh
+
+# Not part of make test (it compiles the engine twice more, for two platforms); .ci/run runs it
+# after make test.
+test-dist: dist
+	bash tests/dist/run.sh
 
 # ---- benchmark ------------------------------------------------------------------------------
 

@@ -19,7 +19,12 @@
 # Environment:
 #   DESTDIR=/stage                 stage the files under /stage/PREFIX (for packagers); the
 #                                  installed files still name PREFIX
-#   FHIRBULK_SKIP_CARGO_BUILD=1    install target/release as it is
+#   FHIRBULK_SKIP_CARGO_BUILD=1    install what is built as it is
+#   FHIRBULK_BUILD_DIR=DIR         take the library and the command from DIR instead of
+#                                  target/release (make dist: target/<triple>/release; implies
+#                                  FHIRBULK_SKIP_CARGO_BUILD=1)
+#   FHIRBULK_RELOCATABLE=1         write fhirbulk.pc with prefix=${pcfiledir}/../.. (a prefix that
+#                                  can be moved, as in make dist's tarball) instead of PREFIX
 #   CARGO=cargo                    the cargo to run
 set -euo pipefail
 
@@ -33,7 +38,8 @@ DEST=${DESTDIR:-}$PREFIX
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 
-if [ "${FHIRBULK_SKIP_CARGO_BUILD:-0}" != 1 ]; then
+BUILD_DIR=${FHIRBULK_BUILD_DIR:-}
+if [ -z "$BUILD_DIR" ] && [ "${FHIRBULK_SKIP_CARGO_BUILD:-0}" != 1 ]; then
     echo "+ ${CARGO:-cargo} build --release --lib --features parquet"
     "${CARGO:-cargo}" build --release --lib --features parquet
     echo "+ ${CARGO:-cargo} build --release --bin fhirbulk --features cli"
@@ -48,9 +54,10 @@ MAJOR=${BASH_REMATCH[1]}
 SONAME=libfhirbulk.so.$MAJOR
 REAL=libfhirbulk.so.$VERSION
 
-SO=target/release/libfhirbulk.so
-A=target/release/libfhirbulk.a
-BIN=target/release/fhirbulk
+BUILD_DIR=${BUILD_DIR:-target/release}
+SO=$BUILD_DIR/libfhirbulk.so
+A=$BUILD_DIR/libfhirbulk.a
+BIN=$BUILD_DIR/fhirbulk
 for f in "$SO" "$A" include/fhirbulk.h include/fhirbulk.hpp; do
     [ -f "$f" ] || { echo "missing $f (cargo build --release --lib --features parquet)" >&2; exit 1; }
 done
@@ -77,8 +84,11 @@ ln -sfn "$SONAME" "$DEST/lib/libfhirbulk.so"
 install -m 644 "$A" "$DEST/lib/libfhirbulk.a"
 install -m 644 include/fhirbulk.h include/fhirbulk.hpp "$DEST/include/"
 
+PC_PREFIX=$PREFIX
+if [ "${FHIRBULK_RELOCATABLE:-0}" = 1 ]; then PC_PREFIX='${pcfiledir}/../..'; fi
+
 subst() {
-    sed -e "s|@PREFIX@|$PREFIX|g" -e "s|@VERSION@|$VERSION|g" -e "s|@MAJOR@|$MAJOR|g" \
+    sed -e "s|@PREFIX@|$PREFIX|g" -e "s|@PC_PREFIX@|$PC_PREFIX|g" -e "s|@VERSION@|$VERSION|g" -e "s|@MAJOR@|$MAJOR|g" \
         -e "s|@SONAME@|$SONAME|g" -e "s|@REAL@|$REAL|g" -e "s|@STATIC_LIBS@|$STATIC_LIBS|g" \
         -e "s|@STATIC_LIBS_CMAKE@|$STATIC_LIBS_CMAKE|g" \
         "$1" >"$2"

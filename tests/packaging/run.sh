@@ -15,6 +15,8 @@
 #
 # Environment:
 #   FHIRBULK_SKIP_CARGO_BUILD=1   install target/release and use target/debug's sandbox as they are
+#   FHIRBULK_PACKAGING_PREFIX=DIR test DIR (an unpacked make dist tarball) instead of installing
+#                                 a prefix (tests/dist/run.sh)
 #
 # Prints "N passed, M failed" as its last line; exits non-zero when anything failed.
 set -euo pipefail
@@ -46,9 +48,14 @@ if [ "${FHIRBULK_SKIP_CARGO_BUILD:-0}" != 1 ]; then
     cargo build --features sandbox --bin fhirbulk-sandbox
 fi
 T0=$SECONDS
-echo "== packaging/install.sh $PREFIX"
-bash packaging/install.sh "$PREFIX"
-echo "(build + install: $((SECONDS - T0)) s)"
+if [ -n "${FHIRBULK_PACKAGING_PREFIX:-}" ]; then
+    PREFIX=$(cd "$FHIRBULK_PACKAGING_PREFIX" && pwd)
+    echo "== testing the prefix $PREFIX (not installing one)"
+else
+    echo "== packaging/install.sh $PREFIX"
+    bash packaging/install.sh "$PREFIX"
+    echo "(build + install: $((SECONDS - T0)) s)"
+fi
 T0=$SECONDS
 
 echo "== install layout"

@@ -141,8 +141,9 @@ final class LibFhirBulk {
         } catch (IOException e) {
             UnsatisfiedLinkError err = new UnsatisfiedLinkError(
                     "fhirbulk: no bundled native library for this platform (looked for the resource /"
-                            + resource + " on the classpath: " + e.getMessage() + "). This jar bundles "
-                            + "the library for linux-x86-64 only; build libfhirbulk for your platform "
+                            + resource + " on the classpath: " + e.getMessage() + "). The release jar (make dist) bundles "
+                            + "linux-x86-64 and linux-aarch64, a jar built by mvn package only the "
+                            + "platform it was built on; build libfhirbulk for your platform "
                             + "(cargo build --release) and set -D" + LIBRARY_PATH_PROPERTY
                             + "=/path/to/libfhirbulk.so");
             err.initCause(e);
