@@ -106,8 +106,12 @@ step "sdist (maturin sdist)"
 # it reads manifest-path; that line is dropped.)
 (cd bindings/python && maturin sdist -o "$DIST/python" 2>&1) |
     { grep -v '^error: manifest path `Cargo.toml` does not exist$' || true; }
-tar -tzf "$DIST/python/fhirbulk-$VERSION.tar.gz" | grep -q "^fhirbulk-$VERSION/dist/" &&
-    { echo "dist.sh: the sdist holds dist/ (is /dist in .gitignore?)" >&2; exit 1; }
+# (grep reads a captured list: `tar | grep -q` can fail with SIGPIPE under pipefail and so miss.)
+sdist_files=$(tar -tzf "$DIST/python/fhirbulk-$VERSION.tar.gz")
+if grep -q "^fhirbulk-$VERSION/dist/" <<<"$sdist_files"; then
+    echo "dist.sh: the sdist holds dist/ (is /dist in .gitignore?)" >&2
+    exit 1
+fi
 
 # ---- Java -------------------------------------------------------------------------------------
 if [[ " ${ARCHS[*]} " == *" x86_64 "* && " ${ARCHS[*]} " == *" aarch64 "* ]]; then

@@ -33,6 +33,9 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYDIR = os.path.join(ROOT, "bindings", "python")
+# The binding's build backend: cffi_clean_header and maturin's metadata hook.
+sys.path.insert(0, os.path.join(PYDIR, "build_backend"))
+import fhirbulk_build_backend as backend  # noqa: E402
 
 # What maturin 1.16 writes for `bindings = "cffi"` (the module's __init__.py), unchanged.
 NATIVE_INIT = """__all__ = ["lib", "ffi"]
@@ -57,9 +60,6 @@ def ffi_module(header_text: str, dest: str) -> None:
 
 def dist_info(staging: str) -> str:
     """maturin's metadata for the package, written into ``staging``; its directory name."""
-    sys.path.insert(0, os.path.join(PYDIR, "build_backend"))
-    import fhirbulk_build_backend as backend
-
     cwd = os.getcwd()
     os.chdir(PYDIR)
     try:
@@ -78,9 +78,6 @@ def main() -> int:
     if not os.path.isfile(args.lib):
         print(f"wheel.py: no library at {args.lib}", file=sys.stderr)
         return 1
-    sys.path.insert(0, os.path.join(PYDIR, "build_backend"))
-    from fhirbulk_build_backend import cffi_clean_header
-
     with tempfile.TemporaryDirectory(prefix="fhirbulk-wheel.") as tmp:
         staging = os.path.join(tmp, "staging")
         shutil.copytree(
@@ -91,7 +88,7 @@ def main() -> int:
         native = os.path.join(staging, "fhirbulk", "_native")
         os.makedirs(native)
         with open(os.path.join(ROOT, "include", "fhirbulk.h"), encoding="utf-8") as f:
-            ffi_module(cffi_clean_header(f.read()), os.path.join(native, "ffi.py"))
+            ffi_module(backend.cffi_clean_header(f.read()), os.path.join(native, "ffi.py"))
         with open(os.path.join(native, "__init__.py"), "w", encoding="utf-8") as f:
             f.write(NATIVE_INIT)
         shutil.copyfile(args.lib, os.path.join(native, "lib_native.so"))

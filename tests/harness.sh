@@ -1,6 +1,6 @@
-# Shared by tests/c/run.sh and tests/packaging/run.sh (sourced after WORK is set): cleanup of
-# the sandboxes started and of WORK, pass/fail bookkeeping, step output, sandbox start-up and
-# the closing summary ("N passed, M failed", non-zero status when anything failed).
+# Shared by tests/c/run.sh, tests/packaging/run.sh and tests/dist/run.sh (sourced after WORK is
+# set): cleanup of the sandboxes started and of WORK, pass/fail bookkeeping, step output, sandbox
+# start-up and the closing summary ("N passed, M failed", non-zero status when anything failed).
 
 PIDS=()
 cleanup() {
@@ -23,6 +23,17 @@ fail() { FAILED=$((FAILED + 1)); FAILED_NAMES+=("$1"); echo "FAIL $1"; }
 step() {
     sed 's/^/    /' "$2"
     if [ "$3" -eq 0 ]; then pass "$1"; else echo "    (exit status $3)"; fail "$1"; fi
+}
+
+# run NAME CMD...: run a step with its output in $WORK/step.log, show it indented, record it as
+# passed or failed; returns the step's status. (A step that reads step.log afterwards copies it
+# first: the next run overwrites it.)
+run() {
+    local name=$1 log=$WORK/step.log rc=0
+    shift
+    "$@" >"$log" 2>&1 || rc=$?
+    step "$name" "$log" "$rc"
+    return "$rc"
 }
 
 # start_sandbox BIN VAR ARGS...: start the sandbox BIN on an ephemeral port and set VAR to

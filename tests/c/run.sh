@@ -23,8 +23,8 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/fhirbulk-ctests.XXXXXX")
 # shellcheck source=tests/harness.sh
 . "$ROOT/tests/harness.sh"
 
-# run NAME LOGFILE CMD...: run a step, show its output indented, record pass/fail.
-run() {
+# run_log NAME LOGFILE CMD...: run a step, show its output indented, record pass/fail.
+run_log() {
     local name=$1 log=$2
     shift 2
     local rc=0
@@ -62,9 +62,9 @@ echo "truth g1 (all):    $TRUTH_ALL"
 
 # ---- header ---------------------------------------------------------------------------------
 echo "== header"
-run "header compiles as C11" "$OUT/header-c.log" \
+run_log "header compiles as C11" "$OUT/header-c.log" \
     gcc -std=c11 -Wall -Wextra -Werror -pedantic -Iinclude -fsyntax-only -x c include/fhirbulk.h
-run "header compiles as C++17" "$OUT/header-cxx.log" \
+run_log "header compiles as C++17" "$OUT/header-cxx.log" \
     g++ -std=c++17 -Wall -Wextra -Werror -pedantic -Iinclude -fsyntax-only -x c++ include/fhirbulk.h
 
 # ---- compile --------------------------------------------------------------------------------
@@ -75,12 +75,12 @@ TESTS=(test_misuse test_errors test_full_export test_cancel test_threads test_tl
 
 echo "== compile"
 for t in "${TESTS[@]}"; do
-    run "compile $t (asan+ubsan)" "$OUT/$t.compile.log" \
+    run_log "compile $t (asan+ubsan)" "$OUT/$t.compile.log" \
         gcc "${CFLAGS[@]}" "${SAN[@]}" -o "$OUT/$t" "tests/c/$t.c" "${LDFLAGS[@]}"
 done
-run "compile test_full_export (for valgrind)" "$OUT/test_full_export.vg.compile.log" \
+run_log "compile test_full_export (for valgrind)" "$OUT/test_full_export.vg.compile.log" \
     gcc "${CFLAGS[@]}" -O0 -o "$OUT/test_full_export.plain" tests/c/test_full_export.c "${LDFLAGS[@]}"
-run "compile examples/c/export_summary.c" "$OUT/export_summary.compile.log" \
+run_log "compile examples/c/export_summary.c" "$OUT/export_summary.compile.log" \
     gcc "${CFLAGS[@]}" "${SAN[@]}" -o "$OUT/export_summary" examples/c/export_summary.c "${LDFLAGS[@]}"
 
 # ---- run under ASan + UBSan -----------------------------------------------------------------
@@ -117,7 +117,7 @@ for t in "${TESTS[@]}"; do
         curl -fsS -X DELETE "$SMALL/_sandbox/requests" >/dev/null
         curl -fsS -X DELETE "$BIG/_sandbox/requests" >/dev/null
     fi
-    run "$t" "$OUT/$t.log" timeout 300 "$OUT/$t" "${ARGS[@]}"
+    run_log "$t" "$OUT/$t.log" timeout 300 "$OUT/$t" "${ARGS[@]}"
     if [ "$t" = test_cancel ]; then
         # export_cancel / export_free of an unfinished export DELETE the server's job: the two
         # exports cancelled while waiting on SMALL, the one cancelled while downloading on BIG.
@@ -132,13 +132,13 @@ for t in "${TESTS[@]}"; do
 done
 
 if [ -x "$OUT/export_summary" ]; then
-    run "example export_summary (group g1)" "$OUT/export_summary.log" \
+    run_log "example export_summary (group g1)" "$OUT/export_summary.log" \
         timeout 120 "$OUT/export_summary" "$SMALL/fhir" g1 "$TYPES"
     if [ -s "$OUT/export_summary.log" ] && ! grep -q '^total ' "$OUT/export_summary.log"; then
         fail "example export_summary prints a total line"
     fi
     # Over HTTPS, with the test CA and the client certificate from the environment.
-    run "example export_summary over HTTPS with mutual TLS" "$OUT/export_summary.tls.log" \
+    run_log "example export_summary over HTTPS with mutual TLS" "$OUT/export_summary.tls.log" \
         env FHIRBULK_CA_BUNDLE="$WORK/mtls/ca.pem" FHIRBULK_CLIENT_CERT="$WORK/mtls/client.pem" \
         timeout 120 "$OUT/export_summary" "$MTLS/fhir" g1 "$TYPES"
     if [ -s "$OUT/export_summary.tls.log" ] && ! grep -q '^total ' "$OUT/export_summary.tls.log"; then
@@ -162,7 +162,7 @@ elif ! command -v valgrind >/dev/null; then
     fail "valgrind test_full_export (valgrind not installed)"
 elif [ -x "$OUT/test_full_export.plain" ]; then
     echo "== run under valgrind"
-    run "test_full_export under valgrind" "$OUT/test_full_export.valgrind.log" \
+    run_log "test_full_export under valgrind" "$OUT/test_full_export.valgrind.log" \
         timeout 900 valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \
         --show-leak-kinds=definite --track-origins=yes --quiet \
         "$OUT/test_full_export.plain" "$SMALL" "$TRUTH_TYPES" "$TYPES"

@@ -40,14 +40,6 @@ export PATH="$HOME/.cargo/bin:$PATH"
 # shellcheck source=tests/harness.sh
 . "$ROOT/tests/harness.sh"
 
-run() {
-    local name=$1 log=$WORK/step.log rc=0
-    shift
-    "$@" >"$log" 2>&1 || rc=$?
-    step "$name" "$log" "$rc"
-    return "$rc"
-}
-
 # ---- the artifacts --------------------------------------------------------------------------
 WHEEL_X86=$DIST/python/fhirbulk-$VERSION-py3-none-manylinux_2_28_x86_64.whl
 WHEEL_ARM=$DIST/python/fhirbulk-$VERSION-py3-none-manylinux_2_28_aarch64.whl
@@ -96,8 +88,8 @@ for arch in x86_64 aarch64; do
         [ -f "$f" ] || continue
         name="$arch/$(basename "$f")"
         machine=$(readelf -h "$f" | sed -n 's/^ *Machine: *//p')
-        newest=$(readelf -V -W "$f" | grep -o 'Name: GLIBC_[0-9.]*' | sed 's/Name: GLIBC_//' |
-            sort -Vu | tail -1)
+        newest=$({ readelf -V -W "$f" | grep -o 'Name: GLIBC_[0-9.]*' || true; } |
+            sed 's/Name: GLIBC_//' | sort -Vu | tail -1)
         needed=$(readelf -d "$f" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | sort | paste -sd' ')
         foreign=$(tr ' ' '\n' <<<"$needed" | grep -Ev "$GLIBC_LIBS" | paste -sd' ' || true)
         if [ "$machine" != "$want_machine" ]; then

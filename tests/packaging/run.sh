@@ -30,15 +30,6 @@ SANDBOX=$ROOT/target/debug/fhirbulk-sandbox
 # shellcheck source=tests/harness.sh
 . "$ROOT/tests/harness.sh"
 
-# run NAME CMD...: run a step, show its output indented, record pass/fail.
-run() {
-    local name=$1 log=$WORK/step.log rc=0
-    shift
-    "$@" >"$log" 2>&1 || rc=$?
-    step "$name" "$log" "$rc"
-    return "$rc"
-}
-
 # ---- build and install ----------------------------------------------------------------------
 # The release library once (packaging/install.sh: cargo build --release --lib, as the Java
 # binding), the sandbox as the C tests build it (debug, --features sandbox): no rebuilds of
