@@ -46,7 +46,14 @@ What it does, on this machine (the sandbox server runs here too, on 127.0.0.1):
      (`--cacert`) and the C consumer (`ca_bundle`), the ratio to curl over HTTPS.
 4. prints a table and writes everything as JSON (--json, default target/bench/results.json).
 
---only PART,... runs some parts: throughput (3a-3c), tls, multi, rss (3d, 3e), files, waiting.
+   - attachments (--attachment-patients, default 3,000): the CLI exporting DocumentReference and
+     DiagnosticReport with --attachments none, save and inline (each document fetched from the
+     sandbox's Binary endpoint or its other origin), next to one `curl --parallel --parallel-max
+     4` fetching the same documents (the retrievable ones) to /dev/null and to disk (a file
+     each): documents/s, the ratio to curl, CPU and peak RSS.
+
+--only PART,... runs some parts: throughput (3a-3c), tls, multi, rss (3d, 3e), files, waiting,
+attachments.
 """
 
 from __future__ import annotations
@@ -68,7 +75,7 @@ REPO = Path(__file__).resolve().parents[1]
 # 60k patients; 5,870 before issue 18 made the resources richer).
 BYTES_PER_PATIENT = 16_820
 CONCURRENCY = 4
-PARTS = ("throughput", "tls", "multi", "rss", "files", "waiting", "parquet")
+PARTS = ("throughput", "tls", "multi", "rss", "files", "waiting", "parquet", "attachments")
 # Keeps exports waiting (README, "The sandbox server"): "in progress" for a million polls, each
 # 202 asking to come back in 600 s (the engine's default poll_max_ms allows that long a wait).
 WAITING_SCENARIO = "polls=1000000;retry_after=600"
@@ -247,6 +254,8 @@ def main() -> int:
                     help="numbers of waiting exports held by one process")
     ap.add_argument("--multi", type=int, default=10, metavar="N",
                     help="exports downloading at once in one process")
+    ap.add_argument("--attachment-patients", type=int, default=3000,
+                    help="patients of the attachments part's export")
     ap.add_argument("--only", metavar="PART,...", help="run only these parts: "
                     f"{', '.join(PARTS)} (default: all)")
     ap.add_argument("--smoke", action="store_true",
@@ -264,6 +273,7 @@ def main() -> int:
         a.gb, a.rss_gb, a.runs, a.debug = 0.01, (0.005, 0.02), 1, True
         a.slow_mbps, a.records_per_file, a.long_line_mb = 20, 1000, 1
         a.files, a.waiting, a.multi = [500], [1, 10], 3
+        a.attachment_patients = 40
     parts = set(PARTS)
     if a.only:
         parts = {x.strip() for x in a.only.split(",") if x.strip()}
@@ -314,6 +324,8 @@ def main() -> int:
                                  for n in a.files]
     if "waiting" in parts:
         results["waiting"] = waiting_part(a.waiting, sandbox_bin, programs)
+    if "attachments" in parts:
+        results["attachments"] = attachments_part(a, sandbox_bin, programs, libdir / "fhirbulk")
 
     print_table(results)
     json_path.write_text(json.dumps(results, indent=2) + "\n")
@@ -738,6 +750,104 @@ def waiting_part(sizes: list[int], sandbox_bin: Path, programs: dict) -> list[di
     return rows
 
 
+def attachments_part(a, sandbox_bin: Path, programs: dict, cli: Path) -> dict:
+    """The CLI exporting DocumentReference and DiagnosticReport with --attachments none, save
+    and inline (best of --runs each, a fresh output directory each), and curl fetching the same
+    documents."""
+    types = "DocumentReference,DiagnosticReport"
+    sb = Sandbox(sandbox_bin, a.attachment_patients, 2000, prerender=True)
+    try:
+        query = f"level=system&_type={types}&attachments=1"
+        with urllib.request.urlopen(f"{sb.root}/_sandbox/truth?{query}") as r:
+            truth = json.load(r)
+        ok = [t for t in truth if t["outcome"] in ("ok", "large")]
+        docs_bytes = sum(t["size"] for t in ok)
+        base = sb.base()
+        urls = [t["url"] if t["url"].startswith("http") else f"{base}/{t['url']}" for t in ok]
+        cfg = curl_config(urls, None)
+        curl = []
+        for _ in range(a.runs):
+            # The sandbox answers some documents 503 once (Retry-After: 0): curl retries them too.
+            r, _ = run_measured(programs["measure"],
+                                curl_cmd(cfg) + ["--retry", "3", "--retry-delay", "0"])
+            curl.append(r)
+        cfg.unlink()
+        # The same to disk, a file each (what --attachments save does besides the records).
+        to_disk = []
+        for _ in range(a.runs):
+            d = Path(tempfile.mkdtemp(prefix="fhirbulk-bench-att-curl-"))
+            try:
+                cfg = curl_config(urls, d)
+                r, _ = run_measured(programs["measure"],
+                                    curl_cmd(cfg) + ["--retry", "3", "--retry-delay", "0"])
+                cfg.unlink()
+                to_disk.append(r)
+            finally:
+                shutil.rmtree(d, ignore_errors=True)
+        c = best(curl, "seconds")
+        cd = best(to_disk, "seconds")
+        out = {"patients": a.attachment_patients, "documents": len(ok), "bytes": docs_bytes,
+               "attachments": len(truth), "curl": {"seconds": c["seconds"],
+                                                   "documents_per_s": len(ok) / c["seconds"],
+                                                   "cpu_s": c["user_s"] + c["sys_s"]},
+               "curl_to_disk": {"seconds": cd["seconds"],
+                                "documents_per_s": len(ok) / cd["seconds"],
+                                "cpu_s": cd["user_s"] + cd["sys_s"]},
+               "modes": {}}
+        log(f"attachments: {len(ok):,} documents ({docs_bytes / 1e6:,.1f} MB) of {len(truth):,} "
+            f"attachments; curl {c['seconds']:.2f} s")
+        for mode in ("none", "save", "inline"):
+            runs = []
+            for _ in range(a.runs):
+                d = Path(tempfile.mkdtemp(prefix="fhirbulk-bench-att-"))
+                try:
+                    cmd = [str(cli), "export", "--base-url", base, "--system", "-t", types,
+                           "--out", str(d / "out"), "-q", "--poll-min-ms", "10",
+                           "--attachments", mode, "--attachment-max-bytes", str(2 << 20),
+                           "--retry-max-attempts", "2", "--retry-backoff-min-ms", "10",
+                           "--retry-backoff-max-ms", "20", "--concurrency", str(CONCURRENCY)]
+                    r, _ = run_measured(programs["measure"], cmd)
+                    if r.get("exit"):
+                        raise RuntimeError(f"fhirbulk --attachments {mode} exited {r['exit']}")
+                    runs.append(r)
+                finally:
+                    shutil.rmtree(d, ignore_errors=True)
+            r = best(runs, "seconds")
+            row = {"seconds": r["seconds"], "cpu_s": r["user_s"] + r["sys_s"],
+                   "maxrss_mb": r["maxrss_kb"] / 1024}
+            if mode != "none":
+                row["documents_per_s"] = len(ok) / r["seconds"]
+                row["ratio_to_curl"] = c["seconds"] / r["seconds"]
+                row["ratio_to_curl_to_disk"] = cd["seconds"] / r["seconds"]
+            out["modes"][mode] = row
+            log(f"attachments {mode}: {r['seconds']:.2f} s, peak RSS {row['maxrss_mb']:.1f} MB")
+        return out
+    finally:
+        sb.stop()
+
+
+def print_attachments(r: dict) -> None:
+    print(f"\nAttachments: {r['patients']:,} patients, DocumentReference + DiagnosticReport, "
+          f"{r['documents']:,} documents ({r['bytes'] / 1e6:,.1f} MB) of {r['attachments']:,} "
+          f"attachments; CLI to disk, {CONCURRENCY} at once:")
+    print(f"| {'':30} | {'seconds':>8} | {'docs/s':>8} | {'x curl':>6} | {'CPU s':>6} | "
+          f"{'peak RSS':>8} |")
+    print(f"|{'-' * 32}|{'-' * 10}|{'-' * 10}|{'-' * 8}|{'-' * 8}|{'-' * 10}|")
+    c = r["curl"]
+    print(f"| {'curl, the documents only':30} | {c['seconds']:8.2f} | {c['documents_per_s']:8,.0f} "
+          f"| {1:6.2f} | {c['cpu_s']:6.2f} | {'-':>8} |")
+    cd = r["curl_to_disk"]
+    print(f"| {'curl, the documents to disk':30} | {cd['seconds']:8.2f} | "
+          f"{cd['documents_per_s']:8,.0f} | {c['seconds'] / cd['seconds']:6.2f} | "
+          f"{cd['cpu_s']:6.2f} | {'-':>8} |")
+    for mode, m in r["modes"].items():
+        label = f"fhirbulk --attachments {mode}"
+        dps = f"{m['documents_per_s']:8,.0f}" if "documents_per_s" in m else f"{'-':>8}"
+        ratio = f"{m['ratio_to_curl']:6.2f}" if "ratio_to_curl" in m else f"{'-':>6}"
+        print(f"| {label:30} | {m['seconds']:8.2f} | {dps} | {ratio} | {m['cpu_s']:6.2f} | "
+              f"{m['maxrss_mb']:6.1f} MB |")
+
+
 def python_part(a, base: str, local: Path, out_dir: Path) -> dict | None:
     script = REPO / "bench" / "python_bench.py"
     if not script.exists():
@@ -795,6 +905,8 @@ def print_table(res: dict) -> None:
         print_waiting(res)
     if res.get("parquet"):
         print_parquet(res)
+    if res.get("attachments"):
+        print_attachments(res["attachments"])
 
 
 def print_throughput(res: dict) -> None:

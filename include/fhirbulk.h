@@ -116,7 +116,7 @@ struct ArrowArrayStream {
 /**
  * ABI version of this header and library; bindings check that both agree.
  */
-#define FHIRBULK_ABI_VERSION 2
+#define FHIRBULK_ABI_VERSION 3
 
 /**
  * Record from a manifest `output` file.
@@ -132,6 +132,27 @@ struct ArrowArrayStream {
  * Record from a manifest `deleted` file (a Bundle of deletions).
  */
 #define FHIRBULK_KIND_DELETED 2
+
+/**
+ * A document an attachment links, fetched by fhirbulk (config `attachments: "save"`). Its
+ * `data` is a JSON object describing it (`resource` such as `DocumentReference/123`,
+ * `position` among the record's attachments, `path` such as `content[0].attachment`, the
+ * `url` it came from, `contentType`, `size`, `hash` (SHA-1, base64) and `file`, the
+ * relative path the record's `url` now names); the document's bytes are `content` /
+ * `content_len`. `resource_type`, `file_index` and `line` are those of the record that links
+ * it, which comes after its attachments' records in its file's order (records of other files
+ * may come between: match them by `file_index` and `line`).
+ *
+ * Why a record kind and not a separate pull call: a document then travels the same way as
+ * every record — in order before the record that names it, through the same bounded queue,
+ * counted by the same delivery progress, so a checkpoint taken between a document and its
+ * record is exact (at resume neither is fetched or delivered again) — and a consumer that
+ * does not ask for documents never sees the kind. An attachment that cannot be fetched gives
+ * an error record (`FHIRBULK_KIND_ERROR`, resource type `OperationOutcome`, with the file
+ * index and line of the record; it names the resource, the URL and the reason) in the same
+ * place instead.
+ */
+#define FHIRBULK_KIND_ATTACHMENT 3
 
 /**
  * Sending the kick-off request.
@@ -253,6 +274,14 @@ typedef struct FhirbulkProgress {
    * What the wait is for (what the server answered), NUL-terminated, truncated; else empty.
    */
   char wait_reason[128];
+  /**
+   * Documents fetched for attachments (config `attachments`), inline or saved.
+   */
+  uint64_t attachments_fetched;
+  /**
+   * Attachments that could not be fetched, each reported as an error record.
+   */
+  uint64_t attachment_errors;
 } FhirbulkProgress;
 
 /**
@@ -282,6 +311,14 @@ typedef struct FhirbulkRecord {
    * 1-based line number in that file.
    */
   uint64_t line;
+  /**
+   * `FHIRBULK_KIND_ATTACHMENT`: the document's bytes (NOT NUL-terminated); else NULL.
+   */
+  const uint8_t *content;
+  /**
+   * `FHIRBULK_KIND_ATTACHMENT`: the document's length in bytes; else 0.
+   */
+  size_t content_len;
 } FhirbulkRecord;
 
 /**

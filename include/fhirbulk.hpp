@@ -12,6 +12,12 @@
  * - Records are views, no copies: valid until the next record is pulled (the next loop
  *   iteration). Copy what you keep (std::string(r.json)). Under the hood records come in
  *   batches of one file's chunk per native call (export_next_batch).
+ * - Clinical documents (config "attachments": "save"): a document an attachment links comes as a
+ *   record of Kind::attachment before the record that links it (in that file's order; records
+ *   of other files may come between: match by file_index and line); r.json describes it
+ *   ({"resource":"DocumentReference/1","position":0,"url":...,"hash":...,"file":...}) and
+ *   r.content holds its bytes (a view, like r.json). One that cannot be fetched gives a
+ *   Kind::error record (an OperationOutcome) in its place.
  * - Failures throw fhirbulk::Error (a std::runtime_error) with the status code, the HTTP status,
  *   the URL and the full JSON detail (the server's OperationOutcome issues included).
  * - Events (README, "Events"): next_event() gives what the export is doing (kick-off, polls,
@@ -37,11 +43,15 @@
 #include <type_traits>
 #include <utility>
 #include <vector>
+#if __cplusplus >= 202002L && __has_include(<span>)
+#include <span>
+#endif
 
 namespace fhirbulk {
 
 using Status = FhirbulkStatus;      // FHIRBULK_OK, FHIRBULK_RECORD, ..., FHIRBULK_ERR_*
-using Progress = FhirbulkProgress;  // state (FHIRBULK_STATE_*), files, bytes, server_progress, wait_*, ...
+using Progress = FhirbulkProgress;  // state (FHIRBULK_STATE_*), files, bytes, server_progress, wait_*,
+                                    // attachments_fetched, attachment_errors, ...
 
 /// The library's version ("0.1.0"); FHIRBULK_VERSION is the header's.
 inline const char *version() noexcept { return fhirbulk_version(); }
@@ -250,11 +260,12 @@ struct Event {
     std::string json;  // the whole event: {"seq":..,"time":"..","type":"..",...fields}
 };
 
-/// Which manifest list a record's file came from.
+/// What a record is: which manifest list its file came from, or a document fhirbulk fetched.
 enum class Kind : std::uint32_t {
     output = FHIRBULK_KIND_OUTPUT,
-    error = FHIRBULK_KIND_ERROR,      // an OperationOutcome from an `error` file
+    error = FHIRBULK_KIND_ERROR,      // an OperationOutcome from an `error` file (or fhirbulk's)
     deleted = FHIRBULK_KIND_DELETED,  // a Bundle of deletions
+    attachment = FHIRBULK_KIND_ATTACHMENT,  // a document (config "attachments": "save")
 };
 
 /// One record: views into the library's buffer, valid until the next record is pulled.
@@ -264,6 +275,23 @@ struct Record {
     Kind kind = Kind::output;
     std::uint32_t file_index = 0;    // index into files()
     std::uint64_t line = 0;          // 1-based line number in that file
+    /// Kind::attachment: the document's bytes (binary, NOT NUL-terminated; json describes it,
+    /// resource_type/file_index/line are those of the record that links it, which comes later).
+    /// Empty for every other kind. A view like json: valid until the next record is pulled.
+    std::string_view content;
+
+    /// The document's bytes as unsigned bytes (nullptr for kinds other than attachment).
+    const std::uint8_t *content_data() const noexcept {
+        return reinterpret_cast<const std::uint8_t *>(content.data());
+    }
+    /// The document's length in bytes (0 for kinds other than attachment).
+    std::size_t content_size() const noexcept { return content.size(); }
+#if __cplusplus >= 202002L && __has_include(<span>)
+    /// C++20: the document's bytes as a span.
+    std::span<const std::uint8_t> content_span() const noexcept {
+        return {content_data(), content.size()};
+    }
+#endif
 };
 
 /// One export: started by the constructor, freed (and cancelled if unfinished) by the destructor.
@@ -329,6 +357,8 @@ public:
         out.kind = static_cast<Kind>(r.kind);
         out.file_index = r.file_index;
         out.line = r.line;
+        out.content = r.content ? std::string_view(reinterpret_cast<const char *>(r.content), r.content_len)
+                                : std::string_view();
         return FHIRBULK_RECORD;
     }
 
@@ -360,7 +390,8 @@ public:
     iterator begin() { return iterator(this); }
     iterator end() { return iterator(); }
 
-    /// A progress snapshot (state, server X-Progress text, files, bytes, records). Never blocks.
+    /// A progress snapshot (state, server X-Progress text, files, bytes, records, documents
+    /// fetched and attachment errors). Never blocks.
     Progress poll() const {
         Progress p{};
         Status s = export_poll(h_, &p);

@@ -70,6 +70,12 @@ pub struct InProgress {
     pub index: u32,
     /// The physical line number of the last line the caller received.
     pub lines_delivered: u64,
+    /// The records fhirbulk made for the attachments of the next line (config `attachments`)
+    /// that the caller received before that line: one character per attachment position up
+    /// to the last one delivered, `s` (its document), `e` (its error record) or `-` (none).
+    /// At resume those documents are not fetched again nor their records delivered again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachments: Option<String>,
 }
 
 /// One file's progress (version 1): the physical line number of the last line the caller
@@ -165,6 +171,18 @@ impl Checkpoint {
                     last_end = e;
                 }
                 for p in &cp.in_progress {
+                    if let Some(a) = &p.attachments {
+                        if a.is_empty()
+                            || a.len() > 1 << 16
+                            || !a.bytes().all(|b| b"se-".contains(&b))
+                        {
+                            return Err(bad(format!(
+                                "resume has file {} with attachments {:?}: expected one of s, e or - per attachment",
+                                p.index,
+                                crate::error::escape_controls(&a.chars().take(40).collect::<String>())
+                            )));
+                        }
+                    }
                     if p.index >= known {
                         return Err(bad(format!(
                             "resume has file {} in progress of {known} files known",
@@ -222,6 +240,36 @@ impl Checkpoint {
         }
     }
 
+    /// File `index`: the attachments' records of its next line already delivered (see
+    /// [`InProgress::attachments`]).
+    pub fn file_attachments(&self, index: u32) -> Option<String> {
+        if self.fhirbulk_checkpoint == 1 {
+            return None;
+        }
+        let i = self
+            .in_progress
+            .binary_search_by_key(&index, |p| p.index)
+            .ok()?;
+        self.in_progress[i].attachments.clone()
+    }
+
+    /// Record the attachments' records of file `index`'s next line as delivered (`None`:
+    /// none); after [`Checkpoint::set_file_progress`].
+    pub fn set_file_attachments(&mut self, index: u32, outcomes: Option<String>) {
+        match self.in_progress.binary_search_by_key(&index, |p| p.index) {
+            Ok(i) => self.in_progress[i].attachments = outcomes,
+            Err(i) if outcomes.is_some() => self.in_progress.insert(
+                i,
+                InProgress {
+                    index,
+                    lines_delivered: 0,
+                    attachments: outcomes,
+                },
+            ),
+            Err(_) => {}
+        }
+    }
+
     /// Record file `index` as delivered up to `line` and not complete (a checkpoint taken
     /// part-way through a batch).
     pub fn set_file_progress(&mut self, index: u32, line: u64) {
@@ -247,13 +295,17 @@ impl Checkpoint {
             Ok(i) if line == 0 => {
                 self.in_progress.remove(i);
             }
-            Ok(i) => self.in_progress[i].lines_delivered = line,
+            Ok(i) => {
+                self.in_progress[i].lines_delivered = line;
+                self.in_progress[i].attachments = None;
+            }
             Err(_) if line == 0 => {}
             Err(i) => self.in_progress.insert(
                 i,
                 InProgress {
                     index,
                     lines_delivered: line,
+                    attachments: None,
                 },
             ),
         }
@@ -381,6 +433,7 @@ mod tests {
                 .map(|(index, lines_delivered)| InProgress {
                     index,
                     lines_delivered,
+                    attachments: None,
                 })
                 .collect(),
         }
@@ -403,6 +456,27 @@ mod tests {
         assert_eq!(cp.complete[0], [1, 3]);
         let text = serde_json::to_value(&cp).unwrap();
         assert_eq!(Checkpoint::from_value(&text).unwrap(), cp);
+    }
+
+    #[test]
+    fn attachments_of_the_next_line_round_trip_and_are_checked() {
+        let mut cp = v2(vec![], vec![(3, 7)]);
+        cp.set_file_attachments(3, Some("s-e".into()));
+        cp.set_file_attachments(4, Some("s".into()));
+        assert_eq!(cp.file_attachments(3).as_deref(), Some("s-e"));
+        assert_eq!(cp.file_progress(4), (0, false));
+        let v = serde_json::to_value(&cp).unwrap();
+        assert_eq!(v["in_progress"][0]["attachments"], "s-e");
+        assert_eq!(Checkpoint::from_value(&v).unwrap(), cp);
+        // A line delivered since: its attachments are behind it.
+        cp.set_file_progress(3, 8);
+        assert_eq!(cp.file_attachments(3), None);
+        for bad in ["", "sx", "s\u{0}"] {
+            let mut v = serde_json::to_value(v2(vec![], vec![(3, 7)])).unwrap();
+            v["in_progress"][0]["attachments"] = serde_json::Value::String(bad.to_owned());
+            let e = Checkpoint::from_value(&v).unwrap_err();
+            assert!(e.message.contains("attachments"), "{e}");
+        }
     }
 
     #[test]

@@ -73,6 +73,86 @@ pub enum InvalidLinePolicy {
     Skip,
 }
 
+/// What to do with the attachments (`DocumentReference.content[].attachment`,
+/// `DiagnosticReport.presentedForm[]`, ...) of the resource types in `attachment_types` that
+/// point at their document by `url` and hold no `data`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachmentMode {
+    /// Leave them as they are (the default): records are delivered as the server wrote them.
+    #[default]
+    None,
+    /// Fetch each document and deliver the record with it in `attachment.data` (base64), its
+    /// `size` and `hash` filled when absent and checked when present.
+    Inline,
+    /// Fetch each document and hand it to the caller as an attachment record
+    /// (`Kind::Attachment`) before the record that links it; the record's `attachment.url`
+    /// becomes the relative path `attachment_dir` + the attachment's file name.
+    Save,
+}
+
+/// Where each resource type keeps its attachments (FHIR R4): the path of its `Attachment`
+/// elements, `[]` after an element that repeats.
+pub const ATTACHMENT_PLACES: &[(&str, &[&str])] = &[
+    ("DocumentReference", &["content[]", "attachment"]),
+    ("DiagnosticReport", &["presentedForm[]"]),
+    ("Media", &["content"]),
+    ("Communication", &["payload[]", "contentAttachment"]),
+    ("CommunicationRequest", &["payload[]", "contentAttachment"]),
+    ("Patient", &["photo[]"]),
+    ("Practitioner", &["photo[]"]),
+    ("RelatedPerson", &["photo[]"]),
+    ("Person", &["photo"]),
+];
+
+/// The largest `attachment_max_bytes` (a FHIR R4 `size` is an unsignedInt; a record holding
+/// a larger document inline could not be handed out as one line anyway).
+const MAX_DOCUMENT_BYTES: u64 = 1 << 31;
+
+/// Check the config's attachment keys.
+fn validate_attachments(c: &Config) -> Result<()> {
+    let bad = |msg: String| Error::config(format!("invalid config: {msg}"));
+    for t in &c.attachment_types {
+        if !ATTACHMENT_PLACES.iter().any(|(p, _)| p == t) {
+            let known: Vec<&str> = ATTACHMENT_PLACES.iter().map(|(p, _)| *p).collect();
+            return Err(bad(format!(
+                "attachment_types has {t:?}, whose attachments fhirbulk does not know where to find; it knows {}",
+                known.join(", ")
+            )));
+        }
+    }
+    if c.attachments != AttachmentMode::None && c.attachment_types.is_empty() {
+        return Err(bad("attachments is on but attachment_types is empty".into()));
+    }
+    if c.attachment_max_bytes == 0 || c.attachment_max_bytes > MAX_DOCUMENT_BYTES {
+        return Err(bad(format!(
+            "attachment_max_bytes must be between 1 and {MAX_DOCUMENT_BYTES}, got {}",
+            c.attachment_max_bytes
+        )));
+    }
+    for ct in &c.attachment_content_types {
+        let ok = ct
+            .split_once('/')
+            .is_some_and(|(a, b)| !a.is_empty() && !b.is_empty() && !ct.contains([' ', ';', ',']));
+        if !ok {
+            return Err(bad(format!(
+                "attachment_content_types has {ct:?}; expected a media type such as application/pdf or text/*"
+            )));
+        }
+    }
+    let d = &c.attachment_dir;
+    if d.starts_with('/')
+        || d.contains(['\\', '\0', '?', '#'])
+        || d.split('/').any(|p| p == "..")
+        || !(d.is_empty() || d.ends_with('/'))
+    {
+        return Err(bad(format!(
+            "attachment_dir {d:?} must be a relative directory ending in '/', without '..' (or empty)"
+        )));
+    }
+    Ok(())
+}
+
 /// The value(s) of an extra kick-off parameter (config `params`).
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(untagged)]
@@ -198,6 +278,15 @@ fn d_min_bytes_per_s() -> u64 {
 }
 fn d_stall_window_ms() -> u64 {
     60_000
+}
+fn d_attachment_types() -> Vec<String> {
+    vec!["DocumentReference".into(), "DiagnosticReport".into()]
+}
+fn d_attachment_max_bytes() -> u64 {
+    16 << 20
+}
+fn d_attachment_dir() -> String {
+    "attachments/".into()
 }
 
 /// Everything an export needs. Build it from JSON with [`Config::from_json`] or in Rust with
@@ -377,6 +466,27 @@ pub struct Config {
     /// DELETE the server's job after a completed export, so it can free the files.
     #[serde(default)]
     pub delete_on_complete: bool,
+    /// Resolve attachments: `none` (default), `inline` or `save` (see [`AttachmentMode`]).
+    /// Documents are fetched in the download threads, with the export's retry policy and
+    /// origin rules (the token goes only to the FHIR server and `token_origins`).
+    #[serde(default)]
+    pub attachments: AttachmentMode,
+    /// The resource types whose attachments are resolved (default `DocumentReference`,
+    /// `DiagnosticReport`); also `Media`, `Communication`, `CommunicationRequest`,
+    /// `Patient`, `Practitioner`, `RelatedPerson`, `Person`.
+    #[serde(default = "d_attachment_types")]
+    pub attachment_types: Vec<String>,
+    /// Only attachments of these content types (`application/pdf`, `text/*`) are fetched;
+    /// empty (default): all.
+    #[serde(default)]
+    pub attachment_content_types: Vec<String>,
+    /// A document larger than this is not fetched: the record keeps its URL and an error
+    /// record says why (memory stays bounded whatever the documents' sizes).
+    #[serde(default = "d_attachment_max_bytes")]
+    pub attachment_max_bytes: u64,
+    /// `save`: the relative directory written into rewritten URLs (default `attachments/`).
+    #[serde(default = "d_attachment_dir")]
+    pub attachment_dir: String,
 }
 
 /// Why plain HTTP is refused (the end of the errors that refuse it).
@@ -590,6 +700,7 @@ impl Config {
                 )));
             }
         }
+        validate_attachments(self)?;
         if self.poll_min_ms > self.poll_max_ms {
             return Err(Error::config(format!(
                 "invalid config: poll_min_ms ({}) is above poll_max_ms ({})",

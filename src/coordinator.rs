@@ -8,6 +8,7 @@
 //! downloading: its state is set, the server's job deleted when configured, and only then the
 //! record channel closed.
 
+use crate::attachments::Resolver;
 use crate::buffers::Buffers;
 use crate::checkpoint::{parse_file_list, Checkpoint};
 use crate::config::Config;
@@ -51,12 +52,16 @@ pub(crate) struct Job {
     tx: Mutex<Option<Sender<Chunk>>>,
     /// Signalled when the export ended.
     done_tx: Mutex<Option<Sender<()>>>,
+    /// Attachments to resolve in the records (config `attachments`).
+    pub(crate) attachments: Option<Resolver>,
 }
 
 /// A file waiting for a download thread.
 struct Pending {
     index: u32,
     skip_lines: u64,
+    /// The attachments' records of line `skip_lines + 1` already delivered.
+    skip_attachments: Option<String>,
     send_token: bool,
 }
 
@@ -97,6 +102,7 @@ impl Job {
         tx: Sender<Chunk>,
     ) -> Job {
         Job {
+            attachments: Resolver::new(&config),
             config,
             http,
             monitor,
@@ -350,8 +356,11 @@ impl Downloads {
             .as_ref()
             .map(|v| v.iter().copied().collect());
         let progress = |i: u32| match &only {
-            Some(only) if !only.contains(&i) => (0, true),
-            _ => cp.file_progress(i),
+            Some(only) if !only.contains(&i) => (0, true, None),
+            _ => {
+                let (lines, complete) = cp.file_progress(i);
+                (lines, complete, cp.file_attachments(i))
+            }
         };
         let indexes = {
             let mut table = job.files.lock();
@@ -412,6 +421,7 @@ impl Downloads {
                 pending.push(Pending {
                     index,
                     skip_lines: p.line(),
+                    skip_attachments: p.pending(),
                     send_token: requires_token,
                 });
             }
@@ -697,6 +707,7 @@ fn download_one(job: &Arc<Job>, p: &Pending) {
             resource_type: ty.map(TypeName::new),
             send_token: p.send_token,
             skip_lines: p.skip_lines,
+            skip_attachments: p.skip_attachments.clone(),
         }
     };
     // After the files' lock: the other download threads need it.
@@ -717,6 +728,7 @@ fn download_one(job: &Arc<Job>, p: &Pending) {
         monitor: m,
         buffers: &job.buffers,
         fresh: &**job,
+        attachments: job.attachments.as_ref(),
     };
     let r = job
         .http

@@ -4,16 +4,18 @@
 //! it changed, its compressed stream was corrupt), the lines already sent are skipped: a line
 //! is sent once, whatever happens.
 
+use crate::attachments::{At, Fetch, Made, Resolver};
 use crate::bom::{is_utf16, BOM};
 use crate::buffers::Buffers;
 use crate::config::InvalidLinePolicy;
+use crate::document::{self, Failed, Fetched};
 use crate::error::{redact_url, stopped, Error, Result};
 use crate::events::fields;
 use crate::http::decode::{self, Coding};
 use crate::http::{FileClient, Http};
 use crate::manifest::Kind;
 use crate::monitor::Monitor;
-use crate::ndjson::{check_last_line, Chunk, Invalid, LineMeta, TypeName};
+use crate::ndjson::{check_last_line, Chunk, Extra, Invalid, LineMeta, TypeName};
 use crate::remote::{interrupt_of, FileJob, FreshUrls, Interrupt, Remote};
 use crossbeam_channel::{select, Sender};
 use std::cell::RefCell;
@@ -31,6 +33,8 @@ pub(crate) struct Context<'a> {
     pub(crate) monitor: &'a Monitor,
     pub(crate) buffers: &'a Buffers,
     pub(crate) fresh: &'a dyn FreshUrls,
+    /// The attachments to resolve in records (config `attachments`), if any.
+    pub(crate) attachments: Option<&'a Resolver>,
 }
 
 /// Where a download stands in lines.
@@ -41,6 +45,9 @@ struct Cursor {
     skip_through: u64,
     /// Bytes of the file (decoded) read since its first byte.
     bytes: u64,
+    /// The records of line `skip_through + 1`'s attachments the caller has (from a
+    /// checkpoint), until that line is resolved.
+    skip_attachments: Option<String>,
 }
 
 /// Download one file and send its lines to the consumer in chunks; the number of lines and
@@ -56,6 +63,7 @@ pub(crate) fn download(
         next_line: 1,
         skip_through: job.skip_lines,
         bytes: 0,
+        skip_attachments: job.skip_attachments.clone(),
     };
     loop {
         let opened = remote.borrow_mut().open();
@@ -311,6 +319,8 @@ fn read_file(
             types: Vec::with_capacity(1),
             last: eof && tail == 0,
             synthetic: false,
+            content: None,
+            extra: None,
         };
         let physical = chunk.index_lines(
             cur.next_line,
@@ -333,7 +343,13 @@ fn read_file(
             cx.buffers.recycle(chunk.data, chunk.lines);
         } else {
             sent_last = chunk.last;
-            send(cx, tx, chunk)?;
+            match cx.attachments {
+                Some(r) if chunk.types.iter().any(|t| r.wants(t.as_str())) => {
+                    let fc = remote.borrow().file_client();
+                    send_resolved(cx, r, fc, job, chunk, tx, &mut cur.skip_attachments)?;
+                }
+                _ => send(cx, tx, chunk)?,
+            }
         }
         if !invalid.is_empty() {
             send_invalid(cx, job, &url(), tx, &mut invalid)?;
@@ -363,6 +379,8 @@ fn read_file(
                 types: Vec::new(),
                 last: true,
                 synthetic: false,
+                content: None,
+                extra: None,
             },
         )?;
     } else {
@@ -383,6 +401,214 @@ fn send(cx: &Context<'_>, tx: &Sender<Chunk>, chunk: Chunk) -> Result<(), Interr
         send(tx, chunk) -> r => r.map_err(|_| Interrupt::Fatal(stopped())),
         recv(cx.monitor.stop_rx) -> _ => Err(Interrupt::Fatal(stopped())),
     }
+}
+
+/// Fetches documents for [`Resolver::resolve`] on this download thread.
+struct Net<'a> {
+    http: &'a Http,
+    fc: &'a FileClient,
+}
+
+impl Fetch for Net<'_> {
+    fn fetch(
+        &self,
+        url: &str,
+        accept: &str,
+        cap: u64,
+        checked: bool,
+    ) -> std::result::Result<Fetched, Failed> {
+        document::fetch(self.http, self.fc, url, accept, cap, checked)
+    }
+}
+
+/// An empty chunk of `like`'s file and kind to copy lines into.
+fn piece(cx: &Context<'_>, like: &Chunk) -> Chunk {
+    let (data, mut lines) = cx.buffers.take(cx.http.config.chunk_bytes * 2);
+    // A buffer given back keeps its old line index.
+    lines.clear();
+    Chunk {
+        file_index: like.file_index,
+        kind: like.kind,
+        data,
+        len: 0,
+        lines,
+        types: like.types.clone(),
+        last: false,
+        synthetic: false,
+        content: None,
+        extra: None,
+    }
+}
+
+/// Send `out` when it holds lines, and start a new one.
+fn flush(cx: &Context<'_>, tx: &Sender<Chunk>, out: &mut Chunk) -> Result<(), Interrupt> {
+    if out.lines.is_empty() {
+        return Ok(());
+    }
+    let next = piece(cx, out);
+    send(cx, tx, std::mem::replace(out, next))
+}
+
+/// Append a record to `out` (as line `m` of the file).
+fn push_line(out: &mut Chunk, bytes: &[u8], m: &LineMeta) {
+    let start = out.len;
+    let end = start + bytes.len();
+    if out.data.len() < end + 1 {
+        out.data.resize(end + 1, 0);
+    }
+    out.data[start..end].copy_from_slice(bytes);
+    out.data[end] = b'\n';
+    out.len = end + 1;
+    out.lines.push(LineMeta {
+        start,
+        end,
+        line: m.line,
+        ty: m.ty,
+    });
+}
+
+/// Send a chunk whose records may have attachments to resolve: each record's attachments'
+/// records (documents, error records) go out before it, and the record as resolved.
+fn send_resolved(
+    cx: &Context<'_>,
+    r: &Resolver,
+    fc: &FileClient,
+    job: &FileJob,
+    chunk: Chunk,
+    tx: &Sender<Chunk>,
+    skip: &mut Option<String>,
+) -> Result<(), Interrupt> {
+    let net = Net { http: cx.http, fc };
+    let target = cx.http.config.chunk_bytes;
+    let mut out = piece(cx, &chunk);
+    for m in &chunk.lines {
+        let ty = &chunk.types[m.ty as usize];
+        let line = &chunk.data[m.start..m.end];
+        let mut resolved = None;
+        if r.wants(ty.as_str()) {
+            let at = At {
+                resource_type: ty.as_str(),
+                file_index: job.index,
+                line: m.line,
+            };
+            let skip_here = if m.line == job.skip_lines + 1 {
+                skip.take()
+            } else {
+                None
+            };
+            let res = r.resolve(
+                &net,
+                &at,
+                line,
+                skip_here.as_deref(),
+                &mut |position, made| {
+                    // The records before this one go first.
+                    flush(cx, tx, &mut out)?;
+                    send_made(cx, job, tx, ty, m.line, position, made)
+                },
+            )?;
+            cx.monitor
+                .attachments_fetched
+                .fetch_add(u64::from(res.fetched), Ordering::Relaxed);
+            resolved = res.line;
+        }
+        let bytes = resolved.as_deref().unwrap_or(line);
+        if !out.lines.is_empty() && out.len + bytes.len() + 1 > target {
+            flush(cx, tx, &mut out)?;
+        }
+        push_line(&mut out, bytes, m);
+    }
+    out.last = chunk.last;
+    cx.buffers.recycle(chunk.data, chunk.lines);
+    if out.lines.is_empty() && !out.last {
+        cx.buffers.recycle(out.data, out.lines);
+        return Ok(());
+    }
+    send(cx, tx, out)
+}
+
+/// Send the record made for attachment `position` of line `line` (alone in its chunk, which
+/// tells the consumer's progress where it belongs).
+fn send_made(
+    cx: &Context<'_>,
+    job: &FileJob,
+    tx: &Sender<Chunk>,
+    ty: &std::sync::Arc<TypeName>,
+    line: u64,
+    position: u32,
+    made: Made,
+) -> Result<(), Interrupt> {
+    let (kind, data, meta_len, types, outcome) = match made {
+        Made::Document { meta, bytes } => {
+            let mut data = Vec::with_capacity(meta.len() + 1 + bytes.len());
+            data.extend_from_slice(&meta);
+            data.push(b'\n');
+            data.extend_from_slice(&bytes);
+            (Kind::Attachment, data, meta.len(), vec![ty.clone()], b's')
+        }
+        Made::Failure {
+            outcome,
+            resource,
+            path,
+            url,
+            reason,
+        } => {
+            cx.monitor.attachment_errors.fetch_add(1, Ordering::Relaxed);
+            cx.monitor.event(
+                "attachment_failed",
+                fields! {
+                    "index" => job.index,
+                    "line" => line,
+                    "resource" => resource,
+                    "path" => path,
+                    "position" => position,
+                    "url" => url,
+                    "reason" => reason,
+                },
+            );
+            let n = outcome.len();
+            let mut data = outcome;
+            data.push(b'\n');
+            (
+                Kind::Error,
+                data,
+                n,
+                vec![TypeName::new("OperationOutcome")],
+                b'e',
+            )
+        }
+    };
+    let content = (kind == Kind::Attachment).then_some((meta_len + 1, data.len()));
+    let len = if content.is_some() {
+        meta_len + 1
+    } else {
+        data.len()
+    };
+    send(
+        cx,
+        tx,
+        Chunk {
+            file_index: job.index,
+            kind,
+            data,
+            len,
+            lines: vec![LineMeta {
+                start: 0,
+                end: meta_len,
+                line,
+                ty: 0,
+            }],
+            types,
+            last: false,
+            synthetic: false,
+            content,
+            extra: Some(Extra {
+                line,
+                position,
+                outcome,
+            }),
+        },
+    )
 }
 
 /// Deliver skipped lines as error records: OperationOutcomes naming the file and the line.
@@ -433,6 +659,8 @@ fn send_invalid(
         types: vec![TypeName::new("OperationOutcome")],
         last: false,
         synthetic: true,
+        content: None,
+        extra: None,
     };
     send(cx, tx, chunk)
 }

@@ -48,6 +48,10 @@ pub struct Progress {
     pub retries: u32,
     /// Invalid lines skipped and reported as error records (policy `skip`).
     pub invalid_lines: u64,
+    /// Documents fetched for attachments (config `attachments`), inline or saved.
+    pub attachments_fetched: u64,
+    /// Attachments that could not be fetched, each reported as an error record.
+    pub attachment_errors: u64,
     /// Warnings so far (see [`Controller::warnings`]): a duplicate manifest entry, an ignored
     /// `count`, a `Retry-After` clamped, a `transactionTime` that is not an instant, ...
     pub warnings: u32,
@@ -77,6 +81,8 @@ impl Controller {
             polls: m.polls.load(Ordering::Relaxed),
             retries: m.retries.load(Ordering::Relaxed),
             invalid_lines: m.invalid_lines.load(Ordering::Relaxed),
+            attachments_fetched: m.attachments_fetched.load(Ordering::Relaxed),
+            attachment_errors: m.attachment_errors.load(Ordering::Relaxed),
             warnings: m.warning_count(),
             wait: m.wait(),
         }
@@ -229,9 +235,10 @@ impl Controller {
             in_progress: files
                 .delivered
                 .into_iter()
-                .map(|(index, lines_delivered)| InProgress {
+                .map(|(index, lines_delivered, attachments)| InProgress {
                     index,
                     lines_delivered,
+                    attachments,
                 })
                 .collect(),
         })
@@ -316,8 +323,9 @@ impl Export {
         if unread == 0 {
             return Some(cp);
         }
-        if let Some((index, line)) = self.stream.unread(unread) {
-            cp.set_file_progress(index, line);
+        if let Some((index, at)) = self.stream.unread(unread) {
+            cp.set_file_progress(index, at.line);
+            cp.set_file_attachments(index, at.attachments);
         }
         Some(cp)
     }

@@ -53,6 +53,12 @@ pub(crate) struct FileProgress {
     /// Every line was downloaded (handed to the buffer, from which the caller gets it before
     /// an error that ends the export).
     fetched: AtomicBool,
+    /// `pending` holds something (read without the lock on every record).
+    has_pending: AtomicBool,
+    /// The records made for the attachments of the line after `line` that the caller has
+    /// received, before that line itself: the line, and per attachment position up to the
+    /// last one delivered its outcome (`s` document, `e` error record, `-` none).
+    pending: parking_lot::Mutex<Option<Box<(u64, String)>>>,
 }
 
 impl FileProgress {
@@ -70,6 +76,49 @@ impl FileProgress {
     }
     pub(crate) fn set_fetched(&self) {
         self.fetched.store(true, Ordering::Release);
+    }
+    /// The caller received the record made for attachment `position` of line `line`.
+    pub(crate) fn push_pending(&self, line: u64, position: u32, outcome: u8) {
+        let mut p = self.pending.lock();
+        let e = p.get_or_insert_with(|| Box::new((line, String::new())));
+        if e.0 != line {
+            **e = (line, String::new());
+        }
+        while e.1.len() < position as usize {
+            e.1.push('-');
+        }
+        e.1.truncate(position as usize);
+        e.1.push(outcome as char);
+        self.has_pending.store(true, Ordering::Release);
+    }
+    /// The attachments' records delivered of the line after the last line delivered.
+    pub(crate) fn pending(&self) -> Option<String> {
+        if !self.has_pending.load(Ordering::Acquire) {
+            return None;
+        }
+        let p = self.pending.lock();
+        p.as_ref()
+            .filter(|e| e.0 == self.line() + 1)
+            .map(|e| e.1.clone())
+    }
+    /// Set what [`FileProgress::pending`] gives (a checkpoint restored, a batch handed back).
+    pub(crate) fn set_pending(&self, outcomes: Option<String>) {
+        let mut p = self.pending.lock();
+        *p = outcomes
+            .filter(|o| !o.is_empty())
+            .map(|o| Box::new((self.line() + 1, o)));
+        self.has_pending.store(p.is_some(), Ordering::Release);
+    }
+    /// Line `line` was delivered: the records of its attachments are behind it.
+    pub(crate) fn clear_pending_through(&self, line: u64) {
+        if !self.has_pending.load(Ordering::Acquire) {
+            return;
+        }
+        let mut p = self.pending.lock();
+        if p.as_ref().is_some_and(|e| e.0 <= line) {
+            *p = None;
+            self.has_pending.store(false, Ordering::Release);
+        }
     }
     /// Mark every line delivered; true the first time.
     pub(crate) fn set_complete(&self) -> bool {
@@ -241,7 +290,8 @@ impl Files {
     }
 
     /// Add a file (the next index) registered in session `s`, with `lines` already delivered.
-    fn push(&mut self, s: &Session, f: ManifestFile, k: &Ident, lines: u64, complete: bool) -> u32 {
+    fn push(&mut self, s: &Session, f: ManifestFile, k: &Ident, at: Restored) -> u32 {
+        let (lines, complete, pending) = at;
         let index = self.entries.len() as u32;
         let position = self.kind_counts[f.kind as usize];
         self.kind_counts[f.kind as usize] += 1;
@@ -266,7 +316,8 @@ impl Files {
         if complete {
             p.set_complete();
             self.completed(index);
-        } else if lines > 0 {
+        } else if lines > 0 || pending.is_some() {
+            p.set_pending(pending);
             self.started.insert(index);
         }
         self.registry.link_url(h, index);
@@ -366,8 +417,11 @@ impl Files {
             delivered: self
                 .started
                 .iter()
-                .map(|&i| (i, self.progress_ref(i).line()))
-                .filter(|&(_, l)| l > 0)
+                .map(|&i| {
+                    let p = self.progress_ref(i);
+                    (i, p.line(), p.pending())
+                })
+                .filter(|(_, l, p)| *l > 0 || p.is_some())
                 .collect(),
         }
     }
@@ -432,8 +486,14 @@ pub(crate) struct FilesCheckpoint {
     pub(crate) known: u32,
     pub(crate) digest: Digest,
     pub(crate) complete: Vec<[u32; 2]>,
-    pub(crate) delivered: Vec<(u32, u64)>,
+    /// Files part-way delivered: index, last line delivered, and the records of the next
+    /// line's attachments delivered (see [`FileProgress::pending`]).
+    pub(crate) delivered: Vec<(u32, u64, Option<String>)>,
 }
+
+/// What a checkpoint says of a file: lines delivered, complete, and the attachments' records
+/// of the next line delivered.
+pub(crate) type Restored = (u64, bool, Option<String>);
 
 #[derive(Serialize)]
 struct ListedRef<'a> {
@@ -667,14 +727,14 @@ impl Files {
     pub(crate) fn restore(
         &mut self,
         files: Vec<ManifestFile>,
-        progress: &dyn Fn(u32) -> (u64, bool),
+        progress: &dyn Fn(u32) -> Restored,
     ) -> Vec<u32> {
         let s = self.session(true);
         let mut out = Vec::with_capacity(files.len());
         for f in files {
             let k = self.registry.ident(&f);
-            let (lines, complete) = progress(self.entries.len() as u32);
-            out.push(self.push(&s, f, &k, lines, complete));
+            let at = progress(self.entries.len() as u32);
+            out.push(self.push(&s, f, &k, at));
         }
         out
     }
@@ -721,7 +781,7 @@ impl Files {
             // Files with this identity neither registered nor matched in this session.
             let candidates = total.saturating_sub(listed);
             let m = match candidates {
-                0 if s.register => Match::New(self.push(s, f, k, 0, false)),
+                0 if s.register => Match::New(self.push(s, f, k, (0, false, None))),
                 0 => Match::Unknown,
                 1 if total == 1 => {
                     // The same file under a fresh signature.

@@ -22,12 +22,14 @@
 // the threads every export of the process shares (control steps, waits, downloads).
 #[cfg(feature = "arrow")]
 pub mod arrow;
+mod attachments;
 pub mod auth;
 mod bom;
 mod buffers;
 pub mod checkpoint;
 pub mod config;
 mod coordinator;
+mod document;
 mod download;
 pub mod engine;
 pub mod error;
@@ -50,7 +52,7 @@ mod secret;
 mod status;
 mod stream;
 
-pub use config::{Auth, Config, Level, Method, ParamValues, SecretSource};
+pub use config::{AttachmentMode, Auth, Config, Level, Method, ParamValues, SecretSource};
 pub use error::{Error, ErrorCode, Issue};
 pub use events::Event;
 pub use export::{Controller, Export, Progress};

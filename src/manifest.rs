@@ -17,6 +17,9 @@ pub enum Kind {
     Output = 0,
     Error = 1,
     Deleted = 2,
+    /// Not a manifest list: a document an attachment links, fetched by fhirbulk (config
+    /// `attachments: save`).
+    Attachment = 3,
 }
 
 impl Kind {
@@ -25,6 +28,7 @@ impl Kind {
             Kind::Output => "output",
             Kind::Error => "error",
             Kind::Deleted => "deleted",
+            Kind::Attachment => "attachment",
         }
     }
 

@@ -78,6 +78,10 @@ pub(crate) struct Monitor {
     pub(crate) retries: AtomicU32,
     /// Invalid lines skipped (policy `skip`).
     pub(crate) invalid_lines: AtomicU64,
+    /// Documents fetched for attachments (config `attachments`), and attachments reported
+    /// as error records.
+    pub(crate) attachments_fetched: AtomicU64,
+    pub(crate) attachment_errors: AtomicU64,
     /// Called once, when the export first stops (the engine wakes what waits for it).
     on_stop: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
     /// What the export does, for the caller to pull.
@@ -108,6 +112,8 @@ impl Monitor {
             files_done: AtomicU32::new(0),
             retries: AtomicU32::new(0),
             invalid_lines: AtomicU64::new(0),
+            attachments_fetched: AtomicU64::new(0),
+            attachment_errors: AtomicU64::new(0),
             on_stop: Mutex::new(None),
             events: Events::new(events),
         };

@@ -55,6 +55,21 @@ pub struct Chunk {
     pub last: bool,
     /// Error records made by fhirbulk (for skipped invalid lines), not read from the file.
     pub synthetic: bool,
+    /// An attachment chunk (one record): where the document's bytes sit in `data`, after
+    /// the record's line.
+    pub content: Option<(usize, usize)>,
+    /// A record fhirbulk made for an attachment of line `Extra::line` (an attachment record or
+    /// the error record of one that could not be fetched), delivered before that line.
+    pub extra: Option<Extra>,
+}
+
+/// What an attachment's record is to delivery progress: position `position` of the record on
+/// line `line`, with outcome `outcome` (`b's'`: the document delivered, `b'e'`: an error record).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extra {
+    pub line: u64,
+    pub position: u32,
+    pub outcome: u8,
 }
 
 /// A line that is not valid NDJSON.
@@ -276,6 +291,8 @@ mod tests {
             types: Vec::new(),
             last: false,
             synthetic: false,
+            content: None,
+            extra: None,
         }
     }
 

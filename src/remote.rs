@@ -45,6 +45,9 @@ pub(crate) struct FileJob {
     pub send_token: bool,
     /// Lines the caller already has (from a checkpoint): not sent again.
     pub skip_lines: u64,
+    /// The records of line `skip_lines + 1`'s attachments the caller already has (see
+    /// `checkpoint::InProgress::attachments`).
+    pub skip_attachments: Option<String>,
 }
 
 /// Fresh URLs for files whose link expired: the manifest fetched again, the file found in it
@@ -61,7 +64,7 @@ const STOP_CHECK: Duration = Duration::from_millis(100);
 /// Times a file's URL may be refreshed from the manifest.
 const MAX_REFRESHES: u32 = 3;
 
-enum Waited {
+pub(crate) enum Waited {
     TimedOut,
     Stopped,
 }
@@ -69,7 +72,7 @@ enum Waited {
 /// Run `fut` on the thread's runtime for at most `timeout`, giving up early when the export
 /// stops (a cancel or a failure elsewhere ends a stalled download at once, not after
 /// `read_timeout_ms`).
-fn wait_on<F: std::future::Future>(
+pub(crate) fn wait_on<F: std::future::Future>(
     http: &Http,
     rt: &tokio::runtime::Runtime,
     timeout: Duration,
@@ -98,6 +101,19 @@ pub(crate) struct FileResponse<'a> {
     http: &'a Http,
     rt: &'a tokio::runtime::Runtime,
     resp: reqwest::Response,
+}
+
+impl<'a> FileResponse<'a> {
+    pub(crate) fn new(
+        http: &'a Http,
+        rt: &'a tokio::runtime::Runtime,
+        resp: reqwest::Response,
+    ) -> FileResponse<'a> {
+        FileResponse { http, rt, resp }
+    }
+    pub(crate) fn into_inner(self) -> reqwest::Response {
+        self.resp
+    }
 }
 
 impl HttpResponse for FileResponse<'_> {
@@ -377,6 +393,11 @@ impl<'a> Remote<'a> {
             cur: bytes::Bytes::new(),
             line_hint: 1,
         }
+    }
+
+    /// The download client of this thread.
+    pub(crate) fn file_client(&self) -> &'a FileClient {
+        self.fc
     }
 
     /// The URL in use (it changes when an expired one is refreshed).

@@ -23,6 +23,9 @@ pub struct Record<'a> {
     pub file_index: u32,
     /// 1-based line number in the file.
     pub line: u64,
+    /// An attachment record ([`Kind::Attachment`]): the document's bytes (`data` is then its
+    /// description, a JSON object). `None` for every other record.
+    pub content: Option<&'a [u8]>,
 }
 
 /// Records from one file, borrowed until the next call on the export.
@@ -73,6 +76,7 @@ fn record<'a>(chunk: &'a Chunk, m: &LineMeta) -> Record<'a> {
         resource_type: chunk.types[m.ty as usize].as_str(),
         file_index: chunk.file_index,
         line: m.line,
+        content: chunk.content.map(|(a, b)| &chunk.data[a..b]),
     }
 }
 
@@ -103,6 +107,13 @@ impl Next<Never> {
     }
 }
 
+/// Where a file's delivery stood: the last line, and the attachments' records of the next.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Delivered {
+    pub(crate) line: u64,
+    pub(crate) attachments: Option<String>,
+}
+
 /// The records of an export as its consumer pulls them (one thread).
 pub(crate) struct Stream {
     rx: Receiver<Chunk>,
@@ -116,7 +127,7 @@ pub(crate) struct Stream {
     progress: Option<ProgressRef>,
     /// The last batch handed out: its range in the current chunk and the file's progress
     /// before it (for [`Stream::unread`]).
-    last_batch: Option<(usize, usize, u64)>,
+    last_batch: Option<(usize, usize, Delivered)>,
 }
 
 impl Stream {
@@ -175,7 +186,13 @@ impl Stream {
                 let start = self.pos;
                 let end = (start + max).min(chunk.lines.len());
                 let last_line = chunk.lines[end - 1].line;
-                let before = self.progress.as_ref().map_or(0, |p| p.line());
+                let before =
+                    self.progress
+                        .as_ref()
+                        .map_or_else(Delivered::default, |p| Delivered {
+                            line: p.line(),
+                            attachments: p.pending(),
+                        });
                 self.last_batch = (!chunk.synthetic).then_some((start, end, before));
                 self.pos = end;
                 self.monitor
@@ -192,17 +209,28 @@ impl Stream {
     }
 
     /// Where the current file would stand had the last `unread` records of the last batch not
-    /// been handed out: (file index, last line delivered). For checkpoints taken part-way
-    /// through a batch; on the consuming thread, before the next pull.
-    pub(crate) fn unread(&self, unread: usize) -> Option<(u32, u64)> {
-        let ((start, end, before), chunk) = (self.last_batch?, self.current.as_ref()?);
+    /// been handed out: (file index, delivery). For checkpoints taken part-way through a
+    /// batch; on the consuming thread, before the next pull.
+    pub(crate) fn unread(&self, unread: usize) -> Option<(u32, Delivered)> {
+        let ((start, end, before), chunk) = (self.last_batch.as_ref()?, self.current.as_ref()?);
         let handed = (end - start).saturating_sub(unread);
-        let line = if handed == 0 {
-            before
+        let at = if handed == 0 {
+            before.clone()
+        } else if chunk.extra.is_some() {
+            // An attachment's record (alone in its chunk) was handed out: the file stands
+            // where the progress says.
+            let p = self.progress.as_ref()?;
+            Delivered {
+                line: p.line(),
+                attachments: p.pending(),
+            }
         } else {
-            chunk.lines[start + handed - 1].line
+            Delivered {
+                line: chunk.lines[start + handed - 1].line,
+                attachments: None,
+            }
         };
-        Some((chunk.file_index, line))
+        Some((chunk.file_index, at))
     }
 
     /// Record for checkpoints that the caller now has `line` of the current chunk's file (and
@@ -215,7 +243,13 @@ impl Stream {
             // Error records for skipped lines follow the lines after them: no progress here.
             return;
         }
+        if let Some(x) = chunk.extra {
+            // A record made for an attachment of the line to come.
+            p.push_pending(x.line, x.position, x.outcome);
+            return;
+        }
         p.set_line(line);
+        p.clear_pending_through(line);
         if chunk.last && self.pos == chunk.lines.len() && p.set_complete() {
             self.files.lock().completed(chunk.file_index);
         }

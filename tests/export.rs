@@ -67,6 +67,7 @@ fn run(cfg: Config) -> Result<(Tally, Export), fhirbulk::Error> {
                     }
                     Kind::Error => tally.errors += 1,
                     Kind::Deleted => tally.deleted += 1,
+                    Kind::Attachment => panic!("no attachments were asked for: {r:?}"),
                 }
             }
             Next::End => break,

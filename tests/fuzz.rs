@@ -157,6 +157,8 @@ fn fuzz_ndjson_splitter() {
             types: Vec::new(),
             last: true,
             synthetic: false,
+            content: None,
+            extra: None,
         };
         let mut invalid = Vec::new();
         let physical = chunk.index_lines(1, None, 1, false, &mut invalid);

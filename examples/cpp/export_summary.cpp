@@ -53,6 +53,7 @@ const char *kind_name(fhirbulk::Kind k) {
     case fhirbulk::Kind::output: return "output";
     case fhirbulk::Kind::error: return "error";
     case fhirbulk::Kind::deleted: return "deleted";
+    case fhirbulk::Kind::attachment: return "attachment";
     }
     return "?";
 }

@@ -36,7 +36,7 @@ use std::time::Duration;
 pub type FhirbulkStatus = i32;
 
 /// ABI version of this header and library; bindings check that both agree.
-pub const FHIRBULK_ABI_VERSION: u32 = 2;
+pub const FHIRBULK_ABI_VERSION: u32 = 3;
 
 /// Success.
 pub const FHIRBULK_OK: FhirbulkStatus = 0;
@@ -95,6 +95,25 @@ pub const FHIRBULK_KIND_ERROR: u32 = 1;
 /// Record from a manifest `deleted` file (a Bundle of deletions).
 pub const FHIRBULK_KIND_DELETED: u32 = 2;
 
+/// A document an attachment links, fetched by fhirbulk (config `attachments: "save"`). Its
+/// `data` is a JSON object describing it (`resource` such as `DocumentReference/123`,
+/// `position` among the record's attachments, `path` such as `content[0].attachment`, the
+/// `url` it came from, `contentType`, `size`, `hash` (SHA-1, base64) and `file`, the
+/// relative path the record's `url` now names); the document's bytes are `content` /
+/// `content_len`. `resource_type`, `file_index` and `line` are those of the record that links
+/// it, which comes after its attachments' records in its file's order (records of other files
+/// may come between: match them by `file_index` and `line`).
+///
+/// Why a record kind and not a separate pull call: a document then travels the same way as
+/// every record — in order before the record that names it, through the same bounded queue,
+/// counted by the same delivery progress, so a checkpoint taken between a document and its
+/// record is exact (at resume neither is fetched or delivered again) — and a consumer that
+/// does not ask for documents never sees the kind. An attachment that cannot be fetched gives
+/// an error record (`FHIRBULK_KIND_ERROR`, resource type `OperationOutcome`, with the file
+/// index and line of the record; it names the resource, the URL and the reason) in the same
+/// place instead.
+pub const FHIRBULK_KIND_ATTACHMENT: u32 = 3;
+
 /// Sending the kick-off request.
 pub const FHIRBULK_STATE_KICKING_OFF: u32 = 0;
 /// The server is preparing the files (polling).
@@ -130,6 +149,10 @@ pub struct FhirbulkRecord {
     pub file_index: u32,
     /// 1-based line number in that file.
     pub line: u64,
+    /// `FHIRBULK_KIND_ATTACHMENT`: the document's bytes (NOT NUL-terminated); else NULL.
+    pub content: *const u8,
+    /// `FHIRBULK_KIND_ATTACHMENT`: the document's length in bytes; else 0.
+    pub content_len: usize,
 }
 
 /// Records from one file, borrowed: valid until the next call on the same handle.
@@ -172,6 +195,10 @@ pub struct FhirbulkProgress {
     pub warnings: u32,
     /// What the wait is for (what the server answered), NUL-terminated, truncated; else empty.
     pub wait_reason: [c_char; 128],
+    /// Documents fetched for attachments (config `attachments`), inline or saved.
+    pub attachments_fetched: u64,
+    /// Attachments that could not be fetched, each reported as an error record.
+    pub attachment_errors: u64,
 }
 
 struct Consumer {
@@ -402,6 +429,8 @@ pub unsafe extern "C" fn export_poll(
             wait_until_ms,
             warnings: p.warnings,
             wait_reason: reason,
+            attachments_fetched: p.attachments_fetched,
+            attachment_errors: p.attachment_errors,
         };
         // SAFETY: `out` is non-NULL and writable per the contract.
         unsafe { out.write(snapshot) };
@@ -441,6 +470,8 @@ pub unsafe extern "C" fn export_next_record(
                     kind: r.kind as u32,
                     file_index: r.file_index,
                     line: r.line,
+                    content: r.content.map_or(std::ptr::null(), <[u8]>::as_ptr),
+                    content_len: r.content.map_or(0, <[u8]>::len),
                 };
                 // SAFETY: `out` is non-NULL and writable per the contract.
                 unsafe { out.write(rec) };
@@ -483,9 +514,12 @@ pub unsafe extern "C" fn export_next_batch(
             if let Next::Item(b) = next {
                 let (chunk, lines) = b.parts();
                 batch.clear();
+                let content = chunk.content.map(|(a, b)| &chunk.data[a..b]);
                 batch.extend(lines.iter().map(|m| {
                     let ty = &chunk.types[m.ty as usize];
                     FhirbulkRecord {
+                        content: content.map_or(std::ptr::null(), <[u8]>::as_ptr),
+                        content_len: content.map_or(0, <[u8]>::len),
                         // SAFETY: `m.start <= chunk.data.len()` (indexed by `index_lines`).
                         data: unsafe { chunk.data.as_ptr().add(m.start) },
                         len: m.end - m.start,
@@ -1040,5 +1074,6 @@ mod tests {
         }
         assert_eq!(FHIRBULK_KIND_ERROR, crate::Kind::Error as u32);
         assert_eq!(FHIRBULK_KIND_DELETED, crate::Kind::Deleted as u32);
+        assert_eq!(FHIRBULK_KIND_ATTACHMENT, crate::Kind::Attachment as u32);
     }
 }

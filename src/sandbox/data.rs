@@ -8,11 +8,14 @@
 //! `onset[x]`, `deceased[x]`, `multipleBirth[x]`, `performed[x]`, `occurrence[x]`, ...),
 //! decimals whose text matters (`1.50`, `0.0`, `98.60`, `3.14159265358979`, written as
 //! they are into the JSON), `meta.profile` / `meta.security` / `meta.tag`, typed identifiers
-//! with assigners, XHTML narratives and attachments (by URL with size and hash, or inline
-//! base64 with the SHA-1 of the bytes). Which resource carries what is decided by hashes
-//! of (type, patient, record), so every export of the same records is byte-identical.
+//! with assigners, XHTML narratives and attachments (by URL, pointing at a [`document`] the
+//! server serves, or inline base64 with the SHA-1 of the bytes). Which resource carries what
+//! is decided by hashes of (type, patient, record), so every export of the same records is
+//! byte-identical; documents are generated from a hash of their id ([`doc_class`]).
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::sync::Mutex;
 
 use base64::Engine as _;
 use time::format_description::BorrowedFormatItem;
@@ -160,6 +163,12 @@ pub fn push_json_str(out: &mut String, s: &str) {
         }
     }
     out.push('"');
+}
+
+/// `s` as the inside of a JSON string literal (escaped, without the quotes).
+pub fn json_inner(s: &str) -> String {
+    let q = js(s);
+    q[1..q.len() - 1].to_string()
 }
 
 fn js(s: &str) -> String {
@@ -790,12 +799,12 @@ fn uuid(a: u64, b: u64) -> String {
         b & 0xffff_ffff_ffff
     )
 }
-fn b64(bytes: &[u8]) -> String {
+pub fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// SHA-1 of `data` (what FHIR's `Attachment.hash` holds, base64-encoded).
-fn sha1(data: &[u8]) -> [u8; 20] {
+pub fn sha1(data: &[u8]) -> [u8; 20] {
     let mut h: [u32; 5] = [
         0x6745_2301,
         0xEFCD_AB89,
@@ -803,49 +812,55 @@ fn sha1(data: &[u8]) -> [u8; 20] {
         0x1032_5476,
         0xC3D2_E1F0,
     ];
-    let mut msg = data.to_vec();
-    msg.push(0x80);
-    while msg.len() % 64 != 56 {
-        msg.push(0);
+    let full = data.len() - data.len() % 64;
+    // The last partial block, the 0x80 terminator and the bit length: one or two blocks.
+    let mut tail = data[full..].to_vec();
+    tail.push(0x80);
+    while tail.len() % 64 != 56 {
+        tail.push(0);
     }
-    msg.extend_from_slice(&(data.len() as u64).wrapping_mul(8).to_be_bytes());
-    for block in msg.chunks_exact(64) {
-        let mut w = [0u32; 80];
-        for (n, word) in block.chunks_exact(4).enumerate() {
-            w[n] = u32::from_be_bytes([word[0], word[1], word[2], word[3]]);
-        }
-        for n in 16..80 {
-            w[n] = (w[n - 3] ^ w[n - 8] ^ w[n - 14] ^ w[n - 16]).rotate_left(1);
-        }
-        let [mut a, mut b, mut c, mut d, mut e] = h;
-        for (n, wn) in w.iter().enumerate() {
-            let (f, k) = match n {
-                0..=19 => ((b & c) | (!b & d), 0x5A82_7999),
-                20..=39 => (b ^ c ^ d, 0x6ED9_EBA1),
-                40..=59 => ((b & c) | (b & d) | (c & d), 0x8F1B_BCDC),
-                _ => (b ^ c ^ d, 0xCA62_C1D6),
-            };
-            let next = a
-                .rotate_left(5)
-                .wrapping_add(f)
-                .wrapping_add(e)
-                .wrapping_add(k)
-                .wrapping_add(*wn);
-            e = d;
-            d = c;
-            c = b.rotate_left(30);
-            b = a;
-            a = next;
-        }
-        for (x, y) in h.iter_mut().zip([a, b, c, d, e]) {
-            *x = x.wrapping_add(y);
-        }
+    tail.extend_from_slice(&(data.len() as u64).wrapping_mul(8).to_be_bytes());
+    for block in data[..full].chunks_exact(64).chain(tail.chunks_exact(64)) {
+        sha1_block(&mut h, block);
     }
     let mut out = [0u8; 20];
     for (o, x) in out.chunks_exact_mut(4).zip(h) {
         o.copy_from_slice(&x.to_be_bytes());
     }
     out
+}
+
+fn sha1_block(h: &mut [u32; 5], block: &[u8]) {
+    let mut w = [0u32; 80];
+    for (n, word) in block.chunks_exact(4).enumerate() {
+        w[n] = u32::from_be_bytes([word[0], word[1], word[2], word[3]]);
+    }
+    for n in 16..80 {
+        w[n] = (w[n - 3] ^ w[n - 8] ^ w[n - 14] ^ w[n - 16]).rotate_left(1);
+    }
+    let [mut a, mut b, mut c, mut d, mut e] = *h;
+    for (n, wn) in w.iter().enumerate() {
+        let (f, k) = match n {
+            0..=19 => ((b & c) | (!b & d), 0x5A82_7999),
+            20..=39 => (b ^ c ^ d, 0x6ED9_EBA1),
+            40..=59 => ((b & c) | (b & d) | (c & d), 0x8F1B_BCDC),
+            _ => (b ^ c ^ d, 0xCA62_C1D6),
+        };
+        let next = a
+            .rotate_left(5)
+            .wrapping_add(f)
+            .wrapping_add(e)
+            .wrapping_add(k)
+            .wrapping_add(*wn);
+        e = d;
+        d = c;
+        c = b.rotate_left(30);
+        b = a;
+        a = next;
+    }
+    for (x, y) in h.iter_mut().zip([a, b, c, d, e]) {
+        *x = x.wrapping_add(y);
+    }
 }
 
 /// An Attachment holding `text` inline (base64 `data`, its `size` and SHA-1 `hash`).
@@ -867,21 +882,325 @@ fn inline_attachment(
         .str("creation", &instant(at))
         .end()
 }
-/// An Attachment by URL, with the size and hash the document has (made up: deterministic).
-fn url_attachment(content_type: &str, url: &str, h: u64, title: &str, at: i64) -> String {
-    let mut digest = [0u8; 20];
-    for (n, d) in digest.chunks_mut(8).enumerate() {
-        let x = mix(h ^ n as u64).to_be_bytes();
-        d.copy_from_slice(&x[..d.len()]);
+/// An Attachment by URL pointing at document `docid` (see [`document`]): its URL, content type,
+/// and the size and hash its class declares.
+///
+/// `(t, i, j, k)`: attachment `k` of record `(t, i, j)` ([`doc_id`]).
+fn url_attachment(
+    (t, i, j, k): (usize, usize, usize, usize),
+    base_ct: &'static str,
+    title: &str,
+    at: i64,
+) -> String {
+    let docid = doc_id(t, i, j, k);
+    let class = doc_class(&docid);
+    let ct = doc_content_type(class, base_ct);
+    let mut o = Obj::new()
+        .str("contentType", ct)
+        .str("url", &doc_url(&docid, class));
+    match class {
+        // text/plain documents that declare neither size nor hash
+        10 | 11 => {}
+        // large: the size (known without generating the bytes), no hash
+        14 => o = o.raw("size", doc_len(&docid, class).to_string()),
+        _ => {
+            let digest = if class == 19 {
+                // hash_mismatch: the SHA-1 of other bytes
+                sha1(format!("not {docid}").as_bytes())
+            } else {
+                doc_digest((t, i, j, k), &docid, class, ct)
+            };
+            o = o
+                .raw("size", doc_len(&docid, class).to_string())
+                .str("hash", &b64(&digest));
+        }
     }
-    Obj::new()
-        .str("contentType", content_type)
-        .str("url", url)
-        .raw("size", (20_000 + h % 480_000).to_string())
-        .str("hash", &b64(&digest))
-        .str("title", title)
-        .str("creation", &instant(at))
-        .end()
+    o.str("title", title).str("creation", &instant(at)).end()
+}
+
+/// The SHA-1 of the documents rendered so far, by (type, patient, record, position): a record
+/// is rendered with its documents' hashes without generating them again. Cleared when it
+/// holds [`DIGESTS_MAX`] (about 40 MB).
+type DocKey = (usize, usize, usize, usize);
+static DIGESTS: Mutex<Option<HashMap<DocKey, [u8; 20]>>> = Mutex::new(None);
+const DIGESTS_MAX: usize = 1 << 20;
+
+/// The SHA-1 of document `docid` (attachment `key`), of class `class` and type `ct`.
+fn doc_digest(key: DocKey, docid: &str, class: u8, ct: &str) -> [u8; 20] {
+    let lock = || DIGESTS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(d) = lock().as_ref().and_then(|m| m.get(&key)) {
+        return *d;
+    }
+    let d = sha1(&doc_bytes(docid, class, ct));
+    let mut g = lock();
+    let m = g.get_or_insert_with(HashMap::new);
+    if m.len() >= DIGESTS_MAX {
+        m.clear();
+    }
+    m.insert(key, d);
+    d
+}
+
+/// Where class-12 documents ("on another origin") point in the rendered data; the server
+/// replaces it with the object store's `{origin}{prefix}/binary/` when it serves output files.
+pub const FOREIGN_DOCS: &str = "https://docs.example.org/binary/";
+
+/// Whether records of type `t` can point at documents ([`document`]).
+pub fn has_documents(t: usize) -> bool {
+    t == DOCUMENT_REFERENCE || t == DIAGNOSTIC_REPORT
+}
+
+/// Replaces [`FOREIGN_DOCS`] in `out[start..]` (one rendered record) by `with` (JSON-escaped,
+/// see [`json_inner`]); nothing when `with` is empty.
+pub fn relocate_docs(out: &mut String, start: usize, with: &str) {
+    if with.is_empty() || !out[start..].contains(FOREIGN_DOCS) {
+        return;
+    }
+    let moved = out[start..].replace(FOREIGN_DOCS, with);
+    out.truncate(start);
+    out.push_str(&moved);
+}
+
+/// Every attachment of record (t, i, j) (DocumentReference `content[n].attachment`,
+/// DiagnosticReport `presentedForm[n]`), in document order, with the truth about its bytes;
+/// class-12 URLs relocated with `doc_store` ([`relocate_docs`]).
+pub fn attachments(t: usize, i: usize, j: usize, doc_store: &str) -> Vec<super::AttachmentTruth> {
+    if !has_documents(t) {
+        return Vec::new();
+    }
+    let mut line = String::new();
+    render(&build(t, i, j), None, &mut line);
+    relocate_docs(&mut line, 0, doc_store);
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+    let atts: Vec<(String, &serde_json::Value)> = if t == DOCUMENT_REFERENCE {
+        v["content"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+            .map(|(n, c)| (format!("content[{n}].attachment"), &c["attachment"]))
+            .collect()
+    } else {
+        v["presentedForm"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+            .map(|(n, a)| (format!("presentedForm[{n}]"), a))
+            .collect()
+    };
+    let hex = |d: [u8; 20]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let resource = format!("{}/{}", TYPES[t], resource_id(t, i, j));
+    let mut out = Vec::new();
+    for (position, (path, a)) in atts.into_iter().enumerate() {
+        let url = a["url"].as_str().map(String::from);
+        let (class, bytes, content_type) = match &url {
+            Some(_) => {
+                let Some(d) = document(&doc_id(t, i, j, position)) else {
+                    continue;
+                };
+                (Some(d.class), d.bytes, d.content_type.to_string())
+            }
+            None => {
+                let data = a["data"].as_str().unwrap_or_default();
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(data)
+                    .unwrap_or_default();
+                let ct = a["contentType"].as_str().unwrap_or_default().to_string();
+                (None, bytes, ct)
+            }
+        };
+        out.push(super::AttachmentTruth {
+            resource: resource.clone(),
+            position,
+            path,
+            url,
+            content_type,
+            class,
+            size: bytes.len() as u64,
+            sha1: hex(sha1(&bytes)),
+            outcome: class.map_or("inline", doc_outcome).to_string(),
+        });
+    }
+    out
+}
+
+/// The number of document classes ([`doc_class`]).
+pub const DOC_CLASSES: u8 = 20;
+
+/// Seed of [`doc_hash`]. Chosen so that the documents of the first 20 patients fall into every
+/// class (test `twenty_patients_have_every_document_class`).
+const DOC_SEED: u64 = 0x00D0_C5EE_D000_0077;
+
+/// The hash of a document id (picks its class and its bytes).
+fn doc_hash(docid: &str) -> u64 {
+    mix(docid.bytes().fold(DOC_SEED, |h, b| mix(h ^ u64::from(b))))
+}
+
+/// The class of a document, `hash(docid) % 20`: 0..=9 ok; 10, 11 ok, text/plain, neither size
+/// nor hash declared; 12 ok on another origin (the object store); 13 served only as a FHIR
+/// Binary resource; 14 large (1.2-1.4 MB, size declared, no hash); 15 missing (404);
+/// 16 forbidden (403); 17 server error (500 on every request); 18 503 with `Retry-After: 0`
+/// on the first request, then ok; 19 a wrong `hash` declared.
+pub fn doc_class(docid: &str) -> u8 {
+    (doc_hash(docid) % u64::from(DOC_CLASSES)) as u8
+}
+
+/// What the export-side truth calls a document of `class`.
+pub fn doc_outcome(class: u8) -> &'static str {
+    match class {
+        14 => "large",
+        15 => "missing",
+        16 => "forbidden",
+        17 => "server_error",
+        19 => "hash_mismatch",
+        _ => "ok",
+    }
+}
+
+/// The content type of a document of `class` whose attachment slot is `base_ct`.
+fn doc_content_type(class: u8, base_ct: &'static str) -> &'static str {
+    match class {
+        10 | 11 => "text/plain",
+        12 => "text/html",
+        13 | 14 => "application/pdf",
+        _ => base_ct,
+    }
+}
+
+/// The content type of the document at attachment `k` of record (t, i, j), whose slot has
+/// `base_ct`.
+fn doc_type(t: usize, i: usize, j: usize, k: usize, base_ct: &'static str) -> &'static str {
+    doc_content_type(doc_class(&doc_id(t, i, j, k)), base_ct)
+}
+
+/// The URL of a document as the rendered data has it.
+fn doc_url(docid: &str, class: u8) -> String {
+    if class == 12 {
+        format!("{FOREIGN_DOCS}{docid}")
+    } else {
+        format!("Binary/{docid}")
+    }
+}
+
+/// The byte count of a document.
+fn doc_len(docid: &str, class: u8) -> usize {
+    let x = mix(doc_hash(docid) ^ 1);
+    if class == 14 {
+        1_200_000 + (x % 200_001) as usize
+    } else {
+        200 + (x % 7_800) as usize
+    }
+}
+
+/// Printable filler of text documents: 64 characters, no markup.
+const DOC_TEXT: &[u8; 64] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 \n";
+
+/// The bytes of a document: a short header naming it, then filler from a PRNG seeded by the
+/// id (printable text for text types, any byte for PDF).
+fn doc_bytes(docid: &str, class: u8, ct: &str) -> Vec<u8> {
+    let len = doc_len(docid, class);
+    let (head, foot) = match ct {
+        "application/pdf" => (
+            format!("%PDF-1.4\n%fhirbulk sandbox document {docid}\n"),
+            "\n%%EOF\n",
+        ),
+        "text/html" => (
+            format!("<!DOCTYPE html><html><head><title>{docid}</title></head><body><pre>\n"),
+            "\n</pre></body></html>\n",
+        ),
+        _ => (format!("fhirbulk sandbox document {docid}\n"), "\n"),
+    };
+    let mut out = Vec::with_capacity(len);
+    out.extend_from_slice(head.as_bytes());
+    let text = ct != "application/pdf";
+    let fill = len.saturating_sub(out.len() + foot.len());
+    let seed = mix(doc_hash(docid) ^ 2);
+    for n in 0..fill.div_ceil(8) {
+        let mut x = mix(seed ^ n as u64).to_le_bytes();
+        if text {
+            for b in &mut x {
+                *b = DOC_TEXT[usize::from(*b & 63)];
+            }
+        }
+        let room = head.len() + fill - out.len();
+        out.extend_from_slice(&x[..room.min(8)]);
+    }
+    out.extend_from_slice(foot.as_bytes());
+    out
+}
+
+/// A document a DocumentReference or DiagnosticReport points at by URL.
+pub struct Document {
+    /// The patient of the record pointing at it.
+    pub patient: usize,
+    /// [`doc_class`].
+    pub class: u8,
+    pub content_type: &'static str,
+    pub bytes: Vec<u8>,
+}
+
+/// What an attachment slot of a record is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    Inline,
+    /// By URL, with this content type unless its class says otherwise.
+    Url(&'static str),
+}
+
+/// The attachments of record (t, i, j) in document order (DocumentReference
+/// `content[n].attachment`, DiagnosticReport `presentedForm[n]`).
+fn slots(t: usize, i: usize, j: usize) -> Vec<Slot> {
+    let g = hash2(t, i, j);
+    match t {
+        DOCUMENT_REFERENCE if roll(g, 5, 4) == 0 => vec![Slot::Inline],
+        DOCUMENT_REFERENCE if roll(g, 6, 3) != 0 => {
+            vec![Slot::Url("application/pdf"), Slot::Url("text/html")]
+        }
+        DOCUMENT_REFERENCE => vec![Slot::Url("application/pdf")],
+        DIAGNOSTIC_REPORT if roll(g, 9, 4) == 0 => vec![Slot::Inline],
+        DIAGNOSTIC_REPORT if roll(g, 10, 2) == 0 => {
+            vec![Slot::Url("application/pdf"), Slot::Url("text/html")]
+        }
+        DIAGNOSTIC_REPORT => vec![Slot::Url("application/pdf")],
+        _ => Vec::new(),
+    }
+}
+
+/// The id of the document at attachment position `k` of record (t, i, j).
+pub fn doc_id(t: usize, i: usize, j: usize, k: usize) -> String {
+    format!("{}-{k}", resource_id(t, i, j))
+}
+
+/// The document `docid` (`docref-{i}-{j}-{k}` / `diagrep-{i}-{j}-{k}`: attachment `k` of that
+/// record, by URL), whatever its class; None when no record points at such a document (the
+/// patient bound is the server's to check).
+pub fn document(docid: &str) -> Option<Document> {
+    let (t, rest) = if let Some(r) = docid.strip_prefix("docref-") {
+        (DOCUMENT_REFERENCE, r)
+    } else {
+        (DIAGNOSTIC_REPORT, docid.strip_prefix("diagrep-")?)
+    };
+    let mut n = [0usize; 3];
+    let mut parts = rest.split('-');
+    for x in &mut n {
+        *x = parts.next()?.parse().ok()?;
+    }
+    let [i, j, k] = n;
+    if parts.next().is_some() || j >= count_for(t, i) || doc_id(t, i, j, k) != docid {
+        return None;
+    }
+    let Slot::Url(base_ct) = *slots(t, i, j).get(k)? else {
+        return None;
+    };
+    let class = doc_class(docid);
+    let content_type = doc_content_type(class, base_ct);
+    Some(Document {
+        patient: i,
+        class,
+        content_type,
+        bytes: doc_bytes(docid, class, content_type),
+    })
 }
 
 /// The test data tag (v3-ActReason HTEST) some resources carry in `meta.tag`.
@@ -930,7 +1249,7 @@ struct Ctx {
 impl Ctx {
     /// A number in `0..n` for this record's decision `salt` (decisions are independent).
     fn roll(&self, salt: u64, n: u64) -> u64 {
-        mix(self.g ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15)) % n
+        roll(self.g, salt, n)
     }
     /// One of `items`, by the record's second hash.
     fn pick<T: Copy>(&self, items: &[T]) -> T {
@@ -948,6 +1267,11 @@ impl Ctx {
     fn condition(&self) -> Option<String> {
         (count_for(CONDITION, self.i) > 0).then(|| format!("Condition/cond-{}-0", self.i))
     }
+}
+
+/// A number in `0..n` for decision `salt` of the record whose [`hash2`] is `g`.
+fn roll(g: u64, salt: u64, n: u64) -> u64 {
+    mix(g ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15)) % n
 }
 
 /// Builds record `j` of type `t` for patient `i` (`i` ignored for non-patient types).
@@ -1953,28 +2277,31 @@ fn diagnostic_report(c: &Ctx, meta: &mut Meta) -> Fields {
         ("17621005", "Normal")
     };
     f.push(("conclusionCode", r(arr(&[cc(SNOMED, cc_code, cc_display)]))));
-    match c.roll(7, 3) {
-        0 => f.push((
-            "presentedForm",
-            r(arr(&[inline_attachment(
+    let forms: Vec<String> = slots(DIAGNOSTIC_REPORT, i, j)
+        .into_iter()
+        .enumerate()
+        .map(|(k, slot)| match slot {
+            Slot::Inline => inline_attachment(
                 "text/plain",
                 "en",
                 &format!("{display}\n{conclusion}\n"),
                 "Laborbefund",
                 c.when,
-            )])),
-        )),
-        1 => f.push((
-            "presentedForm",
-            r(arr(&[url_attachment(
-                "application/pdf",
-                &format!("https://docs.example.org/fhir/Binary/diagrep-{i}-{j}.pdf"),
-                c.g,
-                "Laborbefund (PDF)",
+            ),
+            Slot::Url(ct) => url_attachment(
+                (DIAGNOSTIC_REPORT, i, j, k),
+                ct,
+                match doc_type(DIAGNOSTIC_REPORT, i, j, k, ct) {
+                    "application/pdf" => "Laborbefund (PDF)",
+                    "text/html" => "Laborbefund (HTML)",
+                    _ => "Laborbefund",
+                },
                 c.when,
-            )])),
-        )),
-        _ => {}
+            ),
+        })
+        .collect();
+    if !forms.is_empty() {
+        f.push(("presentedForm", r(arr(&forms))));
     }
     f
 }
@@ -2034,60 +2361,45 @@ fn document_reference(c: &Ctx, meta: &mut Meta) -> Fields {
     }
     const FORMATS: &str = "http://ihe.net/fhir/ihe.formatcode.fhir/CodeSystem/formatcode";
     let written = c.when - 3_600_000;
-    let content = if c.roll(5, 3) == 0 {
-        vec![Obj::new()
-            .raw(
-                "attachment",
-                inline_attachment("text/plain", language, note, title, written),
-            )
-            .raw(
-                "format",
-                coding(
-                    FORMATS,
-                    "urn:ihe:iti:xds:2017:mimeTypeSufficient",
-                    "mimeType Sufficient",
-                ),
-            )
-            .end()]
-    } else {
-        let mut v = vec![Obj::new()
-            .raw(
-                "attachment",
-                url_attachment(
-                    "application/pdf",
-                    &format!("https://docs.example.org/fhir/Binary/docref-{i}-{j}.pdf"),
-                    c.g,
-                    title,
-                    written,
-                ),
-            )
-            .raw(
-                "format",
-                coding(
-                    FORMATS,
-                    "urn:ihe:iti:xds-sd:pdf:2008",
-                    "Scanned Documents (PDF)",
-                ),
-            )
-            .end()];
-        if c.roll(6, 2) == 0 {
-            v.push(
-                Obj::new()
-                    .raw(
-                        "attachment",
-                        url_attachment(
-                            "text/html",
-                            &format!("https://docs.example.org/fhir/Binary/docref-{i}-{j}.html"),
-                            c.h,
-                            title,
-                            written,
+    let content: Vec<String> = slots(DOCUMENT_REFERENCE, i, j)
+        .into_iter()
+        .enumerate()
+        .map(|(k, slot)| match slot {
+            Slot::Inline => Obj::new()
+                .raw(
+                    "attachment",
+                    inline_attachment("text/plain", language, note, title, written),
+                )
+                .raw(
+                    "format",
+                    coding(
+                        FORMATS,
+                        "urn:ihe:iti:xds:2017:mimeTypeSufficient",
+                        "mimeType Sufficient",
+                    ),
+                )
+                .end(),
+            Slot::Url(ct) => {
+                let a = Obj::new().raw(
+                    "attachment",
+                    url_attachment((DOCUMENT_REFERENCE, i, j, k), ct, title, written),
+                );
+                if doc_type(DOCUMENT_REFERENCE, i, j, k, ct) == "application/pdf" {
+                    a.raw(
+                        "format",
+                        coding(
+                            FORMATS,
+                            "urn:ihe:iti:xds-sd:pdf:2008",
+                            "Scanned Documents (PDF)",
                         ),
                     )
-                    .end(),
-            );
-        }
-        v
-    };
+                    .end()
+                } else {
+                    a.end()
+                }
+            }
+        })
+        .collect();
     f.push(("content", r(arr(&content))));
     f.push((
         "context",
@@ -2736,7 +3048,9 @@ mod tests {
             );
             for a in atts {
                 let Some(data) = a["data"].as_str() else {
-                    assert!(a["url"].as_str().is_some_and(|u| u.starts_with("https://")));
+                    assert!(a["url"]
+                        .as_str()
+                        .is_some_and(|u| u.starts_with("Binary/") || u.starts_with(FOREIGN_DOCS)));
                     continue;
                 };
                 let bytes = base64::engine::general_purpose::STANDARD
@@ -2812,7 +3126,9 @@ mod tests {
             "\"div\":\"<div xmlns=\\\"http://www.w3.org/1999/xhtml\\\"><p><b>",
             "\"data\":\"",
             "\"hash\":\"",
-            "\"url\":\"https://docs.example.org/",
+            "\"url\":\"Binary/docref-",
+            "\"url\":\"Binary/diagrep-",
+            "\"url\":\"https://docs.example.org/binary/",
             "\"maxDosePerPeriod\"",
             "\"reasonReference\"",
             "\"result\":[{\"reference\":\"Observation/obs-",
@@ -2861,5 +3177,114 @@ mod tests {
         );
         assert_eq!(v["meta"]["tag"][0]["code"], "SUBSETTED");
         assert_eq!(v["meta"]["tag"][1]["code"], "HTEST");
+    }
+
+    /// Every URL attachment of the records of `patients` patients: (docid, attachment JSON).
+    fn url_attachments(patients: usize) -> Vec<(String, Value)> {
+        let mut v = Vec::new();
+        for t in [DOCUMENT_REFERENCE, DIAGNOSTIC_REPORT] {
+            for i in 0..patients {
+                for j in 0..count_for(t, i) {
+                    let rec: Value = serde_json::from_str(&rendered(t, i, j)).expect("json");
+                    let atts: Vec<Value> = match t {
+                        DOCUMENT_REFERENCE => rec["content"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|c| c["attachment"].clone())
+                            .collect(),
+                        _ => rec["presentedForm"].as_array().cloned().unwrap_or_default(),
+                    };
+                    for (k, a) in atts.into_iter().enumerate() {
+                        if a.get("url").is_some() {
+                            v.push((doc_id(t, i, j, k), a));
+                        }
+                    }
+                }
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn twenty_patients_have_every_document_class() {
+        let docs = url_attachments(20);
+        let mut per = [0usize; DOC_CLASSES as usize];
+        for (id, _) in &docs {
+            per[usize::from(doc_class(id))] += 1;
+        }
+        assert!(per.iter().all(|&n| n > 0), "documents per class: {per:?}");
+        assert_eq!(docs.len(), per.iter().sum::<usize>());
+    }
+
+    #[test]
+    fn documents_match_their_attachments() {
+        for (id, a) in url_attachments(20) {
+            let d = document(&id).expect("a document");
+            assert_eq!(d.class, doc_class(&id));
+            assert!(
+                id.len() <= 64
+                    && id
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            );
+            assert_eq!(a["contentType"], d.content_type, "{id}");
+            let url = a["url"].as_str().unwrap_or_default();
+            let size = a["size"].as_u64();
+            let hash = a["hash"].as_str();
+            let true_hash = b64(&sha1(&d.bytes));
+            let n = d.bytes.len() as u64;
+            match d.class {
+                10 | 11 => {
+                    assert_eq!(d.content_type, "text/plain");
+                    assert_eq!((size, hash), (None, None), "{id}");
+                }
+                14 => {
+                    assert!((1_200_000..=1_400_000).contains(&n), "{id}: {n}");
+                    assert_eq!((size, hash), (Some(n), None), "{id}");
+                }
+                19 => {
+                    assert_eq!(size, Some(n), "{id}");
+                    assert!(hash.is_some_and(|h| h != true_hash), "{id}");
+                }
+                _ => assert_eq!((size, hash), (Some(n), Some(true_hash.as_str())), "{id}"),
+            }
+            if d.class != 14 {
+                assert!((200..8000).contains(&n), "{id}: {n}");
+            }
+            if d.class == 12 {
+                assert_eq!(url, format!("{FOREIGN_DOCS}{id}"));
+            } else {
+                assert_eq!(url, format!("Binary/{id}"));
+            }
+            let head = format!("fhirbulk sandbox document {id}");
+            let text = String::from_utf8_lossy(&d.bytes[..200]);
+            assert!(
+                text.contains(&head) || text.contains(&format!("<title>{id}</title>")),
+                "{text}"
+            );
+            if d.content_type != "application/pdf" {
+                assert!(std::str::from_utf8(&d.bytes).is_ok(), "{id}");
+            }
+            // Deterministic.
+            assert_eq!(document(&id).map(|x| x.bytes), Some(d.bytes));
+        }
+        let inline = (0..20)
+            .flat_map(|i| (0..count_for(DIAGNOSTIC_REPORT, i)).map(move |j| (i, j)))
+            .find(|&(i, j)| slots(DIAGNOSTIC_REPORT, i, j) == [Slot::Inline])
+            .map(|(i, j)| doc_id(DIAGNOSTIC_REPORT, i, j, 0))
+            .expect("an inline presentedForm");
+        // Patient 0 has no DocumentReference; the DiagnosticReport's attachment is inline.
+        for bad in [
+            "docref-0-0-0",
+            "docref-2-0-5",
+            "docref-02-0-0",
+            "docref-2-0-0-0",
+            inline.as_str(),
+            "obs-1-0-0",
+            "",
+        ] {
+            assert!(document(bad).is_none(), "{bad}");
+        }
     }
 }

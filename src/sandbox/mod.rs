@@ -24,15 +24,25 @@
 //! `error_retry_after=S|none|date|epoch`, `token_blip=[CODE:]N`, `discovery_blip=N`,
 //! `token_error_200`, `ansi`. Status URLs are `{prefix}/jobs/{id}`, manifest pages
 //! `{prefix}/jobs/{id}/manifest/{n}`, partial manifest pages (`partial` with `page=N`)
-//! `{prefix}/jobs/{id}/partial/{ready}/{n}`, files `{prefix}/files/{id}/{n}.ndjson`.
-//! Admin endpoints (not logged): `GET|DELETE /_sandbox/requests`, `GET /_sandbox/truth`.
+//! `{prefix}/jobs/{id}/partial/{ready}/{n}`, files `{prefix}/files/{id}/{n}.ndjson`, the
+//! documents DocumentReference / DiagnosticReport attachments point at
+//! `{prefix}/fhir/Binary/{docid}` (GET, HEAD; authorized like files; raw bytes, or a FHIR
+//! Binary resource when `Accept` asks for JSON and not the document's own type) and, for the
+//! documents "on another origin", `/binary/{docid}` on the object store (no scenario prefix in the
+//! records, so a record's bytes are the same whatever the scenario). Each document
+//! has a class `hash(docid) % 20` that decides what it declares and how it is served (ok,
+//! text/plain without size/hash, other origin, Binary-only, large, 404, 403, 500, 503 once,
+//! wrong hash; the README's document table). Admin endpoints (not logged):
+//! `GET|DELETE /_sandbox/requests`, `GET /_sandbox/truth` (`ids=1`: the resource ids;
+//! `attachments=1`: every attachment and its truth,
+//! [`Sandbox::truth_attachments`]).
 //!
 //! With [`SandboxOptions::auth`] set, the server is also a SMART Backend Services
 //! authorization server: `{base}/.well-known/smart-configuration`, the token
 //! endpoint `{prefix}/auth/token`, and access tokens required on the Bulk Data
 //! endpoints. A second listener, the "object store" ([`Sandbox::store_url`]),
-//! serves `{prefix}/files/...` without authorization and rejects any request
-//! carrying an `Authorization` header.
+//! serves `{prefix}/files/...` and `{prefix}/binary/{docid}` without authorization and
+//! rejects any request carrying an `Authorization` header.
 
 mod auth;
 mod data;
@@ -152,6 +162,31 @@ pub struct TruthQuery {
     pub type_filters: Vec<String>,
     /// References such as "Patient/p3".
     pub patients: Vec<String>,
+}
+
+/// One attachment of a DocumentReference or DiagnosticReport and what fetching it must give
+/// ([`Sandbox::truth_attachments`], `GET /_sandbox/truth?...&attachments=1`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct AttachmentTruth {
+    /// `DocumentReference/docref-1-2`.
+    pub resource: String,
+    /// Index among all attachments of the resource (inline ones too), in document order.
+    pub position: usize,
+    /// `content[0].attachment`, `presentedForm[0]`.
+    pub path: String,
+    /// The URL as the exported record has it (relative `Binary/{docid}`, or the object store's
+    /// `{store}/binary/{docid}`); None for inline data.
+    pub url: Option<String>,
+    #[serde(rename = "contentType")]
+    pub content_type: String,
+    /// The document class (`hash(docid) % 20`); None for inline data.
+    pub class: Option<u8>,
+    /// The true byte count.
+    pub size: u64,
+    /// Hex SHA-1 of the true bytes.
+    pub sha1: String,
+    /// `ok`, `inline`, `missing`, `forbidden`, `server_error`, `hash_mismatch` or `large`.
+    pub outcome: String,
 }
 
 /// A running sandbox server; stops on [`Sandbox::stop`] or drop.
@@ -379,6 +414,13 @@ impl Sandbox {
     /// ground truth as a multiset: each id once). Empty on invalid queries.
     pub fn truth_ids(&self, q: &TruthQuery) -> Vec<String> {
         server::truth_ids(&self.shared, q).unwrap_or_default()
+    }
+
+    /// Every attachment of the DocumentReference and DiagnosticReport resources an export for
+    /// the query delivers, sorted by (resource, position). Empty on invalid
+    /// queries.
+    pub fn truth_attachments(&self, q: &TruthQuery) -> Vec<AttachmentTruth> {
+        server::truth_attachments(&self.shared, q).unwrap_or_default()
     }
 
     /// Stops accepting requests and joins the worker threads.

@@ -62,9 +62,18 @@ pub struct Selection {
     pub filters: Vec<Vec<Vec<(String, String)>>>,
     /// Per type: `_elements` to keep (None = whole resource).
     pub elements: Vec<Option<Vec<String>>>,
+    /// What replaces [`data::FOREIGN_DOCS`] in DocumentReference / DiagnosticReport lines
+    /// (JSON-escaped; empty: nothing does): `{store origin}{prefix}/binary/`.
+    pub doc_store: String,
 }
 
 impl Selection {
+    /// Points class-12 documents at the object store: `base` is its origin and the scenario
+    /// prefix (`http://127.0.0.1:PORT2/x/polls=1`).
+    pub fn set_doc_store(&mut self, base: &str) {
+        self.doc_store = data::json_inner(&format!("{base}/binary/"));
+    }
+
     pub fn time_ok(&self, t: usize, i: usize, j: usize) -> bool {
         if self.since.is_none() && self.until.is_none() {
             return true;
@@ -403,6 +412,7 @@ pub fn parse_export(
             until,
             filters,
             elements,
+            doc_store: String::new(),
         },
         organize,
         allow_partial,

@@ -220,11 +220,15 @@ impl LineSource for PartSource {
             }
         }
         let rec = rec.unwrap_or_else(|| data::build(k.t, k.i, k.j));
+        let start = out.len();
         data::render(
             &rec,
             self.sel.elements.get(k.t).and_then(|e| e.as_deref()),
             out,
         );
+        if data::has_documents(k.t) {
+            data::relocate_docs(out, start, &self.sel.doc_store);
+        }
         out.push('\n');
         self.remaining -= 1;
         true

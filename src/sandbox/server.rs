@@ -22,7 +22,7 @@ use super::plan::{
     self, DeletedSource, LineSource, LinesReader, Part, PartSource, Skip, Slow, VecSource,
 };
 use super::scenario::Scenario;
-use super::{LoggedRequest, SandboxOptions, TruthQuery};
+use super::{AttachmentTruth, LoggedRequest, SandboxOptions, TruthQuery};
 
 const MAX_BODY: u64 = 4 << 20;
 const FHIR_JSON: &str = "application/fhir+json";
@@ -293,14 +293,18 @@ enum Route {
     /// `jobs/{id}/partial/{ready}/{page}`: a page of a partial manifest.
     Partial(u64, usize, usize),
     File(u64, usize),
+    /// `fhir/Binary/{docid}`: a document on the FHIR server.
+    Binary(String),
+    /// `binary/{docid}`: a document on the object store.
+    StoreBinary(String),
     AdminRequests,
     AdminTruth,
     Unknown,
 }
 
 /// Splits `/x/<scenario>` off a raw path: (raw prefix, raw scenario, raw rest).
-/// The scenario ends at the first `/fhir/`, `/fhir`(end), `/jobs/`, `/files/` or `/auth/`,
-/// so values may contain unescaped '/'.
+/// The scenario ends at the first `/fhir/`, `/fhir`(end), `/jobs/`, `/files/` or `/auth/`
+/// (without any of them: at the last `/binary/`), so values may contain unescaped '/'.
 fn split_prefix(raw_path: &str) -> (String, Option<String>, &str) {
     let Some(after) = raw_path.strip_prefix("/x/") else {
         return (String::new(), None, raw_path);
@@ -314,6 +318,9 @@ fn split_prefix(raw_path: &str) -> (String, Option<String>, &str) {
     if after.ends_with("/fhir") {
         let p = after.len() - "/fhir".len();
         end = Some(end.map_or(p, |e| e.min(p)));
+    }
+    if end.is_none() {
+        end = after.rfind("/binary/");
     }
     match end {
         Some(e) => (
@@ -338,6 +345,8 @@ fn parse_route(rest: &str, prefixed: bool) -> Route {
         ["fhir", "$export"] => Route::Kickoff(Level::System),
         ["fhir", "Patient", "$export"] => Route::Kickoff(Level::Patient),
         ["fhir", "Group", id, "$export"] => Route::Kickoff(Level::Group((*id).to_string())),
+        ["fhir", "Binary", id] => Route::Binary((*id).to_string()),
+        ["binary", id] => Route::StoreBinary((*id).to_string()),
         ["jobs", id] => id.parse().map_or(Route::Unknown, Route::Status),
         ["jobs", id, "manifest", page] => match (id.parse(), page.parse()) {
             (Ok(id), Ok(page)) => Route::Page(id, page),
@@ -533,7 +542,11 @@ pub(crate) fn handle(sh: &Shared, mut req: Request) {
     let redirect = file_scen.as_ref().is_some_and(|s| s.redirect_files);
     let insecure = file_scen.as_ref().is_some_and(|s| s.redirect_insecure);
     let protected = match route {
-        Route::Kickoff(_) | Route::Status(_) | Route::Page(..) | Route::Partial(..) => true,
+        Route::Kickoff(_)
+        | Route::Status(_)
+        | Route::Page(..)
+        | Route::Partial(..)
+        | Route::Binary(_) => true,
         Route::File(..) => !capability,
         _ => false,
     };
@@ -624,6 +637,7 @@ pub(crate) fn handle_store(sh: &Shared, mut req: Request) {
                 &format!("method {} not allowed here", ctx.method),
             )
             .into(),
+            Route::StoreBinary(ref docid) => document(sh, ctx, docid, true).into(),
             _ => oo(
                 404,
                 "not-found",
@@ -678,6 +692,7 @@ fn dispatch(sh: &Shared, ctx: &Ctx, route: Route) -> Out {
         Route::Page(id, page) if m == "GET" => manifest_page(sh, id, page),
         Route::Partial(id, ready, page) if m == "GET" => partial_page(sh, id, ready, page),
         Route::File(id, n) if m == "GET" || m == "HEAD" => return file(sh, ctx, id, n),
+        Route::Binary(docid) => document(sh, ctx, &docid, false),
         Route::AdminRequests if m == "GET" => match serde_json::to_string(&*sh.log.lock()) {
             Ok(s) => Reply::new(200).body("application/json", s),
             Err(e) => oo(500, "exception", &e.to_string()),
@@ -687,7 +702,7 @@ fn dispatch(sh: &Shared, ctx: &Ctx, route: Route) -> Out {
             Reply::new(204)
         }
         Route::AdminTruth if m == "GET" => admin_truth(sh, ctx),
-        Route::Unknown => oo(
+        Route::Unknown | Route::StoreBinary(_) => oo(
             404,
             "not-found",
             &format!("no such endpoint: {}", ctx.raw_url),
@@ -897,7 +912,10 @@ fn kickoff(sh: &Shared, ctx: &Ctx, level: Level) -> Reply {
         Err(e) => return e.into(),
     };
 
-    let sel = Arc::new(req.sel);
+    let mut sel = req.sel;
+    // Not under the scenario prefix: a record's bytes are the same whatever the scenario.
+    sel.set_doc_store(&sh.store_root);
+    let sel = Arc::new(sel);
     let mut files: Vec<FileEntry> = plan::build_parts(&sel, req.organize, sh.rpf)
         .into_iter()
         .map(|p| FileEntry {
@@ -1296,6 +1314,87 @@ fn partial_page(sh: &Shared, id: u64, ready: usize, page: usize) -> Reply {
             "not-found",
             &format!("no partial manifest page {page}"),
         ),
+    }
+}
+
+/// `GET|HEAD {prefix}/fhir/Binary/{docid}` (`store` false; authorized by the caller) and
+/// `{prefix}/binary/{docid}` on the object store (`store`: class-12 documents only, always
+/// the raw bytes). The class of the document decides the answer.
+fn document(sh: &Shared, ctx: &Ctx, docid: &str, store: bool) -> Reply {
+    if !matches!(ctx.method.as_str(), "GET" | "HEAD") {
+        return oo(
+            405,
+            "not-supported",
+            &format!("method {} not allowed here", ctx.method),
+        );
+    }
+    let where_ = if store {
+        "the object store"
+    } else {
+        "this server"
+    };
+    let Some(d) =
+        data::document(docid).filter(|d| d.patient < sh.patients && (d.class == 12) == store)
+    else {
+        return oo(
+            404,
+            "not-found",
+            &format!("{where_} has no document {docid}"),
+        );
+    };
+    let class = d.class;
+    match class {
+        15 => {
+            return oo(
+                404,
+                "not-found",
+                &format!("document {docid} is missing (sandbox document class 15)"),
+            )
+        }
+        16 => {
+            return oo(
+                403,
+                "forbidden",
+                &format!("access to document {docid} is forbidden (sandbox document class 16)"),
+            )
+        }
+        17 => {
+            return oo(
+                500,
+                "exception",
+                &format!("document {docid} fails on every request (sandbox document class 17)"),
+            )
+        }
+        18 if sh.count(format!("document {} {docid}", ctx.prefix)) == 1 => {
+            return oo(
+                503,
+                "transient",
+                &format!(
+                "document {docid} is unavailable on the first request (sandbox document class 18)"
+            ),
+            )
+            .header("Retry-After", "0")
+        }
+        _ => {}
+    }
+    let accept: Vec<String> = ctx
+        .header("accept")
+        .map(|a| a.split(',').map(media_type).collect())
+        .unwrap_or_default();
+    let wants_json = accept
+        .iter()
+        .any(|m| m == FHIR_JSON || m == "application/json");
+    let own = accept.iter().any(|m| m == d.content_type);
+    if !store && (class == 13 || (wants_json && !own)) {
+        let binary = json!({
+            "resourceType": "Binary",
+            "id": docid,
+            "contentType": d.content_type,
+            "data": data::b64(&d.bytes),
+        });
+        Reply::new(200).body(FHIR_JSON, binary.to_string())
+    } else {
+        Reply::new(200).body(d.content_type, d.bytes)
     }
 }
 
@@ -2021,6 +2120,7 @@ fn storm(sh: &Shared, scen: &Scenario, ctx: &Ctx, route: &Route) -> Option<Out> 
 fn admin_truth(sh: &Shared, ctx: &Ctx) -> Reply {
     let mut q = TruthQuery::default();
     let mut ids = false;
+    let mut attachments = false;
     for (k, v) in &ctx.query {
         let list = || {
             v.split(',')
@@ -2038,6 +2138,9 @@ fn admin_truth(sh: &Shared, ctx: &Ctx) -> Reply {
             "patient" => q.patients.extend(list()),
             // `ids=1`: the sorted `Type/id` of every resource instead of the counts.
             "ids" => ids = v == "1" || v == "true",
+            // `attachments=1`: every attachment of the DocumentReference and DiagnosticReport
+            // resources and what fetching it gives.
+            "attachments" => attachments = v == "1" || v == "true",
             other => {
                 return oo(
                     400,
@@ -2047,7 +2150,9 @@ fn admin_truth(sh: &Shared, ctx: &Ctx) -> Reply {
             }
         }
     }
-    let text = if ids {
+    let text = if attachments {
+        truth_attachments(sh, &q).map(|v| serde_json::to_string(&v))
+    } else if ids {
         truth_ids(sh, &q).map(|v| serde_json::to_string(&v))
     } else {
         truth(sh, &q).map(|m| serde_json::to_string(&m))
@@ -2118,6 +2223,25 @@ pub(crate) fn truth_ids(sh: &Shared, q: &TruthQuery) -> Result<Vec<String>, ApiE
     Ok(ids)
 }
 
+/// Every attachment of the DocumentReference and DiagnosticReport resources an export for the
+/// query delivers, sorted by (resource, position).
+pub(crate) fn truth_attachments(
+    sh: &Shared,
+    q: &TruthQuery,
+) -> Result<Vec<AttachmentTruth>, ApiError> {
+    let mut sel = truth_selection(sh, q)?;
+    sel.set_doc_store(&sh.store_root);
+    let mut out = Vec::new();
+    for &t in sel.types.iter().filter(|&&t| data::has_documents(t)) {
+        let mut c = plan::Cursor::default();
+        while let Some((k, _)) = plan::next_match(&sel, plan::Mode::Type(t), &mut c) {
+            out.extend(data::attachments(k.t, k.i, k.j, &sel.doc_store));
+        }
+    }
+    out.sort_by(|a, b| (&a.resource, a.position).cmp(&(&b.resource, b.position)));
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2136,6 +2260,24 @@ mod tests {
             (p.as_str(), s.as_deref(), r),
             ("/x/gzip", Some("gzip"), "/files/3/1.ndjson")
         );
+        let (p, _, r) = split_prefix("/x/polls=1;sig=a/binary/b/binary/docref-2-0-0");
+        assert_eq!(
+            (p.as_str(), r),
+            ("/x/polls=1;sig=a/binary/b", "/binary/docref-2-0-0")
+        );
+        let (p, _, r) = split_prefix("/x/file_ct=application/binary/fhir/Binary/docref-2-0-0");
+        assert_eq!(
+            (p.as_str(), r),
+            ("/x/file_ct=application/binary", "/fhir/Binary/docref-2-0-0")
+        );
+        assert!(matches!(
+            parse_route("/fhir/Binary/docref-2-0-0", true),
+            Route::Binary(id) if id == "docref-2-0-0"
+        ));
+        assert!(matches!(
+            parse_route("/binary/docref-2-0-0", true),
+            Route::StoreBinary(id) if id == "docref-2-0-0"
+        ));
         let (_, s, r) = split_prefix("/fhir/metadata");
         assert_eq!((s, r), (None, "/fhir/metadata"));
         assert!(matches!(
@@ -2150,6 +2292,213 @@ mod tests {
             parse_route("/_sandbox/truth", true),
             Route::Unknown
         ));
+    }
+
+    /// Documents: served per class at the URLs the exported records carry, and the truth of
+    /// `attachments=1` matches what is served.
+    #[test]
+    fn documents_are_served_per_class() {
+        use super::super::{Sandbox, SandboxOptions};
+        let sb = Sandbox::start(SandboxOptions {
+            patients: 20,
+            bearer_token: Some("tok".into()),
+            threads: 2,
+            ..SandboxOptions::default()
+        })
+        .expect("sandbox");
+        let http = reqwest::blocking::Client::new();
+        let prefix = "/x/polls=0";
+        let base = format!("{}{prefix}/fhir", sb.root_url());
+        let get = |url: &str, accept: Option<&str>, token: bool| {
+            let mut r = http.get(url);
+            if let Some(a) = accept {
+                r = r.header("Accept", a);
+            }
+            if token {
+                r = r.bearer_auth("tok");
+            }
+            r.send().expect("request")
+        };
+        // Kick-off, one status poll, the output files.
+        let k = http
+            .get(format!(
+                "{base}/$export?_type=DocumentReference,DiagnosticReport"
+            ))
+            .header("Accept", FHIR_JSON)
+            .header("Prefer", "respond-async")
+            .bearer_auth("tok")
+            .send()
+            .expect("kick-off");
+        assert_eq!(k.status(), 202);
+        let status = k.headers()["content-location"]
+            .to_str()
+            .expect("url")
+            .to_string();
+        let m: Value = serde_json::from_str(&get(&status, None, true).text().expect("manifest"))
+            .expect("manifest json");
+        let mut urls = Vec::new();
+        for o in m["output"].as_array().expect("output") {
+            let body = get(o["url"].as_str().expect("url"), None, true)
+                .text()
+                .expect("file");
+            for line in body.lines() {
+                let v: Value = serde_json::from_str(line).expect("json");
+                let atts: Vec<Value> = match v["content"].as_array() {
+                    Some(c) => c.iter().map(|c| c["attachment"].clone()).collect(),
+                    None => v["presentedForm"].as_array().cloned().unwrap_or_default(),
+                };
+                for a in atts {
+                    urls.extend(a["url"].as_str().map(String::from));
+                }
+            }
+        }
+        let q = TruthQuery {
+            types: vec!["DocumentReference".into(), "DiagnosticReport".into()],
+            ..TruthQuery::default()
+        };
+        let truth = sb.truth_attachments(&q);
+        let mut want: Vec<String> = truth.iter().filter_map(|a| a.url.clone()).collect();
+        let mut got = urls.clone();
+        want.sort();
+        got.sort();
+        assert_eq!(got, want);
+        let mut classes = std::collections::BTreeSet::new();
+        let hex = |b: &[u8]| {
+            data::sha1(b)
+                .iter()
+                .map(|x| format!("{x:02x}"))
+                .collect::<String>()
+        };
+        for a in truth.iter().filter(|a| a.url.is_some()) {
+            let url = a.url.as_deref().unwrap_or_default();
+            let class = a.class.expect("class");
+            classes.insert(class);
+            let abs = if class == 12 {
+                assert!(
+                    url.starts_with(&format!("{}/binary/", sb.store_url())),
+                    "{url}"
+                );
+                // No token to the object store.
+                assert_eq!(get(url, None, true).status(), 400);
+                url.to_string()
+            } else {
+                assert!(url.starts_with("Binary/"), "{url}");
+                assert_eq!(get(&format!("{base}/{url}"), None, false).status(), 401);
+                format!("{base}/{url}")
+            };
+            let token = class != 12;
+            let r = get(
+                &abs,
+                Some("application/pdf, text/html, text/plain, */*"),
+                token,
+            );
+            let code = r.status().as_u16();
+            let expect = match class {
+                15 => 404,
+                16 => 403,
+                17 => 500,
+                18 => 503,
+                _ => 200,
+            };
+            assert_eq!(code, expect, "{url} class {class}");
+            if class == 18 {
+                assert_eq!(r.headers()["retry-after"], "0");
+                let again = get(&abs, None, token);
+                assert_eq!(again.status(), 200);
+            }
+            if code == 200 && class != 13 {
+                assert_eq!(r.headers()["content-type"], a.content_type.as_str());
+                let bytes = r.bytes().expect("bytes");
+                assert_eq!(
+                    (bytes.len() as u64, hex(&bytes)),
+                    (a.size, a.sha1.clone()),
+                    "{url}"
+                );
+            }
+            if class == 13 || (class < 10 && a.content_type != "application/json") {
+                // A FHIR Binary resource when asked for JSON (always for class 13).
+                let v: Value = serde_json::from_str(
+                    &get(&abs, Some(FHIR_JSON), token).text().expect("Binary"),
+                )
+                .expect("Binary json");
+                assert_eq!(v["resourceType"], "Binary");
+                assert_eq!(v["contentType"], a.content_type.as_str());
+                let bytes = base64::Engine::decode(
+                    &base64::engine::general_purpose::STANDARD,
+                    v["data"].as_str().unwrap_or_default(),
+                )
+                .expect("base64");
+                assert_eq!(hex(&bytes), a.sha1);
+            }
+        }
+        assert_eq!(classes.len(), 20, "{classes:?}");
+        // HEAD: the length, no body.
+        let ok = truth
+            .iter()
+            .find(|a| a.class == Some(0))
+            .expect("a class-0 document");
+        let h = http
+            .head(format!("{base}/{}", ok.url.as_deref().unwrap_or_default()))
+            .bearer_auth("tok")
+            .send()
+            .expect("HEAD");
+        assert_eq!(h.headers()["content-length"], ok.size.to_string().as_str());
+        // Unknown documents, and class-12 documents on the wrong listener.
+        assert_eq!(
+            get(&format!("{base}/Binary/docref-0-0-0"), None, true).status(),
+            404
+        );
+        let c12 = truth
+            .iter()
+            .find(|a| a.class == Some(12))
+            .expect("class 12");
+        let id = c12
+            .url
+            .as_deref()
+            .and_then(|u| u.rsplit('/').next())
+            .unwrap_or_default();
+        assert_eq!(
+            get(&format!("{base}/Binary/{id}"), None, true).status(),
+            404
+        );
+        assert_eq!(
+            get(
+                &format!(
+                    "{}{prefix}/binary/{}",
+                    sb.store_url(),
+                    ok.url
+                        .as_deref()
+                        .unwrap_or_default()
+                        .trim_start_matches("Binary/")
+                ),
+                None,
+                false
+            )
+            .status(),
+            404
+        );
+        // Logged with their paths, the store's under "store".
+        let log = sb.requests();
+        assert!(log
+            .iter()
+            .any(|r| r.server == "store" && r.path == format!("/binary/{id}")));
+        assert!(log
+            .iter()
+            .any(|r| r.server == "fhir" && r.path.starts_with(&format!("{prefix}/fhir/Binary/"))));
+        // The admin endpoint gives the same truth.
+        let t: Value = http
+            .get(format!(
+                "{}/_sandbox/truth?_type=DocumentReference,DiagnosticReport&attachments=1",
+                sb.root_url()
+            ))
+            .send()
+            .and_then(|r| r.text())
+            .map(|t| serde_json::from_str(&t).expect("json"))
+            .expect("truth");
+        assert_eq!(t, serde_json::to_value(&truth).expect("value"));
+        assert!(truth
+            .iter()
+            .any(|a| a.outcome == "inline" && a.url.is_none()));
     }
 
     #[test]

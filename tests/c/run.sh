@@ -59,6 +59,12 @@ TRUTH_TLS=$(curl -fsS --cacert "$WORK/tls/ca.pem" "$TLS/_sandbox/truth?level=gro
 TYPES_JSON='["Patient","Observation","Condition","Encounter"]'
 TRUTH_PO=$(curl -fsS "$SMALL/_sandbox/truth?level=group&group=g1&_type=Patient,Observation")
 echo "truth g1 (all):    $TRUTH_ALL"
+# The attachments of g1's DocumentReference and DiagnosticReport resources, one line each for
+# test_attachments.
+curl -fsS "$SMALL/_sandbox/truth?level=group&group=g1&_type=DocumentReference,DiagnosticReport&attachments=1" |
+    python3 -c 'import json, sys
+for a in json.load(sys.stdin):
+    print(a["outcome"], a["resource"], a["position"], a["sha1"])' >"$WORK/attachments.txt"
 
 # ---- header ---------------------------------------------------------------------------------
 echo "== header"
@@ -71,7 +77,7 @@ run_log "header compiles as C++17" "$OUT/header-cxx.log" \
 CFLAGS=(-std=c11 -Wall -Wextra -Werror -Iinclude -g)
 SAN=(-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all)
 LDFLAGS=(-L"$LIBDIR" -lfhirbulk -lpthread -Wl,-rpath,"$LIBDIR")
-TESTS=(test_misuse test_errors test_full_export test_cancel test_threads test_tls test_arrow test_partitions test_native)
+TESTS=(test_misuse test_errors test_full_export test_cancel test_threads test_tls test_arrow test_partitions test_native test_attachments)
 
 echo "== compile"
 for t in "${TESTS[@]}"; do
@@ -100,6 +106,7 @@ args_for() {
         test_arrow) printf '%s\n' "$SMALL" "$TRUTH_PO" '["Patient","Observation"]' ;;
         test_partitions) printf '%s\n' "$SMALL" "$TRUTH_TYPES" "$TYPES_JSON" ;;
         test_native) printf '%s\n' "$SMALL" "$TRUTH_PO" ;;
+        test_attachments) printf '%s\n' "$SMALL" "$WORK/attachments.txt" ;;
         test_tls) printf '%s\n' "$TLS" "$MTLS" "$WORK/tls" "$WORK/mtls" "$TRUTH_TLS" "$TYPES_JSON" ;;
     esac
 }

@@ -125,6 +125,7 @@ pub fn run(cfg: Config) -> (Delivered, Option<Error>) {
                     }
                     Kind::Error => d.errors.push(v["issue"][0]["diagnostics"].to_string()),
                     Kind::Deleted => panic!("no deleted records were asked for"),
+                    Kind::Attachment => panic!("no attachments were asked for"),
                 }
             }
             Ok(Next::End) => break None,

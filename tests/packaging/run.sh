@@ -9,7 +9,8 @@
 #     fhirbulk::fhirbulk_static), from a copy of the prefix moved elsewhere (relocatable)
 #   - per-type record counts of every example equal the sandbox's ground truth; a bad URL makes
 #     the C++ example fail cleanly
-#   - tests/packaging/test_wrapper.cpp (fhirbulk.hpp) under AddressSanitizer + UBSan
+#   - tests/packaging/test_wrapper.cpp (fhirbulk.hpp) under AddressSanitizer + UBSan, its
+#     attachment test counting against /_sandbox/truth?attachments=1
 #
 #   bash tests/packaging/run.sh
 #
@@ -175,6 +176,12 @@ echo "sandbox $SB; truth g1 ($TYPES): $TRUTH"
 # {"Observation":80,"Patient":20} -> Observation=80,Patient=20 (sorted)
 WANT=$(echo "$TRUTH" | tr -d '{}" ' | tr ',' '\n' | tr ':' '=' | sort | paste -sd,)
 TOTAL=$(( $(echo "$TRUTH" | grep -o '[0-9]\+' | paste -sd+) ))
+# The attachments of g1's documents (fhirbulk.hpp's save-mode test): those that fetch fine, and
+# those that fail with attachment_max_bytes 1000000 (every other outcome but "inline").
+DOC_TRUTH=$(curl -fsS "$SB/_sandbox/truth?level=group&group=g1&_type=DocumentReference,DiagnosticReport&attachments=1")
+DOCS=$(grep -o '"outcome":"[a-z_]*"' <<<"$DOC_TRUTH" | grep -c '"ok"' || true)
+DOC_ERRORS=$(grep -o '"outcome":"[a-z_]*"' <<<"$DOC_TRUTH" | grep -vc -e '"ok"' -e '"inline"' || true)
+echo "attachments of g1: $DOCS fetch fine, $DOC_ERRORS fail"
 
 # check_counts NAME OUTPUT: the example's "Type output N" rows must equal the truth.
 check_counts() {
@@ -252,7 +259,7 @@ job_deletes() {
 }
 if [ -x "$WORK/test_wrapper" ]; then
     curl -fsS -X DELETE "$SB/_sandbox/requests" >/dev/null
-    run "fhirbulk.hpp tests (asan+ubsan)" timeout 120 "$WORK/test_wrapper" "$SB" "$TOTAL" || true
+    run "fhirbulk.hpp tests (asan+ubsan)" timeout 120 "$WORK/test_wrapper" "$SB" "$TOTAL" "$DOCS" "$DOC_ERRORS" || true
     # The early break, the export replaced by a move assignment (both freed unfinished) and
     # cancel() DELETE their server jobs; the checkpointed one (delete_on_cancel false) does not.
     sleep 0.2

@@ -1,14 +1,19 @@
 // Tests of include/fhirbulk.hpp against a sandbox server (run by tests/packaging/run.sh, built
 // with -fsanitize=address,undefined against the installed library).
 //
-//   test_wrapper ROOT TOTAL
-//     ROOT   the sandbox, http://127.0.0.1:PORT (started with --records-per-file 7)
-//     TOTAL  records Group g1 has of Patient + Observation (from /_sandbox/truth)
+//   test_wrapper ROOT TOTAL [DOCS DOC_ERRORS]
+//     ROOT        the sandbox, http://127.0.0.1:PORT (started with --records-per-file 7)
+//     TOTAL       records Group g1 has of Patient + Observation (from /_sandbox/truth)
+//     DOCS        attachments of Group g1's DocumentReference + DiagnosticReport that fetch fine
+//                 (/_sandbox/truth?attachments=1, outcome "ok")
+//     DOC_ERRORS  those that fail with attachment_max_bytes 1000000 (missing, forbidden,
+//                 server_error, hash_mismatch, large); without DOCS the attachment test is skipped
 #include <fhirbulk.hpp>
 
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <set>
 #include <string>
 #include <thread>
@@ -42,6 +47,8 @@ static_assert(std::is_base_of_v<std::runtime_error, fhirbulk::Error>);
 
 static std::string ROOT;
 static long TOTAL = 0;
+static long DOCS = -1;
+static long DOC_ERRORS = -1;
 
 static std::string config(const std::string &base, const std::string &group,
                           const std::string &extra = "") {
@@ -53,6 +60,11 @@ static std::string g1(const std::string &extra = "") { return config(ROOT + "/fh
 
 static bool contains(const std::string &s, const std::string &part) {
     return s.find(part) != std::string::npos;
+}
+
+// The raw value of a top-level key of a compact JSON object (a number as its digits).
+static std::string detail_field(std::string_view json, std::string_view key) {
+    return std::string(fhirbulk::detail::json_field(json, key));
 }
 
 // Pulls every remaining record, checking each one; returns how many.
@@ -245,13 +257,88 @@ static void test_config_object() {
     CHECK(drain(e) == TOTAL);
 }
 
+// Save mode: a document per attachment that fetches fine, its bytes in r.content, right before
+// the record that links it; an error record for each one that does not.
+static void test_attachments() {
+    if (DOCS < 0) {
+        std::printf("    (skipped: no attachment truth given)\n");
+        return;
+    }
+    fhirbulk::Config c;
+    c.set("base_url", ROOT + "/x/polls=0/fhir").set("level", "group").set("group_id", "g1");
+    c.add("types", "DocumentReference").add("types", "DiagnosticReport");
+    c.set("attachments", "save").set("attachment_max_bytes", 1000000);
+    c.set("retry_max_attempts", 2).set("retry_backoff_min_ms", 10).set("retry_backoff_max_ms", 20);
+    fhirbulk::Export e(c);
+    long docs = 0, errors = 0, outputs = 0, before = 0;
+    std::uint64_t doc_bytes = 0;
+    // Per file: the line the documents since its last record name (0: none). Batches of files
+    // downloading at once interleave; within a file, documents come right before their record.
+    std::map<std::uint32_t, std::uint64_t> linked;
+    for (fhirbulk::Record r : e) {
+        std::uint64_t &pending = linked[r.file_index];
+        switch (r.kind) {
+        case fhirbulk::Kind::attachment: {
+            docs++;
+            CHECK(!r.content.empty());
+            CHECK(r.content_data() == reinterpret_cast<const std::uint8_t *>(r.content.data()));
+            CHECK(r.content_size() == r.content.size());
+            // The description names the document's size and the file it goes to.
+            CHECK(detail_field(r.json, "size") == std::to_string(r.content.size()));
+            CHECK(contains(std::string(r.json), "\"file\":\"attachments/"));
+            // Touch every byte through the unsigned view (ASan checks it is readable).
+            const std::uint8_t *bytes = r.content_data();
+            std::uint64_t nonzero = 0;
+            for (std::size_t i = 0; i < r.content_size(); ++i) nonzero += bytes[i] != 0;
+            CHECK(nonzero > 0);
+            doc_bytes += r.content_size();
+            CHECK(pending == 0 || pending == r.line);
+            pending = r.line;
+            before++;
+            break;
+        }
+        case fhirbulk::Kind::error:
+            errors++;
+            CHECK(r.content.empty() && r.content_data() == nullptr);
+            CHECK(contains(std::string(r.json), "attachment-error"));
+            CHECK(pending == 0 || pending == r.line);
+            pending = r.line;
+            before++;
+            break;
+        case fhirbulk::Kind::output:
+            outputs++;
+            CHECK(r.content.empty() && r.content_size() == 0);
+            CHECK(pending == 0 || pending == r.line);  // the record the documents came before
+            pending = 0;
+            break;
+        case fhirbulk::Kind::deleted:
+            CHECK(!"no deleted records here");
+            break;
+        }
+    }
+    std::printf("    %ld documents (%llu bytes), %ld attachment errors, %ld records\n", docs,
+                (unsigned long long)doc_bytes, errors, outputs);
+    CHECK(docs == DOCS);
+    CHECK(errors == DOC_ERRORS);
+    for (const auto &[file, line] : linked) CHECK(line == 0);  // none without its record
+    CHECK(before == docs + errors);
+    fhirbulk::Progress p = e.poll();
+    CHECK(p.state == FHIRBULK_STATE_DONE);
+    CHECK(p.attachments_fetched == static_cast<std::uint64_t>(DOCS));
+    CHECK(p.attachment_errors == static_cast<std::uint64_t>(DOC_ERRORS));
+}
+
 int main(int argc, char **argv) {
-    if (argc != 3) {
-        std::fprintf(stderr, "usage: %s ROOT TOTAL\n", argv[0]);
+    if (argc != 3 && argc != 5) {
+        std::fprintf(stderr, "usage: %s ROOT TOTAL [DOCS DOC_ERRORS]\n", argv[0]);
         return 2;
     }
     ROOT = argv[1];
     TOTAL = std::atol(argv[2]);
+    if (argc == 5) {
+        DOCS = std::atol(argv[3]);
+        DOC_ERRORS = std::atol(argv[4]);
+    }
     struct {
         const char *name;
         void (*fn)();
@@ -266,6 +353,7 @@ int main(int argc, char **argv) {
         {"checkpoint mid-batch, then resume", test_checkpoint_resume},
         {"events: kickoff first, a file_completed per file, completed last", test_events},
         {"Config: set/add, errors naming the key, an export from it", test_config_object},
+        {"attachments (save): documents with their bytes, errors, counters", test_attachments},
     };
     for (auto &t : tests) {
         int before = failures;

@@ -51,6 +51,17 @@ class Sandbox:
         counts = self._get("/_sandbox/truth?" + urllib.parse.urlencode(query))
         return {t: n for t, n in counts.items() if n}
 
+    def truth_ids(self, **query: str) -> List[str]:
+        """The sorted ``Type/id`` of every resource an export for the query delivers."""
+        return self._get("/_sandbox/truth?" + urllib.parse.urlencode({**query, "ids": "1"}))
+
+    def truth_attachments(self, **query: str) -> List[Dict[str, Any]]:
+        """Every attachment of the DocumentReference and DiagnosticReport resources an export
+        for the query delivers (``resource``, ``position``, ``path``, ``url``, ``contentType``,
+        ``class``, ``size``, ``sha1`` of the true bytes, ``outcome``), whatever its scenario."""
+        q = {**query, "attachments": "1"}
+        return self._get("/_sandbox/truth?" + urllib.parse.urlencode(q))
+
     def requests(self) -> List[Dict[str, Any]]:
         return self._get("/_sandbox/requests")
 

@@ -275,11 +275,13 @@ def test_version_and_status_names():
 
 
 def test_abi_check_raises_importerror_on_mismatch():
-    fhirbulk.check_abi(2, 2)
+    v = fhirbulk.ABI_VERSION
+    assert v == 3
+    fhirbulk.check_abi(v, v)
     with pytest.raises(ImportError, match="ABI version mismatch"):
-        fhirbulk.check_abi(3, 2)
+        fhirbulk.check_abi(v + 1, v)
     with pytest.raises(ImportError):
-        fhirbulk.check_abi(2, 2, expected=3)
+        fhirbulk.check_abi(v, v, expected=v + 1)
 
 
 @pytest.mark.parametrize(
@@ -427,6 +429,9 @@ def test_config_errors_speak_python(sandbox):
     with pytest.raises(fhirbulk.ConfigError) as e:
         fhirbulk.export(sandbox.url(), lenient="yes")
     assert "option 'lenient' must be a bool (True or False)" in str(e.value), e.value
+    with pytest.raises(fhirbulk.ConfigError) as e:
+        fhirbulk.export(sandbox.url(), on_invalid_line="ignore")
+    assert str(e.value) == "invalid config: option 'on_invalid_line' must be 'fail' or 'skip', not 'ignore'"
     # The library's own checks keep their words (they name the key already).
     with pytest.raises(fhirbulk.ConfigError, match="poll_min_ms"):
         fhirbulk.export(sandbox.url(), poll_min_ms=500, poll_max_ms=100)

@@ -88,6 +88,7 @@ fhirbulk.export(url, level="planet")  # line 9: not a level
 fhirbulk.export(url, on_invalid_line="ignore")  # line 10: not a policy
 fhirbulk.build_config(url, delete_on_cancle=False)  # line 11: misspelt
 bad: fhirbulk.ExportOptions = {"typse": ["Patient"]}  # line 12: misspelt
+fhirbulk.export(url, attachments="all")  # line 13: not an attachments mode
 
 # All well-typed:
 options: fhirbulk.ExportOptions = {"types": ["Patient"], "concurrency": 8, "level": "group",
@@ -99,7 +100,15 @@ fhirbulk.export(
     concurrency=8, retry_max_attempts=3, params={"vendor": ["a", "b"]}, headers={"X-A": "1"},
     ca_bundle=pathlib.Path("/etc/ca.pem"), resume=None, only_files=[0, 2], method="post",
     delete_on_cancel=False, progress_bar=True, batch_size=100,
+    attachments="save", attachment_types=["DocumentReference"], attachment_content_types="text/*",
+    attachment_max_bytes=1_000_000, attachment_dir="docs/",
 )
+for rec in job.records():
+    info = rec.attachment
+    size: int = len(rec.content or b"") + (info.size or 0 if info else 0)
+    failed = rec.attachment_error
+    reason: str = failed.message if failed else ""
+fetched: int = job.progress.attachments_fetched + job.progress.attachment_errors
 fhirbulk.build_config(url, patient_level=True, token_origins=["https://files.example.org"])
 '''
 
@@ -114,6 +123,6 @@ def test_a_type_checker_catches_misspelt_options(tmp_path):
     ])
     errors = [line for line in stdout.splitlines() if ": error:" in line]
     lines = sorted({int(line.split(":")[1]) for line in errors})
-    assert status == 1 and lines == [7, 8, 9, 10, 11, 12], textwrap.indent(stdout + stderr, "  ")
+    assert status == 1 and lines == [7, 8, 9, 10, 11, 12, 13], textwrap.indent(stdout + stderr, "  ")
     text = "\n".join(errors)
     assert '"concurency"' in text and '"delete_on_cancle"' in text and '"typse"' in text, text

@@ -67,6 +67,13 @@ pub enum MethodArg {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum AttachmentsArg {
+    None,
+    Inline,
+    Save,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum InvalidLineArg {
     Fail,
     Skip,
@@ -282,6 +289,32 @@ pub struct ExportArgs {
     /// DELETE the server job after a completed export
     #[arg(long, help_heading = "Tuning")]
     pub delete_on_complete: bool,
+
+    /// Fetch the documents DocumentReference/DiagnosticReport attachments link: into the
+    /// records as base64 data (inline), or as files under DIR/attachments/ with the records'
+    /// url rewritten to them (save) [default: none]
+    #[arg(long, value_enum, help_heading = "Attachments")]
+    pub attachments: Option<AttachmentsArg>,
+    /// Resource types whose attachments are fetched [default: DocumentReference,DiagnosticReport]
+    #[arg(
+        long,
+        value_name = "TYPE[,TYPE...]",
+        value_delimiter = ',',
+        help_heading = "Attachments"
+    )]
+    pub attachment_types: Vec<String>,
+    /// Only attachments of these content types (text/* allowed) [default: all]
+    #[arg(
+        long,
+        value_name = "MIME[,MIME...]",
+        value_delimiter = ',',
+        help_heading = "Attachments"
+    )]
+    pub attachment_content_types: Vec<String>,
+    /// A larger document is not fetched (its attachment is reported in
+    /// error/fhirbulk-attachments.ndjson) [default: 16777216]
+    #[arg(long, value_name = "BYTES", help_heading = "Attachments")]
+    pub attachment_max_bytes: Option<u64>,
 
     /// Write gzip-compressed files (.ndjson.gz)
     #[arg(long, help_heading = "Output")]

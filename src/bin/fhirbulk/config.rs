@@ -1,6 +1,6 @@
 //! The engine config from `--config file.json` and the flags (flags win).
 
-use crate::cli::{AlgArg, AuthArgs, ExportArgs, InvalidLineArg, MethodArg};
+use crate::cli::{AlgArg, AttachmentsArg, AuthArgs, ExportArgs, InvalidLineArg, MethodArg};
 use crate::util::CliError;
 use serde_json::{json, Map, Value};
 use std::path::Path;
@@ -258,6 +258,27 @@ pub fn build(a: &ExportArgs) -> Result<(Map<String, Value>, Since), CliError> {
     }
     set_flag(&mut m, "validate_json", a.validate_json);
     set_flag(&mut m, "delete_on_complete", a.delete_on_complete);
+    if let Some(mode) = a.attachments {
+        let name = match mode {
+            AttachmentsArg::None => "none",
+            AttachmentsArg::Inline => "inline",
+            AttachmentsArg::Save => "save",
+        };
+        m.insert("attachments".into(), json!(name));
+    }
+    set_list(&mut m, "attachment_types", &a.attachment_types);
+    set_list(
+        &mut m,
+        "attachment_content_types",
+        &a.attachment_content_types,
+    );
+    set_num(&mut m, "attachment_max_bytes", a.attachment_max_bytes);
+    if m.contains_key("attachment_dir") {
+        // The output directory's layout is the CLI's: documents go to DIR/attachments/.
+        return Err(CliError::usage(
+            "attachment_dir cannot be set for the fhirbulk command: saved documents go to DIR/attachments/",
+        ));
+    }
     // Ctrl-C and crashes must leave the server job in place so the run can resume;
     // `fhirbulk cancel` deletes it.
     m.insert("delete_on_cancel".into(), json!(false));

@@ -21,6 +21,12 @@ const MAX_OPEN: usize = 64;
 const SKIPPED: usize = usize::MAX;
 /// Where error records for skipped invalid lines (`--on-invalid-line skip`) go.
 const SKIPPED_LINES: &str = "error/fhirbulk-skipped-lines.ndjson";
+/// The slot index of the attachment errors' file in `Outputs::open_list`.
+const ATTACHMENT_ERRORS: usize = usize::MAX - 1;
+/// Where error records for attachments that could not be fetched (`--attachments`) go.
+const ATTACHMENT_ERRORS_FILE: &str = "error/fhirbulk-attachments.ndjson";
+/// What marks an error record fhirbulk made for an attachment.
+const ATTACHMENT_ERROR_MARK: &[u8] = b"fhirbulk.dev/fhir/StructureDefinition/attachment-error";
 
 /// What the checkpoint remembers of one output file.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -41,6 +47,11 @@ pub struct Totals {
     pub error_records: u64,
     pub deleted_records: u64,
     pub ndjson_bytes: u64,
+    /// Documents saved under `attachments/` (`--attachments save`), and their bytes.
+    #[serde(default)]
+    pub attachments: u64,
+    #[serde(default)]
+    pub attachment_bytes: u64,
 }
 
 /// One output file at the end of an export.
@@ -134,6 +145,11 @@ pub struct Outputs {
     perms: Perms,
     slots: Vec<Slot>,
     skipped: Option<Slot>,
+    /// The file of attachment error records.
+    attachment_errors: Option<Slot>,
+    /// Documents written since the last sync (`flush_all(true)`, before every checkpoint):
+    /// synced then, not one by one (a sync per document made saving them 4 times slower).
+    unsynced_documents: Vec<PathBuf>,
     per_name: HashMap<(Kind, String), u32>,
     /// The width the numbers of each kind and type's files are zero-padded to
     /// (`Patient.001.ndjson`, so that names sort in file order): fixed when its first file is
@@ -171,6 +187,8 @@ impl Outputs {
             perms,
             slots: Vec::new(),
             skipped: None,
+            attachment_errors: None,
+            unsynced_documents: Vec::new(),
             per_name: HashMap::new(),
             widths: Some(BTreeMap::new()),
             resumed,
@@ -251,7 +269,7 @@ impl Outputs {
             .collect();
         let group = |f: &FileInfo| {
             let (dir, default_type) = match f.kind {
-                Kind::Output => ("", "output"),
+                Kind::Output | Kind::Attachment => ("", "output"),
                 Kind::Error => ("error/", "OperationOutcome"),
                 Kind::Deleted => ("deleted/", "Bundle"),
             };
@@ -294,15 +312,72 @@ impl Outputs {
         }
     }
 
-    fn skipped_slot(&mut self) -> &mut Slot {
-        let rel = if self.gzip {
-            format!("{SKIPPED_LINES}.gz")
+    /// The slot of fhirbulk's own error records: `SKIPPED` (skipped lines) or
+    /// `ATTACHMENT_ERRORS`.
+    fn own_slot(&mut self, which: usize) -> &mut Slot {
+        let (name, slot) = if which == ATTACHMENT_ERRORS {
+            (ATTACHMENT_ERRORS_FILE, &mut self.attachment_errors)
         } else {
-            SKIPPED_LINES.to_owned()
+            (SKIPPED_LINES, &mut self.skipped)
+        };
+        let rel = if self.gzip {
+            format!("{name}.gz")
+        } else {
+            name.to_owned()
         };
         let state = self.resumed.get(&rel).cloned().unwrap_or_default();
-        self.skipped
-            .get_or_insert_with(|| Slot::new(rel, Kind::Error, state))
+        slot.get_or_insert_with(|| Slot::new(rel, Kind::Error, state))
+    }
+
+    /// The slots of fhirbulk's own error records that exist.
+    fn own_slots(&self) -> impl Iterator<Item = &Slot> {
+        self.skipped.iter().chain(self.attachment_errors.iter())
+    }
+
+    /// Save a document (`--attachments save`) where its record's url now points:
+    /// `DIR/attachments/<name>`, written whole under a temporary name and renamed, so a file
+    /// there is always a whole document (a run killed half-way writes it again at resume); it
+    /// is synced, with its directory, before the next checkpoint counts it.
+    fn write_attachment(&mut self, r: &fhirbulk::Record<'_>) -> Result<(), CliError> {
+        #[derive(Deserialize)]
+        struct Meta {
+            file: String,
+        }
+        let bad = |why: String| CliError::Local {
+            exit: crate::util::EXIT_OTHER,
+            message: format!("internal error: an attachment record {why}"),
+        };
+        let meta: Meta =
+            serde_json::from_slice(r.data).map_err(|e| bad(format!("without a file name: {e}")))?;
+        let rel = Path::new(&meta.file);
+        let safe = rel
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+            && meta.file.starts_with("attachments/");
+        if !safe {
+            return Err(bad(format!(
+                "names {:?}, outside DIR/attachments/",
+                meta.file
+            )));
+        }
+        let path = self.dir.join(rel);
+        if let Some(parent) = path.parent() {
+            self.perms.create_dir_all(parent).map_err(|e| {
+                CliError::io(format_args!("cannot create {}", parent.display()), &e)
+            })?;
+        }
+        let content = r.content.unwrap_or_default();
+        let tmp = path.with_extension("part");
+        let write = || -> std::io::Result<()> {
+            let mut f = self.perms.open(&tmp, false)?;
+            f.write_all(content)?;
+            std::fs::rename(&tmp, &path)
+        };
+        write().map_err(|e| CliError::io(format_args!("cannot write {}", path.display()), &e))?;
+        self.unsynced_documents.push(path);
+        self.totals.attachments += 1;
+        self.totals.attachment_bytes += content.len() as u64;
+        Ok(())
     }
 
     /// Write a batch (all records of one file) and count it.
@@ -320,11 +395,16 @@ impl Outputs {
                 message: format!("internal error: a record of unknown file {index}"),
             });
         };
+        if first.kind == Kind::Attachment {
+            // Alone in its batch: the document goes to its file, not into an NDJSON file.
+            return self.write_attachment(&first);
+        }
         let data = batch.data();
         let mut count = 0u64;
         for r in batch.iter() {
             count += 1;
             match r.kind {
+                Kind::Attachment => {}
                 Kind::Output => {
                     if let Some(n) = self.totals.records.get_mut(r.resource_type) {
                         *n += 1;
@@ -337,8 +417,14 @@ impl Outputs {
             }
         }
         self.totals.ndjson_bytes += data.len() as u64;
-        // Error records for skipped invalid lines carry the index of the file they came from.
+        // Error records for skipped invalid lines and for attachments carry the index of the
+        // file they came from.
         let synthetic = first.kind != slot_kind;
+        let own = if memchr_has(data, ATTACHMENT_ERROR_MARK) {
+            ATTACHMENT_ERRORS
+        } else {
+            SKIPPED
+        };
         if !self.write_output && first.kind == Kind::Output {
             self.active.insert(index);
             let slot = &mut self.slots[index];
@@ -349,7 +435,7 @@ impl Outputs {
         self.clock += 1;
         let clock = self.clock;
         let need_open = if synthetic {
-            self.skipped_slot().writer.is_none()
+            self.own_slot(own).writer.is_none()
         } else {
             self.slots[index].writer.is_none()
         };
@@ -361,20 +447,20 @@ impl Outputs {
             let gzip = self.gzip;
             let perms = self.perms;
             let slot = if synthetic {
-                self.skipped_slot()
+                self.own_slot(own)
             } else {
                 &mut self.slots[index]
             };
             open(&dir, perms, gzip, slot)?;
             self.open += 1;
-            self.open_list.push(if synthetic { SKIPPED } else { index });
+            self.open_list.push(if synthetic { own } else { index });
         }
         if !synthetic {
             self.active.insert(index);
         }
         let dir = self.dir.clone();
         let slot = if synthetic {
-            self.skipped_slot()
+            self.own_slot(own)
         } else {
             &mut self.slots[index]
         };
@@ -399,6 +485,8 @@ impl Outputs {
     fn slot_mut(&mut self, i: usize) -> Option<&mut Slot> {
         if i == SKIPPED {
             self.skipped.as_mut()
+        } else if i == ATTACHMENT_ERRORS {
+            self.attachment_errors.as_mut()
         } else {
             self.slots.get_mut(i)
         }
@@ -410,6 +498,8 @@ impl Outputs {
             let i = self.open_list[k];
             if i == SKIPPED {
                 self.skipped.as_ref().map_or(0, |s| s.last_use)
+            } else if i == ATTACHMENT_ERRORS {
+                self.attachment_errors.as_ref().map_or(0, |s| s.last_use)
             } else {
                 self.slots[i].last_use
             }
@@ -426,8 +516,28 @@ impl Outputs {
 
     /// Flush every file written since the last call (ending gzip members) and fsync them, so
     /// their lengths can go into a checkpoint.
+    /// Sync the documents saved since the last time, and their directory (the renames).
+    fn sync_documents(&mut self) -> Result<(), CliError> {
+        let mut dirs = BTreeSet::new();
+        for p in self.unsynced_documents.drain(..) {
+            let synced = File::open(&p).and_then(|f| f.sync_data());
+            synced.map_err(|e| CliError::io(format_args!("cannot sync {}", p.display()), &e))?;
+            if let Some(d) = p.parent() {
+                dirs.insert(d.to_owned());
+            }
+        }
+        for d in dirs {
+            let synced = File::open(&d).and_then(|f| f.sync_all());
+            synced.map_err(|e| CliError::io(format_args!("cannot sync {}", d.display()), &e))?;
+        }
+        Ok(())
+    }
+
     pub fn flush_all(&mut self, sync: bool) -> Result<(), CliError> {
         let dir = self.dir.clone();
+        if sync {
+            self.sync_documents()?;
+        }
         for k in 0..self.open_list.len() {
             let i = self.open_list[k];
             let Some(s) = self.slot_mut(i) else {
@@ -499,7 +609,7 @@ impl Outputs {
             let s = &self.slots[i];
             m.insert(s.rel.to_string(), s.state.clone());
         }
-        if let Some(s) = &self.skipped {
+        for s in self.own_slots() {
             if s.opened || s.state != FileState::default() {
                 m.insert(s.rel.to_string(), s.state.clone());
             }
@@ -510,11 +620,17 @@ impl Outputs {
     /// Close everything and create the files that got no record, so every manifest file has
     /// its file.
     pub fn finish(&mut self) -> Result<Finished, CliError> {
+        self.sync_documents()?;
         let dir = self.dir.clone();
         let gzip = self.gzip;
         let perms = self.perms;
         let write_output = self.write_output;
-        for s in self.slots.iter_mut().chain(self.skipped.iter_mut()) {
+        for s in self
+            .slots
+            .iter_mut()
+            .chain(self.skipped.iter_mut())
+            .chain(self.attachment_errors.iter_mut())
+        {
             if !write_output && s.kind == Kind::Output {
                 continue;
             }
@@ -538,9 +654,9 @@ impl Outputs {
         self.open_list.clear();
         self.active.clear();
         let written = |s: &&Slot| write_output || s.kind != Kind::Output;
-        let all = self.slots.iter().chain(self.skipped.iter()).filter(written);
+        let all = self.slots.iter().chain(self.own_slots()).filter(written);
         Ok(Finished {
-            files: self.slots.iter().filter(written).count() + usize::from(self.skipped.is_some()),
+            files: self.slots.iter().filter(written).count() + self.own_slots().count(),
             bytes_on_disk: all.map(|s| s.state.bytes).sum(),
         })
     }
@@ -561,7 +677,7 @@ impl Outputs {
                 state: s.state.clone(),
             })
             .collect();
-        if let Some(s) = &self.skipped {
+        for s in self.own_slots() {
             out.push(WrittenFile {
                 rel: s.rel.to_string(),
                 kind: Kind::Error,
@@ -572,6 +688,10 @@ impl Outputs {
         }
         out
     }
+}
+
+fn memchr_has(hay: &[u8], needle: &[u8]) -> bool {
+    memchr::memmem::find(hay, needle).is_some()
 }
 
 fn open(dir: &Path, perms: Perms, gzip: bool, s: &mut Slot) -> Result<(), CliError> {

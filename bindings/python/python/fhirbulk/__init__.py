@@ -19,6 +19,11 @@ Errors are raised as :class:`ExportError` subclasses (see :mod:`fhirbulk._errors
 hierarchy), each with ``code``, ``name``, ``http_status``, ``url``, ``message`` and the
 server's OperationOutcome ``issues``.
 
+Clinical documents: ``attachments="save"`` (or ``"inline"``) fetches the documents
+DocumentReference and DiagnosticReport link by URL; ``job.records()`` gives each as a record
+of kind ``"attachment"`` with its bytes in ``record.content`` and its :class:`Attachment`
+description in ``record.attachment``, before the record that links it.
+
 Tables: ``job.to_arrow()``, ``job.to_polars()``, ``job.to_pandas()``, ``job.arrow_batches()``
 and ``job.arrow_reader(type)`` read the export as typed Arrow record batches decoded by the
 native library (pyarrow needed); :func:`arrow_schema` gives a type's schema and :func:`rebuild`
@@ -55,7 +60,10 @@ from ._errors import (
     UsageError,
 )
 from ._export import (
+    ATTACHMENT_ERROR_EXTENSION,
     DEFAULT_BATCH_SIZE,
+    Attachment,
+    AttachmentError,
     Event,
     Export,
     ExportKeywords,
@@ -76,6 +84,9 @@ __version__ = library_version()
 
 __all__ = [
     "ABI_VERSION",
+    "ATTACHMENT_ERROR_EXTENSION",
+    "Attachment",
+    "AttachmentError",
     "AuthError",
     "BadRequestError",
     "BusyError",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 #: The C ABI version this Python code was written against (``FHIRBULK_ABI_VERSION``).
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 
 def check_abi(library_abi: int, header_abi: int, expected: int = ABI_VERSION) -> None:

@@ -86,7 +86,11 @@ _KINDS = {
     lib.FHIRBULK_KIND_OUTPUT: "output",
     lib.FHIRBULK_KIND_ERROR: "error",
     lib.FHIRBULK_KIND_DELETED: "deleted",
+    lib.FHIRBULK_KIND_ATTACHMENT: "attachment",
 }
+_KIND_ATTACHMENT = lib.FHIRBULK_KIND_ATTACHMENT
+#: The extension an attachment's error record (an OperationOutcome) carries.
+ATTACHMENT_ERROR_EXTENSION = "https://fhirbulk.dev/fhir/StructureDefinition/attachment-error"
 
 # Handles alive in this process (started and not yet freed); see live_handles().
 _live_lock = threading.Lock()
@@ -335,6 +339,26 @@ class ExportKeywords(TypedDict, total=False):
     read_capability_statement: Optional[bool]
     """Read the server's CapabilityStatement before the kick-off, for the ``capability``
     event (its software and FHIR version).  Never fatal.  Default False."""
+    attachments: Optional[Literal["none", "inline", "save"]]
+    """The documents the attachments of ``attachment_types`` link by ``url``:
+    ``"none"`` (default) leaves the records as the server wrote them; ``"inline"`` fetches
+    each and delivers the record with it in ``attachment.data`` (base64), ``size`` and
+    ``hash`` filled; ``"save"`` delivers each document as a record of kind ``"attachment"``
+    (:attr:`Record.content`, :attr:`Record.attachment`) before the record that links it
+    (right before it in its file's order), whose ``url`` becomes ``attachment_dir`` + the
+    file name.  A document that cannot be fetched gives an error record
+    (:attr:`Record.attachment_error`) in that place, its record unchanged."""
+    attachment_types: Optional[StrList]
+    """The resource types whose attachments are resolved.  Default
+    ``["DocumentReference", "DiagnosticReport"]``."""
+    attachment_content_types: Optional[StrList]
+    """Only documents of these media types are fetched (``"application/pdf"``,
+    ``"text/*"``); empty (default): all."""
+    attachment_max_bytes: Optional[int]
+    """A larger document is not fetched (an error record says so).  Default 16 MiB."""
+    attachment_dir: Optional[str]
+    """``"save"``: the relative directory written into the rewritten URLs, ending in ``/``.
+    Default ``"attachments/"``."""
 
 
 class ExportOptions(ExportKeywords, total=False):
@@ -404,7 +428,10 @@ def build_config(
     for key, value in config.items():
         if value is not None:
             cfg[key] = value
-    for key in ("elements", "type_filters", "include_associated_data", "patients", "token_origins"):
+    for key in (
+        "elements", "type_filters", "include_associated_data", "patients", "token_origins",
+        "attachment_types", "attachment_content_types",
+    ):
         if isinstance(cfg.get(key), str):
             cfg[key] = [cfg[key]] if key in ("type_filters",) else _str_list(key, cfg[key])
     return _plain(cfg)
@@ -412,6 +439,7 @@ def build_config(
 
 _UNKNOWN_KEY = re.compile(r"unknown field `([^`]*)`, expected one of (.*?)(?: at line \d+ column \d+)?$")
 _BAD_TYPE = re.compile(r"^(?:invalid config: )?([\w.\[\]]+): invalid type: (.*?), expected (.*?)(?: at line \d+ column \d+)?$")
+_BAD_VARIANT = re.compile(r"^(?:invalid config: )?([\w.\[\]]+): unknown variant `([^`]*)`, expected (.*?)(?: at line \d+ column \d+)?$")
 _PY_TYPES = {
     "usize": "an int", "u64": "an int", "u32": "an int", "u16": "an int", "i64": "an int",
     "a boolean": "a bool (True or False)", "a string": "a str", "a sequence": "a list of str",
@@ -433,6 +461,13 @@ def _in_python_terms(e: ConfigError) -> ConfigError:
             f"invalid config: unknown option {m.group(1)!r}{hint}; the options are the README's "
             "config keys (fhirbulk.ExportOptions)"
         )
+        return ConfigError(text, code=e.code, name=e.name)
+    m = _BAD_VARIANT.match(msg)
+    if m:
+        key, got, want = m.groups()
+        names = [repr(n) for n in re.findall(r"`([^`]*)`", want)]
+        choices = (", ".join(names[:-1]) + " or " + names[-1]) if len(names) > 1 else (names or [want])[0]
+        text = f"invalid config: option {key!r} must be {choices}, not {got!r}"
         return ConfigError(text, code=e.code, name=e.name)
     m = _BAD_TYPE.match(msg)
     if m:
@@ -487,6 +522,10 @@ class Progress:
     wait_until: Optional[float] = None
     #: What that wait is for (what the server answered), else None.
     wait_reason: Optional[str] = None
+    #: Documents fetched for attachments (``attachments="inline"`` or ``"save"``).
+    attachments_fetched: int = 0
+    #: Attachments that could not be fetched, each delivered as an error record.
+    attachment_errors: int = 0
 
     @property
     def finished(self) -> bool:
@@ -528,31 +567,171 @@ class Event:
         return cls(seq, time, str(d.pop("type", "")), d)
 
 
+@dataclass(frozen=True)
+class Attachment:
+    """A document fetched for an attachment (``attachments="save"``): the description an
+    ``"attachment"`` record carries (:attr:`Record.attachment`); its bytes are
+    :attr:`Record.content`."""
+
+    #: The resource that links it, ``"DocumentReference/123"``.
+    resource: str
+    #: Its position among that record's attachments (from 0).
+    position: int
+    #: Where in the record, ``"content[0].attachment"``.
+    path: str
+    #: The URL it was fetched from (without its query).
+    url: str
+    #: Its media type, e.g. ``"application/pdf"``, if known.
+    content_type: Optional[str]
+    #: Its length in bytes.
+    size: Optional[int]
+    #: Its SHA-1, base64 (as FHIR's ``Attachment.hash``).
+    hash: Optional[str]
+    #: The relative path the record's ``url`` now names (``attachment_dir`` + file name),
+    #: ``"attachments/DocumentReference.123.0.pdf"``: where to store :attr:`Record.content`.
+    file: Optional[str]
+    #: The description's other fields, if any.
+    extra: Dict[str, Any]
+
+    @classmethod
+    def _parse(cls, d: Mapping[str, Any]) -> "Attachment":
+        d = dict(d)
+
+        def opt_int(v: Any) -> Optional[int]:
+            return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+        def opt_str(v: Any) -> Optional[str]:
+            return v if isinstance(v, str) else None
+
+        return cls(
+            resource=str(d.pop("resource", "")),
+            position=opt_int(d.pop("position", 0)) or 0,
+            path=str(d.pop("path", "")),
+            url=str(d.pop("url", "")),
+            content_type=opt_str(d.pop("contentType", None)),
+            size=opt_int(d.pop("size", None)),
+            hash=opt_str(d.pop("hash", None)),
+            file=opt_str(d.pop("file", None)),
+            extra=d,
+        )
+
+
+@dataclass(frozen=True)
+class AttachmentError:
+    """An attachment that could not be fetched (missing, forbidden, a server error, a hash
+    or size that does not match, larger than ``attachment_max_bytes``, ...): what its error
+    record (an OperationOutcome) says (:attr:`Record.attachment_error`)."""
+
+    #: The resource that links it, ``"DocumentReference/123"``.
+    resource: str
+    #: Its position among that record's attachments (from 0).
+    position: int
+    #: Where in the record, ``"content[0].attachment"``.
+    path: str
+    #: The URL it was to be fetched from (without its query).
+    url: str
+    #: Why, the issue's ``diagnostics``.
+    message: str
+    #: The issue's ``code`` (``"not-found"``, ``"forbidden"``, ``"too-costly"``, ...).
+    code: Optional[str]
+    #: The HTTP status of the failed response, if any.
+    http_status: Optional[int]
+
+    @classmethod
+    def _parse(cls, outcome: Any) -> Optional["AttachmentError"]:
+        if not isinstance(outcome, dict) or outcome.get("resourceType") != "OperationOutcome":
+            return None
+        ext = next(
+            (
+                e for e in outcome.get("extension") or ()
+                if isinstance(e, dict) and e.get("url") == ATTACHMENT_ERROR_EXTENSION
+            ),
+            None,
+        )
+        if ext is None:
+            return None
+        parts: Dict[str, Any] = {}
+        for sub in ext.get("extension") or ():
+            if isinstance(sub, dict) and isinstance(sub.get("url"), str):
+                value = next((v for k, v in sub.items() if k.startswith("value")), None)
+                parts[sub["url"]] = value
+        issues = outcome.get("issue") or [{}]
+        issue = issues[0] if isinstance(issues[0], dict) else {}
+        details = issue.get("details")
+        text = details.get("text") if isinstance(details, dict) else None
+        m = re.match(r"HTTP (\d{3})$", text) if isinstance(text, str) else None
+        position = parts.get("position")
+        return cls(
+            resource=str(parts.get("resource") or ""),
+            position=position if isinstance(position, int) and not isinstance(position, bool) else 0,
+            path=str(parts.get("path") or ""),
+            url=str(parts.get("url") or ""),
+            message=str(issue.get("diagnostics") or ""),
+            code=issue.get("code") if isinstance(issue.get("code"), str) else None,
+            http_status=int(m.group(1)) if m else None,
+        )
+
+
 class Record:
-    """One NDJSON line with where it came from (from :meth:`Export.records`)."""
+    """One record with where it came from (from :meth:`Export.records`)."""
 
-    __slots__ = ("kind", "resource_type", "file_index", "line", "raw")
+    __slots__ = ("kind", "resource_type", "file_index", "line", "raw", "content")
 
-    def __init__(self, kind: str, resource_type: str, file_index: int, line: int, raw: bytes) -> None:
-        #: "output", "error" (an OperationOutcome from an error file) or "deleted".
+    def __init__(
+        self,
+        kind: str,
+        resource_type: str,
+        file_index: int,
+        line: int,
+        raw: bytes,
+        content: Optional[bytes] = None,
+    ) -> None:
+        #: "output", "error" (an OperationOutcome from an error file, or for an attachment
+        #: that could not be fetched), "deleted", or "attachment" (a document, with
+        #: ``attachments="save"``).
         self.kind = kind
-        #: The manifest's type for the file (or the line's own resourceType).
+        #: The manifest's type for the file (or the line's own resourceType); an attachment:
+        #: that of the record that links it.
         self.resource_type = resource_type
-        #: Index into :attr:`Export.files`.
+        #: Index into :attr:`Export.files` (an attachment: of the record that links it).
         self.file_index = file_index
-        #: 1-based line number in that file.
+        #: 1-based line number in that file (an attachment: of the record that links it).
         self.line = line
-        #: The JSON text, without the newline.
+        #: The JSON text, without the newline (an attachment: its description).
         self.raw = raw
+        #: An attachment record's document, its bytes (a copy: it outlives the native batch);
+        #: None for every other kind.
+        self.content = content
 
     def json(self) -> Dict[str, Any]:
-        """The parsed resource."""
+        """The parsed resource (an attachment record: its description as the library wrote
+        it, see :attr:`attachment`)."""
         return json.loads(self.raw)
 
+    @property
+    def attachment(self) -> Optional[Attachment]:
+        """An attachment record's description (resource, position, path, url, content type,
+        size, hash, file), else None."""
+        if self.kind != "attachment":
+            return None
+        return Attachment._parse(json.loads(self.raw))
+
+    @property
+    def attachment_error(self) -> Optional[AttachmentError]:
+        """For the error record of an attachment that could not be fetched: which one and
+        why; None for every other record."""
+        if self.kind != "error" or ATTACHMENT_ERROR_EXTENSION.encode() not in self.raw:
+            return None
+        try:
+            return AttachmentError._parse(json.loads(self.raw))
+        except ValueError:
+            return None
+
     def __repr__(self) -> str:
+        content = "" if self.content is None else f", content=<{len(self.content)} bytes>"
         return (
             f"Record(kind={self.kind!r}, resource_type={self.resource_type!r}, "
-            f"file_index={self.file_index}, line={self.line}, raw=<{len(self.raw)} bytes>)"
+            f"file_index={self.file_index}, line={self.line}, raw=<{len(self.raw)} bytes>{content})"
         )
 
     def __eq__(self, other: object) -> bool:
@@ -731,6 +910,7 @@ class Export:
         self._bar_files_seen = 0  # files read with export_files_json_from so far
         self._bar_counts: Dict[str, int] = {}  # kind -> sum of its files' counts
         self._bar_uncounted: Set[str] = set()  # kinds with a file that has no count
+        self._attachment_mode = config.get("attachments") or "none"
         if progress_bar is True:
             self._bar, self._bar_owned = _make_bar(), True
         elif progress_bar is not None and progress_bar is not False:
@@ -837,7 +1017,9 @@ class Export:
         return itertools.chain.from_iterable(self._stream("bytes"))
 
     def records(self) -> Iterator[Record]:
-        """:class:`Record` objects: kind, resource type, file index, line number and raw bytes."""
+        """:class:`Record` objects: kind, resource type, file index, line number and raw bytes
+        (and, for the documents of ``attachments="save"``, :attr:`Record.content`: the only
+        form that gives their bytes; the other two forms give their descriptions only)."""
         self._check_open()
         return itertools.chain.from_iterable(self._stream("records"))
 
@@ -920,7 +1102,18 @@ class Export:
                 types[p] = ffi.string(r.resource_type, r.resource_type_len).decode("utf-8", "replace")
         kind_names = [_KINDS.get(k, str(k)) for k in kinds]
         type_names = [types[p] for p in ptrs]
-        return map(Record, kind_names, type_names, files, lines, it)
+        if _KIND_ATTACHMENT not in kinds:
+            return map(Record, kind_names, type_names, files, lines, it)
+        # Documents (attachments="save"): their bytes are copied now, while the native batch
+        # is valid; every other record has none.
+        skip = count - remaining
+        contents: List[Optional[bytes]] = [
+            ffi.buffer(recs[skip + i].content, recs[skip + i].content_len)[:]
+            if k == _KIND_ATTACHMENT and recs[skip + i].content != ffi.NULL
+            else (b"" if k == _KIND_ATTACHMENT else None)
+            for i, k in enumerate(kinds)
+        ]
+        return map(Record, kind_names, type_names, files, lines, it, contents)
 
     def _pull(self, want: str) -> bool:
         """Pull the next batch into the pending records; False at the end of the stream."""
@@ -1011,6 +1204,8 @@ class Export:
             warnings=p.warnings,
             wait_until=p.wait_until_ms / 1000.0 if p.wait_until_ms else None,
             wait_reason=ffi.string(p.wait_reason).decode("utf-8", "replace") or None,
+            attachments_fetched=p.attachments_fetched,
+            attachment_errors=p.attachment_errors,
         )
 
     @property
@@ -1348,7 +1543,7 @@ class Export:
     def parquet_summary(self) -> Optional[Dict[str, Any]]:
         """What the last native :meth:`write_parquet` wrote, once it completed:
         ``{"types": {"Patient": {"parts": 1, "rows": 300}, ...}, "skipped": N}`` (``skipped``:
-        error and deleted records, which are not written), else None."""
+        error, deleted and attachment records, which are not written), else None."""
         return self._parquet
 
     def _parquet_tick(self) -> Callable[[], None]:
@@ -1371,7 +1566,9 @@ class Export:
     def write_ndjson(self, directory: Union[str, "os.PathLike[str]"]) -> Dict[str, int]:
         """Write the rest of the export to ``<directory>/<Type>.ndjson`` (error records to
         ``<Type>.error.ndjson``, deletions to ``<Type>.deleted.ndjson``); returns records per
-        file name."""
+        file name.  With ``attachments="save"`` each document is written to
+        ``<directory>/<file>`` (``attachments/DocumentReference.123.0.pdf``), the relative URL
+        its record now names, so the directory is a self-contained export."""
         from ._extras import write_ndjson
 
         return write_ndjson(self, directory)
@@ -1387,6 +1584,12 @@ class Export:
             p = self._poll()
             if self._bar_sets_total and p.state not in ("kicking_off", "waiting"):
                 total = self._bar_total(p.files_total)
+                if total is not None and not (self._bar_rows_only or self._arrow_pulled):
+                    # Records the manifest does not count: the documents (save) and the error
+                    # records of attachments that could not be fetched, known as they come.
+                    total += p.attachment_errors
+                    if self._attachment_mode == "save":
+                        total += p.attachments_fetched
                 if total != bar.total:
                     bar.total = total
             bar.set_postfix_str(_bar_postfix(p), refresh=False)

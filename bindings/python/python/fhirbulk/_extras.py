@@ -48,12 +48,32 @@ def _file_name(kind: str, ty: str) -> str:
     return f"{safe}.ndjson" if kind == "output" else f"{safe}.{kind}.ndjson"
 
 
+def _document_path(directory: Union[str, "os.PathLike[str]"], name: str) -> str:
+    """Where a saved document goes: its ``file`` (``attachments/DocumentReference.1.0.pdf``,
+    the relative URL its record now names) under ``directory``, never outside it."""
+    root = os.path.abspath(directory)
+    path = os.path.abspath(os.path.join(root, name))
+    if not name or os.path.isabs(name) or os.path.commonpath([root, path]) != root or path == root:
+        raise ValueError(f"write_ndjson: an attachment's file {name!r} is not a relative path")
+    return path
+
+
 def write_ndjson(job: "Export", directory: Union[str, "os.PathLike[str]"]) -> Dict[str, int]:
     os.makedirs(directory, exist_ok=True)
     files: Dict[str, Any] = {}
     counts: Dict[str, int] = {}
     try:
         for rec in job.records():
+            if rec.kind == "attachment":
+                # attachments="save": the document goes where its record's url now points.
+                info = rec.attachment
+                name = info.file if info is not None and info.file else ""
+                path = _document_path(directory, name)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "wb") as doc:
+                    doc.write(rec.content or b"")
+                counts[name.replace(os.sep, "/")] = 1
+                continue
             name = _file_name(rec.kind, rec.resource_type)
             f = files.get(name)
             if f is None:

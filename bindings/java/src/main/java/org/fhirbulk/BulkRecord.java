@@ -14,7 +14,16 @@ import java.util.Arrays;
  * keep the copies as long as you like; afterwards they throw {@link IllegalStateException}.
  * {@link #buffer()} does not copy: its view must not be read after the iteration moved on.
  * The metadata ({@link #kind()}, {@link #resourceType()}, {@link #fileIndex()}, {@link #line()},
- * {@link #length()}) stays readable forever.
+ * {@link #length()}, {@link #contentLength()}) stays readable forever.
+ *
+ * <p><b>Documents.</b> With {@link ExportBuilder#attachments(AttachmentMode)
+ * attachments(AttachmentMode.SAVE)}, a document an attachment links arrives as a record of kind
+ * {@link Kind#ATTACHMENT} right before the record that links it (with that record's resource
+ * type, file index and line; records of other files may come in between): its JSON is the
+ * document's description ({@link #attachment()}), its bytes are {@link #content()} /
+ * {@link #contentBuffer()}, under the same lifetime rule. A document that could not be fetched
+ * gives an {@link Kind#ERROR} record in the same place, with the linking record's file index and
+ * line ({@link #attachmentError()} says which attachment).
  *
  * <p>{@link #toString()} shows the metadata only, never the content.
  */
@@ -26,9 +35,12 @@ public final class BulkRecord {
     private final Kind kind;
     private final int fileIndex;
     private final long line;
+    /** FHIRBULK_KIND_ATTACHMENT: the native address and length of the document; else 0. */
+    private final long contentAddr;
+    private final long contentLength;
 
     BulkRecord(Export.Batch batch, int offset, int length, String resourceType, Kind kind, int fileIndex,
-            long line) {
+            long line, long contentAddr, long contentLength) {
         this.batch = batch;
         this.offset = offset;
         this.length = length;
@@ -36,14 +48,18 @@ public final class BulkRecord {
         this.kind = kind;
         this.fileIndex = fileIndex;
         this.line = line;
+        this.contentAddr = contentAddr;
+        this.contentLength = contentLength;
     }
 
-    /** Output, error (OperationOutcome) or deleted (Bundle) record. */
+    /** Output, error (OperationOutcome), deleted (Bundle) or attachment (a document) record. */
     public Kind kind() {
         return kind;
     }
 
-    /** The resource type: the manifest's, or the line's own when the file has none. */
+    /** The resource type: the manifest's, or the line's own when the file has none (for an
+     *  {@link Kind#ATTACHMENT} record, the type of the record that links the document; for the
+     *  error record of a document that could not be fetched, {@code OperationOutcome}). */
     public String resourceType() {
         return resourceType;
     }
@@ -86,9 +102,65 @@ public final class BulkRecord {
         return batch.slice(offset, length);
     }
 
+    // ---- documents (Kind.ATTACHMENT) --------------------------------------------------------
+
+    /** The length in bytes of the document of an {@link Kind#ATTACHMENT} record; 0 for other kinds. */
+    public long contentLength() {
+        return contentLength;
+    }
+
+    /**
+     * The document's bytes (a copy) for an {@link Kind#ATTACHMENT} record; {@code null} for
+     * every other kind.
+     *
+     * @throws IllegalStateException when the iteration has moved past this record
+     */
+    public byte[] content() {
+        if (kind != Kind.ATTACHMENT) {
+            return null;
+        }
+        return batch.content(contentAddr, contentLength);
+    }
+
+    /**
+     * The document's bytes in native memory for an {@link Kind#ATTACHMENT} record: a read-only
+     * view, no copy ({@code null} for every other kind). Read it before the iteration moves on
+     * and never after the export is closed, as {@link #buffer()}.
+     *
+     * @throws IllegalStateException when the iteration has already moved past this record
+     */
+    public ByteBuffer contentBuffer() {
+        if (kind != Kind.ATTACHMENT) {
+            return null;
+        }
+        return batch.contentView(contentAddr, contentLength);
+    }
+
+    /**
+     * The description of the document of an {@link Kind#ATTACHMENT} record (its JSON, parsed):
+     * which record and attachment it belongs to, its URL, content type, size, SHA-1 and the
+     * relative file name the linking record now names; {@code null} for every other kind.
+     *
+     * @throws IllegalStateException when the iteration has moved past this record
+     */
+    public AttachmentInfo attachment() {
+        return kind == Kind.ATTACHMENT ? AttachmentInfo.parse(json()) : null;
+    }
+
+    /**
+     * For an {@link Kind#ERROR} record fhirbulk made because it could not fetch an attachment's
+     * document: which attachment, and why; {@code null} for every other record.
+     *
+     * @throws IllegalStateException when the iteration has moved past this record
+     */
+    public AttachmentError attachmentError() {
+        return kind == Kind.ERROR ? AttachmentError.parse(json()) : null;
+    }
+
     @Override
     public String toString() {
         return "BulkRecord[" + resourceType + " " + kind.name().toLowerCase(java.util.Locale.ROOT) + ", file "
-                + fileIndex + " line " + line + ", " + length + " bytes]";
+                + fileIndex + " line " + line + ", " + length + " bytes"
+                + (kind == Kind.ATTACHMENT ? ", document " + contentLength + " bytes" : "") + "]";
     }
 }

@@ -225,6 +225,37 @@ public final class Export implements AutoCloseable, Iterable<BulkRecord> {
             return data.slice(offset, length).asReadOnlyBuffer();
         }
 
+        /** A copy of an attachment record's document (under the lock: the memory lives). */
+        byte[] content(long addr, long len) {
+            checkContentLength(len);
+            st.lock.lock();
+            try {
+                if (!valid) {
+                    throw stale();
+                }
+                return addr == 0 || len == 0 ? new byte[0] : new Pointer(addr).getByteArray(0, (int) len);
+            } finally {
+                st.lock.unlock();
+            }
+        }
+
+        /** A read-only view of an attachment record's document. */
+        ByteBuffer contentView(long addr, long len) {
+            checkContentLength(len);
+            if (!valid) {
+                throw stale();
+            }
+            ByteBuffer b = addr == 0 || len == 0 ? ByteBuffer.allocateDirect(0) : new Pointer(addr).getByteBuffer(0, len);
+            return b.asReadOnlyBuffer();
+        }
+
+        private static void checkContentLength(long len) {
+            if (len > Integer.MAX_VALUE - 8) {
+                throw new IllegalStateException("fhirbulk: a document of " + len
+                        + " bytes does not fit a Java array (attachment_max_bytes is at most 2 GiB)");
+            }
+        }
+
         static IllegalStateException stale() {
             return new IllegalStateException("fhirbulk: this BulkRecord is no longer valid: the iteration moved on "
                     + "(or the export was closed); copy what you keep with json() or bytes() while it is current");
@@ -573,7 +604,9 @@ public final class Export implements AutoCloseable, Iterable<BulkRecord> {
             out[i] = new BulkRecord(b, (int) (addr - dataAddr), len, type,
                     Kind.of(recs.getInt(at + LibFhirBulk.RECORD_KIND)),
                     recs.getInt(at + LibFhirBulk.RECORD_FILE_INDEX),
-                    recs.getLong(at + LibFhirBulk.RECORD_LINE));
+                    recs.getLong(at + LibFhirBulk.RECORD_LINE),
+                    recs.getLong(at + LibFhirBulk.RECORD_CONTENT),
+                    recs.getLong(at + LibFhirBulk.RECORD_CONTENT_LEN));
         }
         b.records = out;
         return b;
@@ -622,7 +655,9 @@ public final class Export implements AutoCloseable, Iterable<BulkRecord> {
                     b.getInt(LibFhirBulk.PROGRESS_HTTP_STATUS),
                     b.getInt(LibFhirBulk.PROGRESS_WARNINGS),
                     b.getLong(LibFhirBulk.PROGRESS_WAIT_UNTIL_MS),
-                    cString(out, LibFhirBulk.PROGRESS_WAIT_REASON, LibFhirBulk.PROGRESS_WAIT_REASON_LEN));
+                    cString(out, LibFhirBulk.PROGRESS_WAIT_REASON, LibFhirBulk.PROGRESS_WAIT_REASON_LEN),
+                    b.getLong(LibFhirBulk.PROGRESS_ATTACHMENTS_FETCHED),
+                    b.getLong(LibFhirBulk.PROGRESS_ATTACHMENT_ERRORS));
         } finally {
             Reference.reachabilityFence(this);
         }

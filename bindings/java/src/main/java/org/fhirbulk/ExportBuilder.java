@@ -207,6 +207,59 @@ public final class ExportBuilder {
         return set("concurrency", files, "ExportBuilder.concurrency(int)");
     }
 
+    // ---- attachments (clinical documents) -----------------------------------------------------
+
+    /**
+     * {@code attachments}: what to do with the attachments of the records of
+     * {@link #attachmentTypes} that link their document by {@code url} ({@link AttachmentMode#NONE},
+     * the default; {@link AttachmentMode#INLINE}: the document in the record's
+     * {@code attachment.data}; {@link AttachmentMode#SAVE}: the document as a
+     * {@link Kind#ATTACHMENT} record before its record). Documents are fetched in the download
+     * threads with the export's retry policy; the token goes only to the FHIR server (and
+     * {@code token_origins}). One that cannot be fetched gives an {@link Kind#ERROR} record
+     * ({@link BulkRecord#attachmentError()}) and its attachment is left as it was.
+     */
+    public ExportBuilder attachments(AttachmentMode mode) {
+        return set("attachments", Objects.requireNonNull(mode, "mode").configValue(),
+                "ExportBuilder.attachments(AttachmentMode)");
+    }
+
+    /**
+     * {@code attachment_types}: the resource types whose attachments are fetched (default
+     * {@code DocumentReference}, {@code DiagnosticReport}; the library also knows {@code Media},
+     * {@code Communication}, {@code CommunicationRequest}, {@code Patient}, {@code Practitioner},
+     * {@code RelatedPerson}, {@code Person}).
+     */
+    public ExportBuilder attachmentTypes(String... types) {
+        return list("attachment_types", Arrays.asList(types), "ExportBuilder.attachmentTypes(String...)");
+    }
+
+    /**
+     * {@code attachment_content_types}: fetch only attachments of these media types
+     * ({@code "application/pdf"}, {@code "text/*"}); none given (the default): all.
+     */
+    public ExportBuilder attachmentContentTypes(String... contentTypes) {
+        return list("attachment_content_types", Arrays.asList(contentTypes),
+                "ExportBuilder.attachmentContentTypes(String...)");
+    }
+
+    /**
+     * {@code attachment_max_bytes}: a larger document is not fetched (an error record says so;
+     * the record keeps its URL), so memory stays bounded (default 16 MiB; 1 to 2 GiB).
+     */
+    public ExportBuilder attachmentMaxBytes(long bytes) {
+        return set("attachment_max_bytes", bytes, "ExportBuilder.attachmentMaxBytes(long)");
+    }
+
+    /**
+     * {@code attachment_dir}: with {@link AttachmentMode#SAVE}, the relative directory written
+     * into the rewritten URLs ({@link AttachmentInfo#file()}; default {@code "attachments/"}):
+     * relative, ending in {@code '/'}, without {@code ..}, or empty.
+     */
+    public ExportBuilder attachmentDir(String dir) {
+        return set("attachment_dir", Objects.requireNonNull(dir, "dir"), "ExportBuilder.attachmentDir(String)");
+    }
+
     /**
      * Sets any config key (README "Config keys"), e.g. {@code option("concurrency", 4)},
      * {@code option("on_invalid_line", "skip")}, {@code option("lenient", true)}. Values: String,

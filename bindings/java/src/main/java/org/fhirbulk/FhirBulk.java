@@ -17,7 +17,7 @@ import java.net.URI;
  *
  * The native library is loaded when the binding is first used: the one bundled in the jar
  * ({@code linux-x86-64/libfhirbulk.so}), or the file (or directory) named by the system
- * property {@code fhirbulk.library.path}. Its ABI version must be 2, else loading fails with an
+ * property {@code fhirbulk.library.path}. Its ABI version must be 3, else loading fails with an
  * {@link UnsatisfiedLinkError} saying so.
  */
 public final class FhirBulk {
@@ -33,7 +33,7 @@ public final class FhirBulk {
         return LibFhirBulk.version();
     }
 
-    /** The native library's ABI version (2 for this binding). */
+    /** The native library's ABI version (3 for this binding). */
     public static int abiVersion() {
         return LibFhirBulk.fhirbulk_abi_version();
     }

@@ -52,7 +52,12 @@ final class JavaTerms {
             Map.entry("resume_files", "ExportBuilder.resumeFiles(String)"),
             Map.entry("only_files", "ExportBuilder.onlyFiles(int...)"),
             Map.entry("manifest_only", "ExportBuilder.manifestOnly()"),
-            Map.entry("concurrency", "ExportBuilder.concurrency(int)"));
+            Map.entry("concurrency", "ExportBuilder.concurrency(int)"),
+            Map.entry("attachments", "ExportBuilder.attachments(AttachmentMode)"),
+            Map.entry("attachment_types", "ExportBuilder.attachmentTypes(String...)"),
+            Map.entry("attachment_content_types", "ExportBuilder.attachmentContentTypes(String...)"),
+            Map.entry("attachment_max_bytes", "ExportBuilder.attachmentMaxBytes(long)"),
+            Map.entry("attachment_dir", "ExportBuilder.attachmentDir(String)"));
 
     /** The {@link Auth.ClientCredentials} method of each field of {@code auth}. */
     static final Map<String, String> AUTH_FIELDS = Map.of(
@@ -343,7 +348,7 @@ final class JavaTerms {
             // Not a key in a dotted name ("headers.Authorization": a phrase below).
             boolean dotted = t.end() < rest.length() && rest.charAt(t.end()) == '.'
                     && t.end() + 1 < rest.length() && Character.isLetter(rest.charAt(t.end() + 1));
-            if (call == null || dotted) {
+            if (call == null || dotted || inProse(rest, t.start(), t.end())) {
                 continue;
             }
             out.append(rest, last, t.start());
@@ -360,6 +365,25 @@ final class JavaTerms {
             t.region(last, rest.length());
         }
         return phrases(out.append(rest, last, rest.length()).toString(), setBy);
+    }
+
+    /**
+     * Phrases of the library's messages in which a word that is also a config key is plain
+     * English ("attachment_types has "X", whose attachments fhirbulk does not know where to
+     * find"): that word is left alone.
+     */
+    private static final List<String> PROSE = List.of("whose attachments ");
+
+    /** Whether {@code rest[start, end)} lies inside one of the {@link #PROSE} phrases. */
+    private static boolean inProse(String rest, int start, int end) {
+        for (String p : PROSE) {
+            for (int at = rest.indexOf(p); at >= 0; at = rest.indexOf(p, at + 1)) {
+                if (at <= start && end <= at + p.length()) {
+                    return true;
+                }
+            }
+        }
+        return false;
     }
 
     /** What the library says about keys with no single method of their own. */

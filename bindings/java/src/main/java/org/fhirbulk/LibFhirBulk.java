@@ -25,7 +25,7 @@ import java.nio.charset.StandardCharsets;
  */
 final class LibFhirBulk {
     /** {@code FHIRBULK_ABI_VERSION} of the header this binding was written against. */
-    static final int ABI_VERSION = 2;
+    static final int ABI_VERSION = 3;
 
     /** System property overriding where the library is loaded from. */
     static final String LIBRARY_PATH_PROPERTY = "fhirbulk.library.path";
@@ -57,7 +57,7 @@ final class LibFhirBulk {
     static final int ERR_HTTP = 309;
 
     // struct FhirbulkProgress (x86-64 / aarch64 LP64 layout, checked against the header).
-    static final int PROGRESS_SIZE = 328;
+    static final int PROGRESS_SIZE = 344;
     static final int PROGRESS_STATE = 0;
     static final int PROGRESS_ERROR = 4;
     static final int PROGRESS_HTTP_STATUS = 8;
@@ -74,9 +74,11 @@ final class LibFhirBulk {
     static final int PROGRESS_WARNINGS = 192;
     static final int PROGRESS_WAIT_REASON = 196;
     static final int PROGRESS_WAIT_REASON_LEN = 128;
+    static final int PROGRESS_ATTACHMENTS_FETCHED = 328;
+    static final int PROGRESS_ATTACHMENT_ERRORS = 336;
 
     // struct FhirbulkRecord.
-    static final int RECORD_SIZE = 48;
+    static final int RECORD_SIZE = 64;
     static final int RECORD_DATA = 0;
     static final int RECORD_LEN = 8;
     static final int RECORD_TYPE = 16;
@@ -84,6 +86,15 @@ final class LibFhirBulk {
     static final int RECORD_KIND = 32;
     static final int RECORD_FILE_INDEX = 36;
     static final int RECORD_LINE = 40;
+    /** {@code FHIRBULK_KIND_ATTACHMENT}: the document's bytes; else NULL. */
+    static final int RECORD_CONTENT = 48;
+    static final int RECORD_CONTENT_LEN = 56;
+
+    // FHIRBULK_KIND_*.
+    static final int KIND_OUTPUT = 0;
+    static final int KIND_ERROR = 1;
+    static final int KIND_DELETED = 2;
+    static final int KIND_ATTACHMENT = 3;
 
     // struct FhirbulkBatch.
     static final int BATCH_SIZE = 32;

@@ -20,10 +20,14 @@ package org.fhirbulk;
  *                       the time between status polls): when the wait ends, in milliseconds
  *                       since the Unix epoch; else 0
  * @param waitReason     what that wait is for (what the server answered), else ""
+ * @param attachmentsFetched documents fetched for attachments
+ *                       ({@link ExportBuilder#attachments(AttachmentMode)}), inline or saved
+ * @param attachmentErrors attachments that could not be fetched, each delivered as an error
+ *                       record ({@link BulkRecord#attachmentError()})
  */
 public record Progress(State state, String serverProgress, int filesTotal, int filesDone, long bytes,
         long records, int polls, int retries, long invalidLines, int errorCode, int httpStatus,
-        int warnings, long waitUntilMs, String waitReason) {
+        int warnings, long waitUntilMs, String waitReason, long attachmentsFetched, long attachmentErrors) {
 
     /** The export's state ({@code FHIRBULK_STATE_*}). */
     public enum State {

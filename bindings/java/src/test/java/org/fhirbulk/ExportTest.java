@@ -32,11 +32,11 @@ class ExportTest {
 
     @Test
     void libraryLoadsWithTheExpectedAbi() {
-        assertEquals(2, FhirBulk.abiVersion());
+        assertEquals(3, FhirBulk.abiVersion());
         assertTrue(FhirBulk.version().matches("\\d+\\.\\d+\\.\\d+.*"), FhirBulk.version());
         assertTrue(FhirBulk.libraryLocation().endsWith("libfhirbulk.so"), FhirBulk.libraryLocation());
-        UnsatisfiedLinkError e = assertThrows(UnsatisfiedLinkError.class, () -> LibFhirBulk.checkAbi(3, "/x/lib.so"));
-        assertTrue(e.getMessage().contains("ABI version 3") && e.getMessage().contains("needs ABI version 2"),
+        UnsatisfiedLinkError e = assertThrows(UnsatisfiedLinkError.class, () -> LibFhirBulk.checkAbi(2, "/x/lib.so"));
+        assertTrue(e.getMessage().contains("ABI version 2") && e.getMessage().contains("needs ABI version 3"),
                 e.getMessage());
     }
 
