@@ -106,14 +106,15 @@ static void bad_config(const char *config, const char *key) {
     FhirbulkExport *h = (FhirbulkExport *)&sentinel;
     CHECK_STATUS(export_start(config, &h), FHIRBULK_ERR_CONFIG);
     CHECK(h == (FhirbulkExport *)&sentinel, "export_start wrote *out_handle on failure");
-    char msg[1024];
+    /* An unknown key's message lists every key (over 1 KB). */
+    char msg[4096];
     size_t n = export_last_error(NULL, msg, sizeof msg);
     CHECK(n > 0 && n == strlen(msg), "export_last_error(NULL) returned %zu for \"%s\"", n, msg);
     if (key != NULL) {
         SOFT_CHECK(strstr(msg, key) != NULL, "message for %s does not name \"%s\": %s", config,
                    key, msg);
     }
-    char json[2048];
+    char json[8192];
     export_last_error_json(NULL, json, sizeof json);
     CHECK(strstr(json, "\"code\":103") != NULL, "last_error_json(NULL) lacks code 103: %s", json);
 }
