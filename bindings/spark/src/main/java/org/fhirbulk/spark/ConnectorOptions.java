@@ -45,7 +45,9 @@ final class ConnectorOptions implements Serializable {
                     + "is left for the server to expire (it is deleted when the Spark job is cancelled)",
             "event_queue_size", "the connector does not read the engine's events (Spark's own UI and "
                     + "metrics show the read); they are kept at the default and dropped, never waited for",
-            "read_capability_statement", "it only feeds an event, which the connector does not read");
+            "read_capability_statement", "it only feeds an event, which the connector does not read",
+            "attachment_dir", "rows carry documents inline (attachments=inline); saved documents have no "
+                    + "place in a table");
 
     /** The connector's own options (not engine keys). */
     static final Set<String> OWN = Set.of("type", "batch_rows");
@@ -53,11 +55,11 @@ final class ConnectorOptions implements Serializable {
     static {
         Map<String, Kind> k = new LinkedHashMap<>();
         for (String s : List.of("base_url", "level", "group_id", "output_format", "since", "until",
-                "organize_output_by", "method", "ca_bundle", "client_cert", "on_invalid_line")) {
+                "organize_output_by", "method", "ca_bundle", "client_cert", "on_invalid_line", "attachments")) {
             k.put(s, Kind.STRING);
         }
         for (String s : List.of("types", "elements", "type_filters", "include_associated_data", "patients",
-                "token_origins")) {
+                "token_origins", "attachment_types", "attachment_content_types")) {
             k.put(s, Kind.LIST);
         }
         for (String s : List.of("allow_partial_manifests", "lenient", "separate_export_status",
@@ -67,7 +69,7 @@ final class ConnectorOptions implements Serializable {
         for (String s : List.of("concurrency", "buffer_chunks", "chunk_bytes", "max_line_bytes",
                 "connect_timeout_ms", "request_timeout_ms", "read_timeout_ms", "min_bytes_per_s",
                 "stall_window_ms", "poll_min_ms", "poll_max_ms", "poll_backoff_max_ms", "retry_max_attempts",
-                "retry_max_wait_ms", "retry_backoff_min_ms", "retry_backoff_max_ms")) {
+                "retry_max_wait_ms", "retry_backoff_min_ms", "retry_backoff_max_ms", "attachment_max_bytes")) {
             k.put(s, Kind.INT);
         }
         // "headers", "params" and "auth" are objects: header.<Name> and param.<name> options,
@@ -258,6 +260,11 @@ final class ConnectorOptions implements Serializable {
         }
         if (!params.isEmpty()) {
             config.put("params", params);
+        }
+        if ("save".equals(config.get("attachments"))) {
+            throw new IllegalArgumentException("fhirbulk: option attachments: 'save' hands documents out as "
+                    + "records of their own, which have no place in a table; use attachments=inline (the "
+                    + "documents in the rows' attachment.data)");
         }
         return new ConnectorOptions(Collections.unmodifiableMap(config), type, batchRows);
     }
